@@ -1,0 +1,81 @@
+"""The values that travel the data path: identifiers, decoded events, sink outcomes.
+
+``envelopes`` makes :class:`Event` from message bytes; every later stage reads it.
+A sink answers each delivery with one :data:`Outcome`; ``settling`` turns that answer
+into an SQS action (delete, change visibility, dead-letter). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any, NewType
+
+QueueUrl = NewType("QueueUrl", str)
+ReceiptHandle = NewType("ReceiptHandle", str)
+MessageId = NewType("MessageId", str)
+EventId = NewType("EventId", str)
+
+
+class EnvelopeKind(enum.StrEnum):
+    """How the event reached the queue."""
+
+    RAW = "raw"
+    SNS = "sns"
+    EVENTBRIDGE = "eventbridge"
+    SNS_EVENTBRIDGE = "sns+eventbridge"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded event, its envelopes removed.
+
+    ``event_id`` is derived from the payload (Genesys ``metadata.CorrelationId``, else a
+    stable hash of topic + body), never from an envelope id: redeliveries get new
+    envelope ids and must still deduplicate. ``payload`` is what a sink delivers.
+    """
+
+    event_id: EventId
+    event_type: str
+    payload: Mapping[str, Any]
+    ordering_key: str | None = None
+    event_time_ms: int | None = None
+    topic: str | None = None
+    envelope: EnvelopeKind = EnvelopeKind.RAW
+    attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class OutcomeKind(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivered:
+    """The downstream accepted the event (2xx or its equivalent)."""
+
+    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.DELIVERED, init=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again later: after ``delay_seconds`` when the downstream said (Retry-After),
+    else after the retry policy's backoff. ``throttled`` marks a rate-limit answer."""
+
+    reason: str
+    delay_seconds: float | None = None
+    throttled: bool = False
+    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.RETRY, init=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Permanent:
+    """The downstream will never accept this event; dead-letter it with ``reason``."""
+
+    reason: str
+    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.PERMANENT, init=False)
+
+
+Outcome = Delivered | Retry | Permanent
