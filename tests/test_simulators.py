@@ -1,0 +1,134 @@
+"""The downstream simulators, driven over loopback with a plain httpx client.
+
+They are the referee for the sinks, so each behaviour a sink test relies on (the rate
+limit, Retry-After formats, outage, faults, recording, order and duplicate checks, the
+webhook signature, HEC and CRM wire formats) is pinned here first.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.simulators import ratelimit, webhook
+
+
+def _event(key: str, seq: int) -> dict[str, Any]:
+    return {"eventBody": {"conversationId": key, "eventTime": 1_700_000_000_000 + seq}}
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, body: Any, event_id: str, **headers: str
+) -> httpx.Response:
+    return await client.post(
+        url + "/events",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Idempotency-Key": event_id, **headers},
+    )
+
+
+@given(
+    rate=st.floats(0.5, 100),
+    burst=st.integers(1, 20),
+    gaps=st.lists(st.floats(0, 2), min_size=1, max_size=200),
+)
+def test_gcra_admits_at_most_burst_plus_rate_times_window(rate: float, burst: int, gaps: list[float]) -> None:
+    bucket = ratelimit.Gcra(rate, burst)
+    now, admitted = 0.0, []
+    for gap in gaps:
+        now += gap
+        if bucket.take(now) == 0.0:
+            admitted.append(now)
+    for i, start in enumerate(admitted):
+        for j in range(i, len(admitted)):
+            window = admitted[j] - start
+            assert j - i + 1 <= burst + rate * window + 1e-6
+
+
+def test_gcra_says_how_long_to_wait() -> None:
+    bucket = ratelimit.Gcra(2.0, 2)
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0.0
+
+
+async def test_webhook_records_accepted_events_and_checks_order_and_duplicates() -> None:
+    async with webhook.WebhookSimulator() as sim, httpx.AsyncClient() as client:
+        for event_id, key, seq in [
+            ("a", "c1", 1),
+            ("b", "c1", 3),
+            ("c", "c2", 1),
+            ("d", "c1", 2),
+            ("b", "c1", 3),
+        ]:
+            response = await _post(client, sim.url, _event(key, seq), event_id)
+            assert response.status_code == 200
+        assert [item.event_id for item in sim.accepted] == ["a", "b", "c", "d", "b"]
+        assert sim.duplicates() == {"b": 2}
+        violations = sim.order_violations()
+        assert [(v.key, v.event_id) for v in violations] == [("c1", "d")]
+        assert [item.event_id for item in sim.by_key()["c1"]] == ["a", "b", "d", "b"]
+        assert sim.requests_total == 5
+        assert sim.status_counts[200] == 5
+
+
+async def test_webhook_rate_limit_answers_429_with_retry_after() -> None:
+    async with webhook.WebhookSimulator(rate=1, burst=2) as sim, httpx.AsyncClient() as client:
+        statuses = [(await _post(client, sim.url, _event("k", i), f"e{i}")).status_code for i in range(3)]
+        assert statuses == [200, 200, 429]
+        throttled = await _post(client, sim.url, _event("k", 9), "e9")
+        assert throttled.status_code == 429
+        assert int(throttled.headers["Retry-After"]) >= 1
+        assert sim.throttled_count == 2
+        assert len(sim.accepted) == 2
+
+
+async def test_webhook_http_date_retry_after_and_outage_switch() -> None:
+    async with (
+        webhook.WebhookSimulator(
+            throttle_ratio=1.0, retry_after=30, retry_after_format="http-date", outage_retry_after=5
+        ) as sim,
+        httpx.AsyncClient() as client,
+    ):
+        throttled = await _post(client, sim.url, _event("k", 1), "e1")
+        assert throttled.status_code == 429
+        assert email.utils.parsedate_to_datetime(throttled.headers["Retry-After"]) is not None
+        sim.set_outage(True)
+        down = await _post(client, sim.url, _event("k", 1), "e1")
+        assert down.status_code == 503
+        assert sim.outage_count == 1
+        sim.set_outage(False)
+        sim.throttle_ratio = 0
+        assert (await _post(client, sim.url, _event("k", 1), "e1")).status_code == 200
+
+
+async def test_webhook_faults_are_seeded() -> None:
+    async def statuses(seed: int) -> list[int]:
+        async with webhook.WebhookSimulator(fail_ratio=0.5, seed=seed) as sim, httpx.AsyncClient() as client:
+            return [(await _post(client, sim.url, _event("k", i), f"e{i}")).status_code for i in range(20)]
+
+    first = await statuses(7)
+    assert first == await statuses(7)
+    assert set(first) == {200, 500}
+
+
+async def test_webhook_verifies_the_signature() -> None:
+    async with webhook.WebhookSimulator(signing_secret="s3cret") as sim, httpx.AsyncClient() as client:
+        body = json.dumps(_event("k", 1)).encode()
+        good = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        ok = await client.post(
+            sim.url, content=body, headers={"X-Fanout-Signature": good, "Idempotency-Key": "1"}
+        )
+        bad = await client.post(sim.url, content=body, headers={"X-Fanout-Signature": "sha256=00"})
+        assert (ok.status_code, bad.status_code) == (200, 401)
+        assert sim.signature_failures == 1
+        assert len(sim.accepted) == 1
