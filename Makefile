@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# promtool (rule unit tests, exposition check): unpacked from Debian's package by .ci/get-promtool
+PROMTOOL := .tools/bin/promtool
 
 .PHONY: demo test lint typecheck unit soak bench clean install
 
@@ -19,6 +21,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+$(PROMTOOL):
+	.ci/get-promtool
 
 ## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM)
 demo: $(STAMP)
@@ -35,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(PROMTOOL)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## soak: the slow, long-running tests
@@ -47,4 +52,4 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache
