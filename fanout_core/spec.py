@@ -280,6 +280,12 @@ class WorkloadSpec(SpecModel):
     service_account_name: str | None = pydantic.Field(
         None, description="Service account (IRSA role) of the workers."
     )
+    iam_role_arn: str | None = pydantic.Field(
+        None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+        description="IRSA: the operator creates a service account for this consumer annotated "
+        "eks.amazonaws.com/role-arn (ignored when serviceAccountName is set).",
+    )
     resources: dict[str, dict[str, str]] | None = pydantic.Field(
         None, description="Container resources (requests / limits)."
     )
@@ -304,6 +310,12 @@ class FanoutConsumerSpec(SpecModel):
     scaling: ScalingSpec = pydantic.Field(default_factory=ScalingSpec)
     shutdown: ShutdownSpec = pydantic.Field(default_factory=ShutdownSpec)
     workload: WorkloadSpec = pydantic.Field(default_factory=WorkloadSpec)
+    replicas: int | None = pydantic.Field(
+        None,
+        ge=0,
+        description="Pin the fleet at this many replicas (what `kubectl scale` sets through the "
+        "scale subresource); absent = the operator autoscales. 0 pauses the consumer.",
+    )
 
 
 class Metadata(pydantic.BaseModel):
