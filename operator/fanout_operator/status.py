@@ -1,0 +1,109 @@
+"""The ``status`` of a FanoutConsumer, as one pydantic model.
+
+The operator writes it (``handlers``), ``kubectl get`` prints parts of it (the CRD's printer
+columns, built by ``crd`` from this model), and the scale subresource reads ``replicas`` and
+``selector`` from it. It also carries the scaler's memory (``scaler``) so an operator restart, or
+a peer taking over, continues the stabilization window and the cooldown instead of starting
+them again: the scaling loop's state lives with the object it describes.
+
+Field names are camelCase on the wire, like the spec's. Times are RFC 3339 strings, except the
+scaler's memory, which holds epoch seconds because only the scaling code reads it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Literal
+
+import pydantic
+import pydantic.alias_generators
+
+
+class StatusModel(pydantic.BaseModel):
+    """Base of the status models: camelCase aliases; unknown fields are ignored when reading."""
+
+    model_config = pydantic.ConfigDict(
+        alias_generator=pydantic.alias_generators.to_camel,
+        populate_by_name=True,
+        extra="ignore",
+    )
+
+
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    SCALING = "Scaling"
+    DEGRADED = "Degraded"
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = pydantic.Field(description="CamelCase machine-readable reason.")
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Backlog(StatusModel):
+    """Queue depth as last read (ApproximateNumberOf...)."""
+
+    visible: int = 0
+    in_flight: int = pydantic.Field(0, description="ApproximateNumberOfMessagesNotVisible.")
+    delayed: int = 0
+    total: int = pydantic.Field(0, description="visible + inFlight: what the scaler sizes for.")
+
+
+class RecommendationRecord(StatusModel):
+    """One past recommendation inside the scale-down stabilization window."""
+
+    at: float = pydantic.Field(description="Epoch seconds.")
+    replicas: int
+
+
+class ScalerMemory(StatusModel):
+    """What the scaling function carries from one poll to the next."""
+
+    empty_since: float | None = pydantic.Field(None, description="Epoch seconds the queue became empty.")
+    recommendations: list[RecommendationRecord] = pydantic.Field(default_factory=list)
+    consecutive_failures: int = pydantic.Field(0, description="Failed queue reads in a row (backoff).")
+
+
+class FanoutConsumerStatus(StatusModel):
+    """status of a FanoutConsumer."""
+
+    observed_generation: int | None = None
+    queue: str | None = pydantic.Field(None, description="Queue name (last segment of the URL).")
+    replicas: int = pydantic.Field(0, description="Replicas the Deployment is scaled to.")
+    desired_replicas: int | None = pydantic.Field(None, description="The scaler's last decision.")
+    ready_replicas: int | None = None
+    selector: str | None = pydantic.Field(None, description="Label selector of the worker pods.")
+    backlog: Backlog | None = None
+    last_poll_time: str | None = None
+    last_scale_time: str | None = None
+    reason: str | None = pydantic.Field(None, description="Why the last decision was taken.")
+    conditions: list[Condition] = pydantic.Field(default_factory=list)
+    scaler: ScalerMemory | None = None
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    """Kubernetes' time format: UTC, second precision, Z suffix."""
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse(raw: object) -> FanoutConsumerStatus:
+    """Read the status off an object; anything unreadable yields an empty status."""
+    if not isinstance(raw, dict):
+        return FanoutConsumerStatus()
+    try:
+        return FanoutConsumerStatus.model_validate(raw)
+    except pydantic.ValidationError:
+        return FanoutConsumerStatus()
+
+
+def dump(status: FanoutConsumerStatus) -> dict[str, object]:
+    """The status as wire data for a status patch."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
