@@ -56,6 +56,7 @@ __all__ = [
     "inject_headers",
     "producer_contexts",
     "queue_name",
+    "redact_payload",
     "scrub",
     "shutdown_tracing",
 ]
@@ -190,6 +191,48 @@ def scrub(text: str) -> str:
     if len(out) > _MAX_REASON:
         out = out[:_MAX_REASON] + "..."
     return out
+
+
+_MIN_REDACTED_VALUE = 4
+_MAX_REDACTED_VALUES = 2000
+
+
+def _payload_strings(value: Any, found: set[str], depth: int = 0) -> None:
+    """Collect the string (and number) leaves of a payload, JSON-in-strings included."""
+    if depth > 32 or len(found) >= _MAX_REDACTED_VALUES:
+        return
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _payload_strings(item, found, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _payload_strings(item, found, depth + 1)
+    elif isinstance(value, str):
+        if value[:1] in ("{", "["):
+            with contextlib.suppress(ValueError):
+                _payload_strings(json.loads(value), found, depth + 1)
+                return
+        if len(value) >= _MIN_REDACTED_VALUE:
+            found.add(value)
+            found.add(json.dumps(value)[1:-1])  # as quoted inside an echoed JSON document
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+        if len(text) >= _MIN_REDACTED_VALUE:
+            found.add(text)
+
+
+def redact_payload(text: str, payload: Any) -> str:
+    """Replace every payload value quoted in ``text`` (a reason echoing a downstream reply).
+
+    Free text such as wrap-up notes has no recognisable shape, so the only sure way to keep
+    it out of a log line is to know it: the values come from the payload itself.
+    """
+    values: set[str] = set()
+    _payload_strings(payload, values)
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, "<redacted>")
+    return text
 
 
 _CODE_RE = re.compile(r"[^A-Za-z0-9_.]")
@@ -524,6 +567,11 @@ class WorkerTelemetry:
             fields["event_type"] = event.event_type
         return fields
 
+    @staticmethod
+    def _reason(reason: str, message: Mapping[str, Any], event: events.Event | None) -> str:
+        payload: Any = event.payload if event is not None else message.get("Body")
+        return scrub(redact_payload(reason, payload))
+
     def _log(self, level: int, state: str, fields: dict[str, Any]) -> None:
         if _STATE_LOGGER.isEnabledFor(level):
             _STATE_LOGGER.log(level, state, extra={"fanout": fields})
@@ -574,7 +622,7 @@ class WorkerTelemetry:
         fields = self._fields(message, event)
         fields["delay_seconds"] = round(delay_seconds, 3)
         fields["reason_class"] = reason_class.value
-        fields["reason"] = scrub(reason)
+        fields["reason"] = self._reason(reason, message, event)
         receive_count = _system_ms(message, "ApproximateReceiveCount")
         if receive_count is not None:
             fields["receive_count"] = receive_count
@@ -591,7 +639,7 @@ class WorkerTelemetry:
         DEAD_LETTERED.labels(self.queue, reason_class.value).inc()
         fields = self._fields(message, event)
         fields["reason_class"] = reason_class.value
-        fields["reason"] = scrub(reason)
+        fields["reason"] = self._reason(reason, message, event)
         self._log(logging.ERROR, "dead_lettered", fields)
 
     def _count(self, level: int, state: str, count: int) -> None:
