@@ -1,0 +1,241 @@
+"""How many worker replicas a FanoutConsumer should run: observations in, a decision out. Pure.
+
+Called by ``autoscaling`` once per poll and by ``bench/scaling.py``'s simulator; no clock, no I/O:
+the caller passes ``now`` and the previous :class:`State` and keeps the returned one (the operator
+persists it in the resource's status, so a restart continues the windows).
+
+The decision, in order (each step's effect is named in the reason string):
+
+1. ``spec.replicas`` set → that number, nothing else applies (a manual pin / ``kubectl scale``).
+2. backlog = visible + in flight; raw = ceil(backlog / targetBacklogPerReplica).
+3. Zero is special, as in KEDA: from zero, start only when backlog ≥ activationBacklog; to zero,
+   only after the queue has been empty (visible + in flight = 0) for ``cooldownSeconds``; in
+   between, never below one replica.
+4. Clamp to [minReplicas, maxReplicas].
+5. Downstream cap: the sink's fleet-wide rateLimit divided by what one replica sends —
+   measured by the workers when known, else the worst case the configuration allows
+   (maxConcurrency requests finishing every timeoutSeconds). More replicas than that would only
+   wait on the shared token bucket (or, for a naive fleet, hammer an API that says 429).
+6. Throttle hold: when workers report the sink throttled or its circuit open, never scale up.
+7. Scale up at once; scale down through the stabilization window (the highest recommendation
+   over the last ``scaleDownStabilizationSeconds``, as the HPA does). Scale-to-zero after the
+   cooldown bypasses the window (the cooldown already is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+
+from fanout_core import spec
+
+# Tolerance when dividing the fleet rate by the measured per-replica rate: a fleet already held
+# by the shared limiter measures slightly under its share (rate / n); without the tolerance the
+# cap would read n + 1 and creep up one replica per poll.
+CAP_TOLERANCE = 0.1
+# Below this a measured per-replica rate says "idle", not "slow": fall back to the configuration.
+MIN_MEASURED_RATE = 0.01
+MAX_BACKOFF_SECONDS = 300.0
+
+
+class Limit(enum.StrEnum):
+    """What shaped the decision (the status condition's reason)."""
+
+    PINNED = "Pinned"
+    BACKLOG = "Backlog"
+    ACTIVATION = "BelowActivation"
+    COOLDOWN = "CoolingDown"
+    IDLE = "ScaledToZero"
+    BOUNDS = "Bounds"
+    SINK_CAP = "CappedBySink"
+    THROTTLED = "HeldSinkThrottled"
+    STABILIZING = "Stabilizing"
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The knobs, read from a spec once per poll."""
+
+    min_replicas: int = 0
+    max_replicas: int = 20
+    target_backlog_per_replica: int = 100
+    activation_backlog: int = 1
+    scale_down_stabilization_seconds: float = 300.0
+    cooldown_seconds: float = 300.0
+    sink_rate_limit: float | None = None
+    sink_max_concurrency: int = 32
+    sink_timeout_seconds: float = 10.0
+    pinned_replicas: int | None = None
+
+    @classmethod
+    def from_spec(cls, consumer: spec.FanoutConsumerSpec) -> Policy:
+        scaling = consumer.scaling
+        rate = consumer.sink.rate_limit
+        return cls(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            target_backlog_per_replica=scaling.target_backlog_per_replica,
+            activation_backlog=scaling.activation_backlog,
+            scale_down_stabilization_seconds=scaling.scale_down_stabilization_seconds,
+            cooldown_seconds=scaling.cooldown_seconds,
+            sink_rate_limit=rate.requests_per_second if rate is not None else None,
+            sink_max_concurrency=consumer.sink.max_concurrency,
+            sink_timeout_seconds=consumer.sink.timeout_seconds,
+            pinned_replicas=consumer.replicas,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkReport:
+    """What the running workers say about the sink (from their /metrics)."""
+
+    throttled: bool = False
+    requests_per_second_per_replica: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One poll: the queue's depth and the fleet's current size."""
+
+    visible: int
+    in_flight: int
+    current_replicas: int
+    delayed: int = 0
+    sink: SinkReport | None = None
+
+    @property
+    def backlog(self) -> int:
+        return self.visible + self.in_flight
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    at: float
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """Carried from one decision to the next."""
+
+    empty_since: float | None = None
+    recommendations: tuple[Recommendation, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    replicas: int
+    recommendation: int
+    limit: Limit
+    reason: str
+    state: State
+
+
+def downstream_cap(policy: Policy, sink: SinkReport | None) -> tuple[int, str] | None:
+    """The most replicas the sink's fleet-wide rate can keep busy, and how that was worked out."""
+    if policy.sink_rate_limit is None:
+        return None
+    rate = policy.sink_rate_limit
+    measured = sink.requests_per_second_per_replica if sink is not None else None
+    if measured is not None and measured >= MIN_MEASURED_RATE:
+        per_replica, source = measured, "measured"
+    else:
+        per_replica = policy.sink_max_concurrency / policy.sink_timeout_seconds
+        source = "configured worst case"
+    cap = max(1, math.ceil(rate / per_replica - CAP_TOLERANCE))
+    return cap, f"{_num(rate)} req/s ÷ {_num(per_replica)} req/s per replica ({source})"
+
+
+def decide(policy: Policy, observation: Observation, state: State, now: float) -> Decision:
+    """The replica count for this poll, why, and the state for the next one."""
+    current = observation.current_replicas
+    backlog = observation.backlog
+    empty_since = (state.empty_since if state.empty_since is not None else now) if backlog == 0 else None
+
+    if policy.pinned_replicas is not None:
+        return Decision(
+            replicas=policy.pinned_replicas,
+            recommendation=policy.pinned_replicas,
+            limit=Limit.PINNED,
+            reason=f"pinned by spec.replicas → {policy.pinned_replicas}",
+            state=State(empty_since=empty_since),
+        )
+
+    target = policy.target_backlog_per_replica
+    raw = math.ceil(backlog / target)
+    notes = [f"backlog {backlog} / target {target} → {raw}"]
+    limit = Limit.BACKLOG
+    to_zero = False
+    idle = now - empty_since if empty_since is not None else 0.0
+    threshold = max(1, policy.activation_backlog)
+    if policy.min_replicas == 0 and current == 0 and backlog < threshold:
+        recommendation = 0
+        if backlog > 0:
+            limit = Limit.ACTIVATION
+            notes.append(f"below activation {threshold}, stays at 0")
+    elif policy.min_replicas == 0 and backlog == 0 and idle >= policy.cooldown_seconds:
+        recommendation, to_zero, limit = 0, True, Limit.IDLE
+        notes.append(f"empty for {_num(idle)}s ≥ cooldown {_num(policy.cooldown_seconds)}s")
+    else:
+        # Between activation and cooldown a running fleet never drops below one replica.
+        recommendation = min(max(raw, policy.min_replicas, 1), policy.max_replicas)
+        if policy.min_replicas == 0 and backlog == 0:
+            limit = Limit.COOLDOWN
+            notes.append(f"empty for {_num(idle)}s of {_num(policy.cooldown_seconds)}s cooldown, keeps 1")
+        elif recommendation != raw:
+            limit = Limit.BOUNDS
+            notes.append(f"bounded to [{policy.min_replicas}, {policy.max_replicas}] → {recommendation}")
+
+    cap = downstream_cap(policy, observation.sink)
+    if cap is not None and recommendation > cap[0]:
+        capped = max(cap[0], policy.min_replicas)
+        if capped < recommendation:
+            limit = Limit.SINK_CAP
+            notes.append(f"capped at {capped} by sink rate ({cap[1]})")
+            recommendation = capped
+
+    sink = observation.sink
+    if sink is not None and sink.throttled and current > 0 and recommendation > current:
+        held = max(current, policy.min_replicas)
+        if held < recommendation:
+            limit = Limit.THROTTLED
+            notes.append(f"sink throttled or circuit open: holding at {held}")
+            recommendation = held
+
+    window_start = now - policy.scale_down_stabilization_seconds
+    kept = tuple(r for r in state.recommendations if r.at > window_start)
+    if to_zero:
+        replicas, kept = 0, ()
+    else:
+        kept = (*kept, Recommendation(at=now, replicas=recommendation))
+        if recommendation >= current:
+            replicas = recommendation
+        else:
+            highest = min(max(r.replicas for r in kept), policy.max_replicas)
+            replicas = max(min(current, highest), policy.min_replicas)
+            if replicas > recommendation:
+                limit = Limit.STABILIZING
+                notes.append(
+                    f"scale-down held at {replicas} by the "
+                    f"{_num(policy.scale_down_stabilization_seconds)}s stabilization window"
+                )
+    notes.append(f"replicas {current} → {replicas}" if replicas != current else f"stays at {replicas}")
+    return Decision(
+        replicas=replicas,
+        recommendation=recommendation,
+        limit=limit,
+        reason=", ".join(notes),
+        state=State(empty_since=empty_since, recommendations=kept),
+    )
+
+
+def next_poll_delay(interval: float, consecutive_failures: int) -> float:
+    """Exponential backoff after failed queue reads, never shorter than the polling interval."""
+    if consecutive_failures <= 0:
+        return interval
+    return max(interval, min(interval * 2.0 ** min(consecutive_failures, 16), MAX_BACKOFF_SECONDS))
+
+
+def _num(value: float) -> str:
+    return f"{value:g}" if value == int(value) else f"{value:.1f}"
