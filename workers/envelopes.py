@@ -140,8 +140,8 @@ def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, s
 
 def _body_text(body: str | bytes) -> str:
     if isinstance(body, str):
-        # A character is at least one UTF-8 byte: only short-enough text needs encoding.
-        if len(body) > MAX_BODY_BYTES or len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        # A character takes 1-4 UTF-8 bytes: only text near the limit needs encoding to tell.
+        if len(body) > MAX_BODY_BYTES // 4 and len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
             raise PoisonMessage(f"body larger than {MAX_BODY_BYTES} bytes")
         return body
     if len(body) > MAX_BODY_BYTES:
