@@ -1,0 +1,41 @@
+"""Everything a worker tells the outside world about itself: metrics, traces, log lines.
+
+The runtime (polling, processing, settling, running) holds one :class:`WorkerTelemetry`
+per queue and calls one method per state change (``received``, ``delivered``,
+``retried``...); each call bumps its Prometheus metric AND writes one JSON log line, so
+metrics and logs cannot drift apart. Sinks and throttling hold a :class:`SinkTelemetry`.
+Spans are OpenTelemetry context managers that cost nothing when no SDK is configured.
+
+This package is the facade callers import (``from workers import telemetry``); the parts:
+
+    metrics     every metric name and its bounded labels (queue NAME, sink type, enums)
+    logs        the JSON line format; scrubbing free text of payload values and secrets
+    tracing     SDK set-up from OTEL_* only; producer context from X-Ray / traceparent / SNS
+    recorders   WorkerTelemetry and SinkTelemetry, the only writers of the above
+"""
+
+from __future__ import annotations
+
+from workers.telemetry.logs import JsonFormatter, configure_logging, redact_payload, scrub
+from workers.telemetry.metrics import CircuitState, ReasonClass, SinkOutcome, queue_name
+from workers.telemetry.recorders import ACK, DEDUPE, SinkTelemetry, WorkerTelemetry
+from workers.telemetry.tracing import configure_tracing, inject_headers, producer_contexts, shutdown_tracing
+
+__all__ = [
+    "ACK",
+    "DEDUPE",
+    "CircuitState",
+    "JsonFormatter",
+    "ReasonClass",
+    "SinkOutcome",
+    "SinkTelemetry",
+    "WorkerTelemetry",
+    "configure_logging",
+    "configure_tracing",
+    "inject_headers",
+    "producer_contexts",
+    "queue_name",
+    "redact_payload",
+    "scrub",
+    "shutdown_tracing",
+]

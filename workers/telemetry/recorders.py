@@ -1,0 +1,336 @@
+"""The two recorders the runtime and the sinks hold: one call per state change.
+
+:class:`WorkerTelemetry` (one per queue; polling, processing, settling, running) and
+:class:`SinkTelemetry` (one per sink; sinks and throttling). Each state-change method bumps
+its metric (:mod:`~workers.telemetry.metrics`) AND writes one JSON line
+(:mod:`~workers.telemetry.logs`), so metrics and logs cannot drift apart; the span methods
+follow the OpenTelemetry messaging conventions for SQS (:mod:`~workers.telemetry.tracing`).
+Log lines copy identifiers from the message and the event, never ``payload``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind
+
+from workers import events
+from workers.telemetry import logs, metrics, tracing
+
+# Child span names the runtime uses; ACK is a messaging "settle" operation.
+DEDUPE: Final = "dedupe"
+ACK: Final = "ack"
+
+
+def _message_id(message: Mapping[str, Any]) -> str | None:
+    value = message.get("MessageId")
+    return value if isinstance(value, str) else None
+
+
+def _system_ms(message: Mapping[str, Any], name: str) -> int | None:
+    system = message.get("Attributes")
+    if not isinstance(system, Mapping):
+        return None
+    try:
+        return int(system[name])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class WorkerTelemetry:
+    """Metrics, spans and state log lines of one worker consuming one queue."""
+
+    def __init__(
+        self,
+        *,
+        queue_url: str,
+        sink_name: str,
+        tracer_provider: trace.TracerProvider | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue_url = queue_url
+        self.queue = metrics.queue_name(queue_url)
+        self.sink_name = sink_name
+        self._clock = clock
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
+        self._ready: bool | None = None
+        q = self.queue
+        # Pre-create the children so every series exists (at 0) from the first scrape:
+        # rate() and absent() alerts then behave from the start.
+        self._received = metrics.MESSAGES_RECEIVED.labels(q)
+        self._empty = metrics.EMPTY_RECEIVES.labels(q)
+        self._delivered = metrics.EVENTS_DELIVERED.labels(q, sink_name)
+        self._filtered = metrics.EVENTS_FILTERED.labels(q)
+        self._duplicates = metrics.DUPLICATES_SUPPRESSED.labels(q)
+        self._deleted = metrics.MESSAGES_DELETED.labels(q)
+        self._extended = metrics.VISIBILITY_EXTENSIONS.labels(q)
+        self._expired = metrics.RECEIPT_EXPIRED.labels(q)
+        self._returned = metrics.MESSAGES_RETURNED.labels(q)
+        self._processing = metrics.PROCESSING_SECONDS.labels(q)
+        self._e2e_sent = metrics.END_TO_END_SECONDS.labels(q, "sqs_sent")
+        self._e2e_event = metrics.END_TO_END_SECONDS.labels(q, "event_time")
+        self._in_flight = metrics.IN_FLIGHT.labels(q)
+        self._lanes = metrics.ACTIVE_LANES.labels(q)
+        self._ready_gauge = metrics.WORKER_READY.labels(q)
+        for reason_class in metrics.ReasonClass:
+            metrics.RETRIES.labels(q, reason_class.value)
+            metrics.DEAD_LETTERED.labels(q, reason_class.value)
+
+    # ----------------------------------------------------------------------------------- spans
+    def _base_attributes(self) -> dict[str, str]:
+        return {
+            "messaging.system": "aws_sqs",
+            "messaging.destination.name": self.queue,
+            "aws.sqs.queue.url": self.queue_url,
+        }
+
+    def receive_span(self) -> contextlib.AbstractContextManager[Span]:
+        """``receive <queue>`` CLIENT span around one ReceiveMessage call."""
+        attributes = self._base_attributes()
+        attributes["messaging.operation.type"] = "receive"
+        attributes["messaging.operation.name"] = "ReceiveMessage"
+        return self._tracer.start_as_current_span(
+            f"receive {self.queue}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    def record_batch(self, span: Span, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Put the batch size and one link per message producer context on a receive span."""
+        span.set_attribute("messaging.batch.message_count", len(messages))
+        for message in messages:
+            message_id = _message_id(message)
+            for span_context in tracing.producer_contexts(message):
+                span.add_link(span_context, {"messaging.message.id": message_id} if message_id else None)
+
+    @contextlib.contextmanager
+    def process_span(self, message: Mapping[str, Any], event: events.Event | None) -> Iterator[Span]:
+        """``process <queue>`` CONSUMER span for one message.
+
+        The first producer context becomes the parent (one trace from producer to the
+        downstream call); every producer context is also a link, as the conventions ask.
+        Without one, the span starts a new trace (not a child of whatever is current).
+        """
+        attributes = self._base_attributes()
+        attributes["messaging.operation.type"] = "process"
+        attributes["messaging.operation.name"] = "process"
+        message_id = _message_id(message)
+        if message_id:
+            attributes["messaging.message.id"] = message_id
+        if event is not None and event.ordering_key:
+            attributes["messaging.message.conversation_id"] = event.ordering_key
+        producers = tracing.producer_contexts(message, event)
+        parent = (
+            trace.set_span_in_context(trace.NonRecordingSpan(producers[0]))
+            if producers
+            else otel_context.Context()
+        )
+        links = [Link(span_context) for span_context in producers]
+        with self._tracer.start_as_current_span(
+            f"process {self.queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        ) as span:
+            yield span
+
+    def child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
+        """An INTERNAL child of the current span: :data:`DEDUPE`, :data:`ACK` (a settle)."""
+        attributes: dict[str, str] = {}
+        if name == ACK:
+            attributes = self._base_attributes()
+            attributes["messaging.operation.type"] = "settle"
+            attributes["messaging.operation.name"] = "ack"
+        return self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+    # ---------------------------------------------------------------------------- state changes
+    def _fields(self, message: Mapping[str, Any] | None, event: events.Event | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {"queue": self.queue}
+        if message is not None:
+            fields["message_id"] = _message_id(message)
+        if event is not None:
+            fields["event_id"] = event.event_id
+            fields["ordering_key"] = event.ordering_key
+            fields["event_type"] = event.event_type
+        return fields
+
+    @staticmethod
+    def _reason(reason: str, message: Mapping[str, Any], event: events.Event | None) -> str:
+        payload: Any = event.payload if event is not None else message.get("Body")
+        return logs.scrub(logs.redact_payload(reason, payload))
+
+    def _log(self, level: int, state: str, fields: dict[str, Any]) -> None:
+        if logs.STATE_LOGGER.isEnabledFor(level):
+            logs.STATE_LOGGER.log(level, state, extra={"fanout": fields})
+
+    def received(self, count: int) -> None:
+        if count == 0:
+            self._empty.inc()
+            self._log(logging.DEBUG, "empty_receive", self._fields(None, None))
+            return
+        self._received.inc(count)
+        fields = self._fields(None, None)
+        fields["count"] = count
+        self._log(logging.INFO, "received", fields)
+
+    def delivered(self, message: Mapping[str, Any], event: events.Event, processing_seconds: float) -> None:
+        self._delivered.inc()
+        self._processing.observe(max(0.0, processing_seconds))
+        now_ms = self._clock() * 1000.0
+        sent_ms = _system_ms(message, "SentTimestamp")
+        fields = self._fields(message, event)
+        fields["processing_seconds"] = round(processing_seconds, 6)
+        if sent_ms is not None:
+            self._e2e_sent.observe(max(0.0, (now_ms - sent_ms) / 1000.0))
+        if event.event_time_ms is not None:
+            end_to_end = max(0.0, (now_ms - event.event_time_ms) / 1000.0)
+            self._e2e_event.observe(end_to_end)
+            fields["end_to_end_seconds"] = round(end_to_end, 3)
+        self._log(logging.INFO, "delivered", fields)
+
+    def filtered(self, message: Mapping[str, Any], event: events.Event) -> None:
+        self._filtered.inc()
+        self._log(logging.INFO, "filtered", self._fields(message, event))
+
+    def duplicate(self, message: Mapping[str, Any], event: events.Event) -> None:
+        self._duplicates.inc()
+        self._log(logging.INFO, "duplicate", self._fields(message, event))
+
+    def retried(
+        self,
+        message: Mapping[str, Any],
+        event: events.Event | None,
+        delay_seconds: float,
+        reason_class: metrics.ReasonClass,
+        reason: str,
+    ) -> None:
+        reason_class = metrics.ReasonClass(reason_class)
+        metrics.RETRIES.labels(self.queue, reason_class.value).inc()
+        fields = self._fields(message, event)
+        fields["delay_seconds"] = round(delay_seconds, 3)
+        fields["reason_class"] = reason_class.value
+        fields["reason"] = self._reason(reason, message, event)
+        receive_count = _system_ms(message, "ApproximateReceiveCount")
+        if receive_count is not None:
+            fields["receive_count"] = receive_count
+        self._log(logging.WARNING, "retried", fields)
+
+    def dead_lettered(
+        self,
+        message: Mapping[str, Any],
+        event: events.Event | None,
+        reason_class: metrics.ReasonClass,
+        reason: str,
+    ) -> None:
+        reason_class = metrics.ReasonClass(reason_class)
+        metrics.DEAD_LETTERED.labels(self.queue, reason_class.value).inc()
+        fields = self._fields(message, event)
+        fields["reason_class"] = reason_class.value
+        fields["reason"] = self._reason(reason, message, event)
+        self._log(logging.ERROR, "dead_lettered", fields)
+
+    def _count(self, level: int, state: str, count: int) -> None:
+        fields = self._fields(None, None)
+        fields["count"] = count
+        self._log(level, state, fields)
+
+    def returned(self, count: int) -> None:
+        """Messages given back with visibility 0 (e.g. at shutdown, or held too long)."""
+        self._returned.inc(count)
+        self._count(logging.INFO, "returned", count)
+
+    def deleted(self, count: int) -> None:
+        self._deleted.inc(count)
+        self._count(logging.DEBUG, "deleted", count)
+
+    def delete_failed(self, count: int, code: str) -> None:
+        code = metrics.bounded_code(code)
+        metrics.DELETE_FAILURES.labels(self.queue, code).inc(count)
+        fields = self._fields(None, None)
+        fields["count"] = count
+        fields["code"] = code
+        self._log(logging.WARNING, "delete_failed", fields)
+
+    def visibility_extended(self, count: int) -> None:
+        self._extended.inc(count)
+        self._count(logging.DEBUG, "visibility_extended", count)
+
+    def receipt_expired(self, count: int) -> None:
+        self._expired.inc(count)
+        self._count(logging.WARNING, "receipt_expired", count)
+
+    def set_in_flight(self, count: int) -> None:
+        self._in_flight.set(count)
+
+    def set_lanes(self, count: int) -> None:
+        self._lanes.set(count)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready_gauge.set(1 if ready else 0)
+        if ready != self._ready:
+            self._ready = ready
+            self._log(logging.INFO, "ready" if ready else "not_ready", self._fields(None, None))
+
+
+class SinkTelemetry:
+    """Request metrics, limiter gauges and HTTP client spans of one sink."""
+
+    def __init__(self, sink_name: str, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.sink_name = sink_name
+        self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
+        self._circuit: int | None = None
+        self._paused: bool | None = None
+        for outcome in metrics.SinkOutcome:
+            metrics.SINK_REQUESTS.labels(sink_name, outcome.value)
+
+    def request(self, outcome: str, seconds: float) -> None:
+        """Count one request; ``outcome`` must be a :class:`metrics.SinkOutcome` value (ValueError)."""
+        label = metrics.SinkOutcome(outcome).value
+        metrics.SINK_REQUESTS.labels(self.sink_name, label).inc()
+        metrics.SINK_REQUEST_SECONDS.labels(self.sink_name, label).observe(max(0.0, seconds))
+
+    def limiter_state(self, *, rate: float | None, concurrency: int, paused: bool, circuit: int) -> None:
+        """Publish the limiter's view; ``rate=None`` means unlimited (+Inf)."""
+        metrics.SINK_RATE_LIMIT.labels(self.sink_name).set(math.inf if rate is None else rate)
+        metrics.SINK_CONCURRENCY_LIMIT.labels(self.sink_name).set(concurrency)
+        metrics.SINK_PAUSED.labels(self.sink_name).set(1 if paused else 0)
+        state = metrics.CircuitState(circuit)
+        metrics.SINK_CIRCUIT_STATE.labels(self.sink_name).set(state.value)
+        if self._circuit is not None and state != self._circuit:
+            logs.SINK_LOGGER.log(
+                logging.WARNING if state else logging.INFO,
+                "circuit_" + state.name.lower(),
+                extra={"fanout": {"sink": self.sink_name}},
+            )
+        if self._paused is not None and paused != self._paused:
+            logs.SINK_LOGGER.warning(
+                "paused" if paused else "resumed", extra={"fanout": {"sink": self.sink_name}}
+            )
+        self._circuit = state
+        self._paused = paused
+
+    def http_span(self, method: str, url: str) -> contextlib.AbstractContextManager[Span]:
+        """A CLIENT span for one downstream HTTP request; call :func:`inject_headers` inside it.
+
+        The URL is recorded without userinfo, query or fragment: those can carry secrets.
+        """
+        parts = urllib.parse.urlsplit(url)
+        attributes: dict[str, str | int] = {
+            "http.request.method": method.upper(),
+            "url.full": urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", "")),
+            "server.address": parts.hostname or "",
+            "fanout.sink": self.sink_name,
+        }
+        if parts.port is not None:
+            attributes["server.port"] = parts.port
+            attributes["url.full"] = urllib.parse.urlunsplit(
+                (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, "", "")
+            )
+        return self._tracer.start_as_current_span(method.upper(), kind=SpanKind.CLIENT, attributes=attributes)

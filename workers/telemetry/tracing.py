@@ -1,0 +1,149 @@
+"""OpenTelemetry set-up from the environment, and trace context carried by SQS messages.
+
+:func:`configure_tracing` is called once by ``cli``; the span helpers of
+:mod:`workers.telemetry.recorders` use :func:`producer_contexts` to find the producer's
+context in a message: the ``AWSTraceHeader`` system attribute (X-Ray format), a W3C
+``traceparent`` message attribute, or the SNS envelope's ``traceparent``
+(``Event.attributes``). :func:`inject_headers` carries the current context on to a
+downstream HTTP request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace.propagation import tracecontext
+
+from workers import events
+
+TRACER_NAME = "fanout-consumer.workers"
+
+_TRACING_CONFIGURED = False
+_PROVIDER: Any = None
+_TRUE = frozenset({"true", "1", "yes"})
+
+
+def configure_tracing(service_name: str = "fanout-worker") -> None:
+    """Install the OpenTelemetry SDK from the standard ``OTEL_*`` environment; idempotent.
+
+    ``OTEL_SDK_DISABLED=true`` leaves the no-op API in place. Otherwise spans are recorded (so
+    log lines carry trace ids) and exported over OTLP/HTTP only when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set and
+    ``OTEL_TRACES_EXPORTER`` is not ``none``. The sampler, resource attributes, service
+    name (``OTEL_SERVICE_NAME`` wins over ``service_name``) and exporter details come from
+    the environment through the SDK itself.
+    """
+    global _TRACING_CONFIGURED, _PROVIDER
+    if _TRACING_CONFIGURED:
+        return
+    _TRACING_CONFIGURED = True
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+        return
+    from opentelemetry.sdk import resources
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {resources.SERVICE_NAME: service_name}
+    provider = TracerProvider(resource=resources.Resource.create(attributes))
+    if _export_wanted(os.environ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _PROVIDER = provider
+
+
+def _export_wanted(environ: Mapping[str, str]) -> bool:
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    exporters = {e.strip().lower() for e in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")}
+    return bool(endpoint) and "none" not in exporters
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the provider :func:`configure_tracing` installed (call at exit)."""
+    if _PROVIDER is not None:
+        _PROVIDER.shutdown()
+
+
+def inject_headers(headers: dict[str, str]) -> None:
+    """Put the CURRENT span's context (W3C ``traceparent``) into outgoing HTTP headers.
+
+    Uses the global propagator, so ``OTEL_PROPAGATORS`` is honoured (default: tracecontext and
+    baggage). Does nothing when there is no valid current span.
+    """
+    propagate.inject(headers)
+
+
+_W3C = tracecontext.TraceContextTextMapPropagator()
+_XRAY_ROOT = re.compile(r"^1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})$")
+_HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
+
+
+def _parse_xray(header: str) -> SpanContext | None:
+    fields: dict[str, str] = {}
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    root = _XRAY_ROOT.match(fields.get("Root", ""))
+    parent = fields.get("Parent", "")
+    if root is None or not _HEX16.match(parent):
+        return None
+    flags = TraceFlags(TraceFlags.SAMPLED if fields.get("Sampled") == "1" else TraceFlags.DEFAULT)
+    span_context = SpanContext(
+        trace_id=int(root.group(1) + root.group(2), 16),
+        span_id=int(parent, 16),
+        is_remote=True,
+        trace_flags=flags,
+    )
+    return span_context if span_context.is_valid else None
+
+
+def _parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    span_context = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def _message_attribute(message: Mapping[str, Any], name: str) -> str | None:
+    attributes = message.get("MessageAttributes")
+    if not isinstance(attributes, Mapping):
+        return None
+    value = attributes.get(name)
+    if isinstance(value, Mapping):
+        string = value.get("StringValue")
+        return string if isinstance(string, str) else None
+    return None
+
+
+def producer_contexts(message: Mapping[str, Any], event: events.Event | None = None) -> list[SpanContext]:
+    """Every distinct producer span context a message carries, most authoritative first.
+
+    Order: the ``AWSTraceHeader`` system attribute (set by SQS itself from an X-Ray traced
+    send), a ``traceparent`` message attribute, the SNS envelope's ``traceparent``.
+    """
+    found: list[SpanContext | None] = []
+    system = message.get("Attributes")
+    if isinstance(system, Mapping):
+        header = system.get("AWSTraceHeader")
+        if isinstance(header, str):
+            found.append(_parse_xray(header))
+    traceparent = _message_attribute(message, "traceparent")
+    if traceparent:
+        found.append(_parse_traceparent(traceparent, _message_attribute(message, "tracestate")))
+    if event is not None and event.attributes.get("traceparent"):
+        found.append(_parse_traceparent(event.attributes["traceparent"], event.attributes.get("tracestate")))
+    unique: list[SpanContext] = []
+    for span_context in found:
+        if span_context is not None and all(
+            (u.trace_id, u.span_id) != (span_context.trace_id, span_context.span_id) for u in unique
+        ):
+            unique.append(span_context)
+    return unique
