@@ -191,11 +191,14 @@ def test_level_is_configurable_and_configuring_twice_keeps_one_handler(log_strea
 
 
 def test_other_loggers_go_through_the_same_json_formatter(log_stream: io.StringIO) -> None:
-    logging.getLogger("workers.polling").info("stopping %s", "now", extra={"unrelated": "x"})
+    extra = {"queue": "calls", "pollers": 2, "payload": {"ani": "tel:+13175550123"}, "trace_id": "forged"}
+    logging.getLogger("workers.polling").info("stopping %s", "now", extra=extra)
     (line,) = _lines(log_stream)
     assert line["msg"] == "stopping now"
     assert line["logger"] == "workers.polling"
-    assert "unrelated" not in line
+    assert (line["queue"], line["pollers"]) == ("calls", 2)
+    assert "payload" not in line, "containers in extra are dropped"
+    assert line["trace_id"] is None
 
 
 PHONE = st.from_regex(r"\A(tel:)?\+?[1-9][0-9]{6,14}\Z")

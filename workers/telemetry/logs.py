@@ -99,11 +99,21 @@ _HANDLER_MARK = "_fanout_json_handler"
 _RESERVED_FIELDS = frozenset({"ts", "level", "logger", "msg", "trace_id", "span_id"})
 
 
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "fanout",
+}
+_SCALARS = (str, int, float, bool, type(None))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, the state fields, trace and span ids.
 
-    State fields come only from ``extra={"fanout": {...}}`` (written by this module), so
-    arbitrary attributes on log records never leak into the line.
+    State fields come from ``extra={"fanout": {...}}`` (this package's recorders); other
+    modules' ``extra={...}`` scalars are kept too (``extra={"queue": name}``), while
+    containers are dropped: a dict or list in ``extra`` is how a payload would slip in.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -115,6 +125,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in _RESERVED_FIELDS and isinstance(value, _SCALARS):
+                line[key] = value
         fields = getattr(record, "fanout", None)
         if isinstance(fields, Mapping):
             line.update({k: v for k, v in fields.items() if k not in _RESERVED_FIELDS})
