@@ -1,0 +1,124 @@
+"""The long-poll loop: receive only what we can finish, only while the sink takes work.
+
+``running`` starts ``spec.queue.pollers`` :class:`Poller` tasks sharing one
+:class:`Budget`. Before each ``ReceiveMessage`` a poller
+
+1. waits while the sink is not accepting (paused by Retry-After, circuit open): the
+   messages wait in SQS, where they are safe, instead of in our memory;
+2. reserves room in the in-flight budget (received, not yet settled) and asks for no
+   more than that, so the worker never holds more than it can finish or heartbeat.
+
+Received messages are tracked by the settler (which heartbeats them and frees their
+budget when they are settled) and handed to the processor. An empty receive costs
+the long poll only. Receive errors never end the loop: they mark the worker unready
+and back off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fanout_core import spec as spec_model
+from workers import settling, sqs, telemetry
+from workers.sinks import base
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_BACKOFF = 30.0
+
+
+class Budget:
+    """A bounded count of messages in our hands; pollers reserve before they receive."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    async def reserve(self, most: int) -> int:
+        """Wait for room, then reserve up to ``most`` places; return how many."""
+        while self._used >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        granted = min(most, self.limit - self._used)
+        self._used += granted
+        return granted
+
+    def release(self, count: int) -> None:
+        if count <= 0:
+            return
+        self._used = max(0, self._used - count)
+        self._room.set()
+
+
+class Poller:
+    """One long-poll loop over the source queue."""
+
+    def __init__(
+        self,
+        *,
+        client: sqs.SqsApi,
+        queue: spec_model.QueueSpec,
+        budget: Budget,
+        sink: base.Sink,
+        settler: settling.Settler,
+        submit: Callable[[settling.Received], None],
+        telemetry: telemetry.WorkerTelemetry,
+        on_health: Callable[[bool], None],
+    ) -> None:
+        self._client = client
+        self._queue = queue
+        self._budget = budget
+        self._sink = sink
+        self._settler = settler
+        self._submit = submit
+        self._telemetry = telemetry
+        self._on_health = on_health
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await self._sink.wait_accepting()
+            granted = await self._budget.reserve(self._queue.max_messages)
+            try:
+                messages = await self._receive(granted)
+            except sqs.SqsError as error:
+                self._budget.release(granted)
+                failures += 1
+                self._on_health(False)
+                delay = min(_MAX_ERROR_BACKOFF, 0.5 * 2 ** min(failures, 10))
+                log.warning("receive failed (%s); next try in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self._budget.release(granted)
+                raise
+            failures = 0
+            self._on_health(True)
+            self._budget.release(granted - len(messages))
+            self._telemetry.received(len(messages))
+            for message in messages:
+                self._submit(self._settler.track(message))
+
+    async def _receive(self, count: int) -> list[dict[str, Any]]:
+        with self._telemetry.receive_span() as span:
+            reply = await sqs.call(
+                self._client.receive_message,
+                QueueUrl=self._queue.url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=self._queue.wait_time_seconds,
+                VisibilityTimeout=self._queue.visibility_timeout_seconds,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            messages: list[dict[str, Any]] = reply.get("Messages", [])
+            self._telemetry.record_batch(span, messages)
+            return messages

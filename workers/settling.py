@@ -1,0 +1,396 @@
+"""Everything that ends a message's stay with us: deletes, visibility changes, dead-letters.
+
+``polling`` hands every received message to :meth:`Settler.track`; from then on the
+message counts against the in-flight budget until exactly one settling action has
+been carried out for it:
+
+* :meth:`Settler.delete` — done (delivered, filtered, duplicate); batched
+  ``DeleteMessageBatch``, flushed at 10 entries or after a short linger;
+* :meth:`Settler.retry_later` — make it visible again after a delay (backoff or
+  Retry-After); batched ``ChangeMessageVisibilityBatch``;
+* :meth:`Settler.give_back` — visible again now (FIFO group return, shutdown);
+* :meth:`Settler.dead_letter` — ``SendMessage`` to the dead-letter queue with the
+  reason in message attributes, then delete; without a dead-letter queue the message
+  is left to the source queue's redrive policy (made visible after a backoff).
+
+Meanwhile the heartbeat extends the visibility of every tracked message before it
+expires, never beyond SQS's 12-hour cap. Failures of these calls never crash the
+worker: an expired receipt handle is counted and logged; anything else is retried a
+few times and then left to the visibility timeout, which loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from workers import events, sqs, telemetry
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 10
+VISIBILITY_CAP_SECONDS = 43_200
+_CAP_SAFETY_SECONDS = 30.0
+_ATTEMPTS_PER_CALL = 3
+_MAX_DLQ_REASON = 1000
+
+
+class State(enum.Enum):
+    HELD = "held"  # ours: heartbeated, counts against the budget
+    SETTLING = "settling"  # an action is queued or under way; still counts
+    SETTLED = "settled"  # gone from our hands
+
+
+@dataclasses.dataclass(eq=False)
+class Received:
+    """One received SQS message while it is in our hands."""
+
+    message: Mapping[str, Any]
+    message_id: events.MessageId
+    receipt_handle: events.ReceiptHandle
+    receive_count: int
+    received_at: float  # monotonic
+    visible_until: float  # monotonic
+    group_id: str | None
+    event: events.Event | None = None
+    state: State = State.HELD
+
+    @property
+    def sent_timestamp_ms(self) -> int | None:
+        raw = self.message.get("Attributes", {}).get("SentTimestamp")
+        return int(raw) if raw and str(raw).isdigit() else None
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any], *, now: float, visibility: float) -> Received:
+        attributes = message.get("Attributes", {})
+        count = str(attributes.get("ApproximateReceiveCount", "1"))
+        return cls(
+            message=message,
+            message_id=events.MessageId(str(message["MessageId"])),
+            receipt_handle=events.ReceiptHandle(str(message["ReceiptHandle"])),
+            receive_count=int(count) if count.isdigit() else 1,
+            received_at=now,
+            visible_until=now + visibility,
+            group_id=attributes.get("MessageGroupId"),
+        )
+
+
+class Budget(Protocol):
+    def release(self, count: int) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    record: Received
+    visibility: int | None = None  # None = delete
+    heartbeat: bool = False
+
+
+class _Batcher:
+    """Collects entries and sends them in batches of ten, or after ``linger`` seconds."""
+
+    def __init__(self, send: Callable[[list[_Entry]], Awaitable[None]], linger: float) -> None:
+        self._send = send
+        self._linger = linger
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, entry: _Entry) -> None:
+        self._queue.put_nowait(entry)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="settling-batcher")
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger):
+                        while len(batch) < BATCH_MAX:
+                            batch.append(await self._queue.get())
+                while len(batch) < BATCH_MAX and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._send(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop settling; the messages reappear on their own
+                log.exception("settling batch failed")
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been sent."""
+        await self._queue.join()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Settler:
+    """Settles the messages of one source queue; one per worker."""
+
+    def __init__(
+        self,
+        *,
+        client: sqs.SqsApi,
+        queue_url: events.QueueUrl,
+        visibility_timeout: int,
+        dead_letter_url: events.QueueUrl | None,
+        budget: Budget,
+        telemetry: telemetry.WorkerTelemetry,
+        linger: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._queue_url = queue_url
+        self._visibility = visibility_timeout
+        self._dead_letter_url = dead_letter_url
+        self._budget = budget
+        self._telemetry = telemetry
+        self._clock = clock
+        self._held: dict[Received, None] = {}  # insertion-ordered set, by identity
+        self._deletes = _Batcher(self._send_deletes, linger)
+        self._changes = _Batcher(self._send_changes, linger)
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._deletes.start()
+        self._changes.start()
+        self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="visibility-heartbeat")
+
+    async def aclose(self) -> None:
+        """Flush every queued action, then stop (after the in-flight work has ended)."""
+        await self._deletes.flush()
+        await self._changes.flush()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self._deletes.aclose()
+        await self._changes.aclose()
+
+    # -- tracking --------------------------------------------------------------------------
+
+    def track(self, message: Mapping[str, Any]) -> Received:
+        record = Received.from_message(message, now=self._clock(), visibility=self._visibility)
+        self._held[record] = None
+        self._telemetry.set_in_flight(len(self._held))
+        return record
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def delete(self, record: Received) -> None:
+        if self._begin(record):
+            self._deletes.put(_Entry(record))
+
+    def retry_later(self, record: Received, delay_seconds: float) -> None:
+        if self._begin(record):
+            self._changes.put(_Entry(record, visibility=self._cap(record, delay_seconds)))
+
+    def give_back(self, records: Sequence[Received]) -> None:
+        """Make messages visible again at once; SQS redelivers them (FIFO: in group order)."""
+        given = [record for record in records if self._begin(record)]
+        for record in given:
+            self._changes.put(_Entry(record, visibility=0))
+        if given:
+            self._telemetry.returned(len(given))
+
+    async def dead_letter(
+        self, record: Received, *, reason_class: telemetry.ReasonClass, reason: str, backoff: float
+    ) -> None:
+        """Move the message to the dead-letter queue with its reason, then delete it.
+
+        Without a dead-letter queue the message is made visible again after ``backoff``
+        and the source queue's redrive policy decides. If the dead-letter queue cannot
+        be written, the same: nothing is deleted that was not copied.
+        """
+        if record.state is not State.HELD:
+            return
+        if self._dead_letter_url is None:
+            self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
+            self.retry_later(record, backoff)
+            return
+        record.state = State.SETTLING
+        try:
+            await sqs.call(
+                self._client.send_message,
+                **dead_letter_request(
+                    record,
+                    dead_letter_url=self._dead_letter_url,
+                    source_queue_url=self._queue_url,
+                    reason_class=reason_class,
+                    reason=reason,
+                ),
+            )
+        except sqs.SqsError as error:
+            log.warning("dead-letter queue write failed (%s); message retried later", error)
+            record.state = State.HELD
+            self.retry_later(record, backoff)
+            return
+        self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
+        self._deletes.put(_Entry(record))
+
+    async def flush(self) -> None:
+        await self._deletes.flush()
+        await self._changes.flush()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _begin(self, record: Received) -> bool:
+        if record.state is not State.HELD:
+            return False
+        record.state = State.SETTLING
+        return True
+
+    def _done(self, records: Sequence[Received]) -> None:
+        for record in records:
+            if record.state is not State.SETTLED:
+                record.state = State.SETTLED
+                if record in self._held:
+                    del self._held[record]
+                    self._budget.release(1)
+        self._telemetry.set_in_flight(len(self._held))
+
+    def _cap(self, record: Received, seconds: float) -> int:
+        held_for = self._clock() - record.received_at
+        room = VISIBILITY_CAP_SECONDS - held_for - _CAP_SAFETY_SECONDS
+        return max(0, min(round(seconds), int(room), VISIBILITY_CAP_SECONDS))
+
+    async def _send_deletes(self, batch: list[_Entry]) -> None:
+        failed = await self._send_batch(
+            batch,
+            self._client.delete_message_batch,
+            lambda index, entry: {"Id": str(index), "ReceiptHandle": entry.record.receipt_handle},
+        )
+        done = [entry.record for entry in batch if entry not in failed]
+        self._telemetry.deleted(len(done))
+        self._done([entry.record for entry in batch])
+
+    async def _send_changes(self, batch: list[_Entry]) -> None:
+        await self._send_batch(
+            batch,
+            self._client.change_message_visibility_batch,
+            lambda index, entry: {
+                "Id": str(index),
+                "ReceiptHandle": entry.record.receipt_handle,
+                "VisibilityTimeout": entry.visibility,
+            },
+        )
+        now = self._clock()
+        beats = [entry for entry in batch if entry.heartbeat]
+        for entry in beats:
+            entry.record.visible_until = now + (entry.visibility or 0)
+        if beats:
+            self._telemetry.visibility_extended(len(beats))
+        self._done([entry.record for entry in batch if not entry.heartbeat])
+
+    async def _send_batch(
+        self,
+        batch: list[_Entry],
+        operation: Callable[..., Awaitable[dict[str, Any]]],
+        make_entry: Callable[[int, _Entry], dict[str, Any]],
+    ) -> list[_Entry]:
+        """Send one batch, retrying retryable per-entry failures; return what finally failed."""
+        pending = dict(enumerate(batch))
+        for attempt in range(_ATTEMPTS_PER_CALL):
+            try:
+                reply = await sqs.call(
+                    operation,
+                    QueueUrl=self._queue_url,
+                    Entries=[make_entry(index, entry) for index, entry in pending.items()],
+                )
+            except sqs.SqsError as error:
+                log.warning("%s failed (attempt %d): %s", operation.__name__, attempt + 1, error)
+                if not error.retryable:
+                    break
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            retry: dict[int, _Entry] = {}
+            for failure in reply.get("Failed", []):
+                index = int(failure["Id"])
+                code = str(failure.get("Code", "Unknown"))
+                if sqs.is_expired_receipt(code):
+                    self._telemetry.receipt_expired(1)
+                elif not failure.get("SenderFault", False) and index in pending:
+                    retry[index] = pending[index]
+                    continue
+                else:
+                    self._telemetry.delete_failed(1, code)
+            pending = retry
+            if not pending:
+                return []
+            await asyncio.sleep(0.2 * 2**attempt)
+        return list(pending.values())
+
+    async def _heartbeat_forever(self) -> None:
+        interval = max(0.5, min(self._visibility / 3, 10.0))
+        margin = max(1.0, self._visibility / 2)
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            for record in list(self._held):
+                if record.state is State.HELD and record.visible_until - now < margin:
+                    extension = self._cap(record, self._visibility)
+                    if extension > record.visible_until - now:
+                        self._changes.put(_Entry(record, visibility=extension, heartbeat=True))
+                        # Do not queue it again before this one is answered.
+                        record.visible_until = now + margin + interval
+
+
+def dead_letter_request(
+    record: Received,
+    *,
+    dead_letter_url: events.QueueUrl,
+    source_queue_url: events.QueueUrl,
+    reason_class: telemetry.ReasonClass,
+    reason: str,
+) -> dict[str, Any]:
+    """The SendMessage request that copies ``record`` to the dead-letter queue.
+
+    The body is unchanged. The reason travels in message attributes (SQS allows ten;
+    ours come first, the original attributes fill the rest). A FIFO dead-letter queue
+    gets a group id (the original group, else the ordering key) and the source message
+    id as deduplication id, so a repeated write within five minutes is dropped.
+    """
+    attributes: dict[str, dict[str, str]] = {
+        "fanout.reason": {"DataType": "String", "StringValue": reason[:_MAX_DLQ_REASON] or "-"},
+        "fanout.reason-class": {"DataType": "String", "StringValue": str(reason_class)},
+        "fanout.attempts": {"DataType": "Number", "StringValue": str(record.receive_count)},
+        "fanout.source-queue": {"DataType": "String", "StringValue": source_queue_url},
+    }
+    original = record.message.get("MessageAttributes", {})
+    for name, value in original.items():
+        if len(attributes) >= 10:
+            break
+        if name in attributes or not isinstance(value, Mapping):
+            continue
+        kept = {key: value[key] for key in ("DataType", "StringValue", "BinaryValue") if key in value}
+        if "DataType" in kept and ("StringValue" in kept or "BinaryValue" in kept):
+            attributes[name] = kept
+    request: dict[str, Any] = {
+        "QueueUrl": dead_letter_url,
+        "MessageBody": record.message.get("Body", ""),
+        "MessageAttributes": attributes,
+    }
+    if dead_letter_url.rstrip("/").endswith(".fifo"):
+        key = record.event.ordering_key if record.event is not None else None
+        request["MessageGroupId"] = record.group_id or key or "fanout-dead-letter"
+        request["MessageDeduplicationId"] = record.message_id[:128]
+    return request

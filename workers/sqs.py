@@ -1,0 +1,97 @@
+"""The SQS client seam: the calls the worker makes, and one error type for their failures.
+
+The worker talks to SQS through an aiobotocore client created from the standard AWS
+environment (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_SQS``, ``AWS_REGION``, credentials
+chain) — never from flags of ours. :class:`SqsApi` names the five operations used, so
+any object with them (the real client, a client for another SQS-compatible server)
+fits. botocore and aiohttp exceptions are translated into :class:`SqsError` where
+they enter (:func:`call`), so the rest of the worker sees one small tree::
+
+    SqsError (retryable: bool, code: str)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import aiobotocore.config
+import aiobotocore.session
+import aiohttp
+import botocore.exceptions
+
+_EXPIRED_RECEIPT_CODES = frozenset(
+    {
+        "ReceiptHandleIsInvalid",
+        "InvalidParameterValue",  # "Value ... for parameter ReceiptHandle is invalid. Reason: ..."
+        "MessageNotInflight",
+        "AWS.SimpleQueueService.MessageNotInflight",
+        "InvalidReceiptHandle",
+    }
+)
+_NOT_RETRYABLE_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "InvalidAddress",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "InvalidParameterValue",
+        "InvalidAttributeName",
+        "InvalidAttributeValue",
+        "MissingParameter",
+        "UnsupportedOperation",
+    }
+)
+
+
+class SqsApi(Protocol):
+    """The SQS operations the worker uses (an aiobotocore SQS client has them all)."""
+
+    def receive_message(self, **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+    def delete_message_batch(self, **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+    def change_message_visibility_batch(self, **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+    def send_message(self, **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+    def get_queue_attributes(self, **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+
+
+class SqsError(Exception):
+    """An SQS call failed. ``retryable`` tells a passing fault from a standing one."""
+
+    def __init__(self, message: str, *, code: str = "", retryable: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+def is_expired_receipt(code: str) -> bool:
+    """True for the error codes SQS gives when a receipt handle no longer works."""
+    return code in _EXPIRED_RECEIPT_CODES
+
+
+async def call(operation: Callable[..., Awaitable[dict[str, Any]]], **kwargs: Any) -> dict[str, Any]:
+    """Await one SQS operation, translating its failures into :class:`SqsError`."""
+    try:
+        return await operation(**kwargs)
+    except botocore.exceptions.ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        raise SqsError(str(error), code=code, retryable=code not in _NOT_RETRYABLE_CODES) from error
+    except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
+        raise SqsError(f"{type(error).__name__}: {error}", code=type(error).__name__) from error
+
+
+@contextlib.asynccontextmanager
+async def client(*, region: str | None, max_connections: int) -> AsyncIterator[Any]:
+    """An aiobotocore SQS client configured from the standard AWS environment."""
+    config = aiobotocore.config.AioConfig(
+        max_pool_connections=max_connections,
+        retries={"mode": "standard", "max_attempts": 3},
+        read_timeout=70,  # above the 20 s long poll, with room
+        connect_timeout=5,
+    )
+    session = aiobotocore.session.get_session()
+    async with session.create_client("sqs", region_name=region, config=config) as sqs_client:
+        yield sqs_client
