@@ -159,8 +159,8 @@ async def feed(
                     entry["MessageDeduplicationId"] = f"m{serial}"
                 entries.append(entry)
         for start in range(0, len(entries), 10):
-            while (await queue_counts(sqs, queue_url))[0] > max_backlog:
-                await asyncio.sleep(pause)  # noqa: ASYNC110 - polling a remote queue, no local event to wait on
+            while (await queue_counts(sqs, queue_url))[0] > max_backlog:  # noqa: ASYNC110 - remote state
+                await asyncio.sleep(pause)
             reply = await sqs.send_message_batch(QueueUrl=queue_url, Entries=entries[start : start + 10])
             assert not reply.get("Failed"), reply.get("Failed")
         await asyncio.sleep(pause)
