@@ -1,0 +1,365 @@
+"""The limiter's promises, proven with hypothesis on a fake clock, plus its async face.
+
+The pure core is driven by random schedules of "time passes / ask for a permit /
+an answer comes back (ok, throttled, 503, failure, with or without Retry-After) / the
+rate changes"; every test then checks one promise over the whole trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers import throttling
+
+EPS = 1e-6
+RESULTS = list(throttling.Result)
+
+
+@dataclasses.dataclass
+class Trace:
+    grants: list[tuple[float, throttling.Permit]] = dataclasses.field(default_factory=list)
+    pauses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    """(number of grants before it, until) of each Retry-After reported."""
+    states: list[tuple[float, throttling.CircuitState, int, int]] = dataclasses.field(default_factory=list)
+    """(now, circuit, concurrency limit, in flight) after every step."""
+    rate_changes: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    results: dict[int, throttling.Result] = dataclasses.field(default_factory=dict)
+    granted_during_probe: list[throttling.Permit] = dataclasses.field(default_factory=list)
+    """Permits granted while a probe was outstanding (must stay empty)."""
+
+
+step = st.tuples(
+    st.floats(0, 1.5),  # time passes
+    st.integers(0, 6),  # permits asked for
+    st.integers(0, 6),  # answers returned (oldest first)
+    st.sampled_from(RESULTS),
+    st.one_of(st.none(), st.floats(0.01, 5)),  # Retry-After on those answers
+)
+
+# mostly failures: the circuit opens and probes often
+failing_step = st.tuples(
+    st.floats(0, 3),
+    st.integers(0, 4),
+    st.integers(0, 4),
+    st.sampled_from([throttling.Result.FAILED, throttling.Result.OVERLOADED] * 3 + RESULTS),
+    st.one_of(st.none(), st.floats(0.01, 2)),
+)
+
+
+def run(
+    limits: throttling.LimiterSettings,
+    steps: list[tuple[float, int, int, throttling.Result, float | None]],
+    rate_schedule: dict[int, float] | None = None,
+) -> Trace:
+    now = 100.0
+    limiter = throttling.Limiter(limits, now)
+    trace = Trace()
+    outstanding: list[throttling.Permit] = []
+    for index, (dt, asks, answers, result, retry_after) in enumerate(steps):
+        now += dt
+        if rate_schedule and index in rate_schedule:
+            limiter.set_rate(rate_schedule[index], now)
+            trace.rate_changes.append((now, rate_schedule[index]))
+        for _ in range(asks):
+            decision = limiter.try_acquire(now)
+            if isinstance(decision, throttling.Wait):
+                assert decision.seconds > 0
+                break
+            if any(permit.probe for permit in outstanding):
+                trace.granted_during_probe.append(decision)
+            trace.grants.append((now, decision))
+            outstanding.append(decision)
+        for _ in range(min(answers, len(outstanding))):
+            permit = outstanding.pop(0)
+            limiter.release(permit, result, now, retry_after=retry_after)
+            trace.results[permit.serial] = result
+            if retry_after is not None:
+                trace.pauses.append((len(trace.grants), now + retry_after))
+        trace.states.append((now, limiter.circuit(now), limiter.concurrency_limit, limiter.in_flight))
+    return trace
+
+
+def _limiter_settings(rate: st.SearchStrategy[float | None]) -> st.SearchStrategy[throttling.LimiterSettings]:
+    return st.builds(
+        throttling.LimiterSettings,
+        rate=rate,
+        burst=st.integers(1, 10),
+        max_concurrency=st.integers(1, 8),
+        failure_threshold=st.integers(1, 4),
+        open_seconds=st.floats(0.5, 3),
+        max_open_seconds=st.just(10.0),
+    )
+
+
+limiter_settings = _limiter_settings(st.floats(0.2, 50))
+any_limiter_settings = _limiter_settings(st.one_of(st.none(), st.floats(0.2, 50)))
+
+
+@settings(max_examples=200)
+@given(limits=limiter_settings, steps=st.lists(step, max_size=120))
+def test_never_exceeds_the_bucket_over_any_window(
+    limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
+) -> None:
+    assert limits.rate is not None
+    times = [moment for moment, _ in run(limits, steps).grants]
+    for i, start in enumerate(times):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= limits.burst + limits.rate * (times[j] - start) + EPS
+
+
+@settings(max_examples=200)
+@given(limits=any_limiter_settings, steps=st.lists(step, max_size=120))
+def test_honours_retry_after(
+    limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
+) -> None:
+    trace = run(limits, steps)
+    for first_after, until in trace.pauses:
+        for moment, _ in trace.grants[first_after:]:
+            assert moment >= until, f"granted at {moment}, paused until {until}"
+
+
+@settings(max_examples=200)
+@given(limits=any_limiter_settings, steps=st.lists(step, max_size=120))
+def test_concurrency_stays_between_one_and_the_maximum(
+    limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
+) -> None:
+    for _, _, limit, in_flight in run(limits, steps).states:
+        assert 1 <= limit <= limits.max_concurrency
+        assert in_flight <= limits.max_concurrency
+
+
+@settings(max_examples=300)
+@given(limits=any_limiter_settings, steps=st.lists(failing_step, min_size=30, max_size=120))
+def test_an_open_circuit_lets_one_probe_through_per_open_period(
+    limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
+) -> None:
+    trace = run(limits, steps)
+    assert not trace.granted_during_probe
+    probes = [(moment, permit) for moment, permit in trace.grants if permit.probe]
+    for (earlier, first), (later, _) in itertools.pairwise(probes):
+        # a failed probe re-opens the circuit for a whole period; a successful one closes
+        # it, and the next opening starts a new period; only an abandoned probe
+        # (cancelled: no answer) lets the next one through at once
+        if trace.results[first.serial] is not throttling.Result.CANCELLED:
+            assert later - earlier >= limits.open_seconds - EPS
+
+
+@settings(max_examples=200)
+@given(
+    limits=limiter_settings,
+    outcomes=st.lists(st.sampled_from([throttling.Result.FAILED, throttling.Result.OVERLOADED]), max_size=40),
+    gaps=st.lists(st.floats(0, 4), min_size=40, max_size=40),
+)
+def test_circuit_opens_after_the_threshold_and_probes_one_at_a_time(
+    limits: throttling.LimiterSettings, outcomes: list[throttling.Result], gaps: list[float]
+) -> None:
+    """Against a dead downstream: after the threshold only probes pass, one per open period."""
+    now = 0.0
+    limiter = throttling.Limiter(dataclasses.replace(limits, rate=None), now)
+    granted_while_not_closed: list[tuple[float, throttling.Permit]] = []
+    failures_in_a_row = 0
+    for gap in gaps:
+        now += gap
+        state_before = limiter.circuit(now)
+        decision = limiter.try_acquire(now)
+        if isinstance(decision, throttling.Wait):
+            assert state_before is throttling.CircuitState.OPEN or limiter.in_flight > 0
+            continue
+        # a second ask while the permit is outstanding: never a second probe
+        if decision.probe:
+            assert isinstance(limiter.try_acquire(now), throttling.Wait)
+            granted_while_not_closed.append((now, decision))
+        else:
+            assert state_before is throttling.CircuitState.CLOSED
+            failures_in_a_row += 1
+        limiter.release(decision, throttling.Result.FAILED, now)
+        if failures_in_a_row >= limits.failure_threshold:
+            assert limiter.circuit(now) is throttling.CircuitState.OPEN
+    for (earlier, _), (later, _) in itertools.pairwise(granted_while_not_closed):
+        assert later - earlier >= limits.open_seconds - EPS
+
+
+def test_probe_success_closes_and_probe_failure_backs_off() -> None:
+    limits = throttling.LimiterSettings(failure_threshold=2, open_seconds=1, max_open_seconds=3)
+    limiter = throttling.Limiter(limits, 0.0)
+    for _ in range(2):
+        permit = limiter.try_acquire(0.0)
+        assert isinstance(permit, throttling.Permit)
+        limiter.release(permit, throttling.Result.OVERLOADED, 0.0)
+    assert limiter.circuit(0.0) is throttling.CircuitState.OPEN
+    assert limiter.accepting_in(0.0) == pytest.approx(1.0)
+    wait = limiter.try_acquire(0.5)
+    assert isinstance(wait, throttling.Wait)
+    assert wait.reason is throttling.WaitReason.CIRCUIT_OPEN
+    probe = limiter.try_acquire(1.0)
+    assert isinstance(probe, throttling.Permit)
+    assert probe.probe
+    limiter.release(probe, throttling.Result.FAILED, 1.0)
+    assert limiter.accepting_in(1.0) == pytest.approx(2.0)  # doubled
+    probe = limiter.try_acquire(3.0)
+    assert isinstance(probe, throttling.Permit)
+    limiter.release(probe, throttling.Result.FAILED, 3.0)
+    assert limiter.accepting_in(3.0) == pytest.approx(3.0)  # capped
+    probe = limiter.try_acquire(6.0)
+    assert isinstance(probe, throttling.Permit)
+    limiter.release(probe, throttling.Result.OK, 6.0)
+    assert limiter.circuit(6.0) is throttling.CircuitState.CLOSED
+    assert isinstance(limiter.try_acquire(6.0), throttling.Permit)
+
+
+def _drive_at_full_demand(limiter: throttling.Limiter, start: float, end: float) -> list[float]:
+    """Ask again exactly when told to (as AsyncLimiter does), answer OK at once; the grant times."""
+    grants, now = [], start
+    for _ in range(100_000):
+        decision = limiter.try_acquire(now)
+        if isinstance(decision, throttling.Permit):
+            grants.append(now)
+            limiter.release(decision, throttling.Result.OK, now)
+            continue
+        now += decision.seconds
+        if now >= end:
+            break
+    return grants
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    old_rate=st.floats(1, 50),
+    new_rate=st.floats(1, 50),
+    burst=st.integers(1, 10),
+    change_at=st.floats(0.1, 5),
+)
+def test_converges_after_a_rate_change(
+    old_rate: float, new_rate: float, burst: int, change_at: float
+) -> None:
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=old_rate, burst=burst), 0.0)
+    _drive_at_full_demand(limiter, 0.0, change_at)
+    limiter.set_rate(new_rate, change_at)
+    horizon = 10.0
+    grants = _drive_at_full_demand(limiter, change_at, change_at + horizon)
+    # never above the new bucket from the moment of the change ...
+    assert len(grants) <= burst + new_rate * horizon + EPS
+    # ... and using all of it once the old bucket's tokens are spent
+    assert len(grants) >= new_rate * horizon - 1
+    late = [moment for moment in grants if moment >= change_at + 1]
+    assert len(late) >= new_rate * (horizon - 1) - 1
+
+
+@settings(max_examples=100)
+@given(steps=st.lists(st.sampled_from(RESULTS), max_size=200), max_concurrency=st.integers(1, 16))
+def test_aimd_grows_only_when_saturated_and_shrinks_on_throttle(
+    steps: list[throttling.Result], max_concurrency: int
+) -> None:
+    limiter = throttling.Limiter(
+        throttling.LimiterSettings(
+            max_concurrency=max_concurrency, initial_concurrency=1, failure_threshold=1000
+        ),
+        0.0,
+    )
+    now = 0.0
+    for result in steps:
+        now += 1.0
+        before = limiter.concurrency_limit
+        permit = limiter.try_acquire(now)
+        assert isinstance(permit, throttling.Permit)
+        limiter.release(permit, result, now)
+        after = limiter.concurrency_limit
+        if result in (throttling.Result.THROTTLED, throttling.Result.OVERLOADED):
+            assert after <= max(1, before)
+        elif after > before:
+            assert result is throttling.Result.OK
+            assert permit.saturated
+        assert 1 <= after <= max_concurrency
+
+
+def test_additive_increase_reaches_the_maximum_and_one_throttle_halves_it() -> None:
+    limiter = throttling.Limiter(throttling.LimiterSettings(max_concurrency=8, initial_concurrency=1), 0.0)
+    now = 0.0
+    for _ in range(200):
+        now += 0.01
+        permits = []
+        while isinstance(permit := limiter.try_acquire(now), throttling.Permit):
+            permits.append(permit)
+        for permit in permits:
+            limiter.release(permit, throttling.Result.OK, now)
+    assert limiter.concurrency_limit == 8
+    permits = [limiter.try_acquire(now) for _ in range(8)]
+    for permit in permits:
+        assert isinstance(permit, throttling.Permit)
+        limiter.release(permit, throttling.Result.THROTTLED, now)
+    assert limiter.concurrency_limit == 4  # once per window, not 8 times
+
+
+def test_throttles_lower_the_rate_and_time_restores_it() -> None:
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=10, burst=1), 0.0)
+    permit = limiter.try_acquire(0.0)
+    assert isinstance(permit, throttling.Permit)
+    limiter.release(permit, throttling.Result.THROTTLED, 0.0)
+    lowered = limiter.effective_rate(0.0)
+    assert lowered is not None
+    assert lowered < 10
+    assert limiter.effective_rate(60.0) == pytest.approx(10)
+
+
+def test_scale_brakes_rate_and_concurrency() -> None:
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=10, burst=1, max_concurrency=10), 0.0)
+    limiter.set_scale(0.2, 0.0)
+    assert limiter.effective_rate(0.0) == pytest.approx(2)
+    assert limiter.concurrency_limit == 2
+    limiter.set_scale(1.0, 0.0)
+    assert limiter.effective_rate(0.0) == pytest.approx(10)
+
+
+async def test_async_limiter_pauses_everyone_on_retry_after() -> None:
+    limiter = throttling.AsyncLimiter(throttling.LimiterSettings(rate=None, max_concurrency=4))
+    async with limiter.slot() as slot:
+        slot.report(throttling.Result.THROTTLED, retry_after=0.2)
+    assert not limiter.accepting
+    start = limiter.now()
+    await limiter.wait_accepting()
+    assert limiter.now() - start >= 0.2 - 0.01
+    permit = await limiter.acquire()
+    assert limiter.now() - start >= 0.2 - 0.01
+    limiter.release(permit, throttling.Result.OK)
+    assert limiter.accepting
+
+
+async def test_async_limiter_waits_for_a_free_slot_and_releases_cancelled_work() -> None:
+    limiter = throttling.AsyncLimiter(throttling.LimiterSettings(max_concurrency=1))
+    first = await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    limiter.release(first, throttling.Result.OK)
+    second = await asyncio.wait_for(waiter, 1)
+
+    async def cancelled_body() -> None:
+        async with limiter.slot():
+            await asyncio.sleep(10)
+
+    limiter.release(second, throttling.Result.OK)
+    task = asyncio.create_task(cancelled_body())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limiter.core.in_flight == 0
+    assert math.isfinite(limiter.now())
+
+
+async def test_async_limiter_publishes_snapshots() -> None:
+    seen: list[throttling.Snapshot] = []
+    limiter = throttling.AsyncLimiter(throttling.LimiterSettings(rate=5, burst=2), on_change=seen.append)
+    async with limiter.slot() as slot:
+        slot.report(throttling.Result.OK)
+    limiter.set_rate(2.5)
+    assert seen
+    assert seen[-1].rate == pytest.approx(2.5)
+    assert seen[-1].circuit is throttling.CircuitState.CLOSED

@@ -1,0 +1,451 @@
+"""How hard a sink may drive its downstream: the decision core and its async wrapper.
+
+Every sink owns one :class:`AsyncLimiter`; each request asks it for a :class:`Permit`
+and reports a :class:`Result` when the answer is in. Four mechanisms combine, each
+answering a different failure of the downstream:
+
+* a **token bucket** — this replica's share of the fleet-wide ``rateLimit``
+  (``rate`` tokens per second, at most ``burst`` at once), scaled down by an adaptive
+  factor that shrinks on throttles and recovers with time, so a wrong share (a stale
+  replica count) is corrected by the downstream's own answers;
+* an **adaptive concurrency limit** (AIMD): +1 per window of successes while every slot
+  is busy, halved on a throttle, a 503 or a timeout, always in ``[1, max_concurrency]``;
+  it only grows when it is what holds requests back (latency-only limiters grow without
+  bound against a rate-limited API);
+* a **pause**: a ``Retry-After`` stops the whole sink until then, not just one request;
+* a **circuit breaker**: ``failure_threshold`` consecutive failures open it; after
+  ``open_seconds`` exactly one probe goes through (half-open); its success closes the
+  circuit, its failure re-opens it for twice as long (capped at ``max_open_seconds``).
+
+:class:`Limiter` is the pure core: the caller passes ``now`` and gets a decision
+(:class:`Permit` or :class:`Wait`), so hypothesis can drive it on a fake clock
+(``tests/test_throttling.py``). :class:`AsyncLimiter` is the thin wrapper sinks use: one
+FIFO lock queues acquirers fairly, the holder sleeps until the decision's deadline or a
+release changes the picture. The worker's pollers read :attr:`AsyncLimiter.accepting`
+to stop receiving while the sink is paused or its circuit is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+
+Clock = Callable[[], float]
+_TOKEN_EPSILON = 1e-9
+
+
+class Result(enum.StrEnum):
+    """What became of a permitted request, as far as the limiter cares."""
+
+    OK = "ok"
+    """Accepted: closes a half-open circuit, grows the concurrency limit when saturated."""
+    REJECTED = "rejected"
+    """A permanent refusal (4xx) from a healthy downstream: counts as alive, no growth."""
+    THROTTLED = "throttled"
+    """429 / REQUEST_LIMIT_EXCEEDED: shrink concurrency and rate; the server is alive."""
+    OVERLOADED = "overloaded"
+    """503 / timeout: shrink concurrency and rate, and count as a circuit failure."""
+    FAILED = "failed"
+    """Other 5xx, connection errors: a circuit failure only."""
+    CANCELLED = "cancelled"
+    """Abandoned before an answer: no signal either way."""
+
+
+class CircuitState(enum.IntEnum):
+    """Values match the ``fanout_sink_circuit_state`` gauge."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class WaitReason(enum.StrEnum):
+    PAUSED = "paused"
+    CIRCUIT_OPEN = "circuit_open"
+    PROBE_IN_FLIGHT = "probe_in_flight"
+    CONCURRENCY = "concurrency"
+    RATE = "rate"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    """One sink's limits; ``rate=None`` means only concurrency and the circuit apply."""
+
+    rate: float | None = None
+    burst: int = 1
+    max_concurrency: int = 32
+    initial_concurrency: int | None = None
+    """Starting concurrency limit; default ``max_concurrency``."""
+    failure_threshold: int = 5
+    open_seconds: float = 5.0
+    max_open_seconds: float = 60.0
+    decrease_factor: float = 0.5
+    """Multiplier for the concurrency limit on a throttle."""
+    rate_decrease_factor: float = 0.75
+    """Multiplier for the adaptive rate factor on a throttle."""
+    min_rate_factor: float = 0.05
+    rate_recovery_per_second: float = 0.1
+    """How fast the adaptive rate factor climbs back towards 1 (units per second)."""
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("rate must be > 0")
+        if self.burst < 1 or self.max_concurrency < 1 or self.failure_threshold < 1:
+            raise ValueError("burst, max_concurrency and failure_threshold must be >= 1")
+        if self.open_seconds <= 0 or self.max_open_seconds < self.open_seconds:
+            raise ValueError("need 0 < open_seconds <= max_open_seconds")
+        if not (0 < self.decrease_factor < 1 and 0 < self.rate_decrease_factor < 1):
+            raise ValueError("decrease factors must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Permit:
+    """Leave to send one request; hand it back to :meth:`Limiter.release`."""
+
+    serial: int
+    issued_at: float
+    probe: bool = False
+    saturated: bool = False
+    """Every concurrency slot was busy when it was granted (AIMD may grow)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wait:
+    """Not now: ask again after ``seconds`` (``inf``: after the next release)."""
+
+    seconds: float
+    reason: WaitReason
+
+
+Decision = Permit | Wait
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the telemetry gauges show."""
+
+    rate: float | None
+    """Requests per second this replica may send now (share x adaptive factor x scale)."""
+    concurrency: int
+    in_flight: int
+    paused: bool
+    circuit: CircuitState
+
+
+class Limiter:
+    """The pure decision core. Not thread-safe; one event loop owns it."""
+
+    def __init__(self, settings: LimiterSettings, now: float) -> None:
+        self._settings = settings
+        self._rate = settings.rate
+        self._burst = settings.burst
+        self._tokens = float(settings.burst)
+        self._refilled_at = now
+        self._rate_factor = 1.0
+        self._scale = 1.0
+        self._limit = float(
+            min(settings.initial_concurrency or settings.max_concurrency, settings.max_concurrency)
+        )
+        self._limit = max(1.0, self._limit)
+        self._in_flight = 0
+        self._serial = 0
+        self._paused_until = -math.inf
+        self._decreased_after = 0
+        """Serial of the last permit granted before the last decrease."""
+        self._circuit = CircuitState.CLOSED
+        self._failures = 0
+        self._open_until = -math.inf
+        self._open_for = settings.open_seconds
+        self._probe_in_flight = False
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> LimiterSettings:
+        return self._settings
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def concurrency_limit(self) -> int:
+        """The current adaptive limit: ``floor`` of the AIMD value, in [1, scaled max]."""
+        ceiling = max(1, math.floor(self._settings.max_concurrency * self._scale))
+        return max(1, min(ceiling, math.floor(self._limit)))
+
+    def effective_rate(self, now: float) -> float | None:
+        self._refill(now)
+        return self._effective_rate()
+
+    def circuit(self, now: float) -> CircuitState:
+        """OPEN turns HALF_OPEN (for reading) once its open period is over."""
+        if self._circuit is CircuitState.OPEN and now >= self._open_until:
+            return CircuitState.HALF_OPEN
+        return self._circuit
+
+    def paused(self, now: float) -> bool:
+        return now < self._paused_until
+
+    def accepting_in(self, now: float) -> float:
+        """Seconds until new work should be taken (0: now). Paused or open → not accepting."""
+        waits = [self._paused_until - now]
+        if self._circuit is CircuitState.OPEN:
+            waits.append(self._open_until - now)
+        return max(0.0, *waits)
+
+    def snapshot(self, now: float) -> Snapshot:
+        return Snapshot(
+            rate=self.effective_rate(now),
+            concurrency=self.concurrency_limit,
+            in_flight=self._in_flight,
+            paused=self.paused(now),
+            circuit=self.circuit(now),
+        )
+
+    # -- deciding ----------------------------------------------------------------------
+
+    def try_acquire(self, now: float) -> Decision:
+        """A permit, or how long to wait before asking again."""
+        if now < self._paused_until:
+            return Wait(self._paused_until - now, WaitReason.PAUSED)
+        probe = False
+        if self._circuit is CircuitState.OPEN:
+            if now < self._open_until:
+                return Wait(self._open_until - now, WaitReason.CIRCUIT_OPEN)
+            self._circuit = CircuitState.HALF_OPEN
+        if self._circuit is CircuitState.HALF_OPEN:
+            if self._probe_in_flight:
+                return Wait(math.inf, WaitReason.PROBE_IN_FLIGHT)
+            probe = True
+        limit = self.concurrency_limit
+        if self._in_flight >= limit:
+            return Wait(math.inf, WaitReason.CONCURRENCY)
+        self._refill(now)
+        rate = self._effective_rate()
+        # A hair of tolerance: float refills land on 0.9999999...; a wait that short
+        # would not even move a float clock forward.
+        if rate is not None and self._tokens < 1.0 - _TOKEN_EPSILON:
+            return Wait(max((1.0 - self._tokens) / rate, _TOKEN_EPSILON), WaitReason.RATE)
+        if rate is not None:
+            self._tokens -= 1.0
+        self._in_flight += 1
+        self._serial += 1
+        self._probe_in_flight = self._probe_in_flight or probe
+        return Permit(self._serial, now, probe=probe, saturated=self._in_flight >= limit)
+
+    def release(
+        self, permit: Permit, result: Result, now: float, *, retry_after: float | None = None
+    ) -> None:
+        """Hand a permit back with what happened; ``retry_after`` pauses the whole sink."""
+        self._in_flight = max(0, self._in_flight - 1)
+        if retry_after is not None and retry_after > 0:
+            self.pause_until(now + retry_after, now)
+        if result in (Result.THROTTLED, Result.OVERLOADED):
+            self._decrease(permit, now)
+        elif result is Result.OK and permit.saturated:
+            self._limit = min(float(self._settings.max_concurrency), self._limit + 1.0 / self._limit)
+        self._update_circuit(permit, result, now)
+
+    def pause_until(self, until: float, now: float) -> None:
+        """Stop granting until ``until``; resume at the rate, without a burst."""
+        if until <= self._paused_until:
+            return
+        self._refill(now)
+        self._paused_until = until
+        self._tokens = min(self._tokens, 0.0)
+        self._refilled_at = max(self._refilled_at, until)
+
+    def set_rate(self, rate: float | None, now: float, burst: int | None = None) -> None:
+        """A new share of the fleet-wide rate (the replica count changed)."""
+        self._refill(now)
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be > 0")
+        self._rate = rate
+        if burst is not None:
+            if burst < 1:
+                raise ValueError("burst must be >= 1")
+            self._burst = burst
+        self._tokens = min(self._tokens, float(self._burst))
+
+    def set_scale(self, scale: float, now: float) -> None:
+        """An external brake in (0, 1] (e.g. a CRM's daily API usage): scales rate and concurrency."""
+        self._refill(now)
+        self._scale = min(1.0, max(1e-3, scale))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _effective_rate(self) -> float | None:
+        if self._rate is None:
+            return None
+        return self._rate * self._rate_factor * self._scale
+
+    def _refill(self, now: float) -> None:
+        elapsed = now - self._refilled_at
+        if elapsed <= 0:
+            return
+        rate = self._effective_rate()
+        if rate is not None:
+            self._tokens = min(float(self._burst), self._tokens + elapsed * rate)
+        self._rate_factor = min(1.0, self._rate_factor + elapsed * self._settings.rate_recovery_per_second)
+        self._refilled_at = now
+
+    def _decrease(self, permit: Permit, now: float) -> None:
+        # One decrease per window: answers to requests sent before the last decrease
+        # describe the old limit and must not shrink it again.
+        if permit.serial <= self._decreased_after:
+            return
+        self._limit = max(1.0, self._limit * self._settings.decrease_factor)
+        self._refill(now)
+        self._rate_factor = max(
+            self._settings.min_rate_factor, self._rate_factor * self._settings.rate_decrease_factor
+        )
+        self._decreased_after = self._serial
+
+    def _update_circuit(self, permit: Permit, result: Result, now: float) -> None:
+        failure = result in (Result.OVERLOADED, Result.FAILED)
+        if permit.probe:
+            self._probe_in_flight = False
+            if result is Result.CANCELLED:
+                return
+            if failure:
+                self._open_for = min(self._settings.max_open_seconds, self._open_for * 2)
+                self._open(now)
+            else:
+                self._circuit = CircuitState.CLOSED
+                self._failures = 0
+                self._open_for = self._settings.open_seconds
+            return
+        if self._circuit is not CircuitState.CLOSED:
+            return  # only the probe decides while open or half-open
+        if failure:
+            self._failures += 1
+            if self._failures >= self._settings.failure_threshold:
+                self._open(now)
+        elif result in (Result.OK, Result.REJECTED):
+            self._failures = 0
+
+    def _open(self, now: float) -> None:
+        self._circuit = CircuitState.OPEN
+        self._open_until = now + self._open_for
+        self._failures = 0
+
+
+class AsyncLimiter:
+    """The async face of a :class:`Limiter`: sinks ``await acquire()`` and ``release()``.
+
+    ``clock`` must tick with the event loop's sleeps; the default is the running loop's
+    ``time()`` (so fake-time test loops work). ``on_change`` receives a :class:`Snapshot`
+    after every change (the sink feeds it to its telemetry gauges).
+    """
+
+    def __init__(
+        self,
+        settings: LimiterSettings,
+        *,
+        clock: Clock | None = None,
+        on_change: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self._clock: Clock = clock or _loop_time
+        self._core = Limiter(settings, self._clock())
+        self._on_change = on_change
+        self._lock = asyncio.Lock()
+        self._changed: asyncio.Event = asyncio.Event()
+
+    @property
+    def core(self) -> Limiter:
+        return self._core
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def accepting(self) -> bool:
+        return self._core.accepting_in(self._clock()) == 0.0
+
+    async def wait_accepting(self) -> None:
+        while (delay := self._core.accepting_in(self._clock())) > 0:
+            await self._wait(delay)
+
+    async def acquire(self) -> Permit:
+        """Wait (fairly, first come first served) for a permit."""
+        async with self._lock:
+            while True:
+                decision = self._core.try_acquire(self._clock())
+                if isinstance(decision, Permit):
+                    self._publish()
+                    return decision
+                await self._wait(decision.seconds)
+
+    def release(self, permit: Permit, result: Result, *, retry_after: float | None = None) -> None:
+        self._core.release(permit, result, self._clock(), retry_after=retry_after)
+        self._notify()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """``async with limiter.slot() as slot: ...; slot.report(result)``.
+
+        A body that raises or is cancelled releases the permit as CANCELLED.
+        """
+        permit = await self.acquire()
+        slot = Slot(permit)
+        try:
+            yield slot
+        finally:
+            self.release(permit, slot.result, retry_after=slot.retry_after)
+
+    def pause_for(self, seconds: float) -> None:
+        now = self._clock()
+        self._core.pause_until(now + seconds, now)
+        self._notify()
+
+    def set_rate(self, rate: float | None, burst: int | None = None) -> None:
+        self._core.set_rate(rate, self._clock(), burst)
+        self._notify()
+
+    def set_scale(self, scale: float) -> None:
+        self._core.set_scale(scale, self._clock())
+        self._notify()
+
+    def snapshot(self) -> Snapshot:
+        return self._core.snapshot(self._clock())
+
+    def _publish(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.snapshot())
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._publish()
+
+    async def _wait(self, seconds: float) -> None:
+        changed = self._changed
+        timeout = None if math.isinf(seconds) else max(seconds, 0.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+
+@dataclasses.dataclass(slots=True)
+class Slot:
+    """A permit being used; the body sets what happened."""
+
+    permit: Permit
+    result: Result = Result.CANCELLED
+    retry_after: float | None = None
+
+    def report(self, result: Result, *, retry_after: float | None = None) -> None:
+        self.result = result
+        self.retry_after = retry_after
+
+
+def _loop_time() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # built before the loop runs: the default loop's clock is monotonic
+        return time.monotonic()
