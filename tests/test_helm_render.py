@@ -1,0 +1,266 @@
+"""What the chart renders: secure defaults, labels and names, IRSA, image, monitoring, NOTES.
+
+Each test renders with `helm template` and reads the documents, so what is asserted is what
+`helm install` would send, not what the templates look like.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests import helm_harness as h
+
+REQUIRED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+)
+SELECTOR_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+ROLE_ARN = "arn:aws:iam::123456789012:role/fanout-worker"
+
+
+def _chart() -> dict[str, Any]:
+    chart: dict[str, Any] = yaml.safe_load((h.CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    return chart
+
+
+def _operator_pod(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = h.one(documents, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+
+
+@pytest.fixture(scope="module")
+def defaults() -> list[dict[str, Any]]:
+    return h.render()
+
+
+@pytest.fixture(scope="module")
+def everything() -> list[dict[str, Any]]:
+    return h.render(values_files=[h.ALL_FEATURES])
+
+
+def test_operator_pod_is_locked_down_by_default(defaults: list[dict[str, Any]]) -> None:
+    pod = _operator_pod(defaults)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context.get("privileged", False) is False
+
+
+def test_operator_has_resources_and_probes(defaults: list[dict[str, Any]]) -> None:
+    (container,) = _operator_pod(defaults)["containers"]
+    assert container["resources"]["requests"]["cpu"]
+    assert container["resources"]["requests"]["memory"]
+    assert container["resources"]["limits"]["memory"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+    liveness_flag = [arg for arg in container["args"] if arg.startswith("--liveness=")]
+    assert liveness_flag == [f"--liveness=http://0.0.0.0:{ports['health']}/healthz"]
+
+
+def test_only_the_operator_mounts_a_service_account_token(everything: list[dict[str, Any]]) -> None:
+    accounts = h.by_kind(everything, "ServiceAccount")
+    assert accounts
+    assert all(account["automountServiceAccountToken"] is False for account in accounts)
+    assert _operator_pod(everything)["automountServiceAccountToken"] is True
+
+
+def test_image_tag_defaults_to_app_version_and_feeds_the_workers(defaults: list[dict[str, Any]]) -> None:
+    (container,) = _operator_pod(defaults)["containers"]
+    assert container["image"] == f"fanout-consumer:{_chart()['appVersion']}"
+    assert _env(container)["FANOUT_WORKER_IMAGE"] == container["image"]
+    assert container["command"] == ["fanout-operator"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "image"),
+    [
+        (["image.repository=r.example/fc", "image.tag=9.9.9"], "r.example/fc:9.9.9"),
+        (
+            ["image.repository=r.example/fc", f"image.digest=sha256:{'a' * 64}"],
+            f"r.example/fc@sha256:{'a' * 64}",
+        ),
+    ],
+)
+def test_image_tag_or_digest(sets: list[str], image: str) -> None:
+    (container,) = _operator_pod(h.render(sets=sets))["containers"]
+    assert container["image"] == image
+    assert _env(container)["FANOUT_WORKER_IMAGE"] == image
+
+
+def test_every_resource_carries_the_standard_labels(everything: list[dict[str, Any]]) -> None:
+    for document in everything:
+        labels = document["metadata"].get("labels", {})
+        missing = [label for label in REQUIRED_LABELS if label not in labels]
+        assert missing == [], f"{document['kind']}/{document['metadata']['name']}"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["team"] == "contact-center"  # commonLabels
+
+
+def test_selectors_use_name_instance_component_only(everything: list[dict[str, Any]]) -> None:
+    deployment = h.one(everything, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert set(selector) == SELECTOR_LABELS
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert h.one(everything, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    anti = _operator_pod(h.render())["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["labelSelector"]["matchLabels"] == selector
+
+
+@pytest.mark.parametrize(
+    ("release", "sets"),
+    [
+        ("r" * 53, []),  # Helm's longest release name
+        ("fanout", ["fullnameOverride=" + "f" * 63]),
+        ("fanout", ["nameOverride=" + "n" * 63]),
+    ],
+)
+def test_names_and_label_values_stay_within_63_characters(release: str, sets: list[str]) -> None:
+    documents = h.render(release=release, sets=[*sets, "metrics.podMonitor.enabled=true"])
+    for document in documents:
+        assert len(document["metadata"]["name"]) <= 63, document["metadata"]["name"]
+        for key, value in document["metadata"].get("labels", {}).items():
+            assert len(str(value)) <= 63, f"{key}={value}"
+    names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in documents]
+    assert len(names) == len(set(names)), "two resources got the same name"
+
+
+def test_irsa_role_arns_annotate_the_service_accounts() -> None:
+    operator_arn = "arn:aws:iam::123456789012:role/fanout-operator"
+    documents = h.render(
+        sets=[
+            f"operator.serviceAccount.roleArn={operator_arn}",
+            f"worker.serviceAccount.roleArn={ROLE_ARN}",
+            "worker.serviceAccount.namespaces={contact-center,security}",
+        ]
+    )
+    accounts = {
+        (a["metadata"]["namespace"], a["metadata"]["labels"]["app.kubernetes.io/component"]): a
+        for a in h.by_kind(documents, "ServiceAccount")
+    }
+    assert set(accounts) == {(h.NAMESPACE, "operator"), ("contact-center", "worker"), ("security", "worker")}
+    annotation = "eks.amazonaws.com/role-arn"
+    assert accounts[(h.NAMESPACE, "operator")]["metadata"]["annotations"][annotation] == operator_arn
+    assert accounts[("security", "worker")]["metadata"]["annotations"][annotation] == ROLE_ARN
+    pod = _operator_pod(documents)
+    assert pod["serviceAccountName"] == accounts[(h.NAMESPACE, "operator")]["metadata"]["name"]
+    worker_name = accounts[("security", "worker")]["metadata"]["name"]
+    assert _env(pod["containers"][0])["FANOUT_WORKER_SERVICE_ACCOUNT"] == worker_name
+
+
+def test_a_malformed_role_arn_is_rejected() -> None:
+    result = h.template_result(sets=["worker.serviceAccount.roleArn=fanout-worker"])
+    assert result.returncode != 0
+
+
+def test_service_accounts_can_be_brought_by_the_user() -> None:
+    documents = h.render(
+        sets=[
+            "operator.serviceAccount.create=false",
+            "operator.serviceAccount.name=ops",
+            "worker.serviceAccount.create=false",
+        ]
+    )
+    assert h.by_kind(documents, "ServiceAccount") == []
+    pod = _operator_pod(documents)
+    assert pod["serviceAccountName"] == "ops"
+    assert "FANOUT_WORKER_SERVICE_ACCOUNT" not in _env(pod["containers"][0])
+
+
+def test_operator_pdb_is_optional(defaults: list[dict[str, Any]], everything: list[dict[str, Any]]) -> None:
+    assert h.by_kind(defaults, "PodDisruptionBudget") == []
+    assert h.one(everything, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_monitoring_is_off_by_default(defaults: list[dict[str, Any]]) -> None:
+    kinds = {document["kind"] for document in defaults}
+    assert not kinds & {"PodMonitor", "PrometheusRule", "ConfigMap", "FanoutConsumer"}
+
+
+def test_pod_monitor_selects_the_worker_pods_the_operator_renders(everything: list[dict[str, Any]]) -> None:
+    from fanout_operator import rendering
+
+    monitor = h.one(everything, "PodMonitor")
+    owner = rendering.Owner(name="crm-sync", namespace="contact-center", uid="u")
+    worker_labels = rendering.labels(owner)
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    port_names = {
+        port["name"]
+        for container in rendering.deployment(
+            owner,
+            _example_spec(),
+            rendering.Defaults(),
+            1,
+        )["spec"]["template"]["spec"]["containers"]
+        for port in container["ports"]
+    }
+    assert endpoint["port"] in port_names
+    assert endpoint["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def _example_spec() -> Any:
+    from fanout_core import spec
+
+    return spec.load_manifest(h.external_tools.ROOT / "examples" / "dashboard-webhook.yaml").spec
+
+
+def test_prometheus_rule_is_the_rule_file(everything: list[dict[str, Any]]) -> None:
+    rule = h.one(everything, "PrometheusRule")
+    source = yaml.safe_load((h.CHART / "files" / "prometheus-rules.yaml").read_text(encoding="utf-8"))
+    assert rule["spec"] == source
+    assert rule["spec"]["groups"]
+
+
+def test_grafana_dashboard_configmap_is_picked_up_by_the_sidecar(everything: list[dict[str, Any]]) -> None:
+    (dashboard,) = [
+        d for d in h.by_kind(everything, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard")
+    ]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    (text,) = dashboard["data"].values()
+    source = json.loads((h.CHART / "files" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert json.loads(text) == source
+
+
+def test_notes_tell_the_user_what_to_do_next() -> None:
+    result = h.helm("install", h.RELEASE, str(h.CHART), "--namespace", h.NAMESPACE, "--dry-run=client")
+    assert result.returncode == 0, result.output
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl apply" in notes
+    assert "rollout status deployment/" in notes
+    assert "operator.serviceAccount.roleArn is empty" in notes
+    quiet = h.helm(
+        "install",
+        h.RELEASE,
+        str(h.CHART),
+        "--namespace",
+        h.NAMESPACE,
+        "--dry-run=client",
+        "--set",
+        "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/op",
+        "--set",
+        f"worker.serviceAccount.roleArn={ROLE_ARN}",
+    )
+    assert quiet.returncode == 0, quiet.output
+    assert "WARNING" not in quiet.stdout.split("NOTES:", 1)[1]
