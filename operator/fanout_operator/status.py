@@ -107,3 +107,37 @@ def parse(raw: object) -> FanoutConsumerStatus:
 def dump(status: FanoutConsumerStatus) -> dict[str, object]:
     """The status as wire data for a status patch."""
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def set_condition(
+    conditions: list[Condition],
+    kind: ConditionType,
+    state: bool,
+    reason: str,
+    message: str,
+    *,
+    now: float,
+    generation: int | None,
+) -> list[Condition]:
+    """``conditions`` with ``kind`` set; lastTransitionTime moves only when the status flips."""
+    value: Literal["True", "False"] = "True" if state else "False"
+    previous = next((c for c in conditions if c.type == kind), None)
+    transition = (
+        previous.last_transition_time
+        if previous is not None and previous.status == value and previous.last_transition_time
+        else rfc3339(now)
+    )
+    updated = Condition(
+        type=kind,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=transition,
+        observed_generation=generation,
+    )
+    others = [c for c in conditions if c.type != kind]
+    return sorted([*others, updated], key=lambda c: list(ConditionType).index(c.type))
+
+
+def condition(current: FanoutConsumerStatus, kind: ConditionType) -> Condition | None:
+    return next((c for c in current.conditions if c.type == kind), None)
