@@ -23,7 +23,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from fanout_operator import crd
+from fanout_operator import crd, peering
 from tests import external_tools
 from tests import helm_harness as h
 
@@ -141,13 +141,21 @@ def test_crds_enabled_and_keep_switch_the_crd() -> None:
     assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
 
 
-def test_kopf_peering_crd_ships_in_crds_dir_for_first_install() -> None:
+def test_kopf_peering_crds_ship_in_crds_dir_and_the_peering_object_in_templates() -> None:
     documents = h.render(include_crds=True)
-    names = {d["metadata"]["name"] for d in h.by_kind(documents, "CustomResourceDefinition")}
-    assert names == {"fanoutconsumers.fanout.dev", "clusterkopfpeerings.kopf.dev"}
-    peering_crd = yaml.safe_load((h.CHART / "crds" / "clusterkopfpeerings.kopf.dev.yaml").read_text())
-    assert peering_crd["spec"]["group"] == "kopf.dev"
-    assert peering_crd["spec"]["scope"] == "Cluster"
+    crds = {d["metadata"]["name"]: d for d in h.by_kind(documents, "CustomResourceDefinition")}
+    expected = {d["metadata"]["name"]: d for d in peering.build_peering_crds()}
+    assert set(crds) == {"fanoutconsumers.fanout.dev", *expected}
+    for name, document in expected.items():
+        assert crds[name] == document
+    # crds/ is installed before templates/ are built, so this object works on a first install.
+    peering_object = h.one(documents, "ClusterKopfPeering")
+    (container,) = h.one(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert f"--peering={peering_object['metadata']['name']}" in container["args"]
+    bare = peering.peering_object(peering_object["metadata"]["name"])
+    assert {k: v for k, v in peering_object.items() if k != "metadata"} == {
+        k: v for k, v in bare.items() if k != "metadata"
+    }
 
 
 # --- values schema -------------------------------------------------------------------------
