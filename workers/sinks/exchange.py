@@ -1,0 +1,188 @@
+"""One limited HTTP exchange: what every HTTP sink shares.
+
+Each sink module (``webhook``, ``crm``, ``siem``) knows its wire format and how to read
+its downstream's answers; :class:`Exchanger` does the rest, the same way for all three:
+
+1. keeps the limiter's rate at this replica's share (:mod:`workers.fleet`);
+2. waits for a permit (:class:`workers.throttling.AsyncLimiter`);
+3. sends the request inside a CLIENT span with a W3C ``traceparent`` injected;
+4. translates httpx's exceptions into an :class:`Answer` (``timed_out`` / ``error``) —
+   nothing from httpx escapes a sink;
+5. lets the sink's ``judge`` turn the answer into a :class:`Judgement` (the sink's value,
+   the limiter :class:`~workers.throttling.Result`, the Retry-After pause, the metric
+   label) and reports it to the limiter and the telemetry.
+
+Secrets never reach a log line from here: request headers are not logged, and errors
+are described by their type only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
+
+import httpx
+
+from fanout_core import spec
+from workers import fleet, retrying, telemetry, throttling
+
+T = TypeVar("T")
+
+MAX_OPEN_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """What came back: a response, or why none did."""
+
+    status: int | None = None
+    headers: httpx.Headers = dataclasses.field(default_factory=httpx.Headers)
+    body: bytes = b""
+    timed_out: bool = False
+    error: str | None = None
+    """Transport failure (exception type name) when there is no response."""
+    seconds: float = 0.0
+
+    def header(self, name: str) -> str | None:
+        value: str | None = self.headers.get(name)
+        return value
+
+    def retry_after(self) -> float | None:
+        """The ``Retry-After`` delay (seconds or HTTP-date), or None."""
+        return retrying.retry_after_delay(self.header("Retry-After"), now=time.time())
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return "timeout"
+        if self.status is None:
+            return f"connection error ({self.error})"
+        return f"HTTP {self.status}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Judgement(Generic[T]):
+    """A sink's reading of an :class:`Answer`."""
+
+    value: T
+    result: throttling.Result
+    outcome: telemetry.SinkOutcome
+    pause: float | None = None
+    """Seconds the whole sink waits (Retry-After)."""
+
+
+def limiter_settings(sink: spec.SinkSpec, replicas: int) -> throttling.LimiterSettings:
+    """The spec's limits for one replica of ``replicas``."""
+    part = fleet.share(sink.rate_limit, replicas)
+    return throttling.LimiterSettings(
+        rate=part.rate,
+        burst=part.burst,
+        max_concurrency=sink.max_concurrency,
+        failure_threshold=sink.circuit_failure_threshold,
+        open_seconds=sink.circuit_open_seconds,
+        max_open_seconds=max(MAX_OPEN_SECONDS, sink.circuit_open_seconds),
+    )
+
+
+def transport_answer(error: httpx.HTTPError, seconds: float) -> Answer:
+    """An httpx exception as an Answer (type name only: messages can quote URLs)."""
+    return Answer(
+        timed_out=isinstance(error, httpx.TimeoutException), error=type(error).__name__, seconds=seconds
+    )
+
+
+class Exchanger:
+    """The limiter, the client and the telemetry of one sink."""
+
+    def __init__(
+        self,
+        sink: spec.SinkSpec,
+        *,
+        name: str,
+        replicas: fleet.Replicas,
+        clock: throttling.Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self._spec = sink
+        self._replicas = replicas
+        self._replica_count = replicas.current()
+        self.telemetry = telemetry.SinkTelemetry(name)
+        self.limiter = throttling.AsyncLimiter(
+            limiter_settings(sink, self._replica_count), clock=clock, on_change=self._publish
+        )
+        self.client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(sink.timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=sink.max_concurrency, max_keepalive_connections=sink.max_concurrency
+            ),
+            follow_redirects=False,
+        )
+
+    # -- the Sink protocol's backpressure half ----------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self.limiter.accepting
+
+    async def wait_accepting(self) -> None:
+        await self.limiter.wait_accepting()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- exchanges ---------------------------------------------------------------------------
+
+    def sync_replicas(self) -> None:
+        """Re-share the rate when the replica count changed (cheap: the count caches)."""
+        count = self._replicas.current()
+        if count != self._replica_count:
+            self._replica_count = count
+            part = fleet.share(self._spec.rate_limit, count)
+            self.limiter.set_rate(part.rate, part.burst)
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str],
+        judge: Callable[[Answer], Judgement[T]],
+    ) -> T:
+        """One request under the limiter; ``judge`` reads the answer."""
+        self.sync_replicas()
+        async with self.limiter.slot() as slot:
+            answer = await self.request(method, url, content=content, headers=headers)
+            judgement = judge(answer)
+            slot.report(judgement.result, retry_after=judgement.pause)
+        self.telemetry.request(judgement.outcome.value, answer.seconds)
+        return judgement.value
+
+    async def request(self, method: str, url: str, *, content: bytes, headers: Mapping[str, str]) -> Answer:
+        """Send without the limiter (token endpoints, health checks); never raises httpx errors."""
+        outgoing = {**self._spec.headers, **headers}
+        started = time.monotonic()
+        with self.telemetry.http_span(method, url) as span:
+            telemetry.inject_headers(outgoing)
+            try:
+                response = await self.client.request(method, url, content=content, headers=outgoing)
+            except httpx.HTTPError as error:
+                return transport_answer(error, time.monotonic() - started)
+            span.set_attribute("http.response.status_code", response.status_code)
+        return Answer(
+            status=response.status_code,
+            headers=response.headers,
+            body=response.content,
+            seconds=time.monotonic() - started,
+        )
+
+    def _publish(self, snapshot: throttling.Snapshot) -> None:
+        self.telemetry.limiter_state(
+            rate=snapshot.rate,
+            concurrency=snapshot.concurrency,
+            paused=snapshot.paused,
+            circuit=int(snapshot.circuit),
+        )

@@ -1,0 +1,103 @@
+"""The ``webhook`` sink: one POST per event, exactly DESIGN.md's wire format.
+
+Body: the event payload as JSON. Headers: ``Content-Type: application/json``,
+``Idempotency-Key: <event id>`` (the receiver deduplicates redeliveries with it),
+``X-Fanout-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>`` when
+``signingSecret`` is set, the spec's extra ``headers`` and a W3C ``traceparent``.
+
+Answers: 2xx → Delivered; 429/503 → Retry(throttled) after ``Retry-After`` (seconds or
+HTTP-date), which also pauses the whole sink; other 5xx, timeouts, connection errors →
+Retry; everything else (4xx, an unfollowed 3xx) → Permanent with the status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import httpx
+
+from fanout_core import spec
+from workers import events, fleet, telemetry, throttling
+from workers.sinks import exchange, secrets
+
+NAME = "webhook"
+
+
+class WebhookSink:
+    """A :class:`~workers.sinks.base.Sink` posting each event to ``spec.url``."""
+
+    def __init__(
+        self,
+        sink: spec.SinkSpec,
+        *,
+        replicas: fleet.Replicas,
+        clock: throttling.Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._url = sink.url
+        self._signing = secrets.optional(sink.signing_secret, field="spec.sink.signingSecret")
+        if self._signing is not None:
+            self._signing.reveal()  # fail at start-up, not on the first event
+        self._exchange = exchange.Exchanger(
+            sink, name=NAME, replicas=replicas, clock=clock, transport=transport
+        )
+
+    @property
+    def name(self) -> str:
+        return NAME
+
+    @property
+    def accepting(self) -> bool:
+        return self._exchange.accepting
+
+    @property
+    def limiter(self) -> throttling.AsyncLimiter:
+        return self._exchange.limiter
+
+    async def wait_accepting(self) -> None:
+        await self._exchange.wait_accepting()
+
+    async def aclose(self) -> None:
+        await self._exchange.aclose()
+
+    async def deliver(self, event: events.Event) -> events.Outcome:
+        body = encode(event)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": event.event_id}
+        if self._signing is not None:
+            headers["X-Fanout-Signature"] = signature(self._signing.reveal(), body)
+        return await self._exchange.send("POST", self._url, content=body, headers=headers, judge=judge)
+
+
+def encode(event: events.Event) -> bytes:
+    """The body: the payload as compact JSON (UTF-8)."""
+    return json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256(secret, body)>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def judge(answer: exchange.Answer) -> exchange.Judgement[events.Outcome]:
+    """DESIGN.md's mapping of webhook answers to outcomes and limiter signals."""
+    Judgement, Result, Outcome = exchange.Judgement, throttling.Result, telemetry.SinkOutcome
+    status = answer.status
+    if status is None:
+        result = Result.OVERLOADED if answer.timed_out else Result.FAILED
+        return Judgement(events.Retry(answer.describe()), result, Outcome.ERROR)
+    if 200 <= status < 300:
+        return Judgement(events.Delivered(), Result.OK, Outcome.DELIVERED)
+    if status in (429, 503):
+        delay = answer.retry_after()
+        result = Result.THROTTLED if status == 429 else Result.OVERLOADED
+        return Judgement(
+            events.Retry(answer.describe(), delay_seconds=delay, throttled=True),
+            result,
+            Outcome.THROTTLED,
+            pause=delay,
+        )
+    if status >= 500:
+        return Judgement(events.Retry(answer.describe()), Result.FAILED, Outcome.RETRY)
+    return Judgement(events.Permanent(f"HTTP {status} from webhook"), Result.REJECTED, Outcome.PERMANENT)
