@@ -32,6 +32,7 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
 NOT_IN_KUBERNETES = {
     ("fanout.dev/v1alpha1", "FanoutConsumer"),  # validated against our CRD below
     ("kopf.dev/v1", "ClusterKopfPeering"),  # kopf's; free-form status only
+    ("kopf.dev/v1", "KopfPeering"),  # kopf's; free-form status only
     ("monitoring.coreos.com/v1", "PodMonitor"),  # Prometheus Operator
     ("monitoring.coreos.com/v1", "PrometheusRule"),  # Prometheus Operator
 }
@@ -87,13 +88,21 @@ def test_helm_lint_strict_is_clean(with_all_features: bool) -> None:
     assert "[ERROR]" not in result.output, result.output
 
 
+VARIANTS = {
+    "defaults": (False, []),
+    "all-features": (True, []),
+    "all-features-namespaced": (True, ["operator.watchNamespaces={contact-center,security}"]),
+}
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("with_all_features", [False, True], ids=["defaults", "all-features"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_rendered_manifests_validate_strictly(
-    version: str, with_all_features: bool, examples_as_consumers: pathlib.Path
+    version: str, variant: str, examples_as_consumers: pathlib.Path
 ) -> None:
+    with_all_features, sets = VARIANTS[variant]
     values = [h.ALL_FEATURES, examples_as_consumers] if with_all_features else []
-    documents = h.render(values_files=values, include_crds=True)
+    documents = h.render(values_files=values, sets=sets, include_crds=True)
     problems = {
         f"{document['kind']}/{document['metadata']['name']}": problem
         for document in documents
@@ -104,6 +113,7 @@ def test_rendered_manifests_validate_strictly(
     assert {"CustomResourceDefinition", "Deployment", "ServiceAccount"} <= kinds
     if with_all_features:
         assert {"PodMonitor", "PrometheusRule", "ConfigMap", "PodDisruptionBudget", "FanoutConsumer"} <= kinds
+        assert kinds & {"ClusterRole", "Role"}
 
 
 def test_an_invalid_manifest_is_caught_by_the_validation_itself() -> None:

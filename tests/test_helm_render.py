@@ -264,3 +264,87 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     )
     assert quiet.returncode == 0, quiet.output
     assert "WARNING" not in quiet.stdout.split("NOTES:", 1)[1]
+
+
+# --- the operator's own contracts: RBAC rules and command-line flags ---------------------------
+
+
+def test_cluster_role_is_exactly_the_operators_required_rules(defaults: list[dict[str, Any]]) -> None:
+    from fanout_operator import rbac
+
+    role = h.one(defaults, "ClusterRole")
+    assert role["rules"] == rbac.policy_rules(cluster_wide=True)
+    binding = h.one(defaults, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    account = next(
+        a for a in h.by_kind(defaults, "ServiceAccount") if a["metadata"]["name"].endswith("-operator")
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": h.NAMESPACE}
+    ]
+    assert _operator_pod(defaults)["serviceAccountName"] == account["metadata"]["name"]
+    assert h.by_kind(defaults, "Role") == []
+
+
+def test_watch_namespaces_grants_a_role_in_each_and_nothing_cluster_wide() -> None:
+    from fanout_operator import rbac
+
+    documents = h.render(sets=["operator.watchNamespaces={contact-center,security}"])
+    assert h.by_kind(documents, "ClusterRole") == []
+    assert h.by_kind(documents, "ClusterRoleBinding") == []
+    roles = {role["metadata"]["namespace"]: role for role in h.by_kind(documents, "Role")}
+    assert set(roles) == {"contact-center", "security"}
+    for role in roles.values():
+        assert role["rules"] == rbac.policy_rules(cluster_wide=False)
+    bindings = {binding["metadata"]["namespace"] for binding in h.by_kind(documents, "RoleBinding")}
+    assert bindings == set(roles)
+    peerings = {p["metadata"]["namespace"] for p in h.by_kind(documents, "KopfPeering")}
+    assert peerings == set(roles)
+    assert h.by_kind(documents, "ClusterKopfPeering") == []
+
+
+def test_rbac_can_be_left_to_the_cluster_administrator() -> None:
+    documents = h.render(sets=["rbac.create=false"])
+    assert not {d["kind"] for d in documents} & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ([], ["--all-namespaces", "--peering", "fanout-fanout-consumer"]),
+        (
+            ["operator.peering.name=ops", "operator.logLevel=DEBUG"],
+            ["--all-namespaces", "--peering", "ops", "--verbose"],
+        ),
+        (["operator.watchNamespaces={a,b}"], ["--namespace", "a", "--namespace", "b"]),
+    ],
+)
+def test_operator_args_mean_what_the_chart_intends_to_the_operators_cli(
+    sets: list[str], expected: list[str]
+) -> None:
+    from fanout_operator import cli, handlers
+
+    (container,) = _operator_pod(h.render(sets=sets))["containers"]
+    kopf_args = cli.kopf_arguments(container["args"], priority=7)
+    assert kopf_args[:3] == ["run", "-m", handlers.__name__]
+    for flag in expected:
+        assert flag in kopf_args
+    assert "--standalone" not in kopf_args, "two replicas need peering"
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+    assert kopf_args[kopf_args.index("--liveness") + 1] == f"http://0.0.0.0:{port}/healthz"
+    env = _env(container)
+    assert handlers.ENV_WORKER_IMAGE in env
+    assert handlers.ENV_WORKER_SERVICE_ACCOUNT in env
+    assert handlers.ENV_SCRAPE_WORKERS not in cli.environment(container["args"])
+    assert "POD_ID" in env  # kopf's peer identity
+
+
+def test_scrape_workers_off_reaches_the_handlers() -> None:
+    from fanout_operator import cli, handlers
+
+    (container,) = _operator_pod(h.render(sets=["operator.scrapeWorkers=false"]))["containers"]
+    assert cli.environment(container["args"]) == {handlers.ENV_SCRAPE_WORKERS: "false"}
