@@ -1,0 +1,89 @@
+"""The replica count that divides the fleet-wide rate: file first, env fallback, re-read on change."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from fanout_core import spec
+from workers import events, fleet
+from workers.simulators import webhook
+from workers.sinks import webhook as webhook_sink
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _write(path: pathlib.Path, text: str, mtime_ns: int) -> None:
+    path.write_text(text)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_share_divides_rate_and_burst() -> None:
+    limit = spec.RateLimitSpec(requests_per_second=90, burst=10)
+    assert fleet.share(limit, 3) == fleet.Share(30.0, 3)
+    assert fleet.share(limit, 20) == fleet.Share(4.5, 1)
+    assert fleet.share(limit, 0) == fleet.Share(90.0, 10)
+    assert fleet.share(None, 3) == fleet.Share(None, 1)
+
+
+def test_environment_fallback_without_the_file(tmp_path: pathlib.Path) -> None:
+    missing = str(tmp_path / "absent")
+    assert fleet.ReplicaCount.from_environment({"FANOUT_REPLICAS_FILE": missing}).current() == 1
+    env = {"FANOUT_REPLICAS_FILE": missing, "FANOUT_REPLICAS": "4"}
+    assert fleet.ReplicaCount.from_environment(env).current() == 4
+    env["FANOUT_REPLICAS"] = "lots"
+    assert fleet.ReplicaCount.from_environment(env).current() == 1
+
+
+def test_file_is_reread_when_it_changes_at_most_every_interval(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "replicas"
+    _write(path, "3\n", 1_000_000_000)
+    clock = FakeClock()
+    count = fleet.ReplicaCount.from_environment(
+        {"FANOUT_REPLICAS_FILE": str(path), "FANOUT_REPLICAS": "7"}, check_interval=2.0, clock=clock
+    )
+    assert count.current() == 3
+    _write(path, "5\n", 2_000_000_000)
+    clock.now = 1.0
+    assert count.current() == 3  # not checked yet
+    clock.now = 2.5
+    assert count.current() == 5
+    _write(path, "garbage", 3_000_000_000)
+    clock.now = 5.0
+    assert count.current() == 5  # a bad file keeps the last good count
+    _write(path, "0", 4_000_000_000)
+    clock.now = 8.0
+    assert count.current() == 1  # scaled to zero, yet we run: one replica
+    path.unlink()
+    clock.now = 11.0
+    assert count.current() == 7  # the env fallback
+
+
+@pytest.mark.parametrize("replicas", [1, 4])
+async def test_the_sink_limiter_follows_the_replica_count(tmp_path: pathlib.Path, replicas: int) -> None:
+    path = tmp_path / "replicas"
+    _write(path, "2", 1_000_000_000)
+    clock = FakeClock()
+    count = fleet.ReplicaCount(path=path, check_interval=1.0, clock=clock)
+    sink_spec = spec.SinkSpec(
+        type=spec.SinkType.WEBHOOK,
+        url="http://127.0.0.1:9",
+        rate_limit=spec.RateLimitSpec(requests_per_second=40, burst=8),
+    )
+    async with webhook.WebhookSimulator() as sim:
+        sink = webhook_sink.WebhookSink(sink_spec.model_copy(update={"url": sim.url}), replicas=count)
+        assert sink.limiter.snapshot().rate == pytest.approx(20)
+        _write(path, str(replicas), 2_000_000_000)
+        clock.now = 5.0
+        outcome = await sink.deliver(events.Event(events.EventId("e"), "t", {"x": 1}))
+        assert isinstance(outcome, events.Delivered)
+        assert sink.limiter.snapshot().rate == pytest.approx(40 / replicas)
+        await sink.aclose()
