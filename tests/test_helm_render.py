@@ -190,6 +190,16 @@ def test_operator_pdb_is_optional(defaults: list[dict[str, Any]], everything: li
     assert h.one(everything, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
 
+def test_operator_pdb_that_would_block_every_drain_is_refused() -> None:
+    result = h.template_result(sets=["operator.podDisruptionBudget.enabled=true", "operator.replicas=1"])
+    assert result.returncode != 0
+    assert "minAvailable must be below operator.replicas" in result.output
+    allowed = h.render(
+        sets=["operator.podDisruptionBudget.enabled=true", "operator.podDisruptionBudget.minAvailable=50%"]
+    )
+    assert h.one(allowed, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+
+
 def test_monitoring_is_off_by_default(defaults: list[dict[str, Any]]) -> None:
     kinds = {document["kind"] for document in defaults}
     assert not kinds & {"PodMonitor", "PrometheusRule", "ConfigMap", "FanoutConsumer"}
