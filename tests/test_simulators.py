@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.simulators import ratelimit, webhook
+from workers.simulators import crm, hec, ratelimit, webhook
 
 
 def _event(key: str, seq: int) -> dict[str, Any]:
@@ -132,3 +132,69 @@ async def test_webhook_verifies_the_signature() -> None:
         assert (ok.status_code, bad.status_code) == (200, 401)
         assert sim.signature_failures == 1
         assert len(sim.accepted) == 1
+
+
+async def test_hec_parses_concatenated_objects_and_reports_the_invalid_event_number() -> None:
+    async with hec.HecSimulator(token="t", reject_event_ids={"b"}) as sim, httpx.AsyncClient() as client:
+        body = b"".join(
+            json.dumps({"event": {"n": n}, "fields": {"event_id": event_id, "ordering_key": "k"}}).encode()
+            for n, event_id in enumerate(["a", "b", "c"])
+        )
+        unauthorized = await client.post(sim.url + "/services/collector/event", content=body)
+        bad_token = await client.post(
+            sim.url + "/services/collector/event", content=body, headers={"Authorization": "Splunk x"}
+        )
+        partial = await client.post(
+            sim.url + "/services/collector/event", content=body, headers={"Authorization": "Splunk t"}
+        )
+        health = await client.get(sim.url + "/services/collector/health")
+    assert (unauthorized.status_code, unauthorized.json()["code"]) == (401, 2)
+    assert (bad_token.status_code, bad_token.json()["code"]) == (403, 4)
+    assert partial.status_code == 400
+    assert partial.json() == {"text": "Invalid data format", "code": 6, "invalid-event-number": 1}
+    assert [item.event_id for item in sim.accepted] == ["a"]
+    assert health.json()["code"] == 17
+
+
+async def test_hec_busy_is_503_code_9() -> None:
+    async with hec.HecSimulator(token="t", rate=1, burst=1) as sim, httpx.AsyncClient() as client:
+        headers = {"Authorization": "Splunk t"}
+        body = b'{"event": "x"}{"event": "y"}'
+        first = await client.post(sim.url + "/services/collector/event", content=body, headers=headers)
+        second = await client.post(sim.url + "/services/collector/event", content=body, headers=headers)
+    assert first.json() == {"text": "Success", "code": 0}
+    assert (second.status_code, second.json()["code"]) == (503, 9)
+    assert "Retry-After" in second.headers
+    assert hec.split_events(b'{"a": 1} {"b": [1, 2]}\n') == [
+        (b'{"a": 1}', {"a": 1}),
+        (b'{"b": [1, 2]}', {"b": [1, 2]}),
+    ]
+    assert hec.split_events(b'{"a": 1},{"b": 2}') is None
+
+
+async def test_crm_issues_tokens_only_for_the_right_client_and_reports_usage() -> None:
+    async with crm.CrmSimulator(api_limit=50, api_used=10) as sim, httpx.AsyncClient() as client:
+        token_url = sim.url + "/services/oauth2/token"
+        refused = await client.post(token_url, data={"grant_type": "client_credentials", "client_id": "x"})
+        granted = await client.post(
+            token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": sim.client_id,
+                "client_secret": sim.client_secret,
+            },
+        )
+        url = sim.url + "/services/data/v60.0/sobjects/Case/Ext__c/k1"
+        upsert = await client.patch(
+            url, json={"Subject": "hi"}, headers={"Authorization": f"Bearer {granted.json()['access_token']}"}
+        )
+        sim.expire_tokens()
+        expired = await client.patch(
+            url, json={"Subject": "hi"}, headers={"Authorization": f"Bearer {granted.json()['access_token']}"}
+        )
+    assert refused.status_code == 400
+    assert upsert.status_code == 201
+    assert upsert.headers["Sforce-Limit-Info"] == "api-usage=11/50"
+    assert expired.status_code == 401
+    assert expired.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+    assert sim.requests_total == 2  # token requests are not data requests

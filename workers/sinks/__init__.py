@@ -19,7 +19,7 @@ import httpx
 
 from fanout_core import spec
 from workers import fleet, throttling
-from workers.sinks import base, crm, webhook
+from workers.sinks import base, crm, siem, webhook
 
 
 class SinkFactory(Protocol):
@@ -36,6 +36,7 @@ class SinkFactory(Protocol):
 SINKS: dict[spec.SinkType, SinkFactory] = {
     spec.SinkType.WEBHOOK: webhook.WebhookSink,
     spec.SinkType.CRM: crm.CrmSink,
+    spec.SinkType.SIEM: siem.HecSink,
 }
 
 
