@@ -94,6 +94,10 @@ class Autoscaler:
         self._observer = observer
         self._settings = settings
         self._clock = clock
+        # The scaler's memory lives here while this process runs; the status copy only seeds it
+        # after a restart or a peer takeover (the live body may lag behind our own writes).
+        self._state: scaling.State | None = None
+        self._failures: int | None = None
 
     async def _write_status(self, owner: rendering.Owner, new: status.FanoutConsumerStatus) -> None:
         await self._client.merge_patch(
@@ -110,7 +114,10 @@ class Autoscaler:
         now: float,
         interval: float,
     ) -> float:
-        failures = (previous.scaler.consecutive_failures if previous.scaler else 0) + 1
+        if self._failures is None:
+            self._failures = previous.scaler.consecutive_failures if previous.scaler else 0
+        self._failures += 1
+        failures = self._failures
         was_degraded = status.condition(previous, status.ConditionType.DEGRADED)
         conditions = status.set_condition(
             previous.conditions,
@@ -124,7 +131,10 @@ class Autoscaler:
         conditions = status.set_condition(
             conditions, status.ConditionType.READY, False, reason, message, now=now, generation=generation
         )
-        memory = previous.scaler or status.ScalerMemory()
+        if self._state is not None:
+            memory = state_to_memory(self._state)
+        else:
+            memory = previous.scaler or status.ScalerMemory()
         new = previous.model_copy(
             update={
                 "conditions": conditions,
@@ -211,6 +221,7 @@ class Autoscaler:
                 owner, previous, generation, "KubernetesError", str(error), now, interval
             )
 
+        self._failures = 0
         changed = decision.replicas != current
         conditions = previous.conditions
         for kind, state, reason, message in (
@@ -225,7 +236,7 @@ class Autoscaler:
             update={
                 "queue": consumer.queue.name,
                 "replicas": decision.replicas,
-                "desired_replicas": decision.replicas,
+                "desired_replicas": decision.recommendation,
                 "ready_replicas": ready,
                 "selector": rendering.selector_string(owner),
                 "backlog": status.Backlog(

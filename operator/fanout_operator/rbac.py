@@ -3,7 +3,9 @@
 The chart's ClusterRole is compared with :data:`REQUIRED_RULES` by a test (chart side), and the
 operator's own tests check that every API call the operator made against the fake API server is
 covered by a rule here. Keep it exact: what ``kube`` / ``reconciling`` / ``autoscaling`` call,
-plus what kopf itself needs (peering, CRD discovery, namespaces when cluster-wide, Events).
+plus what kopf itself needs (peering, CRD discovery, namespaces, Events). kopf lists and watches
+namespaces even when restricted to ``--namespace`` (to follow their creation and deletion); it
+falls back to assuming they exist when forbidden, so a namespaced install may drop that rule.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ REQUIRED_RULES: tuple[Rule, ...] = (
         "kopf resource discovery",
         True,
     ),
-    Rule("", "namespaces", ("list", "watch"), "kopf namespace observation", True),
+    Rule("", "namespaces", ("list", "watch"), "kopf namespace observation"),
 )
 
 
