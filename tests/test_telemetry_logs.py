@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from workers import envelopes, events, telemetry
+from workers.telemetry import logs
 
 DATA = pathlib.Path(__file__).parent / "data"
 PAYLOAD_FIELDS = ("ani", "dnis", "wrapupNotes", "name", "addressNormalized", "addressRaw", "email")
@@ -34,7 +35,7 @@ QUEUE_URL = "http://127.0.0.1:4566/123456789012/interactions"
 def log_stream() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     root = logging.getLogger()
-    level = root.level
+    levels = {name: logging.getLogger(name).level for name in ["", *logs.WIRE_LOGGERS]}
     telemetry.configure_logging("DEBUG", stream=stream)
     try:
         yield stream
@@ -42,7 +43,8 @@ def log_stream() -> Iterator[io.StringIO]:
         for handler in list(root.handlers):
             if isinstance(handler.formatter, telemetry.JsonFormatter):
                 root.removeHandler(handler)
-        root.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _payload_values(value: Any, found: set[str]) -> set[str]:
@@ -188,6 +190,14 @@ def test_level_is_configurable_and_configuring_twice_keeps_one_handler(log_strea
     worker.delivered(message, event, 0.1)
     worker.dead_lettered(message, event, telemetry.ReasonClass.EXHAUSTED, "5 attempts")
     assert [line["msg"] for line in _lines(log_stream)] == ["dead_lettered"]
+
+
+def test_debug_level_does_not_turn_on_wire_dumps_of_client_libraries(log_stream: io.StringIO) -> None:
+    for name in ("botocore.parsers", "botocore.endpoint", "aiobotocore.endpoint", "httpx", "httpcore.http11"):
+        logging.getLogger(name).debug("Response body: %s", "tel:+13175550123")
+    logging.getLogger("httpx").info("HTTP Request: POST https://crm.example/api?token=abc")
+    logging.getLogger("workers.processing").debug("our own debug line")
+    assert [line["logger"] for line in _lines(log_stream)] == ["workers.processing"]
 
 
 def test_other_loggers_go_through_the_same_json_formatter(log_stream: io.StringIO) -> None:

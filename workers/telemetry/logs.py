@@ -144,13 +144,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, separators=(",", ":"))
 
 
+# Client libraries that log whole requests and responses (message bodies, URLs with
+# tokens, headers) below these levels: DEBUG on our side must not turn them on.
+WIRE_LOGGERS: Final = {
+    "botocore": logging.INFO,
+    "aiobotocore": logging.INFO,
+    "boto3": logging.INFO,
+    "urllib3": logging.INFO,
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "hpack": logging.WARNING,
+    "aiohttp.access": logging.WARNING,
+    "aiohttp.client": logging.INFO,
+}
+
+
 def configure_logging(level: str = "INFO", *, stream: TextIO | None = None) -> None:
     """Send every log record as a JSON line to ``stream`` (stderr); idempotent.
 
     Calling again changes the level (and the stream) of the one handler it installed.
+    Loggers of client libraries that dump wire data are held at :data:`WIRE_LOGGERS`
+    levels whatever ``level`` says: at DEBUG, botocore logs every SQS body it receives.
     """
     root = logging.getLogger()
     root.setLevel(level.upper())
+    for name, floor in WIRE_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
     target = stream if stream is not None else sys.stderr
     for handler in root.handlers:
         if getattr(handler, _HANDLER_MARK, False) and isinstance(handler, logging.StreamHandler):
