@@ -50,6 +50,11 @@ def _sum(samples: Samples, name: str, **labels: str) -> float:
     return sum(value for (sample, keys), value in samples.items() if sample == name and wanted <= keys)
 
 
+def _sink_sum(samples: Samples, name: str = "fanout_sink_requests_total", **labels: str) -> float:
+    wanted = set(labels.items()) | {("sink", "webhook")}
+    return sum(value for (sample, keys), value in samples.items() if sample == name and wanted <= keys)
+
+
 def _settled(samples: Samples) -> float:
     return sum(
         _sum(samples, name)
@@ -100,6 +105,7 @@ async def test_counters_add_up_during_and_after_an_end_to_end_run(sqs: object) -
                 scrapes.append(_parse(response.text))
                 return scrapes[-1]
 
+            baseline = await scrape()
             feeding = asyncio.create_task(
                 harness.feed(sqs, source, conversations=20, length=6, poison_ratio=0.03, seed=5)
             )
@@ -164,6 +170,15 @@ async def test_counters_add_up_during_and_after_an_end_to_end_run(sqs: object) -
     assert _sum(final, "fanout_end_to_end_seconds_count", clock="sqs_sent") == delivered
     assert _sum(final, "fanout_end_to_end_seconds_count", clock="event_time") == delivered
     assert _sum(final, "fanout_active_lanes") == 0
+
+    # The sink's own series (shared by every webhook sink in this process: compare deltas).
+    def sink_delta(**labels: str) -> float:
+        return _sink_sum(final, **labels) - _sink_sum(baseline, **labels)
+
+    assert sink_delta() == sum(sim.status_counts.values())
+    assert sink_delta(outcome="delivered") == delivered
+    assert sink_delta(outcome="throttled") == sim.status_counts[429]
+    assert _sink_sum(final, name="fanout_sink_circuit_state") == 0
 
     result = promtool_checks.run_promtool(
         promtool_checks.promtool_path(), "check", "metrics", stdin=exposition
