@@ -120,7 +120,7 @@ def test_in_flight_alone_keeps_workers_from_zero() -> None:
 
 def test_downstream_cap_from_measured_throughput() -> None:
     policy = dataclasses.replace(POLICY, sink_rate_limit=100)
-    decision = _decide(1_200, 2, policy=policy, sink=scaling.SinkReport(requests_per_second_per_replica=16))
+    decision = _decide(1_200, 2, policy=policy, sink=scaling.SinkReport(per_replica_throughput=16))
     assert decision.replicas == 7  # ceil(100 / 16 - 0.1)
     assert decision.limit is scaling.Limit.SINK_CAP
     assert "capped at 7 by sink rate" in decision.reason
@@ -134,15 +134,25 @@ def test_downstream_cap_from_configuration_when_not_measured() -> None:
     assert "configured" in decision.reason
 
 
-def test_fleet_held_by_its_shared_limit_does_not_creep_up() -> None:
+def test_noisy_measurement_just_under_the_share_does_not_add_a_replica() -> None:
     policy = dataclasses.replace(POLICY, sink_rate_limit=100)
-    # 4 replicas each getting slightly under their 25 req/s share.
-    sink = scaling.SinkReport(requests_per_second_per_replica=24.8)
+    # Each replica can do about 25 req/s (a quarter of the fleet limit); measured a bit low.
+    sink = scaling.SinkReport(per_replica_throughput=24.8)
     assert _decide(5_000, 4, policy=policy, sink=sink).replicas == 4
 
 
+def test_cap_sheds_excess_replicas_without_waiting_for_the_window() -> None:
+    policy = dataclasses.replace(POLICY, sink_rate_limit=40)
+    state = scaling.State(recommendations=(scaling.Recommendation(at=990, replicas=20),))
+    decision = _decide(
+        5_000, 20, policy=policy, state=state, sink=scaling.SinkReport(per_replica_throughput=8)
+    )
+    assert decision.replicas == 5
+    assert decision.limit is scaling.Limit.SINK_CAP
+
+
 def test_no_cap_without_a_rate_limit() -> None:
-    sink = scaling.SinkReport(requests_per_second_per_replica=1000)
+    sink = scaling.SinkReport(per_replica_throughput=1000)
     assert _decide(2_000, 1, sink=sink).replicas == 20
 
 
@@ -206,7 +216,7 @@ sinks = st.one_of(
     st.builds(
         scaling.SinkReport,
         throttled=st.booleans(),
-        requests_per_second_per_replica=st.one_of(st.none(), st.floats(0, 500)),
+        per_replica_throughput=st.one_of(st.none(), st.floats(0, 500)),
     ),
 )
 states = st.builds(
@@ -252,15 +262,15 @@ def test_respects_bounds(
         assert backlog == 0 or current == 0
 
 
-@hypothesis.given(policy=policies, sink=sinks, current=st.integers(1, 60), backlog=st.integers(0, 100_000))
+@hypothesis.given(
+    policy=policies, state=states, sink=sinks, current=st.integers(0, 60), backlog=st.integers(0, 100_000)
+)
 def test_never_exceeds_the_downstream_cap_unless_min_says_so(
-    policy: scaling.Policy, sink: scaling.SinkReport | None, current: int, backlog: int
+    policy: scaling.Policy, state: scaling.State, sink: scaling.SinkReport | None, current: int, backlog: int
 ) -> None:
-    decision = scaling.decide(
-        policy, scaling.Observation(backlog, 0, current, sink=sink), scaling.State(), NOW
-    )
+    decision = scaling.decide(policy, scaling.Observation(backlog, 0, current, sink=sink), state, NOW)
     cap = scaling.downstream_cap(policy, sink)
-    if cap is not None and decision.replicas > current:
+    if cap is not None:
         assert decision.replicas <= max(cap[0], policy.min_replicas)
 
 
@@ -289,7 +299,8 @@ def test_scale_down_never_below_the_window_maximum(
     for backlog in backlogs:
         decision = scaling.decide(policy, scaling.Observation(backlog, 0, current), state, now)
         history.append((now, decision.recommendation))
-        if decision.replicas < current and decision.limit is not scaling.Limit.IDLE:
+        shaped_elsewhere = decision.limit in (scaling.Limit.IDLE, scaling.Limit.SINK_CAP)
+        if decision.replicas < current and not shaped_elsewhere:
             window = policy.scale_down_stabilization_seconds
             in_window = [r for at, r in history if at > now - window or at == now]
             assert decision.replicas >= min(max(in_window), current)

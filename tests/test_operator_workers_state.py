@@ -25,6 +25,12 @@ class FakeWorkerMetrics:
         self.requests = prometheus_client.Counter(
             "fanout_sink_requests", "r", ["sink", "outcome"], registry=self.registry
         )
+        self.concurrency = prometheus_client.Gauge(
+            "fanout_sink_concurrency_limit", "c", ["sink"], registry=self.registry
+        )
+        self.latency = prometheus_client.Histogram(
+            "fanout_sink_request_seconds", "l", ["sink", "outcome"], registry=self.registry
+        )
         self.paused.labels("webhook").set(0)
         self.circuit.labels("webhook").set(0)
 
@@ -58,7 +64,14 @@ def test_parse_reads_pause_circuit_and_sums_request_outcomes() -> None:
     metrics.requests.labels("webhook", "throttled").inc(5)
     metrics.circuit.labels("webhook").set(2)
     sample = workers_state.parse_metrics(metrics.text())
-    assert sample == workers_state.PodSample(paused=False, circuit=2, requests_total=35)
+    assert sample == workers_state.PodSample(
+        paused=False,
+        circuit=2,
+        requests_total=35,
+        concurrency_limit=None,
+        latency_sum=None,
+        latency_count=None,
+    )
 
 
 def test_parse_rejects_garbage() -> None:
@@ -70,11 +83,13 @@ def test_summarize_rates_and_throttle() -> None:
     def reading(pod: str, at: float, total: float, paused: bool = False) -> workers_state.Reading:
         return workers_state.Reading(pod, at, workers_state.PodSample(paused, 0, total))
 
+    # Without latency figures the observed request rate stands in.
+
     previous = {"a": reading("a", 0, 100), "b": reading("b", 0, 500)}
     current = [reading("a", 10, 300), reading("b", 10, 20), reading("c", 10, 50, paused=True)]
     report = workers_state.summarize(previous, current)
     # b restarted (counter went down), c is new: only a gives a rate.
-    assert report == scaling.SinkReport(throttled=True, requests_per_second_per_replica=20)
+    assert report == scaling.SinkReport(throttled=True, per_replica_throughput=20)
     assert workers_state.summarize(previous, []) is None
 
 
@@ -94,6 +109,18 @@ def test_targets_only_running_pods_with_ips() -> None:
     ]
 
 
+def test_capacity_is_concurrency_over_mean_latency() -> None:
+    def reading(at: float, requests: float, seconds: float) -> workers_state.Reading:
+        sample = workers_state.PodSample(
+            False, 0, requests, concurrency_limit=4, latency_sum=seconds, latency_count=requests
+        )
+        return workers_state.Reading("p", at, sample)
+
+    # 50 requests of 0.5 s each, 4 at a time: the replica could send 8 req/s (it sent 5 req/s: demand, not capacity).
+    report = workers_state.summarize({"p": reading(0, 0, 0)}, [reading(10, 50, 25)])
+    assert report == scaling.SinkReport(throttled=False, per_replica_throughput=8.0)
+
+
 async def test_observer_measures_rate_across_two_scrapes(served: tuple[FakeWorkerMetrics, str]) -> None:
     metrics, url = served
     async with aiohttp.ClientSession() as session:
@@ -101,11 +128,11 @@ async def test_observer_measures_rate_across_two_scrapes(served: tuple[FakeWorke
         target = [workers_state.Target("pod-1", url)]
         metrics.requests.labels("webhook", "delivered").inc(10)
         first = await observer.report(target, now=100.0)
-        assert first == scaling.SinkReport(throttled=False, requests_per_second_per_replica=None)
+        assert first == scaling.SinkReport(throttled=False, per_replica_throughput=None)
         metrics.requests.labels("webhook", "delivered").inc(50)
         metrics.paused.labels("webhook").set(1)
         second = await observer.report(target, now=110.0)
-        assert second == scaling.SinkReport(throttled=True, requests_per_second_per_replica=5.0)
+        assert second == scaling.SinkReport(throttled=True, per_replica_throughput=5.0)
 
 
 async def test_unreachable_pods_mean_unknown() -> None:

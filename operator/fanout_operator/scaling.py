@@ -12,14 +12,16 @@ The decision, in order (each step's effect is named in the reason string):
    only after the queue has been empty (visible + in flight = 0) for ``cooldownSeconds``; in
    between, never below one replica.
 4. Clamp to [minReplicas, maxReplicas].
-5. Downstream cap: the sink's fleet-wide rateLimit divided by what one replica sends —
-   measured by the workers when known, else the worst case the configuration allows
-   (maxConcurrency requests finishing every timeoutSeconds). More replicas than that would only
-   wait on the shared token bucket (or, for a naive fleet, hammer an API that says 429).
-6. Throttle hold: when workers report the sink throttled or its circuit open, never scale up.
-7. Scale up at once; scale down through the stabilization window (the highest recommendation
+5. Throttle hold: when workers report the sink throttled or its circuit open, never scale up.
+6. Scale up at once; scale down through the stabilization window (the highest recommendation
    over the last ``scaleDownStabilizationSeconds``, as the HPA does). Scale-to-zero after the
    cooldown bypasses the window (the cooldown already is one).
+7. Downstream cap, last and absolute: the sink's fleet-wide rateLimit divided by what one
+   replica can send — measured by the workers when known (their concurrency ÷ mean request
+   latency), else the worst case the configuration allows (maxConcurrency requests finishing
+   every timeoutSeconds). More replicas than that would only wait on the shared token bucket
+   (or, for a naive fleet, hammer an API that says 429), so they are shed without waiting for
+   the window. minReplicas still wins over the cap.
 """
 
 from __future__ import annotations
@@ -88,10 +90,14 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class SinkReport:
-    """What the running workers say about the sink (from their /metrics)."""
+    """What the running workers say about the sink (from their /metrics).
+
+    ``per_replica_throughput``: requests per second one replica can send when nothing else
+    holds it back (measured as its concurrency limit ÷ its mean request latency).
+    """
 
     throttled: bool = False
-    requests_per_second_per_replica: float | None = None
+    per_replica_throughput: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +143,7 @@ def downstream_cap(policy: Policy, sink: SinkReport | None) -> tuple[int, str] |
     if policy.sink_rate_limit is None:
         return None
     rate = policy.sink_rate_limit
-    measured = sink.requests_per_second_per_replica if sink is not None else None
+    measured = sink.per_replica_throughput if sink is not None else None
     if measured is not None and measured >= MIN_MEASURED_RATE:
         per_replica, source = measured, "measured"
     else:
@@ -187,14 +193,6 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
             limit = Limit.BOUNDS
             notes.append(f"bounded to [{policy.min_replicas}, {policy.max_replicas}] → {recommendation}")
 
-    cap = downstream_cap(policy, observation.sink)
-    if cap is not None and recommendation > cap[0]:
-        capped = max(cap[0], policy.min_replicas)
-        if capped < recommendation:
-            limit = Limit.SINK_CAP
-            notes.append(f"capped at {capped} by sink rate ({cap[1]})")
-            recommendation = capped
-
     sink = observation.sink
     if sink is not None and sink.throttled and current > 0 and recommendation > current:
         held = max(current, policy.min_replicas)
@@ -220,6 +218,14 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
                     f"scale-down held at {replicas} by the "
                     f"{_num(policy.scale_down_stabilization_seconds)}s stabilization window"
                 )
+
+    # The cap comes last: replicas the sink cannot keep busy are shed at once, window or not.
+    cap = downstream_cap(policy, observation.sink)
+    if cap is not None and replicas > max(cap[0], policy.min_replicas):
+        replicas = max(cap[0], policy.min_replicas)
+        limit = Limit.SINK_CAP
+        notes.append(f"capped at {replicas} by sink rate ({cap[1]})")
+        recommendation = min(recommendation, replicas)
     notes.append(f"replicas {current} → {replicas}" if replicas != current else f"stays at {replicas}")
     return Decision(
         replicas=replicas,

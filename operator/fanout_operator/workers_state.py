@@ -3,8 +3,11 @@
 ``autoscaling`` asks once per poll; the scaling decision uses the answer for two things: hold
 instead of scaling up while any replica reports its sink paused or its circuit not closed
 (``fanout_sink_paused``, ``fanout_sink_circuit_state``), and cap the fleet by the sink's rate
-limit divided by the measured per-replica request rate (``fanout_sink_requests_total``, a
-counter, so two scrapes of the same pod make one rate).
+limit divided by what one replica can send: its concurrency limit
+(``fanout_sink_concurrency_limit``) over its mean request latency (``fanout_sink_request_seconds``
+sum / count between two scrapes). That is a replica's capacity even while the shared rate limit
+holds it back; when the latency is unknown the observed request rate
+(``fanout_sink_requests_total`` between two scrapes) stands in.
 
 Parsing and summarising are pure (:func:`parse_metrics`, :func:`targets`, :func:`summarize`);
 :class:`FleetObserver` does the HTTP and remembers the previous scrape. A pod that cannot be
@@ -37,6 +40,9 @@ class PodSample:
     paused: bool
     circuit: int
     requests_total: float | None
+    concurrency_limit: float | None = None
+    latency_sum: float | None = None
+    latency_count: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,9 @@ def parse_metrics(text: str) -> PodSample:
     paused = False
     circuit = CIRCUIT_CLOSED
     requests: float | None = None
+    concurrency: float | None = None
+    latency_sum: float | None = None
+    latency_count: float | None = None
     try:
         for family in prometheus_client.parser.text_string_to_metric_families(text):
             for sample in family.samples:
@@ -65,9 +74,42 @@ def parse_metrics(text: str) -> PodSample:
                     circuit = max(circuit, int(sample.value))
                 elif sample.name == "fanout_sink_requests_total":
                     requests = (requests or 0.0) + sample.value
+                elif sample.name == "fanout_sink_concurrency_limit":
+                    concurrency = (concurrency or 0.0) + sample.value
+                elif sample.name == "fanout_sink_request_seconds_sum":
+                    latency_sum = (latency_sum or 0.0) + sample.value
+                elif sample.name == "fanout_sink_request_seconds_count":
+                    latency_count = (latency_count or 0.0) + sample.value
     except ValueError as error:
         raise MetricsError(str(error)) from error
-    return PodSample(paused=paused, circuit=circuit, requests_total=requests)
+    return PodSample(
+        paused=paused,
+        circuit=circuit,
+        requests_total=requests,
+        concurrency_limit=concurrency,
+        latency_sum=latency_sum,
+        latency_count=latency_count,
+    )
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    if after is None or before is None or after < before:  # absent, or a restarted pod
+        return None
+    return after - before
+
+
+def throughput(before: Reading, after: Reading) -> float | None:
+    """What one replica can send per second, from two readings of it."""
+    elapsed = after.at - before.at
+    if elapsed <= 0:
+        return None
+    calls = _delta(after.sample.latency_count, before.sample.latency_count)
+    seconds = _delta(after.sample.latency_sum, before.sample.latency_sum)
+    concurrency = after.sample.concurrency_limit
+    if calls and seconds and concurrency:
+        return concurrency / (seconds / calls)
+    requests = _delta(after.sample.requests_total, before.sample.requests_total)
+    return requests / elapsed if requests is not None else None
 
 
 def targets(pods: Sequence[Mapping[str, Any]]) -> list[Target]:
@@ -91,21 +133,18 @@ def targets(pods: Sequence[Mapping[str, Any]]) -> list[Target]:
 
 
 def summarize(previous: Mapping[str, Reading], current: Sequence[Reading]) -> scaling.SinkReport | None:
-    """The fleet's view of its sink: throttled anywhere, and the mean per-replica request rate."""
+    """The fleet's view of its sink: throttled anywhere, and the mean per-replica throughput."""
     if not current:
         return None
     throttled = any(r.sample.paused or r.sample.circuit != CIRCUIT_CLOSED for r in current)
     rates: list[float] = []
     for reading in current:
         before = previous.get(reading.pod)
-        if before is None or before.sample.requests_total is None or reading.sample.requests_total is None:
-            continue
-        elapsed = reading.at - before.at
-        delta = reading.sample.requests_total - before.sample.requests_total
-        if elapsed > 0 and delta >= 0:  # a negative delta is a restarted pod
-            rates.append(delta / elapsed)
+        measured = throughput(before, reading) if before is not None else None
+        if measured is not None:
+            rates.append(measured)
     rate = sum(rates) / len(rates) if rates else None
-    return scaling.SinkReport(throttled=throttled, requests_per_second_per_replica=rate)
+    return scaling.SinkReport(throttled=throttled, per_replica_throughput=rate)
 
 
 class FleetObserver:
