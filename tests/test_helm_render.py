@@ -23,6 +23,8 @@ REQUIRED_LABELS = (
 )
 SELECTOR_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
 ROLE_ARN = "arn:aws:iam::123456789012:role/fanout-worker"
+# Resources without a namespace (kubectl api-resources --namespaced=false) the operator may use.
+CLUSTER_SCOPED_RESOURCES = {"namespaces", "customresourcedefinitions", "clusterkopfpeerings"}
 
 
 def _chart() -> dict[str, Any]:
@@ -300,16 +302,21 @@ def test_cluster_role_is_exactly_the_operators_required_rules(defaults: list[dic
     assert h.by_kind(defaults, "Role") == []
 
 
-def test_watch_namespaces_grants_a_role_in_each_and_nothing_cluster_wide() -> None:
+def test_watch_namespaces_grants_a_role_in_each_and_only_cluster_scoped_reads_cluster_wide() -> None:
     from fanout_operator import rbac
 
     documents = h.render(sets=["operator.watchNamespaces={contact-center,security}"])
-    assert h.by_kind(documents, "ClusterRole") == []
-    assert h.by_kind(documents, "ClusterRoleBinding") == []
     roles = {role["metadata"]["namespace"]: role for role in h.by_kind(documents, "Role")}
     assert set(roles) == {"contact-center", "security"}
+    expected = rbac.policy_rules(cluster_wide=False)
+    # Cluster-scoped resources cannot be granted by a Role: those (and only those) go to a
+    # ClusterRole; together they are exactly the operator's rules for a namespaced run.
+    cluster_scoped = [rule for rule in expected if rule["resources"][0] in CLUSTER_SCOPED_RESOURCES]
+    cluster_roles = h.by_kind(documents, "ClusterRole")
+    assert [rule for role in cluster_roles for rule in role["rules"]] == cluster_scoped
+    assert len(h.by_kind(documents, "ClusterRoleBinding")) == len(cluster_roles)
     for role in roles.values():
-        assert role["rules"] == rbac.policy_rules(cluster_wide=False)
+        assert role["rules"] == [rule for rule in expected if rule not in cluster_scoped]
     bindings = {binding["metadata"]["namespace"] for binding in h.by_kind(documents, "RoleBinding")}
     assert bindings == set(roles)
     peerings = {p["metadata"]["namespace"] for p in h.by_kind(documents, "KopfPeering")}
