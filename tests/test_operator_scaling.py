@@ -330,3 +330,12 @@ def test_state_window_is_pruned(current: int) -> None:
     old = scaling.State(recommendations=tuple(scaling.Recommendation(at=t, replicas=9) for t in range(50)))
     decision = scaling.decide(policy, scaling.Observation(10, 0, current), old, now=1_000)
     assert [r.at for r in decision.state.recommendations] == [1_000]
+
+
+def test_cap_remembers_the_last_measurement_while_replicas_start() -> None:
+    policy = dataclasses.replace(POLICY, sink_rate_limit=40, sink_max_concurrency=4, sink_timeout_seconds=10)
+    measured = _decide(5_000, 3, policy=policy, sink=scaling.SinkReport(per_replica_throughput=8))
+    assert measured.replicas == 5
+    starting = _decide(5_000, 0, policy=policy, state=measured.state, sink=None)
+    assert starting.replicas == 5  # not the configured worst case (100)
+    assert starting.state.per_replica_throughput == 8

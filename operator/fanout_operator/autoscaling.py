@@ -56,6 +56,7 @@ def memory_to_state(memory: status.ScalerMemory | None) -> scaling.State:
         recommendations=tuple(
             scaling.Recommendation(at=r.at, replicas=r.replicas) for r in memory.recommendations
         ),
+        per_replica_throughput=memory.per_replica_throughput,
     )
 
 
@@ -66,6 +67,7 @@ def state_to_memory(state: scaling.State, failures: int = 0) -> status.ScalerMem
             status.RecommendationRecord(at=r.at, replicas=r.replicas) for r in state.recommendations
         ],
         consecutive_failures=failures,
+        per_replica_throughput=state.per_replica_throughput,
     )
 
 

@@ -127,6 +127,9 @@ class State:
 
     empty_since: float | None = None
     recommendations: tuple[Recommendation, ...] = ()
+    # The last measured per-replica throughput: replicas that are starting (or none at all)
+    # report nothing, and a replica's capacity does not change because it restarted.
+    per_replica_throughput: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +160,10 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
     """The replica count for this poll, why, and the state for the next one."""
     current = observation.current_replicas
     backlog = observation.backlog
+    measured = observation.sink.per_replica_throughput if observation.sink is not None else None
+    if measured is None or measured < MIN_MEASURED_RATE:
+        measured = state.per_replica_throughput
+    sink_view = dataclasses.replace(observation.sink or SinkReport(), per_replica_throughput=measured)
     empty_since = (state.empty_since if state.empty_since is not None else now) if backlog == 0 else None
 
     if policy.pinned_replicas is not None:
@@ -165,7 +172,7 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
             recommendation=policy.pinned_replicas,
             limit=Limit.PINNED,
             reason=f"pinned by spec.replicas → {policy.pinned_replicas}",
-            state=State(empty_since=empty_since),
+            state=State(empty_since=empty_since, per_replica_throughput=measured),
         )
 
     target = policy.target_backlog_per_replica
@@ -220,7 +227,7 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
                 )
 
     # The cap comes last: replicas the sink cannot keep busy are shed at once, window or not.
-    cap = downstream_cap(policy, observation.sink)
+    cap = downstream_cap(policy, sink_view)
     if cap is not None and replicas > max(cap[0], policy.min_replicas):
         replicas = max(cap[0], policy.min_replicas)
         limit = Limit.SINK_CAP
@@ -232,7 +239,7 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
         recommendation=recommendation,
         limit=limit,
         reason=", ".join(notes),
-        state=State(empty_since=empty_since, recommendations=kept),
+        state=State(empty_since=empty_since, recommendations=kept, per_replica_throughput=measured),
     )
 
 

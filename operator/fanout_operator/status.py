@@ -69,6 +69,9 @@ class ScalerMemory(StatusModel):
     empty_since: float | None = pydantic.Field(None, description="Epoch seconds the queue became empty.")
     recommendations: list[RecommendationRecord] = pydantic.Field(default_factory=list)
     consecutive_failures: int = pydantic.Field(0, description="Failed queue reads in a row (backoff).")
+    per_replica_throughput: float | None = pydantic.Field(
+        None, description="Last measured requests/s one replica can send (for the sink cap)."
+    )
 
 
 class FanoutConsumerStatus(StatusModel):
