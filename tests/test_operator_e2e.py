@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import kmock
@@ -33,7 +33,7 @@ import kopf.testing
 import pytest
 import yaml
 
-from fanout_operator import cli, crd, kube, rendering
+from fanout_operator import cli, crd, kube, rbac, rendering
 from workers.simulators import aws
 
 RESOURCES: dict[str, tuple[str, set[str]]] = {
@@ -58,6 +58,7 @@ CHILD_COLLECTIONS = (
 )
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 TIMEOUT = 30.0
+TEST_AGENT = "fanout-e2e-test"
 
 
 class ApiServerEmulator(kmock.KubernetesEmulator):
@@ -69,7 +70,14 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     generation, and spec patches bump the generation, as the API server does.
     """
 
+    calls: ClassVar[list[tuple[str, str, str]]] = []
+
     async def _handle(self, request: kmock.Request) -> Any:
+        agent = str(request.headers.get("User-Agent", ""))
+        if agent.startswith(("fanout-operator", "kopf/")):  # not the test, not the stand-in GC
+            query = f"?{request.url.query_string}" if request.url.query_string else ""
+            method = str(getattr(request.method, "value", request.method)).upper()
+            self.calls.append((agent, method, request.url.path + query))
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(_RESOURCE_VERSIONS))
             data = request.data
@@ -156,6 +164,7 @@ class KmockCluster:
                         self.collected.append(f"{collection}/{metadata['name']}")
 
     def __enter__(self) -> KmockCluster:
+        ApiServerEmulator.calls.clear()
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("kmock did not start")
@@ -181,6 +190,35 @@ class KmockCluster:
             )
         )
         return path
+
+
+def permission(method: str, path_and_query: str) -> tuple[str, str, str] | None:
+    """(apiGroup, resource[/subresource], verb) an API call needs; None for discovery URLs."""
+    path, _, query = path_and_query.partition("?")
+    parts = [part for part in path.split("/") if part]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None  # /api, /apis, /version, group discovery: open to every authenticated user
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    resource, name, subresource = (
+        rest[0],
+        (rest[1] if len(rest) > 1 else None),
+        (rest[2] if len(rest) > 2 else None),
+    )
+    if subresource:
+        resource = f"{resource}/{subresource}"
+    verb = {
+        "GET": "get" if name else ("watch" if "watch=true" in query else "list"),
+        "POST": "create",
+        "PATCH": "patch",
+        "PUT": "update",
+        "DELETE": "delete",
+    }[method]
+    return group, resource, verb
 
 
 @pytest.fixture(
@@ -211,7 +249,7 @@ def api(
 async def client(api: str) -> AsyncIterator[kube.KubeClient]:
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     assert info is not None
-    kube_client = kube.KubeClient(kube.Credentials(info))
+    kube_client = kube.KubeClient(kube.Credentials(info), user_agent=TEST_AGENT)
     try:
         yield kube_client
     finally:
@@ -396,6 +434,16 @@ async def test_fanout_consumer_lifecycle(
 
     assert runner.exception is None
     assert runner.exit_code == 0
+
+    # Every call the operator (kopf included) made is covered by fanout_operator.rbac, which the
+    # chart's ClusterRole is checked against. Only kmock records the calls; a cluster running the
+    # operator under that role would have refused anything else.
+    if api == "kmock":
+        made = {permission(method, path) for _, method, path in ApiServerEmulator.calls}
+        made.discard(None)
+        assert ("apps", "deployments/scale", "patch") in made
+        assert ("fanout.dev", "fanoutconsumers", "watch") in made
+        assert sorted(p for p in made if p is not None and not rbac.allows(*p)) == []
 
 
 async def _equals(probe: Callable[[], Awaitable[Any]], expected: Any) -> bool:

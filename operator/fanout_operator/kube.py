@@ -59,8 +59,11 @@ class Credentials:
 class KubeClient:
     """``client = KubeClient(credentials); await client.get('/api/v1/namespaces/ns/pods/x')``."""
 
-    def __init__(self, credentials: Credentials, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, credentials: Credentials, *, timeout: float = 30.0, user_agent: str = USER_AGENT
+    ) -> None:
         self._credentials = credentials
+        self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._session_info: kopf.ConnectionInfo | None = None
@@ -78,7 +81,7 @@ class KubeClient:
             await self.close()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
-                headers={**info.as_http_headers(), "User-Agent": USER_AGENT},
+                headers={**info.as_http_headers(), "User-Agent": self._user_agent},
                 timeout=self._timeout,
             )
             self._session_info = info
