@@ -1,0 +1,345 @@
+"""What the benchmarks share: an embedded AWS endpoint, child processes measured from
+outside, a loopback HTTP receiver in its own process, a feeder that keeps backlogs small.
+
+Every benchmark in ``bench/`` runs as ``.venv/bin/python bench/NAME.py`` and prints ratios
+measured side by side in the same run, so the machine's speed cancels out. The pieces:
+
+* :func:`aws_endpoint` — a moto server child process, the standard ``AWS_*`` variables set.
+* :class:`Child` — a process started here and measured through ``/proc/<pid>``: CPU seconds
+  (user + system, from ``stat``), resident and peak resident memory (``status``). Measuring
+  from outside treats every variant alike: the worker and a bare loop are both children.
+* :class:`Receiver` — a zero-latency (or holding) HTTP receiver in ANOTHER process, so its
+  CPU is never counted against the process under test. ``python bench/_common.py receiver``
+  is its entry point; ``GET /stats`` says how many requests it answered and holds.
+* :func:`feed` — sends message bodies in batches of ten while keeping the queue's visible
+  backlog under a bound: moto scans the whole queue for every message it sends or returns,
+  so a long queue would measure moto, not us.
+
+Linux only (``/proc``), like the containers the worker ships in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import aiobotocore.session
+import yaml
+from aiohttp import web
+
+from workers.simulators import aws
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------- AWS endpoint
+@contextlib.contextmanager
+def aws_endpoint() -> Iterator[aws.MotoServer]:
+    """A moto server child process; the standard AWS variables point at it for the block."""
+    with aws.MotoServer() as server, aws.environment(server.environment()):
+        for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_DYNAMODB"):
+            os.environ.pop(name, None)
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def sqs_client() -> AsyncIterator[Any]:
+    session = aiobotocore.session.get_session()
+    async with session.create_client("sqs") as client:
+        yield client
+
+
+async def make_queue(sqs: Any, name: str, *, visibility: int = 30) -> str:
+    reply = await sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": str(visibility)})
+    return str(reply["QueueUrl"])
+
+
+async def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
+    """(visible, in flight)."""
+    reply = await sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attributes = reply["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+async def feed(
+    sqs: Any,
+    url: str,
+    bodies: Sequence[str],
+    *,
+    max_backlog: int,
+    max_total: int | None = None,
+    pause: float = 0.02,
+) -> None:
+    """Send ``bodies`` in order, ten per batch, never letting the visible backlog exceed
+    ``max_backlog`` (nor visible + in flight exceed ``max_total``, when given)."""
+    for start in range(0, len(bodies), 10):
+        while True:
+            visible, in_flight = await queue_counts(sqs, url)
+            if visible < max_backlog and (max_total is None or visible + in_flight < max_total):
+                break
+            await asyncio.sleep(pause)
+        entries = [
+            {"Id": str(index), "MessageBody": body} for index, body in enumerate(bodies[start : start + 10])
+        ]
+        reply = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        if reply.get("Failed"):
+            raise RuntimeError(f"send_message_batch failed: {reply['Failed']}")
+
+
+async def wait_until_empty(sqs: Any, url: str, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await queue_counts(sqs, url) == (0, 0):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+# ------------------------------------------------------------------------ child processes
+class Child:
+    """A child process measured through ``/proc``; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_name: str = "child",
+    ) -> None:
+        self.log_path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-{log_name}-{os.getpid()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far."""
+        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def _status(self, name: str) -> int:
+        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(name)
+
+    def rss_bytes(self) -> int:
+        return self._status("VmRSS")
+
+    def peak_rss_bytes(self) -> int:
+        return self._status("VmHWM")
+
+    def read_line(self, timeout: float = 30.0) -> str:
+        """The next line the child prints on stdout (its readiness handshake)."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if line:
+                return line.decode().strip()
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"child {self.pid} said nothing (exit {self.process.poll()}); see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_manifest(spec: dict[str, Any], name: str) -> pathlib.Path:
+    """A FanoutConsumer manifest file for ``fanout-worker --config``."""
+    document = {
+        "apiVersion": "fanout.dev/v1alpha1",
+        "kind": "FanoutConsumer",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-{name}-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+class WorkerProcess(Child):
+    """``fanout-worker --config FILE`` as a child; ready once ``/readyz`` answers 200."""
+
+    def __init__(self, manifest: pathlib.Path, *, env: dict[str, str] | None = None, name: str) -> None:
+        self.http_port = aws.free_port()
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "workers",
+                "--config",
+                str(manifest),
+                "--http-port",
+                str(self.http_port),
+                "--http-host",
+                "127.0.0.1",
+            ],
+            env=env,
+            log_name=name,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+            url = f"http://127.0.0.1:{self.http_port}/readyz"
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(url, timeout=1) as reply,
+            ):
+                if reply.status == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready within {timeout}s; see {self.log_path}")
+
+
+# ------------------------------------------------------------------------------ receiver
+class Receiver(Child):
+    """The HTTP receiver in its own process. ``hold=True`` answers nothing until released."""
+
+    def __init__(self, *, hold: bool = False, latency: float = 0.0) -> None:
+        self.port = aws.free_port()
+        command = [sys.executable, str(pathlib.Path(__file__)), "receiver", "--port", str(self.port)]
+        if hold:
+            command.append("--hold")
+        if latency:
+            command += ["--latency", str(latency)]
+        super().__init__(command, log_name="receiver")
+        if self.read_line() != "ready":
+            raise RuntimeError(f"receiver did not start; see {self.log_path}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/events"
+
+    def _call(self, path: str, method: str = "GET") -> dict[str, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            result: dict[str, Any] = json.loads(reply.read())
+            return result
+
+    def stats(self) -> dict[str, Any]:
+        """``{"answered": n, "held": m}``."""
+        return self._call("/stats")
+
+    def release(self) -> None:
+        """Answer every held request (200) and stop holding."""
+        self._call("/release", method="POST")
+
+
+async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
+    answered = 0
+    released = asyncio.Event()
+    if not hold:
+        released.set()
+    held = 0
+
+    async def receive(request: web.Request) -> web.Response:
+        nonlocal answered, held
+        await request.read()
+        if not released.is_set():
+            held += 1
+            await released.wait()
+            held -= 1
+        if latency:
+            await asyncio.sleep(latency)
+        answered += 1
+        return web.Response(text="{}", content_type="application/json")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"answered": answered, "held": held})
+
+    async def release(request: web.Request) -> web.Response:
+        released.set()
+        return web.json_response({"released": True})
+
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/release", release)
+    app.router.add_post("/{tail:.*}", receive)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+# -------------------------------------------------------------------------------- output
+def ratio_line(label: str, value: float, *, target: str | None = None) -> str:
+    suffix = f"   (target {target})" if target else ""
+    return f"  {label:<58} {value:>10.3f}{suffix}"
+
+
+def figure_line(label: str, value: str) -> str:
+    return f"  {label:<58} {value:>10}"
+
+
+def mib(value: float) -> str:
+    return f"{value / (1024 * 1024):.1f} MiB"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="bench helper processes")
+    commands = parser.add_subparsers(dest="command", required=True)
+    receiver = commands.add_parser("receiver")
+    receiver.add_argument("--port", type=int, required=True)
+    receiver.add_argument("--hold", action="store_true")
+    receiver.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    if args.command == "receiver":
+        asyncio.run(_serve_receiver(args.port, args.hold, args.latency))
+
+
+if __name__ == "__main__":
+    main()
