@@ -104,7 +104,6 @@ class Poller:
             failures = 0
             self._on_health(True)
             self._budget.release(granted - len(messages))
-            self._telemetry.received(len(messages))
             for message in messages:
                 self._submit(self._settler.track(message))
 
@@ -121,4 +120,5 @@ class Poller:
             )
             messages: list[dict[str, Any]] = reply.get("Messages", [])
             self._telemetry.record_batch(span, messages)
+            self._telemetry.received(len(messages))
             return messages

@@ -81,6 +81,7 @@ class Processor:
         )
         self._deliveries: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[None]] = set()
+        self._running = 0
         self._wake = asyncio.Event()
         self._accepting = True
 
@@ -138,8 +139,9 @@ class Processor:
         while True:
             self._wake.clear()
             if self._accepting:
-                free = self._spec.sink.max_concurrency - len(self._deliveries)
+                free = self._spec.sink.max_concurrency - self._running
                 for started in self._lanes.start_ready(self._clock(), free):
+                    self._running += 1
                     task = asyncio.create_task(self._deliver(started.key, started.item))
                     self._deliveries.add(task)
                     task.add_done_callback(self._deliveries.discard)
@@ -165,6 +167,7 @@ class Processor:
             released = self._lanes.finish(key, result, identities=self._identities(record), now=self._clock())
             if released:
                 self._settler.give_back(released)
+            self._running -= 1  # counted here, not in a done-callback, so the wake below sees the slot
             self._wake.set()
 
     async def _process(self, record: settling.Received, event: events.Event) -> ordering.Result:

@@ -13,13 +13,17 @@ they enter (:func:`call`), so the rest of the worker sees one small tree::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import aiobotocore.config
 import aiobotocore.session
 import aiohttp
 import botocore.exceptions
+
+from fanout_core import spec
 
 _EXPIRED_RECEIPT_CODES = frozenset(
     {
@@ -83,8 +87,25 @@ async def call(operation: Callable[..., Awaitable[dict[str, Any]]], **kwargs: An
         raise SqsError(f"{type(error).__name__}: {error}", code=type(error).__name__) from error
 
 
+_URL_REGION = re.compile(
+    r"^https?://(?:sqs\.)?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\.com", re.ASCII
+)
+
+
+def resolve_region(queue_url: str, configured: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The region to sign for: the spec's, else ``AWS_REGION``/``AWS_DEFAULT_REGION``, else the
+    one an AWS queue URL names. Raises ConfigError naming the field when there is none."""
+    region = configured or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    match = _URL_REGION.match(queue_url)
+    if match:
+        return match.group(1)
+    raise spec.ConfigError("spec.queue.region: no AWS region (set it, or AWS_REGION / AWS_DEFAULT_REGION)")
+
+
 @contextlib.asynccontextmanager
-async def client(*, region: str | None, max_connections: int) -> AsyncIterator[Any]:
+async def client(*, region: str, max_connections: int) -> AsyncIterator[Any]:
     """An aiobotocore SQS client configured from the standard AWS environment."""
     config = aiobotocore.config.AioConfig(
         max_pool_connections=max_connections,

@@ -57,16 +57,18 @@ class MotoServer:
     def start(self, timeout: float = 30.0) -> None:
         command = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
         env = {**os.environ, "MOTO_PORT": str(self.port)}
-        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed args
+        self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"moto server exited with {self._process.returncode}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
-                    return
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1),
+            ):
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"moto server did not answer on {self.endpoint_url} within {timeout}s")

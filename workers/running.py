@@ -1,0 +1,217 @@
+"""One worker process: wiring, supervision, probes and the drain on shutdown.
+
+``cli`` builds a :class:`Worker` from a FanoutConsumer manifest and runs it until a
+stop event (SIGTERM/SIGINT). The worker owns the clients and the stages:
+
+    pollers ──submit──► processor ──deliver──► sink
+       │                    │
+       └──── settler ◄──────┘   (deletes, visibility, dead-letters, heartbeat)
+
+Every long-running task is supervised: an unexpected exception is logged and the task
+restarted after a pause; nothing a message or a downstream does ends the process.
+
+Shutdown, in order: stop receiving; give back what has not started (visibility 0);
+let running deliveries finish within ``spec.shutdown.gracePeriodSeconds``; flush the
+delete batches; close the sink (flushes its batches) and the stores. A SIGKILL at any
+point loses nothing: un-deleted messages reappear after their visibility timeout, and
+the idempotency store keeps what was completed from being delivered twice.
+
+Probes on ``--http-port``: ``/healthz`` (the event loop answers), ``/readyz`` (SQS
+answered the last receive and we are not shutting down) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiobotocore.session
+import aiohttp.web
+import prometheus_client
+
+from fanout_core import spec as spec_model
+from workers import dedupe, fleet, polling, processing, settling, sinks, sqs, telemetry
+from workers.sinks import base
+
+log = logging.getLogger(__name__)
+
+_RESTART_PAUSE_SECONDS = 1.0
+
+
+class Worker:
+    """A FanoutConsumer's worker: polls its queue and feeds its sink until stopped."""
+
+    def __init__(
+        self,
+        consumer: spec_model.FanoutConsumer,
+        *,
+        sink: base.Sink | None = None,
+        http_host: str = "0.0.0.0",  # probes must answer the kubelet
+        http_port: int | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.spec = consumer.spec
+        self._given_sink = sink
+        self._http_host = http_host
+        self._http_port = http_port
+        self._receiving_ok = False
+        self._stopping = False
+        self._started = asyncio.Event()
+        self.telemetry = telemetry.WorkerTelemetry(
+            queue_url=self.spec.queue.url, sink_name=str(self.spec.sink.type)
+        )
+        self.http_url: str | None = None
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._started.is_set() and self._receiving_ok and not self._stopping
+
+    def _set_receiving(self, ok: bool) -> None:
+        self._receiving_ok = ok
+        self.telemetry.set_ready(self.ready)
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain and return.
+
+        ``http_port`` None serves no probes; 0 picks a free port (see ``http_url``).
+        """
+        queue = self.spec.queue
+        # Everything that can be wrong with the configuration fails here, before any I/O.
+        region = sqs.resolve_region(queue.url, queue.region)
+        sink = self._given_sink or sinks.build_sink(
+            self.spec.sink, replicas=fleet.ReplicaCount.from_environment()
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            if self._given_sink is None:
+                stack.push_async_callback(sink.aclose)
+            client = await stack.enter_async_context(
+                sqs.client(region=region, max_connections=queue.pollers + 10)
+            )
+            store = await stack.enter_async_context(self._store(region))
+            budget = polling.Budget(queue.max_in_flight)
+            settler = settling.Settler(
+                client=client,
+                queue_url=queue.url,  # type: ignore[arg-type]
+                visibility_timeout=queue.visibility_timeout_seconds,
+                dead_letter_url=self.spec.dead_letter.queue_url,  # type: ignore[arg-type]
+                budget=budget,
+                telemetry=self.telemetry,
+            )
+            processor = processing.Processor(
+                spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
+            )
+            settler.start()
+            dispatcher = asyncio.create_task(self._supervise("dispatcher", processor.run))
+            pollers = [
+                asyncio.create_task(
+                    self._supervise(
+                        f"poller-{index}",
+                        polling.Poller(
+                            client=client,
+                            queue=queue,
+                            budget=budget,
+                            sink=sink,
+                            settler=settler,
+                            submit=processor.submit,
+                            telemetry=self.telemetry,
+                            on_health=self._set_receiving,
+                        ).run,
+                    )
+                )
+                for index in range(queue.pollers)
+            ]
+            await stack.enter_async_context(self._probes())
+            self._started.set()
+            log.info("worker started", extra={"queue": queue.name, "pollers": queue.pollers})
+            await stop.wait()
+
+            self._stopping = True
+            self.telemetry.set_ready(False)
+            log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
+            await _cancel(*pollers)
+            await processor.drain(self.spec.shutdown.grace_period_seconds)
+            await _cancel(dispatcher)
+            await settler.aclose()
+            log.info("worker stopped")
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting", name)
+                await asyncio.sleep(_RESTART_PAUSE_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def _store(self, region: str) -> AsyncIterator[dedupe.IdempotencyStore]:
+        idempotency = self.spec.idempotency
+        async with contextlib.AsyncExitStack() as stack:
+            client: Any = None
+            if idempotency.store is spec_model.IdempotencyStoreType.DYNAMODB:
+                session = aiobotocore.session.get_session()
+                client = await stack.enter_async_context(
+                    session.create_client("dynamodb", region_name=region)
+                )
+            store = dedupe.build_store(idempotency, dynamodb_client=client)
+            stack.push_async_callback(store.aclose)
+            yield store
+
+    @contextlib.asynccontextmanager
+    async def _probes(self) -> AsyncIterator[None]:
+        if self._http_port is None:
+            yield
+            return
+        app = aiohttp.web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", _metrics)
+        runner = aiohttp.web.AppRunner(app, access_log=None)
+        await runner.setup()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self._http_host, self._http_port))
+        await aiohttp.web.SockSite(runner, listener).start()
+        port = listener.getsockname()[1]
+        self.http_url = (
+            f"http://{'127.0.0.1' if self._http_host in ('0.0.0.0', '') else self._http_host}:{port}"
+        )
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    async def _healthz(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        body = {"ready": self.ready, "sqs": self._receiving_ok, "stopping": self._stopping}
+        return aiohttp.web.json_response(body, status=200 if self.ready else 503)
+
+
+async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    return aiohttp.web.Response(
+        body=prometheus_client.generate_latest(),
+        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+    )
+
+
+async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
