@@ -339,3 +339,13 @@ def test_cap_remembers_the_last_measurement_while_replicas_start() -> None:
     starting = _decide(5_000, 0, policy=policy, state=measured.state, sink=None)
     assert starting.replicas == 5  # not the configured worst case (100)
     assert starting.state.per_replica_throughput == 8
+
+
+def test_remember_holds_the_window_while_blind() -> None:
+    policy = dataclasses.replace(POLICY, scale_down_stabilization_seconds=100)
+    state = scaling.remember(scaling.State(), 6, now=950, window_seconds=100)
+    state = scaling.remember(state, 6, now=1_000, window_seconds=100)
+    decision = _decide(50, 6, policy=policy, state=state, now=1_020)
+    assert decision.replicas == 6  # readings are back, but the drop waits out the window
+    pruned = scaling.remember(state, 6, now=1_051, window_seconds=100)
+    assert [r.at for r in pruned.recommendations] == [1_000, 1_051]

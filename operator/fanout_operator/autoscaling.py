@@ -19,6 +19,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -114,8 +115,16 @@ class Autoscaler:
         reason: str,
         message: str,
         now: float,
-        interval: float,
+        consumer: spec.FanoutConsumerSpec,
     ) -> float:
+        interval = consumer.scaling.polling_interval_seconds
+        held = previous.replicas
+        with contextlib.suppress(kube.KubeError):
+            deployment = await self._client.get(reconciling.deployment_path(owner))
+            if deployment is not None:
+                held = int(deployment.get("spec", {}).get("replicas", held))
+        state = self._state if self._state is not None else memory_to_state(previous.scaler)
+        self._state = scaling.remember(state, held, now, consumer.scaling.scale_down_stabilization_seconds)
         if self._failures is None:
             self._failures = previous.scaler.consecutive_failures if previous.scaler else 0
         self._failures += 1
@@ -133,10 +142,7 @@ class Autoscaler:
         conditions = status.set_condition(
             conditions, status.ConditionType.READY, False, reason, message, now=now, generation=generation
         )
-        if self._state is not None:
-            memory = state_to_memory(self._state)
-        else:
-            memory = previous.scaler or status.ScalerMemory()
+        memory = state_to_memory(self._state)
         new = previous.model_copy(
             update={
                 "conditions": conditions,
@@ -185,7 +191,7 @@ class Autoscaler:
         try:
             depth = await self._depth_reader.depth(consumer.queue.url, consumer.queue.region)
         except queues.QueueError as error:
-            return await self._degrade(owner, previous, generation, error.reason, str(error), now, interval)
+            return await self._degrade(owner, previous, generation, error.reason, str(error), now, consumer)
 
         try:
             deployment = await self._client.get(reconciling.deployment_path(owner))
@@ -220,7 +226,7 @@ class Autoscaler:
                 )
         except kube.KubeError as error:
             return await self._degrade(
-                owner, previous, generation, "KubernetesError", str(error), now, interval
+                owner, previous, generation, "KubernetesError", str(error), now, consumer
             )
 
         self._failures = 0

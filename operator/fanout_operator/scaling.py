@@ -243,6 +243,16 @@ def decide(policy: Policy, observation: Observation, state: State, now: float) -
     )
 
 
+def remember(state: State, replicas: int, now: float, window_seconds: float) -> State:
+    """Record ``replicas`` as this moment's recommendation without deciding anything.
+
+    Used while the queue cannot be read: holding the fleet is then the recommendation, so once
+    readings come back a drop still waits out the stabilization window.
+    """
+    kept = tuple(r for r in state.recommendations if r.at > now - window_seconds)
+    return dataclasses.replace(state, recommendations=(*kept, Recommendation(at=now, replicas=replicas)))
+
+
 def next_poll_delay(interval: float, consecutive_failures: int) -> float:
     """Exponential backoff after failed queue reads, never shorter than the polling interval."""
     if consecutive_failures <= 0:
