@@ -155,7 +155,10 @@ class CrmSinkSpec(SpecModel):
     client_id: SecretRef | None = None
     client_secret: SecretRef | None = None
     slow_down_at_usage: float = pydantic.Field(
-        0.8, gt=0, le=1, description="Share of the daily API limit (Sforce-Limit-Info) where the sink slows down."
+        0.8,
+        gt=0,
+        le=1,
+        description="Share of the daily API limit (Sforce-Limit-Info) where the sink slows down.",
     )
 
 

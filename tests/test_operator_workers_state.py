@@ -116,7 +116,8 @@ def test_capacity_is_concurrency_over_mean_latency() -> None:
         )
         return workers_state.Reading("p", at, sample)
 
-    # 50 requests of 0.5 s each, 4 at a time: the replica could send 8 req/s (it sent 5 req/s: demand, not capacity).
+    # 50 requests of 0.5 s each, 4 at a time: the replica could send 8 req/s
+    # (it sent 5 req/s: demand, not capacity).
     report = workers_state.summarize({"p": reading(0, 0, 0)}, [reading(10, 50, 25)])
     assert report == scaling.SinkReport(throttled=False, per_replica_throughput=8.0)
 
