@@ -157,7 +157,7 @@ async def test_503_is_throttled_and_counts_towards_the_circuit() -> None:
 
 
 async def test_timeouts_and_connection_errors_are_retries() -> None:
-    async with webhook.WebhookSimulator(latency=2.0) as sim:
+    async with webhook.WebhookSimulator(latency=1.0) as sim:
         sink = webhook_sink.WebhookSink(_spec(sim.url, timeout_seconds=0.2), replicas=fleet.FixedReplicas(1))
         outcome = await sink.deliver(_event(1))
         await sink.aclose()
