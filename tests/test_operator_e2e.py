@@ -67,7 +67,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     kmock stores objects as sent; kopf's finalizer patches carry a JSON-patch ``test`` of
     ``metadata.resourceVersion``, and the operator's owner references need the server's uid.
     So every write gets a fresh resourceVersion, creations get uid / creationTimestamp /
-    generation, and spec patches bump the generation, as the API server does.
+    generation, spec patches bump the generation, a failed ``test`` is a 422 (kmock: 500),
+    listings carry the current resourceVersion, and a watch started from it does not replay
+    older objects (kmock replays them all, handing kopf stale copies right after its patches).
     """
 
     calls: ClassVar[list[tuple[str, str, str]]] = []
@@ -79,7 +81,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             method = str(getattr(request.method, "value", request.method)).upper()
             self.calls.append((agent, method, request.url.path + query))
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
-            version = str(next(_RESOURCE_VERSIONS))
+            version = _VERSIONS.next()
             data = request.data
             if isinstance(data, dict):
                 metadata = data.setdefault("metadata", {})
@@ -90,17 +92,40 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                     metadata.setdefault(
                         "creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                     )
+                elif "spec" in data and request.subresource is None:
+                    stored = self._stored_metadata(request)
+                    metadata["generation"] = int(stored.get("generation", 1)) + 1
             elif isinstance(data, list):
                 self._check_json_patch_tests(request, data)
                 data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
         return await super()._handle(request)
 
-    def _check_json_patch_tests(self, request: kmock.Request, ops: list[Any]) -> None:
-        """A failed ``test`` op is 422 Unprocessable Entity on a real server (kmock says 500)."""
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        listing = await super()._serve_list(request)
+        listing["metadata"]["resourceVersion"] = str(_VERSIONS.current)
+        return listing
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        # A watch from a listing's resourceVersion starts after it; kmock replays every object.
+        since = str(request.params.get("resourceVersion", ""))
+        async for event in super()._serve_watch(request):
+            if since.isdigit() and isinstance(event, dict) and event.get("type") == "ADDED":
+                version = str(event["object"].get("metadata", {}).get("resourceVersion", "0"))
+                if version.isdigit() and int(version) <= int(since):
+                    continue
+            yield event
+
+    def _stored_metadata(self, request: kmock.Request) -> dict[str, Any]:
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects:
+            return {}
+        return dict(dict(self.objects[key]).get("metadata") or {})
+
+    def _check_json_patch_tests(self, request: kmock.Request, ops: list[Any]) -> None:
+        """A failed ``test`` op is 422 Unprocessable Entity on a real server (kmock says 500)."""
+        if not self._stored_metadata(request):
             return
-        stored = dict(self.objects[key]).get("metadata", {}).get("resourceVersion")
+        stored = self._stored_metadata(request).get("resourceVersion")
         for op in ops:
             if (
                 op.get("op") == "test"
@@ -112,7 +137,19 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 )
 
 
-_RESOURCE_VERSIONS = itertools.count(1)
+class _Versions:
+    """The API server's resourceVersion sequence (one for all kinds, as in etcd)."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self.current = 0
+
+    def next(self) -> str:
+        self.current = next(self._counter)
+        return str(self.current)
+
+
+_VERSIONS = _Versions()
 
 
 class KmockCluster:
@@ -459,3 +496,49 @@ async def _status_where(
 
 async def _absent(client: kube.KubeClient, path: str) -> bool:
     return await client.get(path) is None
+
+
+async def test_invalid_spec_is_marked_and_a_fix_is_picked_up(
+    api: str, client: kube.KubeClient, namespace: str, moto_server: aws.MotoServer
+) -> None:
+    name = f"bad-{uuid.uuid4().hex[:6]}"
+    consumers = kube.collection_path("fanout.dev/v1alpha1", "fanoutconsumers", namespace)
+    deployment_path = kube.object_path("apps/v1", "deployments", namespace, name)
+    manifest = _consumer(name, namespace, f"{moto_server.endpoint_url}/123456789012/{name}")
+    # Valid field by field (the CRD schema lets it in), invalid as a whole (the model does not).
+    manifest["spec"]["scaling"].update({"minReplicas": 4, "maxReplicas": 2})
+
+    async def degraded_reason() -> str | None:
+        found = await client.get(f"{consumers}/{name}")
+        conditions = {c["type"]: c for c in ((found or {}).get("status") or {}).get("conditions", [])}
+        degraded = conditions.get("Degraded")
+        return f"{degraded['status']}:{degraded['reason']}:{degraded['message']}" if degraded else None
+
+    scope = ["--all-namespaces"] if api == "kmock" else ["--namespace", namespace]
+    with kopf.testing.KopfRunner(cli.kopf_arguments([*scope, "--standalone", "--liveness", ""]), timeout=30):
+        await client.create(consumers, manifest)
+        marked = await eventually(degraded_reason, "Degraded condition")
+        assert marked.startswith("True:InvalidSpec:")
+        assert "maxReplicas must be >= minReplicas" in marked
+        assert await client.get(deployment_path) is None
+
+        async def warnings() -> list[dict[str, Any]]:
+            items = await client.list(kube.collection_path("v1", "events", namespace))
+            return [e for e in items if e.get("reason") == "InvalidSpec" and e.get("type") == "Warning"]
+
+        assert await eventually(warnings, "InvalidSpec Warning event")
+
+        await client.merge_patch(f"{consumers}/{name}", {"spec": {"scaling": {"minReplicas": 1}}})
+        assert await eventually(lambda: client.get(deployment_path), "Deployment after the fix")
+        cleared = await eventually(lambda: _not_invalid(degraded_reason), "Degraded cleared")
+        assert cleared.startswith("False:")
+        fixed = await client.get(f"{consumers}/{name}")
+        assert fixed is not None
+        assert fixed["status"]["observedGeneration"] == fixed["metadata"]["generation"] == 2
+        await client.delete(f"{consumers}/{name}")
+        await eventually(lambda: _absent(client, f"{consumers}/{name}"), "FanoutConsumer gone")
+
+
+async def _not_invalid(probe: Callable[[], Awaitable[str | None]]) -> str | None:
+    value = await probe()
+    return value if value and not value.startswith("True:InvalidSpec") else None
