@@ -158,7 +158,7 @@ def test_runtime_environment_and_oci_labels() -> None:
     labels = _labels(runtime)
     for key in ("title", "description", "version", "licenses"):
         assert labels.get(f"org.opencontainers.image.{key}"), f"OCI label {key} missing"
-    assert labels["org.opencontainers.image.licenses"] == _project()["license"]["text"]  # type: ignore[index]
+    assert labels["org.opencontainers.image.licenses"] == _project()["license"]
 
 
 def test_version_is_one_number_across_package_image_and_chart() -> None:

@@ -80,6 +80,21 @@ def test_a_blocked_lane_moves_on_after_the_hold_limit() -> None:
     assert names(lanes.start_ready(60, limit=1)) == ["second"]
 
 
+def test_a_failure_holds_its_lane_only_as_long_as_the_caller_says_within_the_limit() -> None:
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
+    for name, hold, expected in (("short", 5.0, 5.0), ("long", 600.0, 60.0)):
+        add(lanes, Item(name, name, 1))
+        (started,) = lanes.start_ready(0, limit=1)
+        lanes.finish(
+            name, ordering.Result.FAILED, identities=started.item.identities, now=0, hold_seconds=hold
+        )
+        add(lanes, Item(f"{name}-next", name, 2))
+        assert lanes.next_deadline() == expected
+        assert lanes.start_ready(expected - 0.1, limit=1) == []
+        assert names(lanes.start_ready(expected, limit=1)) == [f"{name}-next"]
+        lanes.finish(name, ordering.Result.DONE, identities=frozenset(), now=expected)
+
+
 def test_dead_lettered_message_does_not_block() -> None:
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
     add(lanes, Item("poison", "c", 1))

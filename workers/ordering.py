@@ -9,8 +9,11 @@ the result with :meth:`Lanes.finish`. The rules, in one place:
 * Standard queues: a lane starts its pending messages in ``order`` (event time, then
   arrival). A failed (retried) message *blocks* its lane: later arrivals are held
   until the failed message comes back (same message id or event id — it then goes
-  first) or until the hold limit passes, whichever is first. Dead-lettered messages
-  do not block.
+  first) or until its hold passes, whichever is first: the hold is the time the
+  message is due back plus a grace, capped by the hold limit. With several replicas
+  a retried message often comes back to another replica; the lane must not wait for
+  it longer than it can plausibly take to come back here. Dead-lettered messages do
+  not block.
 * FIFO queues: a lane is a message group and runs in arrival order. A failed message
   ends the lane: its pending messages are handed back to be returned to the queue, so
   SQS redelivers the group in order after the failed one.
@@ -113,10 +116,18 @@ class Lanes(Generic[T]):
         return started
 
     def finish(
-        self, key: Hashable, result: Result, *, identities: frozenset[Hashable], now: float
+        self,
+        key: Hashable,
+        result: Result,
+        *,
+        identities: frozenset[Hashable],
+        now: float,
+        hold_seconds: float | None = None,
     ) -> list[T]:
         """Record how the running message of ``key`` ended.
 
+        ``hold_seconds`` bounds how long a failure blocks a standard lane (never beyond the
+        hold limit): the caller knows when the failed message is due back.
         Returns the messages that must go back to the queue now (FIFO failure),
         which leave the lane.
         """
@@ -128,8 +139,9 @@ class Lanes(Generic[T]):
                 released = [entry.item for entry in sorted(lane.pending)]
                 lane.pending.clear()
             else:
+                hold = self.hold_limit_seconds if hold_seconds is None else hold_seconds
                 lane.blocked_by = identities
-                lane.blocked_until = now + self.hold_limit_seconds
+                lane.blocked_until = now + min(hold, self.hold_limit_seconds)
         self._mark_if_ready(key, lane, now)
         self._forget_if_idle(key, lane)
         return released

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _COMPLETE_ATTEMPTS = 3
 _IN_PROGRESS_RETRY_SECONDS = 5.0
+_MIN_REDELIVERY_GRACE_SECONDS = 5.0
 
 
 def sqs_message_attributes(message: Mapping[str, Any]) -> dict[str, str]:
@@ -82,6 +83,10 @@ class Processor:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[None]] = set()
         self._running = 0
+        self._holds: dict[settling.Received, float] = {}
+        # After its delay a retried message is visible again; one or two long polls later it is
+        # back in our hands, unless another replica took it.
+        self._redelivery_grace = max(_MIN_REDELIVERY_GRACE_SECONDS, 2.0 * spec.queue.wait_time_seconds + 1.0)
         self._wake = asyncio.Event()
         self._accepting = True
 
@@ -164,7 +169,13 @@ class Processor:
                 record, None, telemetry.ReasonClass.TRANSIENT, f"internal error: {type(error).__name__}"
             )
         finally:
-            released = self._lanes.finish(key, result, identities=self._identities(record), now=self._clock())
+            released = self._lanes.finish(
+                key,
+                result,
+                identities=self._identities(record),
+                now=self._clock(),
+                hold_seconds=self._holds.pop(record, None),
+            )
             if released:
                 self._settler.give_back(released)
             self._running -= 1  # counted here, not in a done-callback, so the wake below sees the slot
@@ -194,6 +205,7 @@ class Processor:
                 "in progress elsewhere",
             )
             self._settler.retry_later(record, _IN_PROGRESS_RETRY_SECONDS)
+            self._holds[record] = _IN_PROGRESS_RETRY_SECONDS + self._redelivery_grace
             return ordering.Result.FAILED
 
         outcome = await self._sink.deliver(event)
@@ -234,6 +246,9 @@ class Processor:
             delay = retrying.backoff_delay(record.receive_count, self._spec.retry, random=self._jitter)
         self._telemetry.retried(record.message, record.event, delay, reason_class, reason)
         self._settler.retry_later(record, delay)
+        # Its lane waits for it about as long as it takes to come back; with several replicas
+        # it may well come back to another one, and the lane must not wait for that forever.
+        self._holds[record] = delay + self._redelivery_grace
         return ordering.Result.FAILED
 
     async def _dead_letter(
