@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from typing import Any
 
 from fanout_core import spec as spec_model
@@ -274,7 +274,7 @@ class Processor:
         except dedupe.StoreError as error:
             log.warning("could not release claim (it expires with its lease): %s", error)
 
-    def _spawn_chore(self, coroutine: Any) -> None:
+    def _spawn_chore(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)

@@ -34,7 +34,7 @@ import aiohttp.web
 import prometheus_client
 
 from fanout_core import spec as spec_model
-from workers import dedupe, fleet, polling, processing, settling, sinks, sqs, telemetry
+from workers import dedupe, events, fleet, polling, processing, settling, sinks, sqs, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,9 @@ class Worker:
             budget = polling.Budget(queue.max_in_flight)
             settler = settling.Settler(
                 client=client,
-                queue_url=queue.url,  # type: ignore[arg-type]
+                queue_url=events.QueueUrl(queue.url),
                 visibility_timeout=queue.visibility_timeout_seconds,
-                dead_letter_url=self.spec.dead_letter.queue_url,  # type: ignore[arg-type]
+                dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
                 budget=budget,
                 telemetry=self.telemetry,
             )
@@ -207,6 +207,10 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
         body=prometheus_client.generate_latest(),
         headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
     )
+
+
+def _queue_url(url: str | None) -> events.QueueUrl | None:
+    return None if url is None else events.QueueUrl(url)
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:
