@@ -15,6 +15,7 @@ import kmock
 import kopf
 import pytest
 
+from fanout_core import spec
 from fanout_operator import autoscaling, kube, queues, reconciling, rendering, scaling
 
 NAMESPACE = "ns"
@@ -68,7 +69,7 @@ async def _events(client: kube.KubeClient, reason: str) -> list[dict[str, Any]]:
 
 async def _setup(client: kube.KubeClient, body: dict[str, Any], replicas: int) -> None:
     await client.create(kube.collection_path("fanout.dev/v1alpha1", "fanoutconsumers", NAMESPACE), body)
-    consumer = autoscaling.spec.parse_spec(body["spec"])
+    consumer = spec.parse_spec(body["spec"])
     await reconciling.reconcile(client, OWNER, consumer, rendering.Defaults(), replicas)
 
 
