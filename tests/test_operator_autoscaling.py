@@ -16,7 +16,7 @@ import kopf
 import pytest
 
 from fanout_core import spec
-from fanout_operator import autoscaling, kube, queues, reconciling, rendering, scaling
+from fanout_operator import autoscaling, kube, metrics, queues, reconciling, rendering, scaling
 
 NAMESPACE = "ns"
 NAME = "crm"
@@ -181,3 +181,52 @@ async def test_run_paces_rounds_by_their_delays_until_cancelled() -> None:
         await task
     # 0, +15, (error: +60), +30 ... on fake time, exactly.
     assert calls[:4] == [0.0, 15.0, 75.0, 105.0]
+
+
+async def test_a_poll_records_depth_decision_and_dead_letters(client: kube.KubeClient, sqs: Any) -> None:
+    url = (await sqs.create_queue(QueueName="metrics-source"))["QueueUrl"]
+    dlq = (await sqs.create_queue(QueueName="metrics-dlq"))["QueueUrl"]
+    body = _body(url, targetBacklogPerReplica=2)
+    body["spec"]["deadLetter"] = {"queueUrl": dlq}
+    await _setup(client, body, replicas=1)
+    await sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "x"} for i in range(5)])
+    await sqs.send_message_batch(QueueUrl=dlq, Entries=[{"Id": str(i), "MessageBody": "x"} for i in range(2)])
+    families = metrics.OperatorMetrics()
+
+    def value(name: str, **labels: str) -> float | None:
+        return families.registry.get_sample_value(name, {"namespace": NAMESPACE, "consumer": NAME, **labels})
+
+    async with queues.SqsDepthReader() as reader:
+        autoscaler = autoscaling.Autoscaler(
+            client=client,
+            depth_reader=reader,
+            observer=None,
+            settings=autoscaling.Settings(),
+            clock=lambda: 50.0,
+            recorder=families.consumer(NAMESPACE, NAME),
+        )
+        await autoscaler.poll(body)
+        assert value("fanout_operator_backlog_messages") == 5
+        assert value("fanout_operator_dead_letter_messages") == 2
+        assert value("fanout_operator_desired_replicas") == 3 == await _replicas(client)
+        assert value("fanout_operator_actual_replicas") == 0  # kmock runs no pods
+        assert value("fanout_operator_scaling_decisions_total", direction="up") == 1
+
+        # An unreadable DLQ is reported, and changes nothing else.
+        body["spec"]["deadLetter"] = {"queueUrl": dlq.replace("metrics-dlq", "metrics-no-dlq")}
+        body["status"] = await _status(client)
+        assert await autoscaler.poll(body) == 10.0
+        errors = "fanout_operator_queue_errors_total"
+        assert value(errors, queue_role="dead_letter", reason="QueueNotFound") == 1
+        assert value("fanout_operator_dead_letter_messages") is None
+        assert value("fanout_operator_backlog_messages") == 5
+        conditions = {c["type"]: c for c in (await _status(client))["conditions"]}
+        assert conditions["Degraded"]["status"] == "False"
+
+        # An unreadable source queue: depth unknown (removed), the error counted, replicas kept.
+        body["spec"]["queue"]["url"] = url.replace("metrics-source", "metrics-missing")
+        del body["spec"]["deadLetter"]
+        await autoscaler.poll(body)
+        assert value(errors, queue_role="source", reason="QueueNotFound") == 1
+        assert value("fanout_operator_backlog_messages") is None
+        assert value("fanout_operator_desired_replicas") == 3

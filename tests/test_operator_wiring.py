@@ -47,6 +47,7 @@ def test_cli_worker_settings_go_to_the_environment_the_handlers_read(monkeypatch
         handlers.ENV_WORKER_IMAGE: "img:1",
         handlers.ENV_WORKER_SERVICE_ACCOUNT: "sa",
         handlers.ENV_SCRAPE_WORKERS: "false",
+        handlers.ENV_METRICS_PORT: "8082",  # always set: the handlers' own default is off
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -8,6 +8,11 @@ and writes the status (figures, reason, conditions, and the scaler's memory so a
 peer operator continues the windows). It returns how long to wait before the next round:
 the polling interval, or an exponential backoff after failures.
 
+When given a ``metrics.ConsumerMetrics`` it records each round there too: the depth (removed
+while unreadable), the decision and the ready replicas, the workers' sink report, queue read
+errors, and the dead-letter queue's depth (one more GetQueueAttributes, only then: nothing
+else needs it, and a DLQ that cannot be read is reported, never a reason to degrade).
+
 Failure rules: a queue that cannot be read, or a cluster call that fails, keeps the current
 replicas (never scale to zero on an error), marks ``Degraded`` with the cause, posts a Warning
 Event when it starts, and backs off. An invalid spec is marked in the status and not scaled.
@@ -27,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fanout_core import spec
-from fanout_operator import kube, queues, reconciling, rendering, scaling, status, workers_state
+from fanout_operator import kube, metrics, queues, reconciling, rendering, scaling, status, workers_state
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +96,10 @@ class Autoscaler:
         observer: workers_state.FleetObserver | None,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        recorder: metrics.ConsumerMetrics | None = None,
     ) -> None:
         self._client = client
+        self._recorder = recorder
         self._depth_reader = depth_reader
         self._observer = observer
         self._settings = settings
@@ -174,6 +181,19 @@ class Autoscaler:
             return None
         return await self._observer.report(workers_state.targets(pods), now)
 
+    async def _record_dead_letters(self, consumer: spec.FanoutConsumerSpec) -> None:
+        if self._recorder is None:
+            return
+        url = consumer.dead_letter.queue_url
+        visible: int | None = None
+        if url is not None:
+            try:
+                visible = (await self._depth_reader.depth(url, consumer.queue.region)).visible
+            except queues.QueueError as error:
+                logger.info("dead-letter queue depth not read: %s", error)
+                self._recorder.queue_error(error, metrics.QueueRole.DEAD_LETTER)
+        self._recorder.dead_letters(visible)
+
     async def poll(self, body: Mapping[str, Any]) -> float:
         """One round; returns the seconds to wait before the next."""
         now = self._clock()
@@ -191,7 +211,13 @@ class Autoscaler:
         try:
             depth = await self._depth_reader.depth(consumer.queue.url, consumer.queue.region)
         except queues.QueueError as error:
+            if self._recorder is not None:
+                self._recorder.queue_error(error, metrics.QueueRole.SOURCE)
+                self._recorder.queue_depth(None)
             return await self._degrade(owner, previous, generation, error.reason, str(error), now, consumer)
+        if self._recorder is not None:
+            self._recorder.queue_depth(depth)
+        await self._record_dead_letters(consumer)
 
         try:
             deployment = await self._client.get(reconciling.deployment_path(owner))
@@ -230,6 +256,9 @@ class Autoscaler:
             )
 
         self._failures = 0
+        if self._recorder is not None:
+            self._recorder.decided(current, decision, ready)
+            self._recorder.sink(sink)
         changed = decision.replicas != current
         conditions = previous.conditions
         for kind, state, reason, message in (

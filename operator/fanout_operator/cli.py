@@ -6,7 +6,8 @@ script would run), and the operator-wide worker settings are passed to the handl
 the environment variables ``handlers`` documents.
 
 Defaults: all namespaces, mandatory peering under ``fanout-operator`` with a per-process
-priority (older wins; see ``peering``), liveness on ``http://0.0.0.0:8081/healthz``.
+priority (older wins; see ``peering``), liveness on ``http://0.0.0.0:8081/healthz``, the
+operator's Prometheus metrics on ``http://0.0.0.0:8082/metrics`` (``--metrics-port 0`` disables).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from fanout_operator import handlers, peering
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
+DEFAULT_METRICS_PORT = 8082  # next to kopf's liveness port
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,9 +56,27 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Do not read the workers' /metrics (throttle, throughput).",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=DEFAULT_METRICS_PORT,
+        help=f"Port of the operator's /metrics (default {DEFAULT_METRICS_PORT}; 0 disables).",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default=None,
+        help=f"Address /metrics listens on (default {handlers.DEFAULT_METRICS_ADDRESS}).",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 disables)")
+    return value
 
 
 def kopf_arguments(argv: Sequence[str] | None = None, *, priority: int | None = None) -> list[str]:
@@ -83,9 +103,15 @@ def kopf_arguments(argv: Sequence[str] | None = None, *, priority: int | None = 
 
 
 def environment(argv: Sequence[str] | None = None) -> dict[str, str]:
-    """The environment the handlers read, from our flags (unset flags leave the env alone)."""
+    """The environment the handlers read, from our flags.
+
+    Unset flags leave the env alone, except the metrics port, which is always set: the
+    handlers' own default is "off", so an operator run in-process (tests) grabs no fixed port.
+    """
     options = parser().parse_args(argv)
-    env: dict[str, str] = {}
+    env: dict[str, str] = {handlers.ENV_METRICS_PORT: str(options.metrics_port)}
+    if options.metrics_address:
+        env[handlers.ENV_METRICS_ADDRESS] = options.metrics_address
     if options.worker_image:
         env[handlers.ENV_WORKER_IMAGE] = options.worker_image
     if options.worker_service_account:

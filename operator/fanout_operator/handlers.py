@@ -8,7 +8,10 @@ created, changed or found at start-up, and runs one scaling daemon per FanoutCon
 Operator-wide settings come from the environment (``cli`` sets them from flags):
 ``FANOUT_WORKER_IMAGE`` (default worker image), ``FANOUT_WORKER_SERVICE_ACCOUNT`` (default
 worker service account, e.g. the chart's IRSA one), ``FANOUT_SCRAPE_WORKERS`` (``false`` turns
-off reading the workers' /metrics, e.g. when the operator cannot reach pod IPs).
+off reading the workers' /metrics, e.g. when the operator cannot reach pod IPs),
+``FANOUT_METRICS_PORT`` / ``FANOUT_METRICS_ADDRESS`` (where the operator's own ``/metrics``
+listens; ``0`` disables it. Unset, the port is 0 too: ``fanout-operator`` always sets it, default
+8082, and an operator run in-process by a test must not grab a fixed port).
 
 kopf keeps its own bookkeeping in annotations (``fanout.dev/...``), not in the status, so the
 status stays exactly the schema ``crd`` publishes.
@@ -26,13 +29,25 @@ import aiohttp
 import kopf
 
 from fanout_core import spec
-from fanout_operator import autoscaling, kube, queues, reconciling, rendering, status, workers_state
+from fanout_operator import (
+    autoscaling,
+    kube,
+    metrics,
+    queues,
+    reconciling,
+    rendering,
+    status,
+    workers_state,
+)
 
 logger = logging.getLogger(__name__)
 
 ENV_WORKER_IMAGE = "FANOUT_WORKER_IMAGE"
 ENV_WORKER_SERVICE_ACCOUNT = "FANOUT_WORKER_SERVICE_ACCOUNT"
 ENV_SCRAPE_WORKERS = "FANOUT_SCRAPE_WORKERS"
+ENV_METRICS_PORT = "FANOUT_METRICS_PORT"
+ENV_METRICS_ADDRESS = "FANOUT_METRICS_ADDRESS"
+DEFAULT_METRICS_ADDRESS = "0.0.0.0"
 DEFAULT_WORKER_IMAGE = "ghcr.io/fanout-consumer/fanout-consumer:latest"
 FINALIZER = f"{spec.API_GROUP}/operator"
 RETRY_DELAY_SECONDS = 10.0
@@ -48,6 +63,8 @@ class Runtime:
     depth_reader: queues.SqsDepthReader
     http: aiohttp.ClientSession
     settings: autoscaling.Settings
+    metric_families: metrics.OperatorMetrics | None = None
+    metrics_server: metrics.MetricsServer | None = None
 
 
 def settings_from_environment() -> autoscaling.Settings:
@@ -57,6 +74,27 @@ def settings_from_environment() -> autoscaling.Settings:
     )
     scrape = os.environ.get(ENV_SCRAPE_WORKERS, "true").strip().lower() not in ("0", "false", "no", "off")
     return autoscaling.Settings(defaults=defaults, scrape_workers=scrape)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsEndpoint:
+    host: str
+    port: int
+
+
+def metrics_endpoint_from_environment() -> MetricsEndpoint | None:
+    """Where to serve /metrics, or ``None`` when disabled (port 0 or unset)."""
+    raw = os.environ.get(ENV_METRICS_PORT, "").strip() or "0"
+    try:
+        port = int(raw)
+    except ValueError as error:
+        raise kopf.PermanentError(f"{ENV_METRICS_PORT}={raw!r} is not a port number") from error
+    if port == 0:
+        return None
+    if not 0 < port < 65536:
+        raise kopf.PermanentError(f"{ENV_METRICS_PORT}={port} is not a port number")
+    host = os.environ.get(ENV_METRICS_ADDRESS, "").strip() or DEFAULT_METRICS_ADDRESS
+    return MetricsEndpoint(host=host, port=port)
 
 
 @kopf.on.login()
@@ -77,18 +115,42 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     # Our own Events say what happened; kopf adds only its warnings and errors.
     settings.posting.level = logging.WARNING
+    families, server = await _serve_metrics(metrics_endpoint_from_environment())
     memo["runtime"] = Runtime(
         client=kube.KubeClient(CREDENTIALS),
         depth_reader=queues.SqsDepthReader(),
         http=aiohttp.ClientSession(),
         settings=settings_from_environment(),
+        metric_families=families,
+        metrics_server=server,
     )
+
+
+async def _serve_metrics(
+    endpoint: MetricsEndpoint | None,
+) -> tuple[metrics.OperatorMetrics | None, metrics.MetricsServer | None]:
+    if endpoint is None:
+        return None, None
+    families = metrics.OperatorMetrics()
+    server = metrics.MetricsServer(families, host=endpoint.host, port=endpoint.port)
+    try:
+        await server.start()
+    except OSError as error:
+        # Permanent: kopf would retry a start-up error forever, and an operator without its
+        # metrics would look healthy while its alerts went blind.
+        raise kopf.PermanentError(
+            f"cannot serve metrics on {endpoint.host}:{endpoint.port}: {error}"
+        ) from error
+    logger.info("metrics on http://%s:%d/metrics", endpoint.host, server.port)
+    return families, server
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
+        if runtime.metrics_server is not None:
+            await runtime.metrics_server.stop()
         await runtime.client.close()
         await runtime.depth_reader.close()
         await runtime.http.close()
@@ -177,8 +239,22 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The scaling loop of one FanoutConsumer, until kopf cancels it (deletion, shutdown)."""
     runtime: Runtime = memo["runtime"]
     observer = workers_state.FleetObserver(runtime.http) if runtime.settings.scrape_workers else None
-    autoscaler = autoscaling.Autoscaler(
-        client=runtime.client, depth_reader=runtime.depth_reader, observer=observer, settings=runtime.settings
+    owner = autoscaling.owner_of(body)
+    recorder = (
+        runtime.metric_families.consumer(owner.namespace, owner.name) if runtime.metric_families else None
     )
-    # `body` is kopf's live view: each round reads the spec as it is now.
-    await autoscaling.run(lambda: autoscaler.poll(body))
+    autoscaler = autoscaling.Autoscaler(
+        client=runtime.client,
+        depth_reader=runtime.depth_reader,
+        observer=observer,
+        settings=runtime.settings,
+        recorder=recorder,
+    )
+    try:
+        # `body` is kopf's live view: each round reads the spec as it is now.
+        await autoscaling.run(lambda: autoscaler.poll(body))
+    finally:
+        # The daemon ends when the resource is deleted, the operator stops or a peer takes
+        # over: in each case this process no longer speaks for the consumer.
+        if recorder is not None:
+            recorder.forget()
