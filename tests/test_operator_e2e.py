@@ -30,6 +30,7 @@ import aiohttp
 import kmock
 import kopf
 import kopf.testing
+import prometheus_client.parser
 import pytest
 import yaml
 
@@ -392,6 +393,33 @@ async def test_fanout_consumer_lifecycle(
     deployment_path = kube.object_path("apps/v1", "deployments", namespace, name)
     config_map_path = kube.object_path("v1", "configmaps", namespace, f"{name}-config")
     monkeypatch.setenv("FANOUT_WORKER_IMAGE", "fanout-consumer:default")
+    metrics_port = aws.free_port()
+    for variable, value in cli.environment(
+        ["--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"]
+    ).items():
+        monkeypatch.setenv(variable, value)
+
+    async def scraped() -> dict[str, float]:
+        """The operator's fanout_operator_* samples for this consumer, from its /metrics."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+        ):
+            assert response.status == 200
+            text = await response.text()
+        return {
+            sample.name
+            + (f"/{sample.labels['direction']}" if "direction" in sample.labels else ""): sample.value
+            for family in prometheus_client.parser.text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("fanout_operator_")
+            and sample.labels.get("consumer") == name
+            and sample.labels.get("namespace") == namespace
+        }
+
+    async def deployment_ready() -> int:
+        found = await client.get(deployment_path)
+        return int(((found or {}).get("status") or {}).get("readyReplicas") or 0)
 
     async def replicas() -> int | None:
         found = await client.get(deployment_path)
@@ -450,6 +478,19 @@ async def test_fanout_consumer_lifecycle(
         assert current["lastScaleTime"]
         assert await eventually(lambda: events("ScaledUp"), "ScaledUp event")
 
+        # The operator's /metrics tells the same story: backlog, desired and ready replicas.
+        async def scaled_up_metrics() -> dict[str, float] | None:
+            samples = await scraped()
+            wanted = samples.get("fanout_operator_backlog_messages") == 35
+            wanted = wanted and samples.get("fanout_operator_desired_replicas") == 4
+            return samples if wanted else None
+
+        samples = await eventually(scaled_up_metrics, "backlog and desired replicas scraped", context=scraped)
+        assert samples["fanout_operator_actual_replicas"] == await deployment_ready()
+        assert samples["fanout_operator_in_flight_messages"] == 0
+        assert samples["fanout_operator_scaling_decisions_total/up"] >= 1
+        assert "fanout_operator_dead_letter_messages" not in samples  # no spec.deadLetter
+
         # Draining scales down after the stabilization window, then to zero after the cooldown.
         await _drain(sqs, queue_url, keep=15)
         await eventually(lambda: _equals(replicas, 2), "scaled down to 2", context=consumer_status)
@@ -468,6 +509,8 @@ async def test_fanout_consumer_lifecycle(
         await eventually(lambda: _absent(client, f"{consumers}/{name}"), "FanoutConsumer gone")
         await eventually(lambda: _absent(client, deployment_path), "Deployment collected")
         await eventually(lambda: _absent(client, config_map_path), "ConfigMap collected")
+        # A deleted consumer leaves no series behind.
+        await eventually(lambda: _equals(scraped, {}), "series removed", context=scraped)
 
     assert runner.exception is None
     assert runner.exit_code == 0
