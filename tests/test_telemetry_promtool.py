@@ -3,8 +3,8 @@
 promtool comes from `make unit` (.ci/get-promtool). Outside CI a missing promtool skips these
 tests with the command to get it; in CI (``CI`` set) it is a failure, never a silent skip.
 Also checks that every ``fanout_*`` series the rules and the dashboard query is one this
-project exports — the worker's (from a real exposition) or the operator's (OPERATOR_METRICS,
-the names agreed with the operator).
+project exports — the worker's or the operator's, each read off a real exposition in which
+every metric has samples.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import shutil
 import subprocess
 
 import prometheus_client
+import prometheus_client.parser
 import pytest
 import yaml
 
+from fanout_operator import metrics as operator_metrics
+from fanout_operator import queues, scaling
 from workers import events, telemetry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -27,18 +30,6 @@ RULES = ROOT / "helm" / "fanout-consumer" / "files" / "prometheus-rules.yaml"
 DASHBOARD = ROOT / "helm" / "fanout-consumer" / "files" / "grafana-dashboard.json"
 RULE_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.yaml"))
 
-# Exported by the operator (fanout_operator), labels {consumer, namespace}.
-OPERATOR_METRICS = frozenset(
-    {
-        "fanout_operator_backlog_messages",
-        "fanout_operator_in_flight_messages",
-        "fanout_operator_oldest_message_age_seconds",
-        "fanout_operator_dead_letter_messages",
-        "fanout_operator_desired_replicas",
-        "fanout_operator_actual_replicas",
-        "fanout_operator_scaling_decisions_total",
-    }
-)
 _SERIES_NAME = re.compile(r"\bfanout_[a-z0-9_]+")
 
 
@@ -96,6 +87,20 @@ def _exercised_exposition() -> bytes:
     return prometheus_client.generate_latest(prometheus_client.REGISTRY)
 
 
+def _operator_exposition() -> bytes:
+    """Every operator metric with samples, as a scrape of the operator's /metrics would return them."""
+    families = operator_metrics.OperatorMetrics()
+    recorder = families.consumer("calls", "promtool-crm")
+    recorder.queue_depth(queues.Depth(visible=35, in_flight=4, delayed=1))
+    observation = scaling.Observation(visible=35, in_flight=4, current_replicas=0)
+    recorder.decided(0, scaling.decide(scaling.Policy(), observation, scaling.State(), 0.0), ready=0)
+    recorder.sink(scaling.SinkReport(throttled=True))
+    recorder.dead_letters(2)
+    recorder.queue_error(queues.QueueAccessDenied("denied"), operator_metrics.QueueRole.SOURCE)
+    recorder.queue_error(queues.QueueNotFound("gone"), operator_metrics.QueueRole.DEAD_LETTER)
+    return families.exposition()
+
+
 def test_exposition_passes_promtool_check_metrics(promtool: str) -> None:
     exposition = _exercised_exposition()
     result = run_promtool(promtool, "check", "metrics", stdin=exposition)
@@ -104,6 +109,14 @@ def test_exposition_passes_promtool_check_metrics(promtool: str) -> None:
     assert b'fanout_delete_failures_total{code="Receipt_handle_is_invalid_",queue="promtool-calls"} 1.0' in (
         exposition
     )
+
+
+def test_operator_exposition_passes_promtool_check_metrics(promtool: str) -> None:
+    exposition = _operator_exposition()
+    result = run_promtool(promtool, "check", "metrics", stdin=exposition)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+    assert b'fanout_operator_desired_replicas{consumer="promtool-crm",namespace="calls"} 1.0' in exposition
 
 
 def test_promtool_check_metrics_does_catch_problems(promtool: str) -> None:
@@ -135,16 +148,16 @@ def test_every_alert_has_a_unit_test() -> None:
     assert alerts - tested == set()
 
 
-def _exported_names() -> set[str]:
-    names = set(OPERATOR_METRICS)
-    for family in prometheus_client.REGISTRY.collect():
-        names |= {sample.name for sample in family.samples}
-    return names
+def _sample_names(exposition: bytes) -> set[str]:
+    return {
+        sample.name
+        for family in prometheus_client.parser.text_string_to_metric_families(exposition.decode())
+        for sample in family.samples
+    }
 
 
-def test_rules_and_dashboard_query_only_exported_series() -> None:
-    _exercised_exposition()
-    exported = _exported_names()
+def _queried_names() -> set[str]:
+    """Every fanout_* series name the alert rules and the dashboard (queries, variables) use."""
     rules = yaml.safe_load(RULES.read_text())
     queried = {
         name
@@ -158,8 +171,28 @@ def test_rules_and_dashboard_query_only_exported_series() -> None:
             queried |= set(_SERIES_NAME.findall(target["expr"]))
     for variable in dashboard["templating"]["list"]:
         queried |= set(_SERIES_NAME.findall(json.dumps(variable.get("query", ""))))
+    return queried
+
+
+def test_rules_and_dashboard_query_only_exported_series() -> None:
+    exported = _sample_names(_exercised_exposition()) | _sample_names(_operator_exposition())
+    assert "fanout_operator_backlog_messages" in exported
+    assert "fanout_messages_received_total" in exported
+    queried = _queried_names()
     assert queried
     assert queried - exported == set()
+
+
+def test_every_operator_metric_is_shown_or_alerted_on() -> None:
+    # The operator's series exist for the dashboard and the alerts; one nobody reads is dead weight.
+    exported = {
+        name.removesuffix("_total")
+        for name in _sample_names(_operator_exposition())
+        if name.startswith("fanout_operator_") and not name.endswith("_created")
+    }
+    queried = {name.removesuffix("_total") for name in _queried_names()}
+    assert exported
+    assert exported - queried == set()
 
 
 def _dashboard_exprs() -> list[str]:
