@@ -210,7 +210,7 @@ def test_monitoring_is_off_by_default(defaults: list[dict[str, Any]]) -> None:
 def test_pod_monitor_selects_the_worker_pods_the_operator_renders(everything: list[dict[str, Any]]) -> None:
     from fanout_operator import rendering
 
-    monitor = h.one(everything, "PodMonitor")
+    (monitor,) = [m for m in h.by_kind(everything, "PodMonitor") if "any" in m["spec"]["namespaceSelector"]]
     owner = rendering.Owner(name="crm-sync", namespace="contact-center", uid="u")
     worker_labels = rendering.labels(owner)
     assert monitor["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
@@ -229,6 +229,37 @@ def test_pod_monitor_selects_the_worker_pods_the_operator_renders(everything: li
     assert endpoint["port"] in port_names
     assert endpoint["path"] == "/metrics"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_operator_pod_monitor_scrapes_the_operators_metrics_port(everything: list[dict[str, Any]]) -> None:
+    deployment = h.one(everything, "Deployment")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert f"--metrics-port={ports['metrics']}" in container["args"]
+    assert ports["metrics"] != ports["health"]
+    (monitor,) = [
+        m for m in h.by_kind(everything, "PodMonitor") if "matchNames" in m["spec"]["namespaceSelector"]
+    ]
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [deployment["metadata"]["namespace"]]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["path"] == "/metrics"
+    # The series' own `namespace` (the FanoutConsumer's) must survive the scrape.
+    assert endpoint["honorLabels"] is True
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_operator_metrics_can_be_turned_off_and_must_not_take_the_health_port() -> None:
+    documents = h.render(sets=["metrics.podMonitor.enabled=true", "operator.metricsPort=0"])
+    (container,) = _operator_pod(documents)["containers"]
+    assert "--metrics-port=0" in container["args"]
+    assert "metrics" not in {port["name"] for port in container["ports"]}
+    assert len(h.by_kind(documents, "PodMonitor")) == 1  # the workers' only
+    clash = h.template_result(sets=["operator.metricsPort=8081"])
+    assert clash.returncode != 0
+    assert "operator.metricsPort must differ from operator.healthPort" in clash.output
 
 
 def _example_spec() -> Any:
@@ -364,4 +395,7 @@ def test_scrape_workers_off_reaches_the_handlers() -> None:
     from fanout_operator import cli, handlers
 
     (container,) = _operator_pod(h.render(sets=["operator.scrapeWorkers=false"]))["containers"]
-    assert cli.environment(container["args"]) == {handlers.ENV_SCRAPE_WORKERS: "false"}
+    assert cli.environment(container["args"]) == {
+        handlers.ENV_SCRAPE_WORKERS: "false",
+        handlers.ENV_METRICS_PORT: "8082",  # the chart's operator.metricsPort
+    }
