@@ -330,13 +330,18 @@ def mib(value: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Helper processes; without arguments (``make bench`` runs every ``bench/*.py``) nothing."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments:
+        print("bench/_common.py: shared helpers of the other benchmarks (nothing to measure)")
+        return
     parser = argparse.ArgumentParser(description="bench helper processes")
     commands = parser.add_subparsers(dest="command", required=True)
     receiver = commands.add_parser("receiver")
     receiver.add_argument("--port", type=int, required=True)
     receiver.add_argument("--hold", action="store_true")
     receiver.add_argument("--latency", type=float, default=0.0)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command == "receiver":
         asyncio.run(_serve_receiver(args.port, args.hold, args.latency))
 
