@@ -20,6 +20,7 @@ import asyncio
 import pathlib
 import sys
 import tempfile
+from typing import Any
 
 from workers.demo import display, session
 
@@ -30,12 +31,17 @@ EXIT_INTERRUPTED = 130
 
 def options_from(args: argparse.Namespace) -> session.Options:
     defaults = session.Options()
-    log_path = getattr(args, "log_file", None)
+
+    def given(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    log_path = given("log_file", None)
     return session.Options(
-        conversations=args.conversations if args.conversations is not None else defaults.conversations,
-        seconds=args.seconds if args.seconds is not None else defaults.seconds,
-        seed=getattr(args, "seed", None) or defaults.seed,
-        drain_timeout=getattr(args, "drain_timeout", None) or defaults.drain_timeout,
+        conversations=given("conversations", defaults.conversations),
+        seconds=given("seconds", defaults.seconds),
+        seed=given("seed", defaults.seed),
+        drain_timeout=given("drain_timeout", defaults.drain_timeout),
         log_path=pathlib.Path(log_path)
         if log_path
         else pathlib.Path(tempfile.gettempdir()) / "fanout-demo-workers.log",
