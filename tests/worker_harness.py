@@ -8,6 +8,7 @@ import dataclasses
 import json
 import pathlib
 import random
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -200,3 +201,63 @@ def check_exactly_once_in_order(sim: downstream.DownstreamSimulator, traffic: Tr
     """Exactly once, and each conversation's events accepted in event-time order."""
     check_exactly_once(sim, traffic)
     assert sim.order_violations() == []
+
+
+async def feed_paced(
+    sqs: Any,
+    queue_url: str,
+    *,
+    conversations: int,
+    length: int,
+    rate: float,
+    seed: int = 1,
+    duplicate_ratio: float = 0.05,
+    fifo: bool = False,
+    max_backlog: int = 200,
+    traffic: Traffic | None = None,
+    sent_at: list[float] | None = None,
+) -> Traffic:
+    """Like :func:`feed` (no poison), but at about ``rate`` messages per second, not as fast as
+    the backlog allows: a test can then tell "the workers stopped receiving" (the visible
+    backlog grows) from "the workers' budgets are full". ``traffic`` fills as it goes;
+    ``sent_at`` gets the ``time.monotonic()`` of every message sent."""
+    generator = genesys.Generator(seed)
+    rng = random.Random(seed)
+    traffic = traffic if traffic is not None else Traffic()
+    flows = [
+        generator.conversation(start_ms=1_741_964_966_000 + index, length=length)
+        for index in range(conversations)
+    ]
+    entries: list[tuple[genesys.GenesysEvent, dict[str, Any]]] = []
+    for round_index in range(length):
+        for flow in flows:
+            event = flow[round_index]
+            for _ in range(2 if rng.random() < duplicate_ratio else 1):
+                entry = {
+                    "Id": str(len(entries)),
+                    "MessageBody": generator.body(event, generator.any_envelope()),
+                }
+                if fifo:
+                    entry["MessageGroupId"] = event.conversation_id
+                    entry["MessageDeduplicationId"] = f"m{len(entries)}"
+                entries.append((event, entry))
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    for start in range(0, len(entries), 10):
+        batch = entries[start : start + 10]
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        while (await queue_counts(sqs, queue_url))[0] > max_backlog:  # noqa: ASYNC110 - remote state
+            await asyncio.sleep(0.1)
+        reply = await sqs.send_message_batch(QueueUrl=queue_url, Entries=[entry for _, entry in batch])
+        assert not reply.get("Failed"), reply.get("Failed")
+        if sent_at is not None:
+            sent_at.extend([time.monotonic()] * len(batch))
+        known = traffic.correlation_ids
+        for event, _ in batch:
+            if event.correlation_id in known:
+                traffic.duplicates += 1
+            else:
+                traffic.events.append(event)
+                known.add(event.correlation_id)
+        due = max(due, loop.time() - 1.0) + len(batch) / rate
+    return traffic
