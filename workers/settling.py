@@ -284,7 +284,7 @@ class Settler:
         self._done([entry.record for entry in batch])
 
     async def _send_changes(self, batch: list[_Entry]) -> None:
-        await self._send_batch(
+        failed = await self._send_batch(
             batch,
             self._client.change_message_visibility_batch,
             lambda index, entry: {
@@ -294,11 +294,18 @@ class Settler:
             },
         )
         now = self._clock()
-        beats = [entry for entry in batch if entry.heartbeat]
-        for entry in beats:
-            entry.record.visible_until = now + (entry.visibility or 0)
-        if beats:
-            self._telemetry.visibility_extended(len(beats))
+        extended = 0
+        for entry in batch:
+            if not entry.heartbeat:
+                continue
+            if entry in failed:
+                # Not extended: due again at the next beat, while the old timeout still runs.
+                entry.record.visible_until = now
+            else:
+                entry.record.visible_until = now + (entry.visibility or 0)
+                extended += 1
+        if extended:
+            self._telemetry.visibility_extended(extended)
         self._done([entry.record for entry in batch if not entry.heartbeat])
 
     async def _send_batch(
