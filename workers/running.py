@@ -89,9 +89,14 @@ class Worker:
         queue = self.spec.queue
         # Everything that can be wrong with the configuration fails here, before any I/O.
         region = sqs.resolve_region(queue.url, queue.region)
-        sink = self._given_sink or sinks.build_sink(
-            self.spec.sink, replicas=fleet.ReplicaCount.from_environment()
-        )
+        replicas = fleet.ReplicaCount.from_environment()
+        sink = self._given_sink or sinks.build_sink(self.spec.sink, replicas=replicas)
+        if self.spec.idempotency.store is spec_model.IdempotencyStoreType.MEMORY and replicas.current() > 1:
+            log.warning(
+                "idempotency store 'memory' with %d replicas: a redelivery that reaches another replica "
+                "is delivered again; use store 'dynamodb' for a fleet",
+                replicas.current(),
+            )
         async with contextlib.AsyncExitStack() as stack:
             if self._given_sink is None:
                 stack.push_async_callback(sink.aclose)
