@@ -2,8 +2,9 @@
 
 The global tracer provider can be set once per process, so each case runs a short worker
 script in a subprocess with its own environment; an OTLP/HTTP receiver (aiohttp on
-loopback) decodes what arrives. Export happens only with a traces endpoint; the SDK still
-records spans without one so log lines carry trace ids; OTEL_SDK_DISABLED turns it all off.
+loopback) decodes what arrives. The SDK is installed (and spans recorded and exported) only
+with a traces endpoint; otherwise, and with OTEL_SDK_DISABLED, the no-op API passes the
+producer's context on, so a message's log lines still carry the producer's trace id.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+PRODUCER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PRODUCER_SPAN = "00f067aa0ba902b7"
+PRODUCER_TRACEPARENT = f"00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"
+
 SCRIPT = """
 from workers import telemetry
 telemetry.configure_logging("INFO")
@@ -27,6 +32,12 @@ telemetry.configure_tracing("ignored-second-call")
 worker = telemetry.WorkerTelemetry(queue_url="http://127.0.0.1:9/123456789012/config-q", sink_name="crm")
 with worker.receive_span():
     worker.received(1)
+traced = {
+    "MessageId": "m-1",
+    "MessageAttributes": {"traceparent": {"DataType": "String", "StringValue": "%s"}},
+}
+with worker.process_span(traced, None):
+    worker.retried(traced, None, 1.0, telemetry.ReasonClass.TRANSIENT, "try again")
 telemetry.shutdown_tracing()
 """
 
@@ -75,7 +86,7 @@ async def _run_worker_script(env: dict[str, str]) -> list[dict[str, object]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        SCRIPT,
+        SCRIPT % PRODUCER_TRACEPARENT,
         env={**clean, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -87,11 +98,19 @@ async def _run_worker_script(env: dict[str, str]) -> list[dict[str, object]]:
 
 async def test_otlp_endpoint_exports_spans_with_the_service_name(receiver: Receiver) -> None:
     lines = await _run_worker_script({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"})
-    assert receiver.spans() == [("fanout-worker-test", "receive config-q")]
+    assert sorted(receiver.spans()) == [
+        ("fanout-worker-test", "process config-q"),
+        ("fanout-worker-test", "receive config-q"),
+    ]
     assert {path for path, _ in receiver.requests} == {"/v1/traces"}
     (received,) = [line for line in lines if line["msg"] == "received"]
     assert isinstance(received["trace_id"], str)
     assert len(received["trace_id"]) == 32
+    assert received["trace_id"] != PRODUCER_TRACE
+    (retried,) = [line for line in lines if line["msg"] == "retried"]
+    # The recorded process span continues the producer's trace as a span of its own.
+    assert retried["trace_id"] == PRODUCER_TRACE
+    assert retried["span_id"] not in (None, PRODUCER_SPAN)
 
 
 async def test_traces_endpoint_and_service_name_from_the_environment(receiver: Receiver) -> None:
@@ -101,17 +120,19 @@ async def test_traces_endpoint_and_service_name_from_the_environment(receiver: R
             "OTEL_SERVICE_NAME": "crm-sync",
         }
     )
-    assert receiver.spans() == [("crm-sync", "receive config-q")]
+    assert sorted(receiver.spans()) == [("crm-sync", "process config-q"), ("crm-sync", "receive config-q")]
     assert {path for path, _ in receiver.requests} == {"/custom/traces"}
 
 
 @pytest.mark.parametrize(
-    ("extra", "has_trace_id"),
+    ("extra", "sdk"),
     [
+        ({}, False),
         # Endpoints for other signals are not a traces endpoint.
-        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:{port}/v1/traces"}, True),
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:{port}/v1/traces"}, False),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{port}", "OTEL_SDK_DISABLED": "true"}, False),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{port}", "OTEL_TRACES_EXPORTER": "none"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{port}", "OTEL_TRACES_EXPORTER": "none"}, False),
+        # The SDK is there (an endpoint is set), its sampler drops everything.
         (
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:{port}", "OTEL_TRACES_SAMPLER": "always_off"},
             True,
@@ -119,11 +140,21 @@ async def test_traces_endpoint_and_service_name_from_the_environment(receiver: R
     ],
 )
 async def test_nothing_is_exported_without_a_traces_endpoint_or_when_disabled(
-    receiver: Receiver, extra: dict[str, str], has_trace_id: bool
+    receiver: Receiver, extra: dict[str, str], sdk: bool
 ) -> None:
     env = {name: value.format(port=receiver.port) for name, value in extra.items()}
     lines = await _run_worker_script(env)
     assert receiver.spans() == []
     (received,) = [line for line in lines if line["msg"] == "received"]
-    # Without export the SDK still makes trace ids, so log lines keep them (unless disabled).
-    assert (received["trace_id"] is not None) is has_trace_id
+    (retried,) = [line for line in lines if line["msg"] == "retried"]
+    # Either way a message's lines carry its producer's trace id.
+    assert retried["trace_id"] == PRODUCER_TRACE
+    if sdk:
+        # An unsampled SDK span still has ids of its own.
+        assert received["trace_id"] is not None
+        assert retried["span_id"] not in (None, PRODUCER_SPAN)
+    else:
+        # Without the SDK no span is made: the producer's context is passed on as it is,
+        # and a receive outside any message has no trace.
+        assert received["trace_id"] is None
+        assert retried["span_id"] == PRODUCER_SPAN

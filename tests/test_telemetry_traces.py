@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from workers import envelopes, events, telemetry
+from workers.telemetry import tracing
 
 XRAY_TRACE = "5759e988bd862e3fe1be46a994272793"
 XRAY_PARENT = "53995c3f42cd8ad8"
@@ -365,6 +366,47 @@ async def test_sink_request_carries_traceparent_of_the_process_span(
     assert (version, flags) == ("00", "01")
     assert trace_id == _hex_ids(process)[0] == ATTR_TRACE
     assert parent_id == _hex_ids(http)[1]
+
+
+async def test_without_an_sdk_the_producer_context_reaches_the_sink_and_the_log_lines(
+    sqs: Any, queue_url: str, header_recorder: tuple[str, list[dict[str, str]]]
+) -> None:
+    """No SDK (no OTLP endpoint): nothing is recorded, the producer's context is passed on."""
+    assert not tracing.recording(None), "this process must not have a global SDK provider"
+    url, seen = header_recorder
+    await sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody="{}",
+        MessageAttributes={"traceparent": {"DataType": "String", "StringValue": ATTR_TRACEPARENT}},
+    )
+    traced = await _receive_one(sqs, queue_url)
+    await sqs.send_message(QueueUrl=queue_url, MessageBody="{}")
+    untraced = await _receive_one(sqs, queue_url)
+    worker = telemetry.WorkerTelemetry(queue_url=queue_url, sink_name="crm")
+    sink = telemetry.SinkTelemetry("crm")
+
+    with worker.receive_span() as receive:
+        worker.record_batch(receive, [traced, untraced])
+        assert not receive.is_recording()
+        assert not receive.get_span_context().is_valid
+    async with httpx.AsyncClient() as client:
+        for message in (traced, untraced):
+            with worker.process_span(message, _event()) as span, worker.child_span(telemetry.DEDUPE):
+                assert not span.is_recording()
+                with sink.http_span("POST", url) as http:
+                    assert not http.is_recording()
+                    headers: dict[str, str] = {}
+                    telemetry.inject_headers(headers)
+                    await client.post(url, json={"x": 1}, headers=headers)
+                current = trace.get_current_span().get_span_context()
+                ids = (trace.format_trace_id(current.trace_id), trace.format_span_id(current.span_id))
+                if message is traced:
+                    assert ids == (ATTR_TRACE, ATTR_PARENT)
+                else:
+                    assert not current.is_valid
+    assert not trace.get_current_span().get_span_context().is_valid, "the context is restored"
+
+    assert [headers.get("traceparent") for headers in seen] == [ATTR_TRACEPARENT, None]
 
 
 def test_inject_headers_without_a_span_adds_nothing() -> None:

@@ -341,7 +341,10 @@ class AsyncLimiter:
 
     ``clock`` must tick with the event loop's sleeps; the default is the running loop's
     ``time()`` (so fake-time test loops work). ``on_change`` receives a :class:`Snapshot`
-    after every change (the sink feeds it to its telemetry gauges).
+    whenever what the gauges show (rate, concurrency limit, paused, circuit) differs from the
+    last one it received — checked after every acquire, release and setting, so not for
+    ``in_flight`` alone (the sink feeds it to its telemetry gauges; twice per request would
+    cost more than the request's own bookkeeping).
     """
 
     def __init__(
@@ -354,6 +357,7 @@ class AsyncLimiter:
         self._clock: Clock = clock or _loop_time
         self._core = Limiter(settings, self._clock())
         self._on_change = on_change
+        self._published: tuple[float | None, int, bool, CircuitState] | None = None
         self._lock = asyncio.Lock()
         self._changed: asyncio.Event = asyncio.Event()
 
@@ -416,8 +420,13 @@ class AsyncLimiter:
         return self._core.snapshot(self._clock())
 
     def _publish(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self.snapshot())
+        if self._on_change is None:
+            return
+        snapshot = self.snapshot()
+        shown = (snapshot.rate, snapshot.concurrency, snapshot.paused, snapshot.circuit)
+        if shown != self._published:
+            self._published = shown
+            self._on_change(snapshot)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -4,16 +4,21 @@
 :mod:`workers.telemetry.recorders` writes the state-change lines through :data:`STATE_LOGGER`
 with identifiers only. Free text that may quote a downstream reply (retry and dead-letter
 reasons) passes :func:`redact_payload` and :func:`scrub` first.
+
+A worker writes a line or more per event, so the path is kept short: :func:`emit` makes the
+record without the logging module's caller lookup (the format has no file or line), the
+formatter skips the scan for extras on state lines (their fields are all there is), reuses one
+JSON encoder and formats the timestamp's date and time once per second.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, Final, TextIO
 
@@ -105,7 +110,37 @@ _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__d
     "taskName",
     "fanout",
 }
+_SKIPPED_ATTRIBUTES = _RECORD_ATTRIBUTES | _RESERVED_FIELDS
 _SCALARS = (str, int, float, bool, type(None))
+
+
+def emit(logger: logging.Logger, level: int, msg: str, fields: Mapping[str, Any]) -> None:
+    """Log one state line with ``fields`` (the caller has checked the level).
+
+    What ``logger.log(level, msg, extra={"fanout": fields})`` does, minus the search of the
+    stack for the caller's file and line, which the JSON format never shows.
+    """
+    record = logger.makeRecord(logger.name, level, "", 0, msg, (), None, extra={"fanout": fields})
+    logger.handle(record)
+
+
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+class _Timestamps:
+    """ISO 8601 UTC with milliseconds (``2025-03-14T15:09:26.123+00:00``), the date and
+    time of day formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
@@ -116,21 +151,27 @@ class JsonFormatter(logging.Formatter):
     containers are dropped: a dict or list in ``extra`` is how a payload would slip in.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamps = _Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "ts": self._timestamps.format(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES and key not in _RESERVED_FIELDS and isinstance(value, _SCALARS):
-                line[key] = value
-        fields = getattr(record, "fanout", None)
+        fields = record.__dict__.get("fanout")
         if isinstance(fields, Mapping):
-            line.update({k: v for k, v in fields.items() if k not in _RESERVED_FIELDS})
+            # A recorder's state line (see emit): its fields are the only extras.
+            for key, value in fields.items():
+                if key not in _RESERVED_FIELDS:
+                    line[key] = value
+        else:
+            for key, value in record.__dict__.items():
+                if key not in _SKIPPED_ATTRIBUTES and isinstance(value, _SCALARS):
+                    line[key] = value
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
             line["trace_id"] = trace.format_trace_id(span_context.trace_id)
@@ -141,7 +182,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             line["exc_type"] = record.exc_info[0].__name__
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, separators=(",", ":"))
+        return _ENCODER.encode(line)
 
 
 # Client libraries that log whole requests and responses (message bodies, URLs with

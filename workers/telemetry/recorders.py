@@ -6,11 +6,17 @@ its metric (:mod:`~workers.telemetry.metrics`) AND writes one JSON line
 (:mod:`~workers.telemetry.logs`), so metrics and logs cannot drift apart; the span methods
 follow the OpenTelemetry messaging conventions for SQS (:mod:`~workers.telemetry.tracing`).
 Log lines copy identifiers from the message and the event, never ``payload``.
+
+They run once or more per event, so they keep their cost down: label children are looked up
+once, gauges are set only when their value changes, and while no SDK records spans
+(:func:`~workers.telemetry.tracing.recording`) the span methods only carry the context on —
+what the no-op API would do, without building attributes and links nobody reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -60,8 +66,11 @@ class WorkerTelemetry:
         self.queue = metrics.queue_name(queue_url)
         self.sink_name = sink_name
         self._clock = clock
+        self._tracer_provider = tracer_provider
         self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
         self._ready: bool | None = None
+        self._in_flight_value: int | None = None
+        self._lanes_value: int | None = None
         q = self.queue
         # Pre-create the children so every series exists (at 0) from the first scrape:
         # rate() and absent() alerts then behave from the start.
@@ -80,9 +89,8 @@ class WorkerTelemetry:
         self._in_flight = metrics.IN_FLIGHT.labels(q)
         self._lanes = metrics.ACTIVE_LANES.labels(q)
         self._ready_gauge = metrics.WORKER_READY.labels(q)
-        for reason_class in metrics.ReasonClass:
-            metrics.RETRIES.labels(q, reason_class.value)
-            metrics.DEAD_LETTERED.labels(q, reason_class.value)
+        self._retries = {r: metrics.RETRIES.labels(q, r.value) for r in metrics.ReasonClass}
+        self._dead_lettered = {r: metrics.DEAD_LETTERED.labels(q, r.value) for r in metrics.ReasonClass}
 
     # ----------------------------------------------------------------------------------- spans
     def _base_attributes(self) -> dict[str, str]:
@@ -94,6 +102,8 @@ class WorkerTelemetry:
 
     def receive_span(self) -> contextlib.AbstractContextManager[Span]:
         """``receive <queue>`` CLIENT span around one ReceiveMessage call."""
+        if not tracing.recording(self._tracer_provider):
+            return _current_span()
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "receive"
         attributes["messaging.operation.name"] = "ReceiveMessage"
@@ -103,6 +113,8 @@ class WorkerTelemetry:
 
     def record_batch(self, span: Span, messages: Sequence[Mapping[str, Any]]) -> None:
         """Put the batch size and one link per message producer context on a receive span."""
+        if not span.is_recording():
+            return
         span.set_attribute("messaging.batch.message_count", len(messages))
         for message in messages:
             message_id = _message_id(message)
@@ -116,7 +128,18 @@ class WorkerTelemetry:
         The first producer context becomes the parent (one trace from producer to the
         downstream call); every producer context is also a link, as the conventions ask.
         Without one, the span starts a new trace (not a child of whatever is current).
+        While nothing records spans, the producer's context (or none) becomes current: log
+        lines and the downstream ``traceparent`` then carry the producer's trace.
         """
+        if not tracing.recording(self._tracer_provider):
+            producers = tracing.producer_contexts(message, event)
+            current = trace.NonRecordingSpan(producers[0]) if producers else trace.INVALID_SPAN
+            token = otel_context.attach(trace.set_span_in_context(current))
+            try:
+                yield current
+            finally:
+                otel_context.detach(token)
+            return
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "process"
         attributes["messaging.operation.name"] = "process"
@@ -143,6 +166,8 @@ class WorkerTelemetry:
 
     def child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
         """An INTERNAL child of the current span: :data:`DEDUPE`, :data:`ACK` (a settle)."""
+        if not tracing.recording(self._tracer_provider):
+            return _current_span()
         attributes: dict[str, str] = {}
         if name == ACK:
             attributes = self._base_attributes()
@@ -166,14 +191,16 @@ class WorkerTelemetry:
         payload: Any = event.payload if event is not None else message.get("Body")
         return logs.scrub(logs.redact_payload(reason, payload))
 
-    def _log(self, level: int, state: str, fields: dict[str, Any]) -> None:
+    @staticmethod
+    def _log(level: int, state: str, fields: dict[str, Any]) -> None:
         if logs.STATE_LOGGER.isEnabledFor(level):
-            logs.STATE_LOGGER.log(level, state, extra={"fanout": fields})
+            logs.emit(logs.STATE_LOGGER, level, state, fields)
 
     def received(self, count: int) -> None:
         if count == 0:
             self._empty.inc()
-            self._log(logging.DEBUG, "empty_receive", self._fields(None, None))
+            if logs.STATE_LOGGER.isEnabledFor(logging.DEBUG):
+                self._log(logging.DEBUG, "empty_receive", self._fields(None, None))
             return
         self._received.inc(count)
         fields = self._fields(None, None)
@@ -212,7 +239,7 @@ class WorkerTelemetry:
         reason: str,
     ) -> None:
         reason_class = metrics.ReasonClass(reason_class)
-        metrics.RETRIES.labels(self.queue, reason_class.value).inc()
+        self._retries[reason_class].inc()
         fields = self._fields(message, event)
         fields["delay_seconds"] = round(delay_seconds, 3)
         fields["reason_class"] = reason_class.value
@@ -230,13 +257,15 @@ class WorkerTelemetry:
         reason: str,
     ) -> None:
         reason_class = metrics.ReasonClass(reason_class)
-        metrics.DEAD_LETTERED.labels(self.queue, reason_class.value).inc()
+        self._dead_lettered[reason_class].inc()
         fields = self._fields(message, event)
         fields["reason_class"] = reason_class.value
         fields["reason"] = self._reason(reason, message, event)
         self._log(logging.ERROR, "dead_lettered", fields)
 
     def _count(self, level: int, state: str, count: int) -> None:
+        if not logs.STATE_LOGGER.isEnabledFor(level):
+            return
         fields = self._fields(None, None)
         fields["count"] = count
         self._log(level, state, fields)
@@ -267,10 +296,14 @@ class WorkerTelemetry:
         self._count(logging.WARNING, "receipt_expired", count)
 
     def set_in_flight(self, count: int) -> None:
-        self._in_flight.set(count)
+        if count != self._in_flight_value:
+            self._in_flight_value = count
+            self._in_flight.set(count)
 
     def set_lanes(self, count: int) -> None:
-        self._lanes.set(count)
+        if count != self._lanes_value:
+            self._lanes_value = count
+            self._lanes.set(count)
 
     def set_ready(self, ready: bool) -> None:
         self._ready_gauge.set(1 if ready else 0)
@@ -284,25 +317,47 @@ class SinkTelemetry:
 
     def __init__(self, sink_name: str, *, tracer_provider: trace.TracerProvider | None = None) -> None:
         self.sink_name = sink_name
+        self._tracer_provider = tracer_provider
         self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
         self._circuit: int | None = None
         self._paused: bool | None = None
-        for outcome in metrics.SinkOutcome:
-            metrics.SINK_REQUESTS.labels(sink_name, outcome.value)
+        self._published: tuple[float, int, bool, int] | None = None
+        self._requests = {
+            outcome.value: (
+                metrics.SINK_REQUESTS.labels(sink_name, outcome.value),
+                metrics.SINK_REQUEST_SECONDS.labels(sink_name, outcome.value),
+            )
+            for outcome in metrics.SinkOutcome
+        }
+        self._rate_gauge = metrics.SINK_RATE_LIMIT.labels(sink_name)
+        self._concurrency_gauge = metrics.SINK_CONCURRENCY_LIMIT.labels(sink_name)
+        self._paused_gauge = metrics.SINK_PAUSED.labels(sink_name)
+        self._circuit_gauge = metrics.SINK_CIRCUIT_STATE.labels(sink_name)
 
     def request(self, outcome: str, seconds: float) -> None:
         """Count one request; ``outcome`` must be a :class:`metrics.SinkOutcome` value (ValueError)."""
-        label = metrics.SinkOutcome(outcome).value
-        metrics.SINK_REQUESTS.labels(self.sink_name, label).inc()
-        metrics.SINK_REQUEST_SECONDS.labels(self.sink_name, label).observe(max(0.0, seconds))
+        children = self._requests.get(outcome)
+        if children is None:
+            children = self._requests[metrics.SinkOutcome(outcome).value]
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(max(0.0, seconds))
 
     def limiter_state(self, *, rate: float | None, concurrency: int, paused: bool, circuit: int) -> None:
-        """Publish the limiter's view; ``rate=None`` means unlimited (+Inf)."""
-        metrics.SINK_RATE_LIMIT.labels(self.sink_name).set(math.inf if rate is None else rate)
-        metrics.SINK_CONCURRENCY_LIMIT.labels(self.sink_name).set(concurrency)
-        metrics.SINK_PAUSED.labels(self.sink_name).set(1 if paused else 0)
+        """Publish the limiter's view; ``rate=None`` means unlimited (+Inf).
+
+        Called after every limiter change (twice per request); the gauges are set only when a
+        value differs from what this recorder last set.
+        """
+        value = (math.inf if rate is None else rate, concurrency, paused, circuit)
+        if value == self._published:
+            return
+        self._published = value
+        self._rate_gauge.set(value[0])
+        self._concurrency_gauge.set(concurrency)
+        self._paused_gauge.set(1 if paused else 0)
         state = metrics.CircuitState(circuit)
-        metrics.SINK_CIRCUIT_STATE.labels(self.sink_name).set(state.value)
+        self._circuit_gauge.set(state.value)
         if self._circuit is not None and state != self._circuit:
             logs.SINK_LOGGER.log(
                 logging.WARNING if state else logging.INFO,
@@ -321,16 +376,33 @@ class SinkTelemetry:
 
         The URL is recorded without userinfo, query or fragment: those can carry secrets.
         """
-        parts = urllib.parse.urlsplit(url)
-        attributes: dict[str, str | int] = {
-            "http.request.method": method.upper(),
-            "url.full": urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", "")),
-            "server.address": parts.hostname or "",
-            "fanout.sink": self.sink_name,
-        }
-        if parts.port is not None:
-            attributes["server.port"] = parts.port
-            attributes["url.full"] = urllib.parse.urlunsplit(
-                (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, "", "")
-            )
+        if not tracing.recording(self._tracer_provider):
+            return _current_span()
+        attributes = dict(_http_attributes(method.upper(), url, self.sink_name))
         return self._tracer.start_as_current_span(method.upper(), kind=SpanKind.CLIENT, attributes=attributes)
+
+
+@functools.lru_cache(maxsize=64)
+def _http_attributes(method: str, url: str, sink_name: str) -> tuple[tuple[str, str | int], ...]:
+    """A sink mostly calls one URL (or a few): parse it once."""
+    parts = urllib.parse.urlsplit(url)
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "url.full": urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", "")),
+        "server.address": parts.hostname or "",
+        "fanout.sink": sink_name,
+    }
+    if parts.port is not None:
+        attributes["server.port"] = parts.port
+        attributes["url.full"] = urllib.parse.urlunsplit(
+            (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, "", "")
+        )
+    return tuple(attributes.items())
+
+
+def _current_span() -> contextlib.AbstractContextManager[Span]:
+    """What the no-op API's ``start_as_current_span`` amounts to: the current context, as is."""
+    span = trace.get_current_span()
+    if not isinstance(span, trace.NonRecordingSpan):
+        span = trace.NonRecordingSpan(span.get_span_context())
+    return contextlib.nullcontext(span)
