@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 import aiobotocore.session
 import yaml
@@ -183,7 +183,7 @@ class Child:
         self._log.close()
         return self.process.returncode
 
-    def __enter__(self) -> Child:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
