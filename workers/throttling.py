@@ -33,7 +33,7 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 Clock = Callable[[], float]
 _TOKEN_EPSILON = 1e-9
@@ -360,6 +360,7 @@ class AsyncLimiter:
         self._published: tuple[float | None, int, bool, CircuitState] | None = None
         self._lock = asyncio.Lock()
         self._changed: asyncio.Event = asyncio.Event()
+        self._waiting = 0  # tasks in _wait: only they need the changed event set
 
     @property
     def core(self) -> Limiter:
@@ -390,18 +391,12 @@ class AsyncLimiter:
         self._core.release(permit, result, self._clock(), retry_after=retry_after)
         self._notify()
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
+    def slot(self) -> _SlotContext:
         """``async with limiter.slot() as slot: ...; slot.report(result)``.
 
         A body that raises or is cancelled releases the permit as CANCELLED.
         """
-        permit = await self.acquire()
-        slot = Slot(permit)
-        try:
-            yield slot
-        finally:
-            self.release(permit, slot.result, retry_after=slot.retry_after)
+        return _SlotContext(self)
 
     def pause_for(self, seconds: float) -> None:
         now = self._clock()
@@ -422,22 +417,46 @@ class AsyncLimiter:
     def _publish(self) -> None:
         if self._on_change is None:
             return
-        snapshot = self.snapshot()
-        shown = (snapshot.rate, snapshot.concurrency, snapshot.paused, snapshot.circuit)
+        core, now = self._core, self._clock()
+        shown = (core.effective_rate(now), core.concurrency_limit, core.paused(now), core.circuit(now))
         if shown != self._published:
             self._published = shown
-            self._on_change(snapshot)
+            self._on_change(core.snapshot(now))
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = asyncio.Event()
         self._publish()
 
     async def _wait(self, seconds: float) -> None:
         changed = self._changed
         timeout = None if math.isinf(seconds) else max(seconds, 0.0)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        self._waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        finally:
+            self._waiting -= 1
+
+
+class _SlotContext:
+    """What :meth:`AsyncLimiter.slot` returns (a class: it runs twice per request)."""
+
+    __slots__ = ("_limiter", "_slot")
+
+    def __init__(self, limiter: AsyncLimiter) -> None:
+        self._limiter = limiter
+        self._slot: Slot | None = None
+
+    async def __aenter__(self) -> Slot:
+        self._slot = Slot(await self._limiter.acquire())
+        return self._slot
+
+    async def __aexit__(self, *exc: object) -> None:
+        slot = self._slot
+        assert slot is not None
+        self._limiter.release(slot.permit, slot.result, retry_after=slot.retry_after)
 
 
 @dataclasses.dataclass(slots=True)

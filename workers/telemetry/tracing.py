@@ -16,8 +16,10 @@ recorders which of the two worlds they are in, so they skip building what nobody
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +66,8 @@ def configure_tracing(service_name: str = "fanout-worker") -> None:
 
 
 _GLOBAL_RECORDS = False
+_GLOBAL_CHECKED_AT = -math.inf
+_RECHECK_SECONDS = 1.0
 
 
 def recording(tracer_provider: trace.TracerProvider | None) -> bool:
@@ -71,11 +75,17 @@ def recording(tracer_provider: trace.TracerProvider | None) -> bool:
 
     An explicit provider counts as recording. The global provider records once anything but
     the API's proxy/no-op provider is installed; OpenTelemetry lets that happen only once
-    per process, so a True answer is kept.
+    per process, so a True answer is kept. A False one is looked at again after a second
+    (asking the API costs an environment lookup, and this runs several times per event), so
+    a provider installed later is picked up within a second.
     """
-    global _GLOBAL_RECORDS
+    global _GLOBAL_RECORDS, _GLOBAL_CHECKED_AT
     if tracer_provider is not None or _GLOBAL_RECORDS:
         return True
+    now = time.monotonic()
+    if now - _GLOBAL_CHECKED_AT < _RECHECK_SECONDS:
+        return False
+    _GLOBAL_CHECKED_AT = now
     provider = trace.get_tracer_provider()
     _GLOBAL_RECORDS = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
     return _GLOBAL_RECORDS
