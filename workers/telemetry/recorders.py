@@ -212,13 +212,17 @@ class WorkerTelemetry:
         self._processing.observe(max(0.0, processing_seconds))
         now_ms = self._clock() * 1000.0
         sent_ms = _system_ms(message, "SentTimestamp")
-        fields = self._fields(message, event)
-        fields["processing_seconds"] = round(processing_seconds, 6)
         if sent_ms is not None:
             self._e2e_sent.observe(max(0.0, (now_ms - sent_ms) / 1000.0))
+        end_to_end: float | None = None
         if event.event_time_ms is not None:
             end_to_end = max(0.0, (now_ms - event.event_time_ms) / 1000.0)
             self._e2e_event.observe(end_to_end)
+        if not logs.STATE_LOGGER.isEnabledFor(logging.INFO):
+            return
+        fields = self._fields(message, event)
+        fields["processing_seconds"] = round(processing_seconds, 6)
+        if end_to_end is not None:
             fields["end_to_end_seconds"] = round(end_to_end, 3)
         self._log(logging.INFO, "delivered", fields)
 
