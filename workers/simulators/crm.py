@@ -22,6 +22,7 @@ import itertools
 import json
 import secrets
 import time
+import typing
 from typing import Any
 
 from aiohttp import web
@@ -45,21 +46,13 @@ def _version_number(version: str) -> float:
 class CrmSimulator(downstream.DownstreamSimulator):
     """``async with CrmSimulator(rate=20, burst=5) as sim: sim.url, sim.token ...``"""
 
+    default_throttle_status = 403
+
     uncounted_paths = frozenset({"/services/oauth2/token"})
 
     def __init__(
         self,
         *,
-        rate: float | None = None,
-        burst: int = 1,
-        latency: float = 0.0,
-        fail_ratio: float = 0.0,
-        throttle_ratio: float = 0.0,
-        retry_after: float = 1.0,
-        seed: int = 0,
-        throttle_status: int = 403,
-        retry_after_format: downstream.RetryAfterFormat = "seconds",
-        outage_retry_after: float | None = None,
         token: str | None = None,
         client_id: str = "fanout-client",
         client_secret: str = "fanout-client-secret",
@@ -69,19 +62,9 @@ class CrmSimulator(downstream.DownstreamSimulator):
         api_limit: int = 100_000,
         api_used: int = 0,
         seq_field: str | None = "Last_Event_Time__c",
+        **behaviour: typing.Unpack[downstream.Behaviour],
     ) -> None:
-        super().__init__(
-            rate=rate,
-            burst=burst,
-            latency=latency,
-            fail_ratio=fail_ratio,
-            throttle_ratio=throttle_ratio,
-            retry_after=retry_after,
-            seed=seed,
-            retry_after_format=retry_after_format,
-            outage_retry_after=outage_retry_after,
-        )
-        self.throttle_status = throttle_status
+        super().__init__(**behaviour)
         self.token = token or secrets.token_urlsafe(16)
         """The currently valid access token (tests put it where the sink's SecretRef reads)."""
         self._valid_tokens = {self.token}

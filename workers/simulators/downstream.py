@@ -27,6 +27,7 @@ import json
 import math
 import random
 import time
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -128,8 +129,27 @@ class Verdict:
     """Seconds the client should wait (throttled / outage), before formatting."""
 
 
+class Behaviour(typing.TypedDict, total=False):
+    """How a simulator behaves; every simulator takes these keywords (see :class:`DownstreamSimulator`)."""
+
+    rate: float | None
+    burst: int
+    latency: float
+    fail_ratio: float
+    throttle_ratio: float
+    retry_after: float
+    seed: int
+    throttle_status: int
+    retry_after_format: RetryAfterFormat
+    outage_retry_after: float | None
+    host: str
+
+
 class DownstreamSimulator:
     """Base class: the server, the gate every request passes, and the records."""
+
+    default_throttle_status = 429
+    """What a throttled request is answered with unless ``throttle_status`` says otherwise."""
 
     uncounted_paths: frozenset[str] = frozenset()
     """Non-data endpoints (token issuance) left out of the request counts."""
@@ -147,7 +167,9 @@ class DownstreamSimulator:
         retry_after_format: RetryAfterFormat = "seconds",
         outage_retry_after: float | None = None,
         host: str = "127.0.0.1",
+        throttle_status: int | None = None,
     ) -> None:
+        self.throttle_status = throttle_status or self.default_throttle_status
         self._bucket = ratelimit.Gcra(rate, burst) if rate is not None else None
         self.latency = latency
         self.fail_ratio = fail_ratio

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from typing import Any
 
 from aiohttp import web
@@ -54,36 +55,18 @@ def split_events(body: bytes) -> list[tuple[bytes, Any]] | None:
 class HecSimulator(downstream.DownstreamSimulator):
     """``async with HecSimulator(token="t", rate=5) as sim: sim.url, sim.accepted ...``"""
 
+    default_throttle_status = 503
+
     def __init__(
         self,
         *,
         token: str = "00000000-0000-0000-0000-000000000000",
-        rate: float | None = None,
-        burst: int = 1,
-        latency: float = 0.0,
-        fail_ratio: float = 0.0,
-        throttle_ratio: float = 0.0,
-        retry_after: float = 1.0,
-        seed: int = 0,
-        throttle_status: int = 503,
-        retry_after_format: downstream.RetryAfterFormat = "seconds",
-        outage_retry_after: float | None = None,
         max_body_bytes: int = 1_000_000,
         reject_event_ids: set[str] | None = None,
+        **behaviour: typing.Unpack[downstream.Behaviour],
     ) -> None:
-        super().__init__(
-            rate=rate,
-            burst=burst,
-            latency=latency,
-            fail_ratio=fail_ratio,
-            throttle_ratio=throttle_ratio,
-            retry_after=retry_after,
-            seed=seed,
-            retry_after_format=retry_after_format,
-            outage_retry_after=outage_retry_after,
-        )
+        super().__init__(**behaviour)
         self.token = token
-        self.throttle_status = throttle_status
         self.max_body_bytes = max_body_bytes
         self.reject_event_ids = reject_event_ids or set()
         self.batch_sizes: list[int] = []

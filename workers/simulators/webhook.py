@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import time
+import typing
 from typing import Any
 
 from aiohttp import web
@@ -23,34 +24,16 @@ from workers.simulators import downstream
 class WebhookSimulator(downstream.DownstreamSimulator):
     """``async with WebhookSimulator(rate=20, burst=5) as sim: sim.url ...``"""
 
+    default_throttle_status = 429
+
     def __init__(
         self,
         *,
-        rate: float | None = None,
-        burst: int = 1,
-        latency: float = 0.0,
-        fail_ratio: float = 0.0,
-        throttle_ratio: float = 0.0,
-        retry_after: float = 1.0,
-        seed: int = 0,
         signing_secret: str | None = None,
-        throttle_status: int = 429,
-        retry_after_format: downstream.RetryAfterFormat = "seconds",
-        outage_retry_after: float | None = None,
+        **behaviour: typing.Unpack[downstream.Behaviour],
     ) -> None:
-        super().__init__(
-            rate=rate,
-            burst=burst,
-            latency=latency,
-            fail_ratio=fail_ratio,
-            throttle_ratio=throttle_ratio,
-            retry_after=retry_after,
-            seed=seed,
-            retry_after_format=retry_after_format,
-            outage_retry_after=outage_retry_after,
-        )
+        super().__init__(**behaviour)
         self.signing_secret = signing_secret
-        self.throttle_status = throttle_status
         self.signature_failures = 0
 
     def routes(self) -> list[web.RouteDef]:
