@@ -363,3 +363,17 @@ async def test_async_limiter_publishes_snapshots() -> None:
     assert seen
     assert seen[-1].rate == pytest.approx(2.5)
     assert seen[-1].circuit is throttling.CircuitState.CLOSED
+
+
+async def test_async_limiter_publishes_only_what_the_gauges_would_show_differently() -> None:
+    seen: list[throttling.Snapshot] = []
+    limiter = throttling.AsyncLimiter(throttling.LimiterSettings(max_concurrency=8), on_change=seen.append)
+    for _ in range(50):
+        async with limiter.slot() as slot:
+            slot.report(throttling.Result.OK)
+    assert len(seen) == 1, "in-flight changes alone are not published"
+    limiter.set_rate(3.0)
+    assert [snapshot.rate for snapshot in seen] == [None, pytest.approx(3.0)]
+    async with limiter.slot() as slot:
+        slot.report(throttling.Result.THROTTLED)
+    assert [snapshot.concurrency for snapshot in seen] == [8, 8, 4]
