@@ -147,7 +147,7 @@ class Processor:
                 free = self._spec.sink.max_concurrency - self._running
                 for started in self._lanes.start_ready(self._clock(), free):
                     self._running += 1
-                    task = asyncio.create_task(self._deliver(started.key, started.item))
+                    task = asyncio.create_task(self._work_slot(started.key, started.item))
                     self._deliveries.add(task)
                     task.add_done_callback(self._deliveries.discard)
             self._telemetry.set_lanes(len(self._lanes))
@@ -156,6 +156,26 @@ class Processor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    async def _work_slot(self, key: Hashable, record: settling.Received) -> None:
+        """One delivery slot: deliver, then go straight on with the next ready lane, if any.
+
+        Starting the next lane here, rather than waking the dispatcher to start a new task,
+        saves two turns of the event loop per delivery, which at 64 slots of 20 ms each is
+        what separates keeping the sink busy from not.
+        """
+        try:
+            while True:
+                await self._deliver(key, record)
+                if not self._accepting:
+                    return
+                ready = self._lanes.start_ready(self._clock(), 1)
+                if not ready:
+                    return
+                key, record = ready[0].key, ready[0].item
+        finally:
+            self._running -= 1  # counted here, not in a done-callback, so the wake below sees the slot
+            self._wake.set()
 
     async def _deliver(self, key: Hashable, record: settling.Received) -> None:
         assert record.event is not None
@@ -178,8 +198,7 @@ class Processor:
             )
             if released:
                 self._settler.give_back(released)
-            self._running -= 1  # counted here, not in a done-callback, so the wake below sees the slot
-            self._wake.set()
+            self._wake.set()  # a finish can make lanes ready (or end a FIFO group)
 
     async def _process(self, record: settling.Received, event: events.Event) -> ordering.Result:
         started = self._clock()
