@@ -64,22 +64,8 @@ async def sqs_client() -> AsyncIterator[Any]:
         yield client
 
 
-async def make_queue(sqs: Any, name: str, *, visibility: int = 30) -> str:
-    reply = await sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": str(visibility)})
-    return str(reply["QueueUrl"])
-
-
-async def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
-    """(visible, in flight)."""
-    reply = await sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    attributes = reply["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
+make_queue = aws.create_queue
+queue_counts = aws.queue_counts
 
 
 async def feed(

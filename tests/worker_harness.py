@@ -15,27 +15,10 @@ from typing import Any
 import yaml
 
 from fanout_core import spec as spec_model
-from workers.simulators import downstream, genesys
+from workers.simulators import aws, downstream, genesys
 
-
-async def make_queue(sqs: Any, name: str, *, fifo: bool = False, visibility: int = 30) -> str:
-    attributes = {"VisibilityTimeout": str(visibility)}
-    if fifo:
-        attributes["FifoQueue"] = "true"
-    reply = await sqs.create_queue(QueueName=name, Attributes=attributes)
-    return str(reply["QueueUrl"])
-
-
-async def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
-    """(visible, in flight) as SQS approximates them."""
-    reply = await sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    attributes = reply["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
+make_queue = aws.create_queue
+queue_counts = aws.queue_counts
 
 
 async def drain_queue(sqs: Any, url: str) -> list[dict[str, Any]]:

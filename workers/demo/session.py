@@ -271,8 +271,8 @@ class _Run:
 
     async def observe(self) -> None:
         for state in self.states:
-            state.visible, state.in_flight = await _counts(self.sqs, state.queue_url)
-            state.dead = sum(await _counts(self.sqs, state.dead_letter_url))
+            state.visible, state.in_flight = await aws.queue_counts(self.sqs, state.queue_url)
+            state.dead = sum(await aws.queue_counts(self.sqs, state.dead_letter_url))
             state.catch_up()
             state.samples.append(
                 referee.Sample(time.monotonic(), state.visible + state.in_flight, state.requests_ok)
@@ -324,17 +324,6 @@ def _dead_letter(message: dict[str, Any]) -> referee.DeadLetter:
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         sns_id = json.loads(message.get("Body", "")).get("MessageId")
     return referee.DeadLetter(sns_id, attribute("fanout.reason-class"), attribute("fanout.reason"))
-
-
-async def _counts(sqs: Any, queue_url: str) -> tuple[int, int]:
-    reply = await sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    attributes = reply["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 DEFAULT_REGION = "us-east-1"
 
@@ -101,6 +102,27 @@ class MotoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+async def create_queue(sqs: Any, name: str, *, fifo: bool = False, visibility: int = 30) -> str:
+    """Create a queue (FIFO when asked; its name must then end in ``.fifo``) and return its URL."""
+    attributes = {"VisibilityTimeout": str(visibility)}
+    if fifo:
+        attributes["FifoQueue"] = "true"
+    reply = await sqs.create_queue(QueueName=name, Attributes=attributes)
+    return str(reply["QueueUrl"])
+
+
+async def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
+    """(visible, in flight), as SQS approximates them."""
+    reply = await sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attributes = reply["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
 
 
 @contextlib.contextmanager
