@@ -51,8 +51,10 @@ class CrmAuthError(Exception):
     """No usable access token (token endpoint refused, or no way to get one)."""
 
 
-class CrmSink:
+class CrmSink(exchange.ExchangeSink):
     """A :class:`~workers.sinks.base.Sink` upserting each event into one sObject."""
+
+    kind = NAME
 
     def __init__(
         self,
@@ -78,34 +80,14 @@ class CrmSink:
         self._token: str | None = self._token_secret.reveal() if self._token_secret is not None else None
         self._refresh_lock = asyncio.Lock()
         self._usage: float | None = None
-        self._exchange = exchange.Exchanger(
-            sink, name=NAME, replicas=replicas, clock=clock, transport=transport
-        )
+        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport)
 
     # -- the Sink protocol ------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return NAME
-
-    @property
-    def accepting(self) -> bool:
-        return self._exchange.accepting
-
-    @property
-    def limiter(self) -> throttling.AsyncLimiter:
-        return self._exchange.limiter
 
     @property
     def api_usage(self) -> float | None:
         """The last ``Sforce-Limit-Info`` usage share seen (0..1), if any."""
         return self._usage
-
-    async def wait_accepting(self) -> None:
-        await self._exchange.wait_accepting()
-
-    async def aclose(self) -> None:
-        await self._exchange.aclose()
 
     async def deliver(self, event: events.Event) -> events.Outcome:
         if not event.ordering_key:

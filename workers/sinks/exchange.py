@@ -191,3 +191,43 @@ class Exchanger:
             paused=snapshot.paused,
             circuit=int(snapshot.circuit),
         )
+
+
+class ExchangeSink:
+    """Base of the HTTP sinks: the half of the Sink protocol that is the limiter's.
+
+    A subclass names itself (``kind``), builds its :class:`Exchanger` with
+    :meth:`_open_exchange` and writes ``deliver``; backpressure (``accepting``,
+    ``wait_accepting``), the limiter and closing come from here.
+    """
+
+    kind: str = ""
+    _exchange: Exchanger
+
+    def _open_exchange(
+        self,
+        sink: spec.SinkSpec,
+        *,
+        replicas: fleet.Replicas,
+        clock: throttling.Clock | None,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        self._exchange = Exchanger(sink, name=self.kind, replicas=replicas, clock=clock, transport=transport)
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def accepting(self) -> bool:
+        return self._exchange.accepting
+
+    @property
+    def limiter(self) -> throttling.AsyncLimiter:
+        return self._exchange.limiter
+
+    async def wait_accepting(self) -> None:
+        await self._exchange.wait_accepting()
+
+    async def aclose(self) -> None:
+        await self._exchange.aclose()

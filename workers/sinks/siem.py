@@ -51,8 +51,10 @@ class _Item:
     done: asyncio.Future[events.Outcome]
 
 
-class HecSink:
+class HecSink(exchange.ExchangeSink):
     """A :class:`~workers.sinks.base.Sink` feeding a Splunk HEC endpoint in batches."""
+
+    kind = NAME
 
     def __init__(
         self,
@@ -70,9 +72,7 @@ class HecSink:
         base = sink.url.rstrip("/")
         self._url = base if base.endswith(COLLECTOR_PATH) else base + COLLECTOR_PATH
         self._host = self._hec.host or socket.gethostname()
-        self._exchange = exchange.Exchanger(
-            sink, name=NAME, replicas=replicas, clock=clock, transport=transport
-        )
+        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport)
         self._pending: list[_Item] = []
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -80,21 +80,6 @@ class HecSink:
         self._closed = False
 
     # -- the Sink protocol ------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return NAME
-
-    @property
-    def accepting(self) -> bool:
-        return self._exchange.accepting
-
-    @property
-    def limiter(self) -> throttling.AsyncLimiter:
-        return self._exchange.limiter
-
-    async def wait_accepting(self) -> None:
-        await self._exchange.wait_accepting()
 
     async def deliver(self, event: events.Event) -> events.Outcome:
         if self._closed:
@@ -117,7 +102,7 @@ class HecSink:
         self._flush()
         while self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
-        await self._exchange.aclose()
+        await super().aclose()
 
     # -- wire format -------------------------------------------------------------------------
 

@@ -25,8 +25,10 @@ from workers.sinks import exchange, secrets
 NAME = "webhook"
 
 
-class WebhookSink:
+class WebhookSink(exchange.ExchangeSink):
     """A :class:`~workers.sinks.base.Sink` posting each event to ``spec.url``."""
+
+    kind = NAME
 
     def __init__(
         self,
@@ -40,27 +42,7 @@ class WebhookSink:
         self._signing = secrets.optional(sink.signing_secret, field="spec.sink.signingSecret")
         if self._signing is not None:
             self._signing.reveal()  # fail at start-up, not on the first event
-        self._exchange = exchange.Exchanger(
-            sink, name=NAME, replicas=replicas, clock=clock, transport=transport
-        )
-
-    @property
-    def name(self) -> str:
-        return NAME
-
-    @property
-    def accepting(self) -> bool:
-        return self._exchange.accepting
-
-    @property
-    def limiter(self) -> throttling.AsyncLimiter:
-        return self._exchange.limiter
-
-    async def wait_accepting(self) -> None:
-        await self._exchange.wait_accepting()
-
-    async def aclose(self) -> None:
-        await self._exchange.aclose()
+        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport)
 
     async def deliver(self, event: events.Event) -> events.Outcome:
         body = encode(event)
