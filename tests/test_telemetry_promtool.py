@@ -10,10 +10,8 @@ every metric has samples.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import shutil
 import subprocess
 
 import prometheus_client
@@ -23,6 +21,7 @@ import yaml
 
 from fanout_operator import metrics as operator_metrics
 from fanout_operator import queues, scaling
+from tests import external_tools
 from workers import events, telemetry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -35,14 +34,7 @@ _SERIES_NAME = re.compile(r"\bfanout_[a-z0-9_]+")
 
 def promtool_path() -> str:
     """promtool's path; skips the calling test without it, except in CI where that fails."""
-    found = ROOT / ".tools" / "bin" / "promtool"
-    path = str(found) if found.exists() else shutil.which("promtool")
-    if path is None:
-        message = "promtool missing: run .ci/get-promtool (make unit does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return external_tools.find_tool("promtool", how_to_get=".ci/get-promtool (make unit does)")
 
 
 @pytest.fixture(scope="module")
