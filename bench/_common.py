@@ -40,7 +40,7 @@ import aiobotocore.session
 import yaml
 from aiohttp import web
 
-from workers.simulators import aws
+from fanout_lab.simulators import aws
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

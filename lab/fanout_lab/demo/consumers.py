@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from workers.demo import traffic
+from fanout_lab.demo import traffic
 
 CRM_CLIENT_ID_ENV = "FANOUT_DEMO_CRM_CLIENT_ID"
 CRM_CLIENT_SECRET_ENV = "FANOUT_DEMO_CRM_CLIENT_SECRET"

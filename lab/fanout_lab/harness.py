@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from fanout_core import spec as spec_model
-from workers.simulators import aws, downstream, genesys
+from fanout_lab.simulators import aws, downstream, genesys
 
 make_queue = aws.create_queue
 queue_counts = aws.queue_counts

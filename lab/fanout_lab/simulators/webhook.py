@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.simulators import downstream
+from fanout_lab.simulators import downstream
 
 
 class WebhookSimulator(downstream.DownstreamSimulator):
