@@ -150,7 +150,7 @@ class Run:
 
 
 async def _create_table(dynamodb: Any) -> str:
-    """The idempotency table as DESIGN.md has users create it: partition key ``id`` (S)."""
+    """The idempotency table as docs/contracts.md has users create it: partition key ``id`` (S)."""
     name = f"fleet-e2e-{uuid.uuid4().hex[:8]}"
     await dynamodb.create_table(
         TableName=name,
