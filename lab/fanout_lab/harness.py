@@ -152,6 +152,13 @@ class Traffic:
         return {event.correlation_id for event in self.events}
 
 
+def _conversations(generator: genesys.Generator, count: int, length: int) -> list[list[genesys.GenesysEvent]]:
+    """``count`` conversations of ``length`` events each, starting a millisecond apart."""
+    return [
+        generator.conversation(start_ms=1_741_964_966_000 + index, length=length) for index in range(count)
+    ]
+
+
 async def feed(
     sqs: Any,
     queue_url: str,
@@ -172,10 +179,7 @@ async def feed(
     generator = genesys.Generator(seed)
     rng = random.Random(seed)
     traffic = traffic if traffic is not None else Traffic()
-    flows = [
-        generator.conversation(start_ms=1_741_964_966_000 + index, length=length)
-        for index in range(conversations)
-    ]
+    flows = _conversations(generator, conversations, length)
     serial = 0
     for round_index in range(length):
         entries: list[dict[str, Any]] = []
@@ -262,10 +266,7 @@ async def feed_paced(
     generator = genesys.Generator(seed)
     rng = random.Random(seed)
     traffic = traffic if traffic is not None else Traffic()
-    flows = [
-        generator.conversation(start_ms=1_741_964_966_000 + index, length=length)
-        for index in range(conversations)
-    ]
+    flows = _conversations(generator, conversations, length)
     entries: list[tuple[genesys.GenesysEvent, dict[str, Any]]] = []
     for round_index in range(length):
         for flow in flows:
