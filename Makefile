@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml lab/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 # promtool (rule unit tests, exposition check): unpacked from Debian's package by .ci/get-promtool
 PROMTOOL := .tools/bin/promtool
@@ -18,8 +18,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# Two distributions, both editable: production (with its dev tools), then the lab (stand-ins,
+# demo, test helpers; lab/pyproject.toml), which depends on the first.
+$(STAMP): $(BIN)/python pyproject.toml lab/pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --editable ./lab
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -30,7 +33,8 @@ $(PROMTOOL):
 $(HELM):
 	.ci/get-helm
 
-## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM)
+## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM);
+## `fanout demo` is the lab's plug-in command, so it needs the lab installed (the stamp does it)
 demo: $(STAMP)
 	$(BIN)/fanout demo
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiobotocore.session
 import pytest
 
-from workers.simulators import aws
+from fanout_lab.simulators import aws
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests import worker_harness as harness
+from fanout_lab import harness
+from fanout_lab.simulators import webhook
 from workers import running
-from workers.simulators import webhook
 
 
 async def run_worker_until_done(
