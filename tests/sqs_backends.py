@@ -12,14 +12,24 @@ port, once per session, with its state, caches and ``HOME`` in a temporary direc
 that venv the LocalStack runs skip, naming what is missing; ``FANOUT_REQUIRE_LOCALSTACK=1``
 (set by ``.ci/run``) fails them instead, so CI never silently loses the second implementation.
 
-Where the two differ (moto 5.2, LocalStack 2026.3, both checked by hand against their servers):
+Where the two differ (moto 5.2, LocalStack 2026.3, checked against both servers; the ones the
+worker relies on are tests in tests/test_sqs_backends.py):
 
 - FIFO group lock after ChangeMessageVisibility: receive m0, m1, m2 of one group, set m1 and m2
   to visibility 0 and m0 to 3 s. moto keeps the group locked (the next receive is empty, and
-  after 3 s it returns m0, m1, m2 in order); LocalStack serves m1 and m2 at once. Order must
-  not rest on either reading: only the head of a group may become visible first.
+  after 3 s it returns m0, m1, m2 in order); LocalStack serves m1 and m2 at once.
+- FIFO group coming back after a visibility timeout (a consumer that crashed holding m0, m1,
+  m2): LocalStack serves m0, m1, m2 in order; moto serves m2 alone first (it releases the group
+  at the last pending message its scan meets, and serves from there). The same happens on moto
+  whenever several messages of a group become visible together (the same ChangeMessageVisibility
+  delay for all, or the head's delay shorter than the rest's). So no hand-back schedule keeps
+  order on both: moto needs the later messages visible before the head, which is what LocalStack
+  reads as "unlocked". A group kept in flight (the failed head retried in place) is in order on
+  both until a crash; after one, moto redelivers the tail first whatever the worker does.
 - Both lock a group while one of its messages is in flight with no visibility change; moto
   can hand a second concurrent long poll a locked group's next message (tests/test_worker_e2e).
+- LocalStack notices an expired visibility timeout about once a second (a 2 s timeout comes
+  back after 2-3 s); moto at the next receive.
 - Body and attribute characters: LocalStack rejects what real SQS rejects (anything outside
   #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF, e.g. "\\x01", "\\ufffe"):
   SendMessage fails with ``InvalidMessageContents`` (a string attribute value with
