@@ -68,6 +68,8 @@ import urllib.request
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
+import pytest
+
 from workers.simulators import aws
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -90,6 +92,17 @@ def localstack_missing() -> str | None:
 
 def localstack_required() -> bool:
     return os.environ.get(REQUIRE_VARIABLE, "") not in ("", "0")
+
+
+def params(**xfails: str) -> list[Any]:
+    """``sqs_backend`` params, xfail(strict) on the backends named, with the reason given:
+    ``@pytest.mark.parametrize("sqs_backend", params(localstack="why"), indirect=True)``."""
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=xfails[name]))
+        if name in xfails
+        else name
+        for name in BACKENDS
+    ]
 
 
 class LocalStackServer:

@@ -18,16 +18,6 @@ from tests import sqs_backends
 from tests import worker_harness as harness
 
 
-def backends(**xfails: str) -> list[Any]:
-    """``sqs_backend`` params, xfail(strict) on the backends named, with the reason given."""
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=xfails[name]))
-        if name in xfails
-        else name
-        for name in sqs_backends.BACKENDS
-    ]
-
-
 async def fifo_group_in_flight(sqs: Any, *, visibility: int = 30) -> tuple[str, dict[str, str]]:
     """A FIFO queue with m0, m1, m2 of one group, all three received: (url, body -> receipt)."""
     url = await harness.make_queue(sqs, f"lock-{uuid.uuid4().hex[:8]}.fifo", fifo=True, visibility=visibility)
@@ -66,7 +56,7 @@ async def test_fifo_group_is_locked_while_a_message_of_it_is_in_flight(
 
 @pytest.mark.parametrize(
     "sqs_backend",
-    backends(
+    sqs_backends.params(
         localstack="LocalStack unlocks the group when m0's visibility is changed: m1 and m2, "
         "made visible, are served while m0 is still invisible"
     ),
@@ -87,7 +77,7 @@ async def test_fifo_group_stays_locked_while_its_head_waits_out_a_visibility_cha
 
 @pytest.mark.parametrize(
     "sqs_backend",
-    backends(
+    sqs_backends.params(
         moto="moto releases the group at the last pending message its scan meets, so when "
         "several expire together it serves only the tail (m2) first"
     ),
@@ -104,7 +94,7 @@ async def test_fifo_group_comes_back_head_first_after_its_visibility_timeout(
 
 @pytest.mark.parametrize(
     "sqs_backend",
-    backends(moto="moto accepts any character in a message body"),
+    sqs_backends.params(moto="moto accepts any character in a message body"),
     indirect=True,
 )
 async def test_a_body_with_a_control_character_is_refused(sqs_backend: sqs_backends.SqsBackend) -> None:
