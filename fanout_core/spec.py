@@ -377,17 +377,21 @@ def parse_spec(spec: Any) -> FanoutConsumerSpec:
         raise ConfigError(describe_validation_error(error)) from error
 
 
-def load_manifest(path: str | pathlib.Path) -> FanoutConsumer:
-    """Read a YAML or JSON manifest file (JSON is YAML) and validate it."""
+def read_document(path: str | pathlib.Path) -> Any:
+    """A YAML or JSON file (JSON is YAML), parsed; ConfigError when it cannot be read."""
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from error
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML/JSON: {error}") from error
-    return parse_manifest(document)
+
+
+def load_manifest(path: str | pathlib.Path) -> FanoutConsumer:
+    """Read a YAML or JSON manifest file (JSON is YAML) and validate it."""
+    return parse_manifest(read_document(path))
 
 
 def dump_spec(spec: FanoutConsumerSpec) -> dict[str, Any]:

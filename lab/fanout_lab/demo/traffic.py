@@ -32,6 +32,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from fanout_core import keying
 from fanout_lab.simulators import genesys
 from workers import envelopes
 
@@ -148,7 +149,7 @@ class _Builder:
             {
                 "version": "0",
                 "id": self.generator.uuid(),
-                "detail-type": envelopes.topic_template(str(detail["topicName"])),
+                "detail-type": keying.topic_template(str(detail["topicName"])),
                 "source": genesys.SOURCE,
                 "account": "123456789012",
                 "time": _iso(event_time_ms)[:19] + "Z",
@@ -244,7 +245,7 @@ def build(*, conversations: int, seconds: float, seed: int = 1, poison: int | No
             correlation_id=str(detail["metadata"]["CorrelationId"]),
             key=key,
             event_time_ms=when,
-            event_type=envelopes.topic_template(str(detail["topicName"])),
+            event_type=keying.topic_template(str(detail["topicName"])),
             category=category,
             sequence=sequence,
         )
