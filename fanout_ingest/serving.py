@@ -159,14 +159,17 @@ class Gateway:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", _metrics)
-        runner = aiohttp.web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = aiohttp.web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.spec.limits.publish_timeout_seconds + 1,
+        )
         await runner.setup()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self._http_host, self._http_port))
-        await aiohttp.web.SockSite(
-            runner, listener, shutdown_timeout=self.spec.limits.publish_timeout_seconds + 1
-        ).start()
+        await aiohttp.web.SockSite(runner, listener).start()
         port = listener.getsockname()[1]
         host = "127.0.0.1" if self._http_host in ("0.0.0.0", "") else self._http_host
         self.url = f"http://{host}:{port}"
