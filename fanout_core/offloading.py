@@ -13,8 +13,8 @@ attribute ``SQSLargePayloadSize``; both are read.
 The front door (``fanout_ingest``) writes pointers with :func:`pointer_body`; the worker
 finds them with :func:`locate` — a pointer sent straight to SQS, published to SNS with raw
 delivery, or inside an SNS notification (raw delivery off: the pointer is the ``Message``
-string) — fetches the object, and rebuilds the body the event would have had with
-:func:`resolved_body`. Pure: no I/O.
+string) — fetches the object (``workers.payloads``), rebuilds the body the event would have
+had with :func:`resolved_body`, and hands the decoder a :class:`Resolution`. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ def parse_pointer(text: str) -> Pointer | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not (isinstance(value, list) and len(value) == 2 and value[0] in _POINTER_CLASSES):
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+        return None
+    if value[0] not in _POINTER_CLASSES:
         return None
     details = value[1]
     if not isinstance(details, dict):
@@ -106,6 +108,21 @@ def resolved_body(located: Located, payload: str) -> str:
     return json.dumps(envelope)
 
 
-def is_offloaded(attribute_names: Any) -> bool:
-    """True when message attributes name the extended clients' size attribute."""
-    return SIZE_ATTRIBUTE in attribute_names or LEGACY_SIZE_ATTRIBUTE in attribute_names
+RESOLUTION_KEY = "fanout.PayloadResolution"
+"""Where the worker's poller leaves a :class:`Resolution` in a received message (beside
+``Body``, which keeps the pointer: a dead-letter copy must stay within SQS's size)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolution:
+    """What became of a message's pointer: the body with the payload in, or why there is none."""
+
+    pointer: Pointer
+    body: str | None = None
+    failure: str | None = None
+
+
+def resolution_of(message: Mapping[str, Any]) -> Resolution | None:
+    """The :class:`Resolution` the poller put in ``message``, if any."""
+    found = message.get(RESOLUTION_KEY)
+    return found if isinstance(found, Resolution) else None

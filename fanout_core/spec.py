@@ -247,6 +247,22 @@ class IdempotencySpec(SpecModel):
         return self
 
 
+class LargePayloadSpec(SpecModel):
+    """Events too large for SQS, stored in S3 by the front door or an AWS extended client."""
+
+    delete_after_delivery: bool = pydantic.Field(
+        False,
+        description="Delete the S3 object once its message is done (delivered, duplicate or "
+        "filtered); never after dead-lettering. Needs s3:DeleteObject on the bucket.",
+    )
+    max_bytes: int = pydantic.Field(
+        32 * 1024 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="Larger offloaded payloads are not fetched: the message is dead-lettered as poison.",
+    )
+
+
 class ScalingSpec(SpecModel):
     """How the operator sizes the fleet."""
 
@@ -310,6 +326,7 @@ class FanoutConsumerSpec(SpecModel):
     retry: RetrySpec = pydantic.Field(default_factory=RetrySpec)
     dead_letter: DeadLetterSpec = pydantic.Field(default_factory=DeadLetterSpec)
     idempotency: IdempotencySpec = pydantic.Field(default_factory=IdempotencySpec)
+    large_payloads: LargePayloadSpec = pydantic.Field(default_factory=LargePayloadSpec)
     scaling: ScalingSpec = pydantic.Field(default_factory=ScalingSpec)
     shutdown: ShutdownSpec = pydantic.Field(default_factory=ShutdownSpec)
     workload: WorkloadSpec = pydantic.Field(default_factory=WorkloadSpec)

@@ -120,8 +120,8 @@ class Publisher:
         linger: float = DEFAULT_LINGER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._sns = sns
-        self._s3 = s3
+        self._sns_client = sns
+        self._s3_client = s3
         self._topic = spec.topic
         self._offload = spec.offload
         self._limits = spec.limits
@@ -178,7 +178,7 @@ class Publisher:
             size = attributes.message_size(event.size, attrs)
             threshold = self._offload.threshold_bytes if self._offload else offloading.MESSAGE_LIMIT_BYTES
             if size > threshold:
-                if self._offload is None or self._s3 is None:
+                if self._offload is None or self._s3_client is None:
                     raise TooLarge(f"event of {size} bytes; SNS takes {threshold}", code="TooLarge")
                 large.append((index, event))
                 continue
@@ -195,10 +195,10 @@ class Publisher:
         self, event: classifying.InboundEvent, *, source: str, traceparent: str | None
     ) -> tuple[attributes.Entry, int]:
         """Put a large event in S3 and return the entry carrying its pointer."""
-        assert self._offload is not None and self._s3 is not None  # _prepare checked
+        assert self._offload is not None and self._s3_client is not None  # _prepare checked
         pointer = offloading.Pointer(self._offload.bucket, f"{self._offload.key_prefix}{uuid.uuid4()}")
         try:
-            await self._s3.put_object(
+            await self._s3_client.put_object(
                 Bucket=pointer.bucket,
                 Key=pointer.key,
                 Body=event.text.encode("utf-8"),
@@ -264,7 +264,7 @@ class Publisher:
     async def _call(self, batch: list[_Waiting]) -> None:
         started = self._clock()
         try:
-            reply = await self._sns.publish_batch(
+            reply = await self._sns_client.publish_batch(
                 TopicArn=self._topic.arn,
                 PublishBatchRequestEntries=[waiting.entry for waiting in batch],
             )

@@ -1,11 +1,12 @@
 """The README's IAM policies grant exactly the AWS calls the code makes (least privilege).
 
-The README's "Install on EKS" section shows the worker and the operator policies as JSON. This
-test finds, in the source of ``workers/`` and ``operator/`` (the stand-ins that drive the
-embedded test endpoint live apart, in ``lab/``), every botocore operation reached through a client
-object, maps it to the IAM action that authorizes it (the SQS batch calls are authorized by
-their single-message actions), and requires the policy's actions to be that set, no more and
-no fewer. A new AWS call without a policy update, or a policy line nothing uses, fails here.
+The README's "Install on EKS" section shows the worker, operator and front door policies as
+JSON. This test finds, in the source of ``workers/``, ``operator/`` and ``fanout_ingest/`` (the
+stand-ins that drive the embedded test endpoint live apart, in ``lab/``), every botocore
+operation reached through a client object, maps it to the IAM action that authorizes it (the
+SQS batch calls are authorized by their single-message actions, SNS's PublishBatch by
+sns:Publish), and requires the policy's actions to be that set, no more and no fewer.
+A new AWS call without a policy update, or a policy line nothing uses, fails here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BATCH_AUTHORIZED_BY = {
     "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
     "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sns:PublishBatch": "sns:Publish",
 }
 
 
@@ -34,7 +36,7 @@ def _operations() -> dict[str, str]:
     """snake_case client method → IAM action, for the services the project talks to."""
     session = botocore.session.get_session()
     table: dict[str, str] = {}
-    for service, prefix in (("sqs", "sqs"), ("dynamodb", "dynamodb")):
+    for service, prefix in (("sqs", "sqs"), ("dynamodb", "dynamodb"), ("sns", "sns"), ("s3", "s3")):
         model = session.get_service_model(service)
         for operation in model.operation_names:
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
@@ -80,6 +82,8 @@ def test_the_scanner_sees_the_calls_it_should() -> None:
     worker_calls = _client_calls(ROOT / "workers")
     assert "sqs:ReceiveMessage" in worker_calls
     assert _client_calls(ROOT / "operator") >= {"sqs:GetQueueAttributes"}
+    assert _client_calls(ROOT / "fanout_ingest") >= {"sns:Publish", "s3:PutObject"}
+    assert "s3:GetObject" in worker_calls
 
 
 @pytest.mark.parametrize(
@@ -87,6 +91,7 @@ def test_the_scanner_sees_the_calls_it_should() -> None:
     [
         ("Worker policy", "workers", ()),
         ("Operator policy", "operator", ()),
+        ("Front door policy", "fanout_ingest", ()),
     ],
 )
 def test_readme_policy_is_exactly_what_the_code_calls(

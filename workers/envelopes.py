@@ -30,11 +30,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fanout_core import keying
+from fanout_core import keying, offloading
 from workers import events
 
 MAX_BODY_BYTES = 1024 * 1024
 """The SQS message size limit; anything larger did not come from SQS intact."""
+
+MAX_RESOLVED_BODY_BYTES = 64 * 1024 * 1024
+"""An offloaded payload (fetched from S3) may be larger; ``spec.largePayloads.maxBytes`` is
+checked before fetching, this bounds what the decoder will ever parse."""
 
 _SNS_MARKERS = ("Message", "MessageId", "TopicArn")
 _MAX_EPOCH_MS = 253_402_300_800_000  # 10000-01-01: beyond it, a "time" is garbage
@@ -57,21 +61,30 @@ def decode(
     *,
     ordering_key: str = keying.DEFAULT_ORDERING_KEY,
     message_attributes: Mapping[str, str] | None = None,
+    resolution: offloading.Resolution | None = None,
 ) -> events.Event:
     """Decode one SQS message body; raise :class:`PoisonMessage` when it cannot be.
 
     ``ordering_key`` is ``spec.ordering.key`` (dotted paths reach into nested objects).
     ``message_attributes`` are the SQS message attributes (string values); SNS message
-    attributes found in the body are merged under them.
+    attributes found in the body are merged under them. ``resolution`` is what the poller
+    made of an S3 pointer in the body (``fanout_core.offloading``): its rebuilt body is
+    decoded instead (up to :data:`MAX_RESOLVED_BODY_BYTES`), or its failure is the reason.
     """
     try:
-        return _decode(body, ordering_key, message_attributes or {})
+        if resolution is not None:
+            if resolution.body is None:
+                raise PoisonMessage(resolution.failure or "S3 payload pointer not resolved")
+            return _decode(resolution.body, ordering_key, message_attributes or {}, MAX_RESOLVED_BODY_BYTES)
+        return _decode(body, ordering_key, message_attributes or {}, MAX_BODY_BYTES)
     except RecursionError:
         raise PoisonMessage("JSON nested too deeply") from None
 
 
-def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, str]) -> events.Event:
-    outer = _parse_object(_body_text(body), what="body")
+def _decode(
+    body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, str], max_bytes: int
+) -> events.Event:
+    outer = _parse_object(_body_text(body, max_bytes), what="body")
     attributes: dict[str, str] = {}
     kind = events.EnvelopeKind.RAW
     event = outer
@@ -113,14 +126,14 @@ def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, s
 # --- bytes → JSON object -------------------------------------------------------------
 
 
-def _body_text(body: str | bytes) -> str:
+def _body_text(body: str | bytes, max_bytes: int) -> str:
     if isinstance(body, str):
         # A character takes 1-4 UTF-8 bytes: only text near the limit needs encoding to tell.
-        if len(body) > MAX_BODY_BYTES // 4 and len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-            raise PoisonMessage(f"body larger than {MAX_BODY_BYTES} bytes")
+        if len(body) > max_bytes // 4 and len(body.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise PoisonMessage(f"body larger than {max_bytes} bytes")
         return body
-    if len(body) > MAX_BODY_BYTES:
-        raise PoisonMessage(f"body larger than {MAX_BODY_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise PoisonMessage(f"body larger than {max_bytes} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -139,6 +152,9 @@ def _parse_object(text: str, *, what: str) -> dict[str, Any]:
     except ValueError:  # NaN/Infinity, or an integer too long to convert
         raise PoisonMessage(f"{what} is not JSON (invalid number)") from None
     if not isinstance(value, dict):
+        pointer = offloading.parse_pointer(text) if isinstance(value, list) else None
+        if pointer is not None:
+            raise PoisonMessage(f"{what} is an S3 payload pointer that was not resolved")
         raise PoisonMessage(f"{what} is JSON {_json_kind(value)}, not an object")
     return value
 

@@ -34,7 +34,7 @@ import aiohttp.web
 import prometheus_client
 
 from fanout_core import spec as spec_model
-from workers import dedupe, events, fleet, polling, processing, settling, sinks, sqs, telemetry
+from workers import dedupe, events, fleet, payloads, polling, processing, settling, sinks, sqs, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ class Worker:
                 sqs.client(region=region, max_connections=queue.pollers + 10)
             )
             store = await stack.enter_async_context(self._store(region))
+            resolver = payloads.Resolver(
+                await stack.enter_async_context(_s3_client(region)), self.spec.large_payloads
+            )
+            stack.push_async_callback(resolver.drain)
             budget = polling.Budget(queue.max_in_flight)
             settler = settling.Settler(
                 client=client,
@@ -112,6 +116,7 @@ class Worker:
                 dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
                 budget=budget,
                 telemetry=self.telemetry,
+                on_deleted=resolver.forget,
             )
             processor = processing.Processor(
                 spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
@@ -131,6 +136,7 @@ class Worker:
                             submit=processor.submit,
                             telemetry=self.telemetry,
                             on_health=self._set_receiving,
+                            resolver=resolver,
                         ).run,
                     )
                 )
@@ -212,6 +218,14 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
         body=prometheus_client.generate_latest(),
         headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
     )
+
+
+@contextlib.asynccontextmanager
+async def _s3_client(region: str) -> AsyncIterator[Any]:
+    """S3 for offloaded payloads (no I/O until a pointer arrives); AWS_ENDPOINT_URL_S3 applies."""
+    session = aiobotocore.session.get_session()
+    async with session.create_client("s3", region_name=region) as client:
+        yield client
 
 
 def _queue_url(url: str | None) -> events.QueueUrl | None:
