@@ -5,8 +5,10 @@ rejects valid traffic: add the new secret, move the sender to it, remove the old
 Kubernetes each is a key of a mounted Secret; the kubelet swaps the files in place when the
 Secret changes, so :class:`AcceptedSecrets` looks at their ``stat`` at most once per
 ``recheck_seconds`` and re-reads the ones that changed. A file that disappears or becomes
-empty stops being accepted (that is how a retired secret leaves); at start-up every secret
-must be readable (``fanout_core.secrets.SecretError``, exit 2).
+empty stops being accepted (that is how a retired secret leaves), and one that appears is
+accepted from then on (the chart mounts the keys ``current`` and ``previous`` of a Secret;
+``previous`` exists only during a rotation). At start-up at least one secret must be
+readable (else ``fanout_core.secrets.SecretError``: exit 2).
 
 ``serving`` calls :meth:`AcceptedSecrets.values` on every request: between checks it costs
 one clock read.
@@ -52,10 +54,20 @@ class AcceptedSecrets:
         self._recheck_seconds = recheck_seconds
         self._secrets = [secrets.Secret(ref, field=f"{field}[{index}]") for index, ref in enumerate(refs)]
         self._paths = [ref.file for ref in refs]
-        # Every secret must be there at start-up: a missing one is a configuration error.
         self._stamps: list[_Stamp] = [None if path is None else _stamp(path) for path in self._paths]
-        self._current: list[bytes | None] = [secret.reveal().encode() for secret in self._secrets]
+        self._current: list[bytes | None] = []
+        problems = []
+        for secret in self._secrets:
+            try:
+                self._current.append(secret.reveal().encode())
+            except secrets.SecretError as error:
+                self._current.append(None)
+                problems.append(str(error))
         self._values = [value for value in self._current if value is not None]
+        if not self._values:  # none at all is a configuration error; a missing rotation slot is not
+            raise secrets.SecretError("\n".join(problems))
+        for problem in problems:
+            log.warning("secret not accepted for now: %s", problem)
         self._next_check = clock() + recheck_seconds
 
     def values(self) -> list[bytes]:
