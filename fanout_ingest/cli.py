@@ -3,7 +3,7 @@
 ``fanout-ingest`` is an external contract (docs/contracts.md): FILE is a FanoutIngest
 manifest (YAML or JSON; the chart's ConfigMap holds one), AWS settings come only from the
 standard AWS environment, webhooks, probes and ``/metrics`` are served on ``--http-port``
-(default 8080), and SIGTERM drains and exits 0. A manifest that cannot be used — a field
+(default 8080), and SIGTERM drains and exits 0; a port it cannot listen on exits 1 in one line. A manifest that cannot be used — a field
 invalid, a secret unreadable, no region — exits 2 with one line per problem naming the field.
 """
 
@@ -67,4 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(gateway))
     except spec_model.ConfigError as error:
         return _config_error(args.config, error)
+    except OSError as error:  # the port is taken, the address does not exist
+        print(
+            f"{PROG}: cannot listen on {args.http_host}:{args.http_port}: {error.strerror or error}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
