@@ -3,8 +3,9 @@
 ``fanout-ingest`` is an external contract (docs/contracts.md): FILE is a FanoutIngest
 manifest (YAML or JSON; the chart's ConfigMap holds one), AWS settings come only from the
 standard AWS environment, webhooks, probes and ``/metrics`` are served on ``--http-port``
-(default 8080), and SIGTERM drains and exits 0; a port it cannot listen on exits 1 in one line. A manifest that cannot be used — a field
-invalid, a secret unreadable, no region — exits 2 with one line per problem naming the field.
+(default 8080), and SIGTERM drains and exits 0. A manifest that cannot be used — a field
+invalid, no secret readable, no region — exits 2 with one line per problem naming the field;
+a port it cannot listen on exits 1 with one line.
 """
 
 from __future__ import annotations
