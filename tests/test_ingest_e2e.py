@@ -189,7 +189,7 @@ async def test_an_event_too_large_for_sns_without_a_bucket_is_413(
     gateway = serving.Gateway(
         ingest_manifest(fabric.topic_arn, [secret_file(tmp_path, "s", SECRET)]), http_port=0
     )
-    big = webhooks.transcript("c1", "big-1", size=300_000, event_time_ms=1_741_964_966_000)
+    big = genesys.transcript("c1", "big-1", size=300_000, event_time_ms=1_741_964_966_000)
     async with serving.running(gateway), webhooks.Sender(f"{gateway.url}/events", SECRET) as sender:
         answer = await sender.post(big)
     assert answer.status == 413
@@ -207,7 +207,7 @@ async def test_large_events_go_through_s3_as_extended_client_pointers(
         offload={"bucket": "genesys-large-events", "keyPrefix": "transcripts/"},
     )
     gateway = serving.Gateway(manifest, http_port=0)
-    big = webhooks.transcript("c-big", "big-1", size=300_000, event_time_ms=1_741_964_966_000)
+    big = genesys.transcript("c-big", "big-1", size=300_000, event_time_ms=1_741_964_966_000)
     small = conversation()[0]
     async with serving.running(gateway), webhooks.Sender(f"{gateway.url}/events", SECRET) as sender:
         answer = await sender.post([small, big])

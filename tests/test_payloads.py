@@ -35,7 +35,7 @@ SECRET = b"genesys-secret"
 
 
 def test_a_resolved_body_is_decoded_instead_of_the_pointer() -> None:
-    event = webhooks.transcript("conv-1", "corr-1", size=2 * 1024 * 1024, event_time_ms=1_741_964_966_000)
+    event = genesys.transcript("conv-1", "corr-1", size=2 * 1024 * 1024, event_time_ms=1_741_964_966_000)
     pointer = offloading.Pointer(BUCKET, "k")
     resolution = offloading.Resolution(pointer, body=json.dumps(event))
     decoded = envelopes.decode(offloading.pointer_body(pointer), resolution=resolution)
@@ -104,7 +104,7 @@ async def test_events_sent_by_the_aws_sqs_extended_client_are_delivered(sqs: Any
         event.detail for event in genesys.Generator(5).conversation(start_ms=1_741_964_966_000, length=3)
     ]
     conversation_id = small[0]["eventBody"]["conversationId"]
-    big = webhooks.transcript(
+    big = genesys.transcript(
         conversation_id, "big-transcript", size=300_000, event_time_ms=small[-1]["eventBody"]["eventTime"] + 1
     )
     bodies = [json.dumps(event) for event in [*small, big]]
@@ -148,7 +148,7 @@ async def test_a_pointer_whose_object_is_missing_is_dead_lettered_with_its_reaso
     await asyncio.to_thread(
         _extended_client_send,
         source,
-        [json.dumps(webhooks.transcript("c", "x-1", size=300_000, event_time_ms=1))],
+        [json.dumps(genesys.transcript("c", "x-1", size=300_000, event_time_ms=1))],
     )
     [key] = await _objects(s3)
     await s3.delete_object(Bucket=BUCKET, Key=key)
@@ -180,7 +180,7 @@ async def test_the_front_door_and_a_worker_through_sns_with_large_transcripts(
         event.detail for event in genesys.Generator(9).conversation(start_ms=1_741_964_966_000, length=5)
     ]
     conversation_id = events[0]["eventBody"]["conversationId"]
-    big = webhooks.transcript(
+    big = genesys.transcript(
         conversation_id, "transcript-1", size=400_000, event_time_ms=events[2]["eventBody"]["eventTime"] + 1
     )
     async with serving.running(gateway), webhooks.Sender(f"{gateway.url}/events", SECRET) as sender:

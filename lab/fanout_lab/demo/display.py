@@ -182,6 +182,13 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
         f"(the moto server sets the pace; {outcome.paused_seconds:.1f} s paused to keep queues short); "
         f"{outcome.elapsed:.1f} s in all."
     )
+    door = outcome.door
+    console.print(
+        f"front door: {door.accepted} signed webhooks answered 202 ({door.offloaded} transcripts over "
+        f"SNS's 256 KiB offloaded to S3, {door.retried} retried after a 503), "
+        f"{door.refused_forged} with a stale signature refused (401); the poison bodies were "
+        "published to SNS by another producer."
+    )
     if outcome.log_path is not None:
         console.print(f"worker logs (JSON lines): {outcome.log_path}")
     problems = [

@@ -4,7 +4,6 @@ Used by the tests, ``fanout demo`` and ``bench/ingest.py``. :class:`Sender` post
 to a gateway URL, signed the way a Genesys integration signs it (Open Messaging's
 ``X-Hub-Signature-256`` base64 digest, or the hex ``X-Fanout-Signature``), or with a wrong
 secret, and returns the status, the ``Retry-After`` and the time to the answer.
-:func:`transcript` makes a transcription event of a chosen size (the events too large for SNS).
 """
 
 from __future__ import annotations
@@ -85,21 +84,3 @@ class Sender:
     async def post(self, event: Any, *, secret: bytes | None = None) -> Answer:
         """POST one event (a dict) or a batch (a list), signed."""
         return await self.post_body(json.dumps(event).encode(), secret=secret)
-
-
-def transcript(conversation_id: str, correlation_id: str, *, size: int, event_time_ms: int) -> dict[str, Any]:
-    """A ``v2.conversations.{id}.transcription`` event padded to about ``size`` bytes of JSON."""
-    event: dict[str, Any] = {
-        "topicName": f"v2.conversations.{conversation_id}.transcription",
-        "version": "2",
-        "eventBody": {
-            "conversationId": conversation_id,
-            "eventTime": event_time_ms,
-            "transcripts": [],
-        },
-        "metadata": {"CorrelationId": correlation_id},
-    }
-    phrase = {"text": "thank you for calling, how can I help you today", "confidence": 0.93}
-    line = len(json.dumps(phrase)) + 1
-    event["eventBody"]["transcripts"] = [phrase] * max(1, (size - len(json.dumps(event))) // line)
-    return event
