@@ -5,7 +5,8 @@ Genesys events against the same moto SNS topic:
 
 * ``fanout-ingest --config FILE`` — the gateway (micro-batched ``PublishBatch``, metrics);
 * a naive handler (below, ``naive`` subcommand) — the usual Lambda-style code as an aiohttp
-  handler: verify the signature, parse, one ``sns.publish`` per request, then 202.
+  handler: verify the signature, parse, one ``sns.publish`` per request (with the same message
+  attributes), then 202.
 
 This process is the Genesys side: an open-loop sender (a fixed request rate, whatever the
 answers take) at 1x, 3x and 10x the seeds' incident rate (60 events/s for 50,000
@@ -25,6 +26,7 @@ import contextlib
 import json
 import os
 import pathlib
+import random
 import signal
 import sys
 import tempfile
@@ -62,7 +64,10 @@ async def _serve_naive(port: int, topic_arn: str) -> None:
                 [event] = classifying.classify(body, ordering_key="conversationId", max_events=1)
             except (classifying.NotAnEvent, ValueError):
                 return web.json_response({"error": "not_an_event"}, status=400)
-            message_attributes = attributes.message_attributes(event, source="genesys", traceparent=None)
+            traceparent = attributes.traceparent_for(request.headers.get("traceparent"), random.getrandbits)
+            message_attributes = attributes.message_attributes(
+                event, source="genesys", traceparent=traceparent
+            )
             try:
                 await sns.publish(
                     TopicArn=topic_arn, Message=event.text, MessageAttributes=message_attributes

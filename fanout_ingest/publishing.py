@@ -283,8 +283,7 @@ class Publisher:
         finally:
             self._in_flight -= 1
             self._telemetry.publish_call(len(batch), self._clock() - started)
-            if asyncio.get_running_loop().is_running():
-                self._pump()
+            self._pump()
         self.sns_ok = True
         self._settle(batch, reply)
 
