@@ -34,7 +34,6 @@ KIND = "FanoutIngest"
 DEFAULT_PATH = "/events"
 HUB_SIGNATURE_HEADER = "X-Hub-Signature-256"
 FANOUT_SIGNATURE_HEADER = "X-Fanout-Signature"
-SNS_BATCH_MAX = 10
 
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 
