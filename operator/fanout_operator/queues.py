@@ -9,15 +9,23 @@ botocore's exceptions are translated where they enter, into this tree, so the sc
 say *why* it is degraded without knowing botocore::
 
     QueueError
-    ├── QueueUnreachable   endpoint down, DNS, timeouts, throttled API
-    ├── QueueAccessDenied  no / wrong / expired credentials, missing IAM permission
-    └── QueueNotFound      the URL names no queue
+    ├── QueueUnreachable         endpoint down, DNS, timeouts, throttled API
+    ├── QueueAccessDenied        no / wrong credentials, missing IAM permission
+    ├── QueueCredentialsExpired  ExpiredToken, ExpiredTokenException, RequestExpired
+    └── QueueNotFound            the URL names no queue
+
+An AWS error code is classified by one function, :func:`classify` (to be replaced by the shared
+classifier when there is one). Expired credentials are a credential problem, never "denied" and
+never "no such queue": the reader drops its client, so the next one re-reads the credentials
+(an IRSA or Pod Identity token, a rotated file), and retries once at once; if they are still
+expired the round is degraded and retried with the scaling loop's backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 from typing import Any, Protocol
 
 import aiobotocore.config
@@ -36,16 +44,35 @@ _DENIED_CODES = frozenset(
         "InvalidClientTokenId",
         "UnrecognizedClientException",
         "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "ExpiredTokenException",
         "MissingAuthenticationToken",
         "InvalidSecurity",
         "KMS.AccessDeniedException",
     }
 )
+_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
 _NOT_FOUND_CODES = frozenset(
     {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
 )
+
+
+class ErrorClass(enum.Enum):
+    """What an AWS error code means for reading a queue."""
+
+    NOT_FOUND = "not found"
+    DENIED = "denied"
+    CREDENTIALS_EXPIRED = "credentials expired"  # re-read the credentials, then retry
+    UNAVAILABLE = "unavailable"  # retry later
+
+
+def classify(code: str) -> ErrorClass:
+    """The class of an AWS error code (``Error.Code`` of a botocore ``ClientError``)."""
+    if code in _EXPIRED_CODES:
+        return ErrorClass.CREDENTIALS_EXPIRED
+    if code in _NOT_FOUND_CODES:
+        return ErrorClass.NOT_FOUND
+    if code in _DENIED_CODES or "AccessDenied" in code:
+        return ErrorClass.DENIED
+    return ErrorClass.UNAVAILABLE
 
 
 class QueueError(Exception):
@@ -66,6 +93,10 @@ class QueueNotFound(QueueError):
     reason = "QueueNotFound"
 
 
+class QueueCredentialsExpired(QueueError):
+    reason = "QueueCredentialsExpired"
+
+
 @dataclasses.dataclass(frozen=True)
 class Depth:
     visible: int
@@ -81,9 +112,12 @@ def _translate(error: Exception, queue_url: str) -> QueueError:
     if isinstance(error, botocore.exceptions.ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         message = str(error.response.get("Error", {}).get("Message", "")) or code
-        if code in _NOT_FOUND_CODES:
+        kind = classify(code)
+        if kind is ErrorClass.NOT_FOUND:
             return QueueNotFound(f"{queue_url}: no such queue ({code})")
-        if code in _DENIED_CODES or "AccessDenied" in code:
+        if kind is ErrorClass.CREDENTIALS_EXPIRED:
+            return QueueCredentialsExpired(f"{queue_url}: AWS credentials expired ({code}: {message})")
+        if kind is ErrorClass.DENIED:
             return QueueAccessDenied(f"{queue_url}: {code}: {message}")
         return QueueUnreachable(f"{queue_url}: {code}: {message}")
     if isinstance(
@@ -99,15 +133,14 @@ class SqsDepthReader:
     """``async with SqsDepthReader() as reader: await reader.depth(url, region)``."""
 
     def __init__(self, *, connect_timeout: float = 5.0, read_timeout: float = 10.0) -> None:
-        self._session = aiobotocore.session.get_session()
         self._config = aiobotocore.config.AioConfig(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # The scaling loop has its own backoff; one retry covers a dropped connection.
             retries={"max_attempts": 2, "mode": "standard"},
         )
-        self._stack = contextlib.AsyncExitStack()
-        self._clients: dict[str | None, Any] = {}
+        # Per region: the client and what closes it (so one can be dropped on its own).
+        self._clients: dict[str | None, tuple[Any, contextlib.AsyncExitStack]] = {}
 
     async def __aenter__(self) -> SqsDepthReader:
         return self
@@ -116,23 +149,44 @@ class SqsDepthReader:
         await self.close()
 
     async def close(self) -> None:
-        self._clients.clear()
-        await self._stack.aclose()
+        for region in list(self._clients):
+            await self._drop(region)
 
     async def _client(self, region: str | None) -> Any:
         if region not in self._clients:
-            creator = self._session.create_client("sqs", region_name=region, config=self._config)
-            self._clients[region] = await self._stack.enter_async_context(creator)
-        return self._clients[region]
+            # A session of its own reads the credentials afresh (env, files, web identity).
+            creator = aiobotocore.session.get_session().create_client(
+                "sqs", region_name=region, config=self._config
+            )
+            stack = contextlib.AsyncExitStack()
+            client = await stack.enter_async_context(creator)
+            self._clients[region] = (client, stack)
+        return self._clients[region][0]
 
-    async def depth(self, queue_url: str, region: str | None) -> Depth:
+    async def _drop(self, region: str | None) -> None:
+        _, stack = self._clients.pop(region, (None, None))
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+    async def _read(self, queue_url: str, region: str | None) -> dict[str, Any]:
         try:
             client = await self._client(region)
-            reply = await client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(ATTRIBUTES))
+            reply: dict[str, Any] = await client.get_queue_attributes(
+                QueueUrl=queue_url, AttributeNames=list(ATTRIBUTES)
+            )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise _translate(error, queue_url) from error
         except OSError as error:
             raise QueueUnreachable(f"{queue_url}: {error}") from error
+        return reply
+
+    async def depth(self, queue_url: str, region: str | None) -> Depth:
+        try:
+            reply = await self._read(queue_url, region)
+        except QueueCredentialsExpired:
+            await self._drop(region)  # the next client re-reads the credentials
+            reply = await self._read(queue_url, region)
         attributes = reply.get("Attributes", {})
         try:
             return Depth(
