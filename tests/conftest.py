@@ -9,6 +9,7 @@ from typing import Any
 import aiobotocore.session
 import pytest
 
+from tests.operator_harness import kube_api, kube_client, kube_namespace  # noqa: F401  (operator e2e fixtures)
 from workers.simulators import aws
 
 
