@@ -58,20 +58,6 @@ logger = logging.getLogger(__name__)
 INVALID_SPEC_RETRY_SECONDS = 60.0
 
 
-def owner_of(body: Mapping[str, Any]) -> rendering.Owner:
-    metadata = body.get("metadata", {})
-    return rendering.Owner(
-        name=str(metadata.get("name")),
-        namespace=str(metadata.get("namespace")),
-        uid=str(metadata.get("uid", "")),
-    )
-
-
-def generation_of(body: Mapping[str, Any]) -> int | None:
-    generation = body.get("metadata", {}).get("generation")
-    return int(generation) if generation is not None else None
-
-
 @dataclasses.dataclass(frozen=True)
 class Memory:
     """What the scaling loop carries from one round to the next."""
@@ -112,14 +98,6 @@ class Fleet:
     sink: scaling.SinkReport | None
 
 
-def initial_replicas(consumer: spec.FanoutConsumerSpec, previous: status.FanoutConsumerStatus) -> int:
-    """Where a (re)created Deployment starts: the pin, else the last known size within bounds."""
-    if consumer.replicas is not None:
-        return consumer.replicas
-    scaling_spec = consumer.scaling
-    return min(max(previous.replicas, scaling_spec.min_replicas), scaling_spec.max_replicas)
-
-
 class Autoscaler:
     """The scaling loop's memory and I/O for one FanoutConsumer."""
 
@@ -146,7 +124,7 @@ class Autoscaler:
     async def poll(self, body: Mapping[str, Any]) -> float:
         """One round; returns the seconds to wait before the next."""
         now = self._clock()
-        owner = owner_of(body)
+        owner = rendering.owner_of(body)
         try:
             consumer = guardrails.admit(
                 body.get("spec"), owner.namespace, self._settings.guardrails, self._settings.workers
@@ -220,9 +198,9 @@ class Autoscaler:
         """The Deployment's size and readiness (recreating it when it is gone), and the sink's state."""
         deployment = await self._client.get(reconciling.deployment_path(owner))
         if deployment is None:
-            previous = status.parse(body.get("status"))
+            last_known = status.parse(body.get("status")).replicas
             applied = await reconciling.reconcile(
-                self._client, owner, consumer, self._settings.workers, initial_replicas(consumer, previous)
+                self._client, owner, consumer, self._settings.workers, last_known
             )
             current, ready = applied.deployment_replicas, 0
         else:
@@ -280,7 +258,7 @@ class Autoscaler:
         now: float,
     ) -> float:
         """A round that could not see: keep the fleet, remember holding it, degrade, back off."""
-        owner = owner_of(body)
+        owner = rendering.owner_of(body)
         held = status.parse(body.get("status")).replicas
         with contextlib.suppress(kube.KubeError):
             deployment = await self._client.get(reconciling.deployment_path(owner))
@@ -296,11 +274,13 @@ class Autoscaler:
         return scaling.next_poll_delay(consumer.scaling.polling_interval_seconds, self._memory.failures)
 
     async def _report(self, body: Mapping[str, Any], outcome: conditions.Outcome, now: float) -> None:
-        writer = self._writer_for(owner_of(body))
+        writer = self._writer_for(rendering.owner_of(body))
         try:
-            await writer.report(outcome, current=body.get("status"), generation=generation_of(body), now=now)
+            await writer.report(
+                outcome, current=body.get("status"), generation=status.generation_of(body), now=now
+            )
         except kube.KubeError as error:
-            owner = owner_of(body)
+            owner = rendering.owner_of(body)
             logger.warning("%s/%s: status not written: %s", owner.namespace, owner.name, error)
 
     def _writer_for(self, owner: rendering.Owner) -> reporting.StatusWriter:

@@ -55,6 +55,16 @@ def _positive(text: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fanout-operator", description="Run the FanoutConsumer operator.")
+    _scope_and_peering_flags(p)
+    _endpoint_flags(p)
+    _worker_flags(p)
+    _guardrail_flags(p)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def _scope_and_peering_flags(p: argparse.ArgumentParser) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
         "-n", "--namespace", action="append", default=[], help="Watch this namespace (repeatable)."
@@ -82,9 +92,26 @@ def parser() -> argparse.ArgumentParser:
         "takes over within this time after the active one dies (at once when it exits cleanly). "
         "Default %(default)s.",
     )
+
+
+def _endpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--liveness", default=settings.DEFAULT_LIVENESS, help="Liveness endpoint URL ('' disables)."
     )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help=f"Port of the operator's /metrics (default {settings.DEFAULT_METRICS_PORT}; 0 disables).",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default=None,
+        help=f"Address /metrics listens on (default {settings.DEFAULT_METRICS_ADDRESS}).",
+    )
+
+
+def _worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-image", default=None, help=f"Default worker image (env {ENV_WORKER_IMAGE}).")
     p.add_argument(
         "--worker-service-account",
@@ -105,23 +132,15 @@ def parser() -> argparse.ArgumentParser:
         help="Do not read the workers' /metrics (throttle, throughput).",
     )
     p.add_argument(
-        "--metrics-port",
-        type=_port,
-        default=None,
-        help=f"Port of the operator's /metrics (default {settings.DEFAULT_METRICS_PORT}; 0 disables).",
-    )
-    p.add_argument(
-        "--metrics-address",
-        default=None,
-        help=f"Address /metrics listens on (default {settings.DEFAULT_METRICS_ADDRESS}).",
-    )
-    p.add_argument(
         "--resync-seconds",
         type=_positive,
         default=settings.DEFAULT_RESYNC_SECONDS,
         help="How often every consumer's children are compared with its spec and repaired. "
         "Default %(default)s.",
     )
+
+
+def _guardrail_flags(p: argparse.ArgumentParser) -> None:
     rails = p.add_argument_group("guardrails (what a FanoutConsumer may ask for)")
     rails.add_argument(
         "--allowed-image-repository",
@@ -151,9 +170,6 @@ def parser() -> argparse.ArgumentParser:
         help="Only consumers in these namespaces may set serviceAccountName / iamRoleArn; repeatable. "
         "Default: every namespace.",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--debug", action="store_true")
-    return p
 
 
 def _peering(options: argparse.Namespace) -> settings.Peering:

@@ -184,9 +184,9 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> 
     """Children in line with an admitted spec; a rejected one is marked in the status, not retried."""
     runtime = _runtime(memo)
     config = runtime.settings
-    owner = autoscaling.owner_of(body)
+    owner = rendering.owner_of(body)
     writer = _writer(memo, runtime, owner)
-    generation = autoscaling.generation_of(body)
+    generation = status.generation_of(body)
     try:
         consumer = guardrails.admit(body.get("spec"), owner.namespace, config.guardrails, config.workers)
     except guardrails.Rejected as error:
@@ -205,7 +205,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> 
             owner,
             consumer,
             config.workers,
-            autoscaling.initial_replicas(consumer, status.parse(body.get("status"))),
+            status.parse(body.get("status")).replicas,
         )
         outcome = conditions.Reconciled(
             queue=consumer.queue.name,
@@ -234,7 +234,7 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The scaling loop of one FanoutConsumer, until kopf cancels it (deletion, shutdown, peer)."""
     runtime = _runtime(memo)
     config = runtime.settings
-    owner = autoscaling.owner_of(body)
+    owner = rendering.owner_of(body)
     writer = _writer(memo, runtime, owner)
     # This process (again) speaks for the consumer: a peer may have written the status meanwhile.
     writer.forget()
@@ -269,7 +269,7 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Drift repair of one FanoutConsumer's children (``resyncing``), until kopf cancels it."""
     runtime = _runtime(memo)
-    owner = autoscaling.owner_of(body)
+    owner = rendering.owner_of(body)
     repair = resyncing.Resync(
         client=runtime.client, writer=_writer(memo, runtime, owner), settings=runtime.settings
     )

@@ -97,11 +97,15 @@ async def reconcile(
     owner: rendering.Owner,
     consumer: spec.FanoutConsumerSpec,
     defaults: rendering.Defaults,
-    initial_replicas: int,
+    last_known_replicas: int,
 ) -> Applied:
-    """Create missing children and repair drifted ones; a new Deployment starts at ``initial_replicas``."""
+    """Create missing children and repair drifted ones.
+
+    A new Deployment starts at the pin, else at ``last_known_replicas`` (the status's) within
+    the scaling bounds; an existing one keeps its size (the scaler's).
+    """
     existing = await client.get(deployment_path(owner))
-    replicas = initial_replicas
+    replicas = rendering.initial_replicas(consumer, last_known_replicas)
     if existing is not None:
         replicas = int(existing.get("spec", {}).get("replicas", 1))
     children = rendering.render(owner, consumer, defaults, replicas)

@@ -32,6 +32,7 @@ import enum
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -109,6 +110,23 @@ class Children:
     def all(self) -> list[Manifest]:
         optional = [self.service_account, self.pod_disruption_budget]
         return [self.config_map, self.deployment, *[m for m in optional if m is not None]]
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    """The FanoutConsumer a kopf body (or any object dict) describes."""
+    metadata = body.get("metadata", {})
+    return Owner(
+        name=str(metadata.get("name")),
+        namespace=str(metadata.get("namespace")),
+        uid=str(metadata.get("uid", "")),
+    )
+
+
+def initial_replicas(consumer: spec.FanoutConsumerSpec, last_known: int) -> int:
+    """Where a (re)created Deployment starts: the pin, else the last known size within bounds."""
+    if consumer.replicas is not None:
+        return consumer.replicas
+    return min(max(last_known, consumer.scaling.min_replicas), consumer.scaling.max_replicas)
 
 
 def _label_value(value: str) -> str:

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from fanout_operator import (
-    autoscaling,
     conditions,
     guardrails,
     kube,
@@ -51,21 +50,20 @@ class Resync:
 
     async def once(self, body: Mapping[str, Any]) -> float:
         interval = self._settings.resync_seconds
-        owner = autoscaling.owner_of(body)
+        owner = rendering.owner_of(body)
         try:
             consumer = guardrails.admit(
                 body.get("spec"), owner.namespace, self._settings.guardrails, self._settings.workers
             )
         except guardrails.Rejected:
             return interval  # marked by the reconcile handler; nothing may be created for it
-        previous = status.parse(body.get("status"))
         try:
             applied = await reconciling.reconcile(
                 self._client,
                 owner,
                 consumer,
                 self._settings.workers,
-                autoscaling.initial_replicas(consumer, previous),
+                status.parse(body.get("status")).replicas,
             )
             changed = applied.created + applied.repaired
             if changed:
@@ -77,7 +75,7 @@ class Resync:
                     repaired=changed,
                 )
                 await self._writer.report(
-                    outcome, current=body.get("status"), generation=autoscaling.generation_of(body)
+                    outcome, current=body.get("status"), generation=status.generation_of(body)
                 )
         except kube.KubeError as error:
             logger.warning("%s/%s: drift not repaired: %s", owner.namespace, owner.name, error)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import pydantic
 import pydantic.alias_generators
@@ -90,6 +91,12 @@ class FanoutConsumerStatus(StatusModel):
     reason: str | None = pydantic.Field(None, description="Why the last decision was taken.")
     conditions: list[Condition] = pydantic.Field(default_factory=list)
     scaler: ScalerMemory | None = None
+
+
+def generation_of(body: Mapping[str, Any]) -> int | None:
+    """The object's ``metadata.generation``: what ``observedGeneration`` records."""
+    generation = body.get("metadata", {}).get("generation")
+    return int(generation) if generation is not None else None
 
 
 def rfc3339(epoch_seconds: float) -> str:
