@@ -286,27 +286,33 @@ def test_grafana_dashboard_configmap_is_picked_up_by_the_sidecar(everything: lis
     assert json.loads(text) == source
 
 
-def test_notes_tell_the_user_what_to_do_next() -> None:
-    result = h.helm("install", h.RELEASE, str(h.CHART), "--namespace", h.NAMESPACE, "--dry-run=client")
-    assert result.returncode == 0, result.output
-    notes = result.stdout.split("NOTES:", 1)[1]
-    assert "kubectl apply" in notes
-    assert "rollout status deployment/" in notes
-    assert "operator.serviceAccount.roleArn is empty" in notes
-    quiet = h.helm(
+def _install_notes(sets: list[str]) -> str:
+    """The NOTES `helm install` prints (a client-side dry run)."""
+    result = h.helm(
         "install",
         h.RELEASE,
         str(h.CHART),
         "--namespace",
         h.NAMESPACE,
         "--dry-run=client",
-        "--set",
-        "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/op",
-        "--set",
-        f"worker.serviceAccount.roleArn={ROLE_ARN}",
+        *h.value_args(sets=sets),
     )
-    assert quiet.returncode == 0, quiet.output
-    assert "WARNING" not in quiet.stdout.split("NOTES:", 1)[1]
+    assert result.returncode == 0, result.output
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_user_what_to_do_next() -> None:
+    notes = _install_notes([])
+    assert "kubectl apply" in notes
+    assert "rollout status deployment/" in notes
+    assert "operator.serviceAccount.roleArn is empty" in notes
+    quiet = _install_notes(
+        [
+            "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/op",
+            f"worker.serviceAccount.roleArn={ROLE_ARN}",
+        ]
+    )
+    assert "WARNING" not in quiet
 
 
 # --- the operator's own contracts: RBAC rules and command-line flags ---------------------------
@@ -444,17 +450,7 @@ def test_pod_identity_drops_the_irsa_annotations_and_prints_the_associations() -
     for account in h.by_kind(documents, "ServiceAccount"):
         assert "eks.amazonaws.com/role-arn" not in (account["metadata"].get("annotations") or {})
     assert _operator_settings(documents).workers.aws_identity is rendering.AwsIdentity.POD_IDENTITY
-    installed = h.helm(
-        "install",
-        h.RELEASE,
-        str(h.CHART),
-        "--namespace",
-        h.NAMESPACE,
-        "--dry-run=client",
-        *h.value_args(sets=sets),
-    )
-    assert installed.returncode == 0, installed.output
-    notes = installed.stdout.split("NOTES:", 1)[1]
+    notes = _install_notes(sets)
     accounts = h.by_kind(documents, "ServiceAccount")
     operator_account = next(
         a["metadata"]["name"]

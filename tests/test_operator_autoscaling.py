@@ -8,7 +8,7 @@ pacing of rounds (backoff, cancellation) is checked on fake loop time with loopt
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kmock
@@ -83,6 +83,23 @@ async def _setup(client: kube.KubeClient, body: dict[str, Any], replicas: int) -
     await reconciling.reconcile(client, OWNER, consumer, rendering.Defaults(), replicas)
 
 
+def _autoscaler(
+    client: kube.KubeClient,
+    reader: queues.DepthReader,
+    clock: Callable[[], float],
+    *,
+    recorder: metrics.ConsumerMetrics | None = None,
+) -> autoscaling.Autoscaler:
+    return autoscaling.Autoscaler(
+        client=client,
+        depth_reader=reader,
+        observer=None,
+        settings=settings.OperatorSettings(),
+        clock=clock,
+        recorder=recorder,
+    )
+
+
 async def _replicas(client: kube.KubeClient) -> int:
     found = await client.get(reconciling.deployment_path(OWNER))
     assert found is not None
@@ -96,13 +113,7 @@ async def test_missing_queue_keeps_replicas_degrades_and_backs_off(client: kube.
     await _setup(client, body, replicas=3)
     clock = iter([1_000.0, 1_020.0, 1_060.0])
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=settings.OperatorSettings(),
-            clock=lambda: next(clock),
-        )
+        autoscaler = _autoscaler(client, reader, lambda: next(clock))
         first = await autoscaler.poll(body)
         body["status"] = await _status(client)
         second = await autoscaler.poll(body)
@@ -143,13 +154,7 @@ async def test_scale_up_writes_file_before_deployment_and_posts_event(
         entries = [{"Id": str(i), "MessageBody": "x"} for i in range(start, start + 7)]
         await sqs.send_message_batch(QueueUrl=url, Entries=entries)
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=settings.OperatorSettings(),
-            clock=lambda: 50.0,
-        )
+        autoscaler = _autoscaler(client, reader, lambda: 50.0)
         assert await autoscaler.poll(body) == 10.0
     assert await _replicas(client) == 4
     config_map = await client.get(kube.object_path("v1", "configmaps", NAMESPACE, f"{NAME}-config"))
@@ -164,12 +169,7 @@ async def test_scale_up_writes_file_before_deployment_and_posts_event(
 
 async def test_invalid_spec_is_not_scaled(client: kube.KubeClient) -> None:
     body = _body("https://sqs.us-east-1.amazonaws.com/1/q", minReplicas=5, maxReplicas=2)
-    autoscaler = autoscaling.Autoscaler(
-        client=client,
-        depth_reader=queues.SqsDepthReader(),
-        observer=None,
-        settings=settings.OperatorSettings(),
-    )
+    autoscaler = _autoscaler(client, queues.SqsDepthReader(), lambda: 50.0)
     assert await autoscaler.poll(body) == autoscaling.INVALID_SPEC_RETRY_SECONDS
     assert await client.get(reconciling.deployment_path(OWNER)) is None
 
@@ -210,14 +210,7 @@ async def test_a_poll_records_depth_decision_and_dead_letters(client: kube.KubeC
         return families.registry.get_sample_value(name, {"namespace": NAMESPACE, "consumer": NAME, **labels})
 
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=settings.OperatorSettings(),
-            clock=lambda: 50.0,
-            recorder=families.consumer(NAMESPACE, NAME),
-        )
+        autoscaler = _autoscaler(client, reader, lambda: 50.0, recorder=families.consumer(NAMESPACE, NAME))
         await autoscaler.poll(body)
         assert value("fanout_operator_backlog_messages") == 5
         assert value("fanout_operator_dead_letter_messages") == 2
@@ -262,13 +255,7 @@ async def test_the_cooldown_starts_at_the_first_empty_reading_after_messages(
     await _setup(client, body, replicas=1)
     times = iter([1_000.0, 1_010.0, 1_020.0, 1_030.0, 1_040.0, 1_410.0])
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=settings.OperatorSettings(),
-            clock=lambda: next(times),
-        )
+        autoscaler = _autoscaler(client, reader, lambda: next(times))
 
         async def poll(queue_url: str) -> None:
             body["spec"]["queue"]["url"] = queue_url if blind else url

@@ -50,9 +50,16 @@ class Consumer:
         }
 
 
-def _scope(kube_api: str, namespace: str) -> list[str]:
+def _operator(kube_api: str, namespace: str, *flags: str) -> h.OperatorThread:
+    """A standalone operator watching the test's namespace (kmock: every namespace)."""
     # kmock cannot serve the namespace list kopf reads with --namespace (see test_operator_e2e).
-    return ["--all-namespaces"] if kube_api == "kmock" else ["--namespace", namespace]
+    scope = ["--all-namespaces"] if kube_api == "kmock" else ["--namespace", namespace]
+    return h.OperatorThread(h.operator_settings(*scope, "--standalone", *flags))
+
+
+async def _with_queue(sqs: Any, namespace: str, prefix: str) -> tuple[Consumer, str]:
+    consumer = Consumer(namespace, f"{prefix}-{uuid.uuid4().hex[:6]}")
+    return consumer, (await sqs.create_queue(QueueName=consumer.name))["QueueUrl"]
 
 
 async def _events(client: kube.KubeClient, consumer: Consumer, reason: str) -> list[dict[str, Any]]:
@@ -71,12 +78,8 @@ async def _all(checks: list[Callable[[], Awaitable[Any]]]) -> bool:
 async def test_deleted_or_edited_children_come_back_and_what_others_own_stays(
     kube_api: str, kube_client: kube.KubeClient, kube_namespace: str, sqs: Any, moto_server: aws.MotoServer
 ) -> None:
-    consumer = Consumer(kube_namespace, f"drift-{uuid.uuid4().hex[:6]}")
-    url = (await sqs.create_queue(QueueName=consumer.name))["QueueUrl"]
-    config = h.operator_settings(
-        *_scope(kube_api, kube_namespace), "--standalone", "--resync-seconds", RESYNC
-    )
-    with h.OperatorThread(config):
+    consumer, url = await _with_queue(sqs, kube_namespace, "drift")
+    with _operator(kube_api, kube_namespace, "--resync-seconds", RESYNC):
         await kube_client.create(consumer.collection, consumer.manifest(url))
         for path in consumer.children():
             await h.eventually(lambda path=path: kube_client.get(path), f"{path} created")
@@ -166,19 +169,13 @@ async def _degraded(client: kube.KubeClient, consumer: Consumer) -> str | None:
 async def test_a_spec_outside_the_guardrails_is_marked_and_nothing_is_created(
     kube_api: str, kube_client: kube.KubeClient, kube_namespace: str, sqs: Any, moto_server: aws.MotoServer
 ) -> None:
-    image = Consumer(kube_namespace, f"image-{uuid.uuid4().hex[:6]}")
+    image, url = await _with_queue(sqs, kube_namespace, "image")
     role = Consumer(kube_namespace, f"role-{uuid.uuid4().hex[:6]}")
-    url = (await sqs.create_queue(QueueName=image.name))["QueueUrl"]
-    config = h.operator_settings(
-        *_scope(kube_api, kube_namespace),
-        "--standalone",
-        "--resync-seconds",
-        RESYNC,
-        "--identity-namespace",
-        "contact-center",
-    )
-    with h.OperatorThread(config):
-        await kube_client.create(image.collection, image.manifest(url, role=False, image="docker.io/evil/miner:1"))
+    rails = ("--resync-seconds", RESYNC, "--identity-namespace", "contact-center")
+    with _operator(kube_api, kube_namespace, *rails):
+        await kube_client.create(
+            image.collection, image.manifest(url, role=False, image="docker.io/evil/miner:1")
+        )
         await kube_client.create(role.collection, role.manifest(url))
         for consumer, problem in (
             (image, "repository 'docker.io/evil/miner' is not allowed"),
@@ -209,12 +206,8 @@ async def test_a_spec_outside_the_guardrails_is_marked_and_nothing_is_created(
 async def test_with_pod_identity_the_consumers_account_is_created_for_an_association(
     kube_api: str, kube_client: kube.KubeClient, kube_namespace: str, sqs: Any, moto_server: aws.MotoServer
 ) -> None:
-    consumer = Consumer(kube_namespace, f"podid-{uuid.uuid4().hex[:6]}")
-    url = (await sqs.create_queue(QueueName=consumer.name))["QueueUrl"]
-    config = h.operator_settings(
-        *_scope(kube_api, kube_namespace), "--standalone", "--aws-identity", "pod-identity"
-    )
-    with h.OperatorThread(config):
+    consumer, url = await _with_queue(sqs, kube_namespace, "podid")
+    with _operator(kube_api, kube_namespace, "--aws-identity", "pod-identity"):
         await kube_client.create(consumer.collection, consumer.manifest(url))
         account = await h.eventually(lambda: kube_client.get(consumer.service_account), "ServiceAccount")
         deployment = await h.eventually(lambda: kube_client.get(consumer.deployment), "Deployment")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -177,6 +178,17 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await runtime.http.close()
 
 
+# The per-consumer daemons: cancelled at once when kopf stops them, escalated after 10 s.
+_daemon = functools.partial(
+    kopf.daemon,
+    spec.API_GROUP,
+    spec.API_VERSION,
+    spec.PLURAL,
+    cancellation_backoff=0,
+    cancellation_timeout=10,
+)
+
+
 @kopf.on.resume(spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
 @kopf.on.create(spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
 @kopf.on.update(spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
@@ -222,14 +234,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> 
         logger.info("%s/%s: %s", owner.namespace, owner.name, applied.summary())
 
 
-@kopf.daemon(
-    spec.API_GROUP,
-    spec.API_VERSION,
-    spec.PLURAL,
-    id="autoscale",
-    cancellation_backoff=0,
-    cancellation_timeout=10,
-)
+@_daemon(id="autoscale")
 async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The scaling loop of one FanoutConsumer, until kopf cancels it (deletion, shutdown, peer)."""
     runtime = _runtime(memo)
@@ -258,14 +263,7 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             recorder.forget()
 
 
-@kopf.daemon(
-    spec.API_GROUP,
-    spec.API_VERSION,
-    spec.PLURAL,
-    id="resync",
-    cancellation_backoff=0,
-    cancellation_timeout=10,
-)
+@_daemon(id="resync")
 async def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Drift repair of one FanoutConsumer's children (``resyncing``), until kopf cancels it."""
     runtime = _runtime(memo)
