@@ -52,6 +52,7 @@ FINALIZER = f"{spec.API_GROUP}/operator"
 MEMO_SETTINGS = "settings"
 MEMO_RUNTIME = "runtime"
 MEMO_WRITER = "status_writer"
+MEMO_SPOKE_BEFORE = "scaled_before"
 
 
 @dataclasses.dataclass
@@ -241,8 +242,11 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     config = runtime.settings
     owner = rendering.owner_of(body)
     writer = _writer(memo, runtime, owner)
-    # This process (again) speaks for the consumer: a peer may have written the status meanwhile.
-    writer.forget()
+    if memo.get(MEMO_SPOKE_BEFORE):
+        # This process paused (a peer took over) and speaks for the consumer again: the peer
+        # may have written the status meanwhile, so build on the object's status, not our copy.
+        writer.forget()
+    memo[MEMO_SPOKE_BEFORE] = True
     observer = workers_state.FleetObserver(runtime.http) if config.scrape_workers else None
     families = runtime.metric_families
     recorder = families.consumer(owner.namespace, owner.name) if families is not None else None

@@ -8,7 +8,8 @@ lock, so the reconcile handler and the scaling loop never write over each other'
 
 The writer remembers the status it last wrote and builds on it: kopf's live body may lag behind
 our own writes. It starts from the body's status when it has written nothing yet, and forgets
-its copy when this process (re)gains the consumer (a peer may have written meanwhile).
+its copy when this process speaks for the consumer again after a pause (a peer may have written
+meanwhile).
 
 Events are core/v1 Events named like client-go names them (``<name>.<hex ns>``), reported by
 ``fanout-operator`` with this process's identity as ``reportingInstance``. A failed Event post
