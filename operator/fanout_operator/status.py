@@ -54,7 +54,11 @@ class Backlog(StatusModel):
 
     visible: int = 0
     in_flight: int = pydantic.Field(0, description="ApproximateNumberOfMessagesNotVisible.")
-    delayed: int = 0
+    delayed: int = pydantic.Field(
+        0,
+        description="ApproximateNumberOfMessagesDelayed: keeps the fleet from scaling to zero and "
+        "wakes it from zero, but does not size it.",
+    )
     total: int = pydantic.Field(0, description="visible + inFlight: what the scaler sizes for.")
 
 
