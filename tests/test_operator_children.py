@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fanout_lab.simulators import aws
 from fanout_operator import kube, rendering
 from tests import operator_harness as h
-from workers.simulators import aws
 
 RESYNC = "0.5"
 ARN = "arn:aws:iam::123456789012:role/crm-sync"

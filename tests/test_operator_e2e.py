@@ -15,9 +15,9 @@ import aiohttp
 import prometheus_client.parser
 import yaml
 
+from fanout_lab.simulators import aws
 from fanout_operator import kube, rbac, rendering
 from tests import operator_harness as h
-from workers.simulators import aws
 
 
 def _consumer(name: str, kube_namespace: str, queue_url: str) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from typing import Any
 import kopf
 import pytest
 
+from fanout_lab.simulators import aws
 from fanout_operator import kube, peering, rbac
 from tests import operator_harness as h
-from workers.simulators import aws
 
 NAMESPACE = "peering-e2e"
 LIFETIME = 3

@@ -10,8 +10,8 @@ import aiohttp.web
 import botocore.exceptions
 import pytest
 
+from fanout_lab.simulators import aws
 from fanout_operator import queues
-from workers.simulators import aws
 
 
 async def test_depth_counts_visible_in_flight_and_delayed(sqs: Any) -> None:
@@ -44,7 +44,8 @@ async def test_dead_endpoint_is_unreachable(
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
-        ("InvalidClientTokenId", queues.QueueAccessDenied),
+        # A key the service does not accept: re-read the credentials (fanout_core.awserrors).
+        ("InvalidClientTokenId", queues.QueueCredentialsRejected),
         ("AccessDenied", queues.QueueAccessDenied),
         ("AWS.SimpleQueueService.NonExistentQueue", queues.QueueNotFound),
         ("RequestThrottled", queues.QueueUnreachable),
@@ -64,11 +65,11 @@ def test_missing_credentials_are_access_denied() -> None:
 
 
 @pytest.mark.parametrize("code", ["ExpiredToken", "ExpiredTokenException", "RequestExpired"])
-def test_expired_credentials_are_their_own_class_never_denied_or_missing(code: str) -> None:
-    assert queues.classify(code) is queues.ErrorClass.CREDENTIALS_EXPIRED
-    error = botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "m"}}, "GetQueueAttributes")
+def test_expired_credentials_are_a_credential_problem_never_denied_or_missing(code: str) -> None:
+    response = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+    error = botocore.exceptions.ClientError(response, "GetQueueAttributes")  # type: ignore[arg-type]
     translated = queues._translate(error, "url")
-    assert type(translated) is queues.QueueCredentialsExpired
+    assert type(translated) is queues.QueueCredentialsRejected
     assert not isinstance(translated, queues.QueueNotFound | queues.QueueAccessDenied)
 
 
@@ -151,7 +152,7 @@ async def test_credentials_that_stay_expired_are_reported_as_expired(
     endpoint, url = rotating_sqs
     endpoint.expire_every_key = True
     async with queues.SqsDepthReader() as reader:
-        with pytest.raises(queues.QueueCredentialsExpired) as caught:
+        with pytest.raises(queues.QueueCredentialsRejected) as caught:
             await reader.depth(url, "us-east-1")
-    assert caught.value.reason == "QueueCredentialsExpired"
+    assert caught.value.reason == "QueueCredentialsRejected"
     assert endpoint.keys_seen == ["OLDKEY", "NEWKEY"]  # one fresh try, then the loop's backoff

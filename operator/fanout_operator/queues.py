@@ -9,70 +9,36 @@ botocore's exceptions are translated where they enter, into this tree, so the sc
 say *why* it is degraded without knowing botocore::
 
     QueueError
-    ├── QueueUnreachable         endpoint down, DNS, timeouts, throttled API
-    ├── QueueAccessDenied        no / wrong credentials, missing IAM permission
-    ├── QueueCredentialsExpired  ExpiredToken, ExpiredTokenException, RequestExpired
-    └── QueueNotFound            the URL names no queue
+    ├── QueueUnreachable          endpoint down, DNS, timeouts, throttled API, a refused request
+    ├── QueueAccessDenied         no credentials at all, missing IAM permission
+    ├── QueueCredentialsRejected  ExpiredToken, RequestExpired, InvalidClientTokenId, ...
+    └── QueueNotFound             the URL names no queue
 
-An AWS error code is classified by one function, :func:`classify` (to be replaced by the shared
-classifier when there is one). Expired credentials are a credential problem, never "denied" and
+What an AWS error code means is decided once, for the whole project, by
+``fanout_core.awserrors.classify``; this module only maps its kinds onto the tree. A credential
+the service does not accept (expired above all) is a credential problem, never "denied" and
 never "no such queue": the reader drops its client, so the next one re-reads the credentials
 (an IRSA or Pod Identity token, a rotated file), and retries once at once; if they are still
-expired the round is degraded and retried with the scaling loop's backoff.
+refused the round is degraded and retried with the scaling loop's backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 from typing import Any, Protocol
 
 import aiobotocore.config
 import aiobotocore.session
 import botocore.exceptions
 
+from fanout_core import awserrors
+
 ATTRIBUTES = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
 )
-_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "MissingAuthenticationToken",
-        "InvalidSecurity",
-        "KMS.AccessDeniedException",
-    }
-)
-_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
-_NOT_FOUND_CODES = frozenset(
-    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
-)
-
-
-class ErrorClass(enum.Enum):
-    """What an AWS error code means for reading a queue."""
-
-    NOT_FOUND = "not found"
-    DENIED = "denied"
-    CREDENTIALS_EXPIRED = "credentials expired"  # re-read the credentials, then retry
-    UNAVAILABLE = "unavailable"  # retry later
-
-
-def classify(code: str) -> ErrorClass:
-    """The class of an AWS error code (``Error.Code`` of a botocore ``ClientError``)."""
-    if code in _EXPIRED_CODES:
-        return ErrorClass.CREDENTIALS_EXPIRED
-    if code in _NOT_FOUND_CODES:
-        return ErrorClass.NOT_FOUND
-    if code in _DENIED_CODES or "AccessDenied" in code:
-        return ErrorClass.DENIED
-    return ErrorClass.UNAVAILABLE
 
 
 class QueueError(Exception):
@@ -93,8 +59,8 @@ class QueueNotFound(QueueError):
     reason = "QueueNotFound"
 
 
-class QueueCredentialsExpired(QueueError):
-    reason = "QueueCredentialsExpired"
+class QueueCredentialsRejected(QueueError):
+    reason = "QueueCredentialsRejected"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +76,14 @@ class DepthReader(Protocol):
 
 def _translate(error: Exception, queue_url: str) -> QueueError:
     if isinstance(error, botocore.exceptions.ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
+        code, status = awserrors.code_and_status(error.response)
         message = str(error.response.get("Error", {}).get("Message", "")) or code
-        kind = classify(code)
-        if kind is ErrorClass.NOT_FOUND:
+        kind = awserrors.classify(code, status)
+        if kind is awserrors.Kind.NOT_FOUND:
             return QueueNotFound(f"{queue_url}: no such queue ({code})")
-        if kind is ErrorClass.CREDENTIALS_EXPIRED:
-            return QueueCredentialsExpired(f"{queue_url}: AWS credentials expired ({code}: {message})")
-        if kind is ErrorClass.DENIED:
+        if kind is awserrors.Kind.CREDENTIALS:
+            return QueueCredentialsRejected(f"{queue_url}: AWS credentials not accepted ({code}: {message})")
+        if kind is awserrors.Kind.DENIED:
             return QueueAccessDenied(f"{queue_url}: {code}: {message}")
         return QueueUnreachable(f"{queue_url}: {code}: {message}")
     if isinstance(
@@ -184,7 +150,7 @@ class SqsDepthReader:
     async def depth(self, queue_url: str, region: str | None) -> Depth:
         try:
             reply = await self._read(queue_url, region)
-        except QueueCredentialsExpired:
+        except QueueCredentialsRejected:
             await self._drop(region)  # the next client re-reads the credentials
             reply = await self._read(queue_url, region)
         attributes = reply.get("Attributes", {})
