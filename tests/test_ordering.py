@@ -104,17 +104,80 @@ def test_dead_lettered_message_does_not_block() -> None:
     assert names(lanes.start_ready(0, limit=1)) == ["next"]
 
 
-def test_fifo_failure_hands_back_the_rest_of_the_group_in_arrival_order() -> None:
+def test_fifo_lane_runs_in_sequence_number_order_whatever_the_arrival_order() -> None:
+    # Two pollers (or an SQS implementation that does not lock the group) can hand a
+    # group's messages over out of order: the sequence number decides, not the arrival.
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=True, hold_limit_seconds=60)
-    # event times are ignored on FIFO queues: arrival (sequence) order rules
-    for item in [Item("g1", "g", 30), Item("g2", "g", 10), Item("g3", "g", 20), Item("h1", "h", 0)]:
+    for item in [Item("g3", "g", 30), Item("g1", "g", 10), Item("g2", "g", 20)]:
+        add(lanes, item)
+    seen = []
+    while started := lanes.start_ready(0, limit=1):
+        seen.extend(names(started))
+        lanes.finish("g", ordering.Result.DONE, identities=started[0].item.identities, now=0)
+    assert seen == ["g1", "g2", "g3"]
+
+
+def test_fifo_failure_hands_back_the_group_refuses_it_until_due_then_waits_for_the_failed_one() -> None:
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=True, hold_limit_seconds=60)
+    for item in [Item("g1", "g", 1), Item("g3", "g", 3), Item("g2", "g", 2), Item("h1", "h", 0)]:
         add(lanes, item)
     started = lanes.start_ready(0, limit=10)
     assert names(started) == ["g1", "h1"]
-    released = lanes.finish("g", ordering.Result.FAILED, identities=started[0].item.identities, now=0)
-    assert [item.name for item in released] == ["g2", "g3"]
-    assert not lanes.is_blocked("g")
+    released = lanes.finish(
+        "g",
+        ordering.Result.FAILED,
+        identities=started[0].item.identities,
+        now=0,
+        hold_seconds=9.0,
+        due_seconds=4.0,
+    )
+    assert [item.name for item in released] == ["g2", "g3"]  # back to the queue at once
     assert lanes.start_ready(0, limit=10) == []
+    # Before the failed message is due, a later one of its group is refused, with the time left.
+    assert lanes.add("g", Item("g2", "g", 2), identities=frozenset({"g2"}), order=2, now=1) == 3.0
+    assert list(lanes.pending_items()) == []
+    # After that, arrivals wait for it (an SQS double may serve the group's tail first)...
+    assert lanes.add("g", Item("g3", "g", 3), identities=frozenset({"g3"}), order=3, now=4.5) is None
+    assert lanes.start_ready(4.5, limit=10) == []
+    # ...and when it is back it goes first.
+    assert lanes.add("g", Item("g1", "g", 1), identities=frozenset({"g1"}), order=1, now=5) is None
+    assert lanes.add("g", Item("g2", "g", 2), identities=frozenset({"g2"}), order=2, now=5) is None
+    seen = []
+    while ready := lanes.start_ready(5, limit=10):
+        seen.extend(names(ready))
+        lanes.finish("g", ordering.Result.DONE, identities=ready[0].item.identities, now=5)
+    assert seen == ["g1", "g2", "g3"]
+
+
+def test_fifo_lane_opens_again_when_the_failed_message_went_elsewhere() -> None:
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=True, hold_limit_seconds=60)
+    add(lanes, Item("g1", "g", 1))
+    (first,) = lanes.start_ready(0, limit=1)
+    lanes.finish(
+        "g",
+        ordering.Result.FAILED,
+        identities=first.item.identities,
+        now=0,
+        hold_seconds=3.0,
+        due_seconds=1.0,
+    )
+    assert lanes.add("g", Item("g2", "g", 2), identities=frozenset({"g2"}), order=2, now=1.5) is None
+    assert lanes.start_ready(2.9, limit=1) == []
+    assert names(lanes.start_ready(3.0, limit=1)) == ["g2"]
+
+
+def test_a_redelivered_fifo_message_alone_is_sent_back_once_so_its_group_is_read_again() -> None:
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=True, hold_limit_seconds=60)
+    tail = Item("g3", "g", 3)
+    assert lanes.add("g", tail, identities=tail.identities, order=3, now=0, redelivered=True) == 0.0
+    # Back again, now with its predecessors: held, and delivered after them.
+    assert lanes.add("g", tail, identities=tail.identities, order=3, now=1, redelivered=True) is None
+    head = Item("g1", "g", 1)
+    assert lanes.add("g", head, identities=head.identities, order=1, now=1, redelivered=True) is None
+    assert names(lanes.start_ready(1, limit=1)) == ["g1"]
+    # A standard lane never refuses.
+    standard: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
+    assert standard.add("g", tail, identities=tail.identities, order=3, now=0, redelivered=True) is None
 
 
 def test_limit_caps_parallel_starts_and_take_pending_empties_everything() -> None:
@@ -141,6 +204,8 @@ class LaneMachine(RuleBasedStateMachine):
         self.pending: dict[str, list[tuple[float, int, Item]]] = {}  # (position, seq, item)
         self.blocked: dict[str, tuple[Item, float]] = {}  # standard: key -> (failed item, since)
         self.comebacks: list[Item] = []  # failed items SQS may redeliver
+        self.refuse_until: dict[str, float] = {}  # FIFO: key -> end of the refusal window
+        self.reread: set[str] = set()  # FIFO: redelivered items already sent back once
         self.started_any = False
 
     @rule(fifo=st.booleans())
@@ -149,14 +214,39 @@ class LaneMachine(RuleBasedStateMachine):
         self.fifo = fifo
         self.lanes = ordering.Lanes(fifo=fifo, hold_limit_seconds=10)
 
-    def _add(self, item: Item) -> None:
-        add(self.lanes, item, self.now)
+    def _add(self, item: Item, *, redelivered: bool = False) -> None:
+        refused = self.lanes.add(
+            item.key,
+            item,
+            identities=item.identities,
+            order=item.order,
+            now=self.now,
+            redelivered=redelivered,
+        )
         self.seq += 1
-        position = float(self.seq) if self.fifo else item.order
+        position = item.order
         blocked = self.blocked.get(item.key)
         if blocked is not None and blocked[0] == item:
             position = float("-inf")
             del self.blocked[item.key]
+            self.refuse_until.pop(item.key, None)
+        elif self.fifo:
+            until = self.refuse_until.get(item.key)
+            if until is not None and self.now < until:
+                assert refused == until - self.now, "refused for the time until the failed one is due"
+                return
+            self.refuse_until.pop(item.key, None)
+            self._expire(item.key)
+            idle = (
+                not self.pending.get(item.key)
+                and item.key not in self.running
+                and item.key not in self.blocked
+            )
+            if redelivered and idle and item.name not in self.reread:
+                self.reread.add(item.name)
+                assert refused == 0.0, "a redelivered message alone is sent back once"
+                return
+        assert refused is None
         self._expire(item.key)
         self.pending.setdefault(item.key, []).append((position, self.seq, item))
 
@@ -164,6 +254,7 @@ class LaneMachine(RuleBasedStateMachine):
         blocked = self.blocked.get(key)
         if blocked is not None and self.now >= blocked[1] + 10:
             del self.blocked[key]
+            self.refuse_until.pop(key, None)
 
     @rule(key=st.sampled_from("abc"), order=st.integers(0, 5))
     def add_new(self, key: str, order: int) -> None:
@@ -174,7 +265,7 @@ class LaneMachine(RuleBasedStateMachine):
     def failed_comes_back(self, data: st.DataObject) -> None:
         item = data.draw(st.sampled_from(self.comebacks))
         self.comebacks.remove(item)
-        self._add(item)
+        self._add(item, redelivered=True)
 
     @rule(seconds=st.floats(0, 6))
     def advance(self, seconds: float) -> None:
@@ -202,24 +293,30 @@ class LaneMachine(RuleBasedStateMachine):
         ]
         assert len(started) == limit or not ready_left, "a ready lane was left waiting below the limit"
 
-    @rule(data=st.data(), result=st.sampled_from(list(ordering.Result)))
+    @rule(
+        data=st.data(),
+        result=st.sampled_from(list(ordering.Result)),
+        due=st.one_of(st.none(), st.floats(0.5, 12)),
+    )
     @precondition(lambda self: bool(self.running))
-    def finish(self, data: st.DataObject, result: ordering.Result) -> None:
+    def finish(self, data: st.DataObject, result: ordering.Result, due: float | None) -> None:
         key = data.draw(st.sampled_from(sorted(self.running)))
         item = self.running.pop(key)
-        released = self.lanes.finish(key, result, identities=item.identities, now=self.now)
+        released = self.lanes.finish(key, result, identities=item.identities, now=self.now, due_seconds=due)
+        if result is ordering.Result.FAILED and self.fifo and due:
+            self.refuse_until[key] = self.now + min(due, 10)
         if result is not ordering.Result.FAILED:
             assert released == []
             self._expire(key)
             return
         self.comebacks.append(item)
+        self.blocked[key] = (item, self.now)
         if self.fifo:
             in_order = [entry[2] for entry in sorted(self.pending.get(key, []), key=lambda e: (e[0], e[1]))]
             assert released == in_order, "FIFO failure must hand back the rest of the group in order"
             self.pending[key] = []
         else:
             assert released == []
-            self.blocked[key] = (item, self.now)
 
     @invariant()
     def nothing_lost_nothing_invented(self) -> None:

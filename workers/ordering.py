@@ -14,10 +14,29 @@ the result with :meth:`Lanes.finish`. The rules, in one place:
   a retried message often comes back to another replica; the lane must not wait for
   it longer than it can plausibly take to come back here. Dead-lettered messages do
   not block.
-* FIFO queues: a lane is a message group and runs in arrival order. A failed message
-  ends the lane: its pending messages are handed back to be returned to the queue, so
-  SQS redelivers the group in order after the failed one.
+* FIFO queues: a lane is a message group and runs in ``order`` — the caller passes the
+  message's ``SentTimestamp`` and, as ``suborder``, its ``SequenceNumber`` (SQS's own
+  order within a group, which agrees with the send time; the send time comes first because
+  an SQS double, moto, draws its sequence numbers at random) — so receives that hand a
+  group's messages over out of order (two pollers, a second SQS implementation) still
+  deliver them in the group's order.
+  SQS implementations read the group lock differently (real SQS locks a group while any
+  of its messages is in flight; LocalStack serves a group's visible messages while an
+  earlier one is invisible after a visibility change; moto serves the *last* of several
+  re-visible messages of a group first), so order here rests on none of them:
 
+  - a failed message ends its lane's run: the pending messages leave the lane (the caller
+    returns them to the queue at once) and the lane waits for the failed message, like a
+    standard lane, for at most its hold;
+  - until the failed message is *due* (its retry delay), a later message of the group that
+    arrives is refused: :meth:`Lanes.add` returns the seconds until the failed one is due
+    and the caller returns the message invisible until just after that;
+  - after that, arrivals wait in the lane for the failed message, which goes first;
+  - a message SQS delivered before, alone of its group in its receive (``redelivered``),
+    that arrives at a lane with nothing of its group in hand may have predecessors still
+    invisible (a crashed replica's, or an implementation that serves the group's last
+    message first): it is refused once (``add`` returns 0: return it at once) so the group
+    is read again, in order.
 Items are opaque to this module (the caller's message records); it only reads the
 identifiers passed beside them.
 """
@@ -44,7 +63,8 @@ class Result(enum.Enum):
 
 @dataclasses.dataclass(order=True)
 class _Pending(Generic[T]):
-    order: tuple[float, int]
+    order: tuple[float, int, int]
+    """(order, suborder, arrival)."""
     item: T = dataclasses.field(compare=False)
     identities: frozenset[Hashable] = dataclasses.field(compare=False)
 
@@ -55,6 +75,16 @@ class _Lane(Generic[T]):
     running: bool = False
     blocked_by: frozenset[Hashable] = frozenset()
     blocked_until: float | None = None
+    refuse_until: float | None = None
+    """FIFO: until then (the failed message is due) later arrivals are refused."""
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and not self.running and not self.blocked_by
+
+
+REREAD_MEMORY = 10_000
+"""Redelivered FIFO messages remembered as already refused once (oldest forgotten first)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +102,7 @@ class Lanes(Generic[T]):
         self._lanes: dict[Hashable, _Lane[T]] = {}
         self._ready: dict[Hashable, None] = {}  # insertion-ordered set: fair round robin
         self._seq = itertools.count()
+        self._reread: dict[Hashable, None] = {}  # FIFO: identities refused once (insertion-ordered)
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -83,21 +114,52 @@ class Lanes(Generic[T]):
         identities: frozenset[Hashable],
         order: float,
         now: float,
-    ) -> None:
-        """Hold ``item`` in the lane of ``key``.
+        suborder: int = 0,
+        redelivered: bool = False,
+    ) -> float | None:
+        """Hold ``item`` in the lane of ``key``, or refuse it (FIFO only).
+
+        None: held. A number: refused — return ``item`` to the queue, invisible until
+        that many seconds from ``now`` (0: at once); see the module doc.
 
         ``identities`` name the message (its SQS message id and event id) so that a
         blocked lane recognises its failed message when it comes back. ``order`` is the
-        event time on standard queues (ignored on FIFO queues, which keep arrival order).
+        event time on standard queues and the send time on FIFO queues, ``suborder`` the
+        ``SequenceNumber`` (ties keep arrival order). ``redelivered``: SQS says it
+        delivered this message before (``ApproximateReceiveCount`` > 1) and it is the
+        only one of its group in its receive.
         """
-        lane = self._lanes.setdefault(key, _Lane())
-        position = float(next(self._seq)) if self.fifo else order
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        position, secondary = order, suborder
         if lane.blocked_by and identities & lane.blocked_by:
             # The failed message is back: it goes first and the lane is free again.
-            position = float("-inf")
-            lane.blocked_by, lane.blocked_until = frozenset(), None
-        heapq.heappush(lane.pending, _Pending((position, next(self._seq)), item, identities))
+            position, secondary = float("-inf"), 0
+            lane.blocked_by, lane.blocked_until, lane.refuse_until = frozenset(), None, None
+        elif self.fifo:
+            refusal = self._fifo_refusal(lane, identities, now, redelivered)
+            if refusal is not None:
+                self._forget_if_idle(key, lane)
+                return refusal
+        heapq.heappush(lane.pending, _Pending((position, secondary, next(self._seq)), item, identities))
         self._mark_if_ready(key, lane, now)
+        return None
+
+    def _fifo_refusal(
+        self, lane: _Lane[T], identities: frozenset[Hashable], now: float, redelivered: bool
+    ) -> float | None:
+        if lane.refuse_until is not None:
+            if lane.refuse_until > now:
+                return lane.refuse_until - now
+            lane.refuse_until = None
+        if redelivered and lane.idle and not any(identity in self._reread for identity in identities):
+            for identity in identities:
+                self._reread[identity] = None
+            while len(self._reread) > REREAD_MEMORY:
+                del self._reread[next(iter(self._reread))]
+            return 0.0
+        return None
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -123,25 +185,28 @@ class Lanes(Generic[T]):
         identities: frozenset[Hashable],
         now: float,
         hold_seconds: float | None = None,
+        due_seconds: float | None = None,
     ) -> list[T]:
         """Record how the running message of ``key`` ended.
 
-        ``hold_seconds`` bounds how long a failure blocks a standard lane (never beyond the
-        hold limit): the caller knows when the failed message is due back.
-        Returns the messages that must go back to the queue now (FIFO failure),
-        which leave the lane.
+        ``hold_seconds`` bounds how long a failure blocks the lane (never beyond the hold
+        limit): the caller knows when the failed message is due back. ``due_seconds``
+        (FIFO): when it is due, the end of the window in which later arrivals are refused.
+        Returns the messages that must go back to the queue at once (FIFO failure), in
+        group order, which leave the lane.
         """
         lane = self._lanes[key]
         lane.running = False
         released: list[T] = []
         if result is Result.FAILED:
+            hold = self.hold_limit_seconds if hold_seconds is None else hold_seconds
+            lane.blocked_by = identities
+            lane.blocked_until = now + min(hold, self.hold_limit_seconds)
             if self.fifo:
                 released = [entry.item for entry in sorted(lane.pending)]
                 lane.pending.clear()
-            else:
-                hold = self.hold_limit_seconds if hold_seconds is None else hold_seconds
-                lane.blocked_by = identities
-                lane.blocked_until = now + min(hold, self.hold_limit_seconds)
+                if due_seconds:
+                    lane.refuse_until = now + min(due_seconds, self.hold_limit_seconds)
         self._mark_if_ready(key, lane, now)
         self._forget_if_idle(key, lane)
         return released
@@ -188,7 +253,7 @@ class Lanes(Generic[T]):
 
     def _mark_if_ready(self, key: Hashable, lane: _Lane[T], now: float) -> None:
         if lane.blocked_until is not None and lane.blocked_until <= now:
-            lane.blocked_by, lane.blocked_until = frozenset(), None
+            lane.blocked_by, lane.blocked_until, lane.refuse_until = frozenset(), None, None
         if lane.pending and not lane.running and not lane.blocked_by:
             self._ready[key] = None
 
@@ -199,5 +264,5 @@ class Lanes(Generic[T]):
                 self._forget_if_idle(key, lane)
 
     def _forget_if_idle(self, key: Hashable, lane: _Lane[T]) -> None:
-        if not lane.pending and not lane.running and not lane.blocked_by:
-            del self._lanes[key]
+        if lane.idle:
+            self._lanes.pop(key, None)
