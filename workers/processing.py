@@ -20,7 +20,8 @@
    circuit opened              wait until the sink takes work again, deliver again — no attempt
                                is counted and SQS's receive count does not grow
    Retry                       one failed attempt (counted in the store): visibility = Retry-After
-                               or backoff; after ``retry.maxAttempts`` attempts: dead-letter
+                               or backoff (FIFO, up to a minute: wait in place, the group kept in
+                               hand); after ``retry.maxAttempts`` attempts: dead-letter
    Permanent / poison          dead-letter with the reason
    ==========================  ====================================================================
 
@@ -44,7 +45,6 @@ still running then are cancelled and their messages given back.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -63,6 +63,11 @@ _COMPLETE_ATTEMPTS = 3
 _IN_PROGRESS_RETRY_SECONDS = 5.0
 _MIN_REDELIVERY_GRACE_SECONDS = 5.0
 _DEAD_LETTER_LEASE_SECONDS = 60.0
+_IN_PLACE_RETRY_LIMIT_SECONDS = 60.0
+"""FIFO: a failed message waits in place (its group kept in hand) for delays up to this."""
+_FIFO_SETTLE_SECONDS = 0.25
+"""With several pollers, how long a FIFO message waits at an idle group for a concurrent
+receive's earlier message of the group (see ``ordering``)."""
 _FIFO_HAND_BACK_MARGIN_SECONDS = 1.0
 """A FIFO group handed back becomes visible this long after its failed head is due."""
 
@@ -142,8 +147,14 @@ class Processor:
         self._jitter = jitter
         self._fifo = spec.queue.is_fifo
         self._filter = filtering.EventFilter(spec.filter.event_types)
+        # After its delay a retried message is visible again; one or two long polls later it is
+        # back in our hands, unless another replica took it.
+        self._redelivery_grace = max(_MIN_REDELIVERY_GRACE_SECONDS, 2.0 * spec.queue.wait_time_seconds + 1.0)
         self._lanes: ordering.Lanes[settling.Received] = ordering.Lanes(
-            fifo=self._fifo, hold_limit_seconds=spec.ordering.hold_limit_seconds
+            fifo=self._fifo,
+            hold_limit_seconds=spec.ordering.hold_limit_seconds,
+            reread_hold_seconds=self._redelivery_grace,
+            settle_seconds=_FIFO_SETTLE_SECONDS if spec.queue.pollers > 1 else 0.0,
         )
         self._lease_seconds = float(
             spec.idempotency.lease_seconds
@@ -153,9 +164,6 @@ class Processor:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[Any]] = set()
         self._running = 0
-        # After its delay a retried message is visible again; one or two long polls later it is
-        # back in our hands, unless another replica took it.
-        self._redelivery_grace = max(_MIN_REDELIVERY_GRACE_SECONDS, 2.0 * spec.queue.wait_time_seconds + 1.0)
         self._wake = asyncio.Event()
         self._accepting = True
         self._draining = asyncio.Event()
@@ -164,17 +172,25 @@ class Processor:
 
     def submit(self, records: Sequence[settling.Received]) -> None:
         """Take the messages of one receive; never raises, never blocks."""
-        groups = collections.Counter(record.group_id for record in records) if self._fifo else None
+        if self._fifo:
+            # A message its lane waits for goes first: the rest of its group then sorts in behind.
+            records = sorted(
+                records,
+                key=lambda record: (
+                    not self._lanes.awaits(
+                        ("group", record.group_id), frozenset({("message", record.message_id)})
+                    )
+                ),
+            )
         for record in records:
-            alone = groups is None or groups[record.group_id] == 1
             try:
-                self._intake(record, alone=alone)
+                self._intake(record)
             except Exception as error:  # a bug in intake must not leave the message held forever
                 log.exception("intake failed; dead-lettering the message")
                 reason = f"could not be taken in ({type(error).__name__})"
                 self._spawn_chore(self._dead_letter(record, ReasonClass.POISON, reason))
 
-    def _intake(self, record: settling.Received, *, alone: bool) -> None:
+    def _intake(self, record: settling.Received) -> None:
         if not self._accepting:
             self._settler.give_back([record])
             return
@@ -204,7 +220,7 @@ class Processor:
             order=float("inf") if order is None else order,
             suborder=suborder,
             now=self._clock(),
-            redelivered=record.receive_count > 1 and alone,
+            redelivered=record.receive_count > 1,
         )
         if refused is not None:
             # FIFO: back to the queue, to come again behind the group's earlier messages.
@@ -222,10 +238,12 @@ class Processor:
             return ("key", event.ordering_key)
         return ("message", record.message_id)
 
-    @staticmethod
-    def _identities(record: settling.Received) -> frozenset[Hashable]:
+    def _identities(self, record: settling.Received) -> frozenset[Hashable]:
+        """What a lane recognises a message by when it comes back. Standard queues: its
+        message id or its event id (a retried event may return as an SNS redelivery). FIFO:
+        the message id only — a duplicate of the event is a different place in the group."""
         names: set[Hashable] = {("message", record.message_id)}
-        if record.event is not None:
+        if record.event is not None and not self._fifo:
             names.add(("event", record.event.event_id))
         return frozenset(names)
 
@@ -309,7 +327,8 @@ class Processor:
             try:
                 outcome = await self._sink.deliver(event, admission)
             finally:
-                self._claims.pop(event.event_id, None)
+                if admission.state is dedupe.ClaimState.CLAIMED:  # ours: stop renewing it
+                    self._claims.pop(event.event_id, None)
             if isinstance(outcome, events.NotSent):
                 return self._not_sent(record, event, admission)
             if isinstance(outcome, events.Delivered):
@@ -324,9 +343,17 @@ class Processor:
             sink_wide = self._sink_wide(outcome)
             if sink_wide is None:
                 assert isinstance(outcome, events.Retry)
-                return await self._failed_attempt(
-                    record, event, outcome.delay_seconds, ReasonClass.TRANSIENT, outcome.reason
-                )
+                attempts = max(1, await self._release(event, failed=True))
+                delay = self._in_place_delay(attempts, outcome.delay_seconds)
+                if delay is None:
+                    return await self._retry_or_give_up(
+                        record, event, attempts, outcome.delay_seconds, ReasonClass.TRANSIENT, outcome.reason
+                    )
+                self._telemetry.retried(record.message, event, delay, ReasonClass.TRANSIENT, outcome.reason)
+                if not await self._wait_for_sink(ReasonClass.TRANSIENT, 0, pause=delay):
+                    self._settler.give_back([record])  # shutting down
+                    return self._failed_ending(0.0)
+                continue
             # The sink's failure, not the event's: keep the message and try again once the
             # sink takes work — no attempt counted, no trip through SQS.
             await self._release(event, failed=False)
@@ -347,7 +374,23 @@ class Processor:
                 return ReasonClass.CIRCUIT_OPEN
         return None
 
-    async def _wait_for_sink(self, reason: ReasonClass, waits: int) -> bool:
+    def _in_place_delay(self, attempts: int, delay: float | None) -> float | None:
+        """FIFO: how long a failed message waits in place before its next attempt, or None to
+        retry through the queue (not FIFO, attempts used up, or a long delay).
+
+        A FIFO message retried in place keeps its whole group in our hands, in order: no
+        visibility change and nothing handed back, so order does not depend on what the SQS
+        implementation makes of a group whose head waits out a visibility change
+        (LocalStack serves the rest of the group at once). Long delays still go through the
+        queue: a group waiting minutes should not hold in-flight budget.
+        """
+        if not self._fifo or retrying.attempts_exhausted(attempts, self._spec.retry):
+            return None
+        if delay is None:
+            delay = retrying.backoff_delay(attempts, self._spec.retry, random=self._jitter)
+        return delay if delay <= _IN_PLACE_RETRY_LIMIT_SECONDS else None
+
+    async def _wait_for_sink(self, reason: ReasonClass, waits: int, *, pause: float = 0.0) -> bool:
         """Wait until the sink takes work again; False when the worker started draining.
 
         A paused sink (Retry-After) or an open circuit says itself when it takes work again.
@@ -355,7 +398,6 @@ class Processor:
         event then also waits a backoff, so a downstream that keeps answering 429 is never
         hammered by one event.
         """
-        pause = 0.0
         if reason is ReasonClass.THROTTLED and self._sink.accepting:
             pause = retrying.backoff_delay(waits, self._spec.retry, random=self._jitter)
 
@@ -396,10 +438,22 @@ class Processor:
         reason_class: ReasonClass,
         reason: str,
     ) -> _Ending:
-        """One failed delivery of ``event``: retry after a backoff, or give up."""
+        """One failed delivery of ``event`` (counted now): retry after a backoff, or give up."""
         attempts = record.receive_count
         if event is not None:
             attempts = max(1, await self._release(event, failed=True))
+        return await self._retry_or_give_up(record, event, attempts, delay, reason_class, reason)
+
+    async def _retry_or_give_up(
+        self,
+        record: settling.Received,
+        event: events.Event | None,
+        attempts: int,
+        delay: float | None,
+        reason_class: ReasonClass,
+        reason: str,
+    ) -> _Ending:
+        """After ``attempts`` failed deliveries: back to the queue for a backoff, or give up."""
         if retrying.attempts_exhausted(attempts, self._spec.retry):
             return await self._give_up(
                 record, ReasonClass.EXHAUSTED, f"gave up after {attempts} attempts; last: {reason}"
@@ -413,8 +467,11 @@ class Processor:
     def _failed_ending(self, delay: float) -> _Ending:
         """The failed message is due in ``delay`` seconds; its lane waits about as long as it
         takes to come back. With several replicas it may well come back to another one, and
-        the lane must not wait for that forever."""
-        return _Ending(ordering.Result.FAILED, hold=delay + self._redelivery_grace, due=delay)
+        the lane must not wait for that forever. A FIFO lane waits twice as long: SQS serves
+        nothing else of the group while its head is away, so waiting costs nothing there, and
+        an SQS double that is slow to give the head back must not see its group overtaken."""
+        grace = 2 * self._redelivery_grace if self._fifo else self._redelivery_grace
+        return _Ending(ordering.Result.FAILED, hold=delay + grace, due=delay)
 
     async def _give_up(self, record: settling.Received, reason_class: ReasonClass, reason: str) -> _Ending:
         """Dead-letter; a failed copy keeps the message and its lane waits for it."""
@@ -472,21 +529,29 @@ class Processor:
     async def _renew_claims_forever(self) -> None:
         """Keep the leases of events still in the sink alive: a long request or a slow
         batch never lets another replica claim an event that is being delivered."""
-        interval = max(0.5, self._lease_seconds / 3)
+        # A claim is renewed once a third of its lease is gone, at the latest at half of it.
+        age = self._lease_seconds / 3
+        interval = max(0.1, self._lease_seconds / 6)
         while True:
             await asyncio.sleep(interval)
-            due = self._clock() - interval
-            for event_id, since in list(self._claims.items()):
-                if since > due or event_id not in self._claims:
-                    continue
-                try:
-                    if await self._store.renew(event_id, lease_seconds=self._lease_seconds):
-                        self._claims[event_id] = self._clock()
-                    else:
-                        log.warning("lost the claim of an event in the sink", extra={"event_id": event_id})
-                        self._claims.pop(event_id, None)
-                except dedupe.StoreError as error:
-                    log.warning("could not renew a claim: %s", error)
+            due = self._clock() - age
+            stale = [event_id for event_id, since in self._claims.items() if since <= due]
+            if stale:
+                await asyncio.gather(*(self._renew(event_id) for event_id in stale))
+
+    async def _renew(self, event_id: events.EventId) -> None:
+        try:
+            renewed = await self._store.renew(event_id, lease_seconds=self._lease_seconds)
+        except dedupe.StoreError as error:
+            log.warning("could not renew a claim: %s", error)
+            return
+        if event_id not in self._claims:
+            return  # answered meanwhile
+        if renewed:
+            self._claims[event_id] = self._clock()
+        else:
+            log.warning("lost the claim of an event in the sink", extra={"event_id": event_id})
+            del self._claims[event_id]
 
     async def _complete(self, event: events.Event) -> None:
         for attempt in range(1, _COMPLETE_ATTEMPTS + 1):
