@@ -27,6 +27,9 @@ from typing import Any
 
 from fanout_core import filterpolicies, policies, spec, topology
 
+AWS_MANAGED_SQS_KEY = "alias/aws/sqs"
+"""SQS's AWS managed key: its key policy admits SQS's own callers only, never SNS."""
+
 
 class Severity(enum.StrEnum):
     ERROR = "error"
@@ -530,26 +533,25 @@ def _dropped_event_types(desired: topology.Desired, actual: filterpolicies.Filte
 def _encryption(
     desired: topology.Desired, queue: topology.Queue, observed: topology.Observed
 ) -> Iterator[Finding]:
-    key = observed.key.value
-    if key is None or not queue.attributes.get("KmsMasterKeyId"):
-        return
+    key_id = queue.attributes.get("KmsMasterKeyId")
     subscriptions = observed.subscriptions.value or ()
-    if desired.topic_arn is None and not subscriptions:
+    if not key_id or (desired.topic_arn is None and not subscriptions):
         return
     topic_arn = desired.topic_arn or subscriptions[0].topic_arn
-    if key.manager == "AWS":
+    key = observed.key.value
+    if key_id == AWS_MANAGED_SQS_KEY or (key is not None and key.manager == "AWS"):
         yield Finding(
             Reason.AWS_MANAGED_KEY_BLOCKS_SNS,
             Severity.ERROR,
             queue.url,
-            f"the queue is encrypted with an AWS managed key ({key.key_id}), whose key policy SNS can "
-            "never use: SNS fails every delivery, silently.",
+            f"the queue is encrypted with an AWS managed key ({key.key_id if key else key_id}), whose "
+            "key policy SNS can never use: SNS fails every delivery, silently.",
             "encrypt the queue with a customer managed key whose policy allows sns.amazonaws.com "
             "kms:GenerateDataKey and kms:Decrypt, or with SSE-SQS (SqsManagedSseEnabled=true).",
         )
         return
-    policy = key.policy.value
-    if policy is None:
+    policy = key.policy.value if key is not None else None
+    if key is None or policy is None:
         return
     missing = policies.key_allows_sns(policy, topic_arn)
     if missing:

@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fanout_core import awsclients, awserrors, topology
+from fanout_core import awsclients, awserrors, findings, topology
 
 T = TypeVar("T")
 _TOLERATED = (awserrors.Kind.DENIED, awserrors.Kind.NOT_FOUND)
@@ -60,7 +60,7 @@ async def inspect(clients: awsclients.Clients, desired: topology.Desired) -> top
         topics[topic_arn] = await _read(functools.partial(topic_state, clients, topic_arn))
     key: topology.Read[topology.Key] = topology.Read()
     key_id = source.attributes.get("KmsMasterKeyId")
-    if key_id and topic_arns:
+    if key_id and topic_arns and key_id != findings.AWS_MANAGED_SQS_KEY:
         key = await _read(lambda: key_state(clients, key_id))
     return topology.Observed(
         queue=queue,

@@ -10,7 +10,8 @@ it to build its pipes; :func:`delete_created` runs when such a FanoutConsumer is
 2. the queue — created with the redrive policy, or adopted: its redrive policy set when it
    has none, targets another queue or cuts ``retry.maxAttempts`` short;
 3. the queue policy — the statement that lets exactly ``spec.topology.topicArn`` send,
-   added beside whatever else the policy says (by its Sid, so it is written once);
+   added beside whatever else the policy says (by its Sid, so it is written once), in the
+   same ``SetQueueAttributes`` as the redrive policy when both change;
 4. the subscription — created with its filter policy, scope and raw delivery, or adopted
    and set to them;
 5. the idempotency table (``store: dynamodb``) — created (``id`` String HASH, on demand,
@@ -86,7 +87,6 @@ async def provision(
     dead_letter = await _dead_letter_queue(run)
     queue = await _queue(run, dead_letter)
     if desired.topic_arn is not None:
-        await _queue_policy(run, queue)
         await _subscription(run, queue.arn)
     if desired.table is not None:
         await _table(run, desired.table, sleep)
@@ -168,26 +168,33 @@ async def _queue(run: _Run, dead_letter: topology.Queue) -> topology.Queue:
     desired = run.desired
     queue = await _existing_queue(run, desired.queue.url)
     if queue is None:
-        return await _create_queue(run, desired.queue, desired.queue_attributes(dead_letter.arn))
-    await _owned_queue(run, queue)
+        queue = await _create_queue(run, desired.queue, desired.queue_attributes(dead_letter.arn))
+    else:
+        await _owned_queue(run, queue)
+    changes: dict[str, str] = {}
+    said: list[str] = []
     redrive = queue.redrive()
     if (
         redrive is None
         or redrive.target_arn != dead_letter.arn
         or redrive.max_receive_count < desired.max_attempts
     ):
-        policy = {"RedrivePolicy": desired.redrive_policy(dead_letter.arn)}
-        await _set_queue_attributes(run, queue, policy, "redrive policy set")
+        changes["RedrivePolicy"] = desired.redrive_policy(dead_letter.arn)
+        said.append("redrive policy set")
+    current_policy = queue.attributes.get("Policy")
+    policy = desired.queue_policy(current_policy, queue.arn)
+    if policy is not None:
+        changes["Policy"] = policy
+        said.append(f"queue policy lets {desired.topic_arn} send")
+    elif changes and current_policy:
+        # Repeated as it is: SQS keeps a policy a write does not name, but some of its
+        # stand-ins (moto) drop it.
+        changes["Policy"] = current_policy
+    if changes:
+        # One write: the redrive policy and the statement for the topic land together.
+        await _set_queue_attributes(run, queue, changes, ", ".join(said))
         queue = await inspecting.queue_state(run.clients, queue.url)
     return queue
-
-
-async def _queue_policy(run: _Run, queue: topology.Queue) -> None:
-    policy = run.desired.queue_policy(queue.attributes.get("Policy"), queue.arn)
-    if policy is not None:
-        await _set_queue_attributes(
-            run, queue, {"Policy": policy}, f"queue policy lets {run.desired.topic_arn} send"
-        )
 
 
 async def _subscription(run: _Run, queue_arn: str) -> None:
