@@ -519,7 +519,7 @@ def _filter(
 def _dropped_event_types(desired: topology.Desired, actual: filterpolicies.FilterPolicy) -> str:
     """The event types the consumer keeps that ``actual`` certainly rejects ("" for none known)."""
     if desired.filter_explicit:
-        return ""
+        return "" if desired.filter_policy is not None else "spec.topology.subscription.filterPolicy is {}"
     if not desired.event_types:
         return "spec.filter keeps every event"
     samples = filterpolicies.samples(desired.event_types, desired.event_type_source)

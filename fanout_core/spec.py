@@ -347,7 +347,8 @@ class SubscriptionSpec(SpecModel):
     filter_policy: dict[str, Any] | None = pydantic.Field(
         None,
         description="An explicit SNS filter policy, used instead of the one derived from "
-        "spec.filter (for attributes the derivation does not know, e.g. eventCategory).",
+        "spec.filter (for attributes the derivation does not know, e.g. eventCategory); {} = none: "
+        "every event reaches the queue and spec.filter alone decides.",
     )
     filter_policy_scope: FilterPolicyScope = pydantic.Field(
         FilterPolicyScope.MESSAGE_ATTRIBUTES, description="Scope of filterPolicy."

@@ -171,11 +171,12 @@ def desired(consumer: spec.FanoutConsumerSpec, *, owner: str, place: Place) -> D
     source = filterpolicies.EventTypeSource.of(subscription)
     region = consumer.queue.region or place.region
     patterns = tuple(consumer.filter.event_types) if consumer.filter.event_types else None
-    if subscription.filter_policy is not None:
-        policy: filterpolicies.FilterPolicy | None = filterpolicies.FilterPolicy(
+    policy: filterpolicies.FilterPolicy | None = None
+    if subscription.filter_policy:
+        policy = filterpolicies.FilterPolicy(
             document=subscription.filter_policy, scope=subscription.filter_policy_scope
         )
-    else:
+    elif subscription.filter_policy is None:
         policy = filterpolicies.derive(patterns, source)
     return Desired(
         owner=owner,

@@ -231,7 +231,13 @@ def test_a_policy_on_attributes_only_the_publisher_knows_is_judged_only_when_dec
     )
     desired = topology.desired(declared, owner="contact-center/crm-sync", place=PLACE)
     assert reasons(declared, desired, observed) == []
-    # with spec.filter set, a policy on an unknown attribute cannot be judged: a note, not a finding
+    # {} declares "no policy": the worker's filter alone decides, so a policy drops what it wants
+    none = consumer_spec(topology={"topicArn": TOPIC, "subscription": {"filterPolicy": {}}})
+    desired = topology.desired(none, owner="contact-center/crm-sync", place=PLACE)
+    assert desired.filter_policy is None
+    assert reasons(none, desired, observed) == [Reason.FILTER_POLICY_DROPS_EVENTS]
+    # with spec.filter set, a policy on an attribute only the publisher knows cannot be shown to drop
+    # kept events: it is a warning that it differs from the derived one, not an error
     filtered = consumer_spec()
     desired = topology.desired(filtered, owner="contact-center/crm-sync", place=PLACE)
     report = findings.check(filtered, desired, observed)
