@@ -60,6 +60,7 @@ class Reason(enum.StrEnum):
     IDEMPOTENCY_TABLE_KEY_SCHEMA = "IdempotencyTableKeySchema"
     IDEMPOTENCY_TABLE_TTL = "IdempotencyTableTtl"
     READ_DENIED = "ReadDenied"
+    PROVISIONING_FAILED = "ProvisioningFailed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,19 @@ class Report:
             if any(finding.severity is severity for finding in self.findings):
                 return severity
         return None
+
+
+def provisioning_failed(resource: str, error: str, *, missing_action: str | None) -> Finding:
+    """A write ``provisioning`` could not make (``missing_action``: AWS refused that action)."""
+    fix = "see the message; the next check tries again."
+    if missing_action is not None:
+        fix = (
+            f"grant {missing_action} on {resource} (the provisioning policy), or turn "
+            "spec.topology.manage off and build the topology yourself."
+        )
+    return Finding(
+        Reason.PROVISIONING_FAILED, Severity.ERROR, resource, f"provisioning stopped: {error}.", fix
+    )
 
 
 # --- rules that need only the spec --------------------------------------------------------

@@ -19,7 +19,7 @@ it to build its pipes; :func:`delete_created` runs when such a FanoutConsumer is
 
 Idempotent: a second run changes nothing and says so. What it creates it tags
 ``fanout.dev/owner: <namespace>/<name>`` (queues, tables) and reports in
-:attr:`Provisioned.created`; only those are ever deleted, and only when asked. What it
+:attr:`~fanout_core.topology.Provisioned.created`; only those are ever deleted, and only when asked. What it
 cannot fix (a table keyed differently, a KMS key policy) it leaves for ``findings`` to
 report. Each AWS call names its IAM action: the operator's provisioning policy is exactly
 these calls (tests/test_helm_iam.py).
@@ -28,8 +28,6 @@ these calls (tests/test_helm_iam.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -40,38 +38,14 @@ from fanout_core import awsclients, awserrors, filterpolicies, inspecting, topol
 TABLE_ACTIVE_TIMEOUT_SECONDS = 120.0
 
 
-class Kind(enum.StrEnum):
-    QUEUE = "queue"
-    SUBSCRIPTION = "subscription"
-    TABLE = "table"
-
-
-@dataclasses.dataclass(frozen=True)
-class Resource:
-    """Something the operator created: a queue (URL), a subscription (ARN) or a table (name)."""
-
-    kind: Kind
-    id: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Provisioned:
-    """What one :func:`provision` run found ours and what it changed (one line per change)."""
-
-    created: tuple[Resource, ...]
-    changes: tuple[str, ...]
-    queue_arn: str
-    dead_letter_url: str
-
-
 class _Run:
     def __init__(self, clients: awsclients.Clients, desired: topology.Desired) -> None:
         self.clients = clients
         self.desired = desired
-        self.created: list[Resource] = []
+        self.created: list[topology.Resource] = []
         self.changes: list[str] = []
 
-    def made(self, resource: Resource, change: str) -> None:
+    def made(self, resource: topology.Resource, change: str) -> None:
         self.created.append(resource)
         self.changes.append(change)
 
@@ -81,7 +55,7 @@ async def provision(
     desired: topology.Desired,
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> Provisioned:
+) -> topology.Provisioned:
     """Make AWS hold ``desired``'s topology; see the module docstring."""
     run = _Run(clients, desired)
     dead_letter = await _dead_letter_queue(run)
@@ -90,7 +64,7 @@ async def provision(
         await _subscription(run, queue.arn)
     if desired.table is not None:
         await _table(run, desired.table, sleep)
-    return Provisioned(
+    return topology.Provisioned(
         created=tuple(run.created),
         changes=tuple(run.changes),
         queue_arn=queue.arn,
@@ -125,7 +99,7 @@ async def _create_queue(
             f"{target.url} names account {target.account}, but the credentials created the queue in "
             f"account {created.account} ({url}); correct the URL or use credentials of that account"
         )
-    run.made(Resource(Kind.QUEUE, target.url), f"created queue {target.name}")
+    run.made(topology.Resource(topology.Kind.QUEUE, target.url), f"created queue {target.name}")
     return await inspecting.queue_state(run.clients, target.url)
 
 
@@ -135,7 +109,7 @@ async def _owned_queue(run: _Run, queue: topology.Queue) -> None:
         run.clients.sqs_client.list_queue_tags, "sqs:ListQueueTags", queue.url, QueueUrl=queue.url
     )
     if reply.get("Tags", {}).get(topology.OWNER_TAG) == run.desired.owner:
-        run.created.append(Resource(Kind.QUEUE, queue.url))
+        run.created.append(topology.Resource(topology.Kind.QUEUE, queue.url))
 
 
 async def _set_queue_attributes(
@@ -215,7 +189,10 @@ async def _subscription(run: _Run, queue_arn: str) -> None:
             ReturnSubscriptionArn=True,
         )
         arn = str(reply["SubscriptionArn"])
-        run.made(Resource(Kind.SUBSCRIPTION, arn), f"subscribed {queue_arn} to {desired.topic_arn}")
+        run.made(
+            topology.Resource(topology.Kind.SUBSCRIPTION, arn),
+            f"subscribed {queue_arn} to {desired.topic_arn}",
+        )
         return
     for subscription in confirmed:
         for name, value in _subscription_changes(subscription, wanted):
@@ -279,7 +256,7 @@ async def _table(run: _Run, name: str, sleep: Callable[[float], Awaitable[None]]
             Tags=[{"Key": key, "Value": value} for key, value in run.desired.tags().items()],
         )
         arn = str(reply["TableDescription"]["TableArn"])
-        run.made(Resource(Kind.TABLE, name), f"created table {name}")
+        run.made(topology.Resource(topology.Kind.TABLE, name), f"created table {name}")
         await _until_active(run, name, sleep)
     else:
         tags = await awsclients.call(
@@ -289,7 +266,7 @@ async def _table(run: _Run, name: str, sleep: Callable[[float], Awaitable[None]]
             t.get("Key") == topology.OWNER_TAG and t.get("Value") == run.desired.owner
             for t in tags.get("Tags", [])
         ):
-            run.created.append(Resource(Kind.TABLE, name))
+            run.created.append(topology.Resource(topology.Kind.TABLE, name))
     ttl = await awsclients.call(
         dynamodb.describe_time_to_live, "dynamodb:DescribeTimeToLive", name, TableName=name
     )
@@ -323,7 +300,7 @@ async def _until_active(run: _Run, name: str, sleep: Callable[[float], Awaitable
 
 
 async def delete_created(
-    clients: awsclients.Clients, desired: topology.Desired, created: tuple[Resource, ...]
+    clients: awsclients.Clients, desired: topology.Desired, created: tuple[topology.Resource, ...]
 ) -> list[str]:
     """Delete what :func:`provision` created, newest first; the lines say what went.
 
@@ -334,14 +311,14 @@ async def delete_created(
     done: list[str] = []
     for resource in reversed(created):
         try:
-            if resource.kind is Kind.SUBSCRIPTION:
+            if resource.kind is topology.Kind.SUBSCRIPTION:
                 await awsclients.call(
                     clients.sns_client.unsubscribe,
                     "sns:Unsubscribe",
                     resource.id,
                     SubscriptionArn=resource.id,
                 )
-            elif resource.kind is Kind.QUEUE:
+            elif resource.kind is topology.Kind.QUEUE:
                 if not await _queue_still_ours(clients, desired, resource.id):
                     continue
                 await awsclients.call(

@@ -19,6 +19,7 @@ knows from its client (:class:`Place`).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import urllib.parse
@@ -205,6 +206,33 @@ def _table(consumer: spec.FanoutConsumerSpec) -> str | None:
     if consumer.idempotency.store is spec.IdempotencyStoreType.DYNAMODB:
         return consumer.idempotency.table
     return None
+
+
+# --- what provisioning made ----------------------------------------------------------
+
+
+class Kind(enum.StrEnum):
+    QUEUE = "queue"
+    SUBSCRIPTION = "subscription"
+    TABLE = "table"
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """Something provisioning created: a queue (URL), a subscription (ARN) or a table (name)."""
+
+    kind: Kind
+    id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Provisioned:
+    """What one :func:`provision` run found ours and what it changed (one line per change)."""
+
+    created: tuple[Resource, ...]
+    changes: tuple[str, ...]
+    queue_arn: str
+    dead_letter_url: str
 
 
 # --- what AWS holds -------------------------------------------------------------------

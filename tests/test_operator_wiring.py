@@ -26,6 +26,8 @@ def test_cli_namespaces_standalone_and_no_liveness() -> None:
         "run",
         "-m",
         "fanout_operator.handlers",
+        "-m",
+        "fanout_operator.topology",
         "--namespace",
         "a",
         "--namespace",

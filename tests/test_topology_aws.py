@@ -50,7 +50,7 @@ class Lab:
     def desired(self, consumer: spec.FanoutConsumerSpec) -> topology.Desired:
         return topology.desired(consumer, owner=f"tests/{self.name}", place=self.clients.place)
 
-    async def provision(self, consumer: spec.FanoutConsumerSpec) -> provisioning.Provisioned:
+    async def provision(self, consumer: spec.FanoutConsumerSpec) -> topology.Provisioned:
         return await provisioning.provision(self.clients, self.desired(consumer))
 
     async def check(self, consumer: spec.FanoutConsumerSpec) -> findings.Report:

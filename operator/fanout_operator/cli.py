@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fanout_operator import handlers, peering
+from fanout_operator import handlers, peering, topology
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
 DEFAULT_METRICS_PORT = 8082  # next to kopf's liveness port
@@ -82,7 +82,7 @@ def _port(text: str) -> int:
 def kopf_arguments(argv: Sequence[str] | None = None, *, priority: int | None = None) -> list[str]:
     """kopf's command line for our flags: ``["run", "-m", "fanout_operator.handlers", ...]``."""
     options = parser().parse_args(argv)
-    arguments = ["run", "-m", handlers.__name__]
+    arguments = ["run", "-m", handlers.__name__, "-m", topology.__name__]
     if options.namespace:
         for namespace in options.namespace:
             arguments += ["--namespace", namespace]
