@@ -238,15 +238,15 @@ def _subscription_changes(
 
 
 async def _table(run: _Run, name: str, sleep: Callable[[float], Awaitable[None]]) -> None:
-    dynamodb = run.clients.dynamodb_client
+    dynamodb_client = run.clients.dynamodb_client
     try:
-        reply = await awsclients.call(dynamodb.describe_table, "dynamodb:DescribeTable", name, TableName=name)
+        reply = await awsclients.call(dynamodb_client.describe_table, "dynamodb:DescribeTable", name, TableName=name)
         arn = str(reply["Table"]["TableArn"])
     except awsclients.AwsError as error:
         if error.kind is not awserrors.Kind.NOT_FOUND:
             raise
         reply = await awsclients.call(
-            dynamodb.create_table,
+            dynamodb_client.create_table,
             "dynamodb:CreateTable",
             name,
             TableName=name,
@@ -260,7 +260,7 @@ async def _table(run: _Run, name: str, sleep: Callable[[float], Awaitable[None]]
         await _until_active(run, name, sleep)
     else:
         tags = await awsclients.call(
-            dynamodb.list_tags_of_resource, "dynamodb:ListTagsOfResource", arn, ResourceArn=arn
+            dynamodb_client.list_tags_of_resource, "dynamodb:ListTagsOfResource", arn, ResourceArn=arn
         )
         if any(
             t.get("Key") == topology.OWNER_TAG and t.get("Value") == run.desired.owner
@@ -268,11 +268,11 @@ async def _table(run: _Run, name: str, sleep: Callable[[float], Awaitable[None]]
         ):
             run.created.append(topology.Resource(topology.Kind.TABLE, name))
     ttl = await awsclients.call(
-        dynamodb.describe_time_to_live, "dynamodb:DescribeTimeToLive", name, TableName=name
+        dynamodb_client.describe_time_to_live, "dynamodb:DescribeTimeToLive", name, TableName=name
     )
     if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") in (None, "DISABLED"):
         await awsclients.call(
-            dynamodb.update_time_to_live,
+            dynamodb_client.update_time_to_live,
             "dynamodb:UpdateTimeToLive",
             name,
             TableName=name,
