@@ -102,6 +102,11 @@ def test_the_other_conditions_are_left_alone() -> None:
     assert parsed.conditions == after.status.conditions
 
 
+def test_the_check_interval_is_a_flag() -> None:
+    assert h.operator_settings().topology_seconds == 300
+    assert h.operator_settings("--topology-seconds", "30").topology_seconds == 30
+
+
 def test_only_manage_with_delete_deletes() -> None:
     assert operator_topology.deletes_what_it_created(
         {"topology": {"manage": True, "deletionPolicy": "Delete"}}
