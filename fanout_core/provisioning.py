@@ -240,7 +240,9 @@ def _subscription_changes(
 async def _table(run: _Run, name: str, sleep: Callable[[float], Awaitable[None]]) -> None:
     dynamodb_client = run.clients.dynamodb_client
     try:
-        reply = await awsclients.call(dynamodb_client.describe_table, "dynamodb:DescribeTable", name, TableName=name)
+        reply = await awsclients.call(
+            dynamodb_client.describe_table, "dynamodb:DescribeTable", name, TableName=name
+        )
         arn = str(reply["Table"]["TableArn"])
     except awsclients.AwsError as error:
         if error.kind is not awserrors.Kind.NOT_FOUND:
