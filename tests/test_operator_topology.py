@@ -250,11 +250,22 @@ async def _absent(client: kube.KubeClient, path: str) -> bool:
 async def _publish_and_consume(clients: awsclients.Clients, topic_arn: str, consumer: Any, sink: Any) -> None:
     source = genesys.Generator(seed=21)
     conversation = source.conversation(start_ms=1_741_964_966_000, length=4)
-    other = source.eventbridge(source.conversation(start_ms=1_741_964_966_000, length=1)[0])
-    other["detail-type"] = "v2.users.{id}.routingStatus"  # an agent event: the filter policy drops it
+    user = source.uuid()
+    other = {  # an agent event: the filter policy drops it
+        "version": "0",
+        "id": source.uuid(),
+        "detail-type": "v2.users.{id}.routingStatus",
+        "detail": {
+            "topicName": f"v2.users.{user}.routingStatus",
+            "version": "2",
+            "eventBody": {"id": user, "routingStatus": {"status": "IDLE"}},
+            "metadata": {"CorrelationId": source.uuid()},
+        },
+    }
     for message in [*(source.eventbridge(event) for event in conversation), other]:
         await clients.sns_client.publish(TopicArn=topic_arn, Message=json.dumps(message))
     wanted = {event.correlation_id for event in conversation}
+    filtered_before = _filtered(consumer.spec.queue.name)
     stop = asyncio.Event()
     task = asyncio.create_task(running.Worker(consumer, http_port=0).run(stop))
     try:
@@ -265,6 +276,13 @@ async def _publish_and_consume(clients: awsclients.Clients, topic_arn: str, cons
         stop.set()
         await asyncio.wait_for(task, timeout=30)
     assert sorted(harness.accepted_correlation_ids(sink.accepted)) == sorted(wanted)
+    # the agent event was dropped by the subscription's filter policy, not by the worker
+    assert _filtered(consumer.spec.queue.name) == filtered_before
+
+
+def _filtered(queue: str) -> float:
+    value = prometheus_client.REGISTRY.get_sample_value("fanout_events_filtered_total", {"queue": queue})
+    return value or 0.0
 
 
 async def _topology_samples(port: int, namespace: str) -> dict[tuple[str, str, str], float]:
