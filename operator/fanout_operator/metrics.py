@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import socket
+from collections.abc import Mapping
 
 import aiohttp.web
 import prometheus_client
@@ -126,6 +127,13 @@ class OperatorMetrics:
             LABELS,
             registry=r,
         )
+        self.topology_findings = gauge(
+            "fanout_operator_topology_findings",
+            "Problems the last check found in the consumer's AWS topology, by reason and severity "
+            "(status.topology.findings; 0 series: none).",
+            [*LABELS, "reason", "severity"],
+            registry=r,
+        )
         # The operator process itself: memory, CPU, open files, GC.
         prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
@@ -147,6 +155,7 @@ class ConsumerMetrics:
         self._labels = (namespace, name)
         # Which (queue_role, reason) error series exist, so forget() can remove them.
         self._error_labels: set[tuple[str, str]] = set()
+        self._topology_labels: set[tuple[str, str]] = set()
 
     def queue_depth(self, depth: queues.Depth | None) -> None:
         """The source queue's depth as just read; ``None`` (unreadable) removes the gauges."""
@@ -179,6 +188,15 @@ class ConsumerMetrics:
         self._error_labels.add(labels)
         self._families.queue_errors.labels(*self._labels, *labels).inc()
 
+    def topology(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """The last topology check: findings per (reason, severity); the others are removed."""
+        family = self._families.topology_findings
+        for labels in self._topology_labels - set(counts):
+            self._remove(family, *self._labels, *labels)
+        for labels, count in counts.items():
+            family.labels(*self._labels, *labels).set(count)
+        self._topology_labels = set(counts)
+
     def forget(self) -> None:
         """Remove every series of this consumer (its resource is gone, or no longer ours)."""
         f = self._families
@@ -197,6 +215,7 @@ class ConsumerMetrics:
         for labels in self._error_labels:
             self._remove(f.queue_errors, *self._labels, *labels)
         self._error_labels.clear()
+        self.topology({})
 
     def _set_or_remove(self, gauge: prometheus_client.Gauge, value: float | None) -> None:
         if value is None:

@@ -36,6 +36,7 @@ class ConditionType(enum.StrEnum):
     READY = "Ready"
     SCALING = "Scaling"
     DEGRADED = "Degraded"
+    TOPOLOGY_READY = "TopologyReady"
 
 
 class Condition(StatusModel):
@@ -80,6 +81,31 @@ class ScalerMemory(StatusModel):
     )
 
 
+class TopologyFinding(StatusModel):
+    """One problem of the consumer's AWS topology (fanout_core.findings)."""
+
+    reason: str
+    severity: Literal["error", "warning", "unknown"]
+    resource: str
+    message: str
+    fix: str
+
+
+class TopologyResource(StatusModel):
+    """An AWS resource the operator created for this consumer (what deletionPolicy Delete removes)."""
+
+    kind: Literal["queue", "subscription", "table"]
+    id: str = pydantic.Field(description="Queue URL, subscription ARN or table name.")
+
+
+class TopologyStatus(StatusModel):
+    """The last check of the consumer's AWS topology."""
+
+    checked_at: str | None = None
+    findings: list[TopologyFinding] = pydantic.Field(default_factory=list)
+    created: list[TopologyResource] = pydantic.Field(default_factory=list)
+
+
 class FanoutConsumerStatus(StatusModel):
     """status of a FanoutConsumer."""
 
@@ -95,6 +121,7 @@ class FanoutConsumerStatus(StatusModel):
     reason: str | None = pydantic.Field(None, description="Why the last decision was taken.")
     conditions: list[Condition] = pydantic.Field(default_factory=list)
     scaler: ScalerMemory | None = None
+    topology: TopologyStatus | None = None
 
 
 def generation_of(body: Mapping[str, Any]) -> int | None:
@@ -149,15 +176,16 @@ def _with_removals(full: dict[str, object], lean: dict[str, object]) -> dict[str
 def set_condition(
     conditions: list[Condition],
     kind: ConditionType,
-    state: bool,
+    state: bool | None,
     reason: str,
     message: str,
     *,
     now: float,
     generation: int | None,
 ) -> list[Condition]:
-    """``conditions`` with ``kind`` set; lastTransitionTime moves only when the status flips."""
-    value: Literal["True", "False"] = "True" if state else "False"
+    """``conditions`` with ``kind`` set (``None``: Unknown); lastTransitionTime moves only when
+    the status flips."""
+    value: Literal["True", "False", "Unknown"] = "Unknown" if state is None else "True" if state else "False"
     previous = next((c for c in conditions if c.type == kind), None)
     transition = (
         previous.last_transition_time

@@ -6,11 +6,14 @@ one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) 
 :class:`Snapshot` to ``on_progress`` twice a second while it runs. In order:
 
 1. a moto server child process on a free loopback port (the standard ``AWS_*`` variables
-   point at it for the run); one FIFO SNS topic; per consumer a queue with a dead-letter
-   queue and a redrive policy, subscribed to the topic (with its filter policy); the CRM's
-   DynamoDB idempotency table;
-2. the CRM, Splunk HEC and webhook simulators on loopback ports, with rate limits and
-   latency; their credentials reach the sinks through environment variables, as secrets do;
+   point at it for the run) and one SNS topic; the CRM, Splunk HEC and webhook simulators on
+   loopback ports, with rate limits and latency (their credentials reach the sinks through
+   environment variables, as secrets do);
+2. per consumer, its topology built from its manifest's ``spec.topology`` by
+   ``fanout_core.provisioning`` — the code the operator runs: the queue, its dead-letter
+   queue and redrive policy, the queue policy for the topic, the subscription with its filter
+   policy, the dashboard's DynamoDB idempotency table — then verified by
+   ``fanout_core.findings``: the run stops if anything is found;
 3. the workers, in this process (``running.Worker``, the runtime ``fanout-worker`` runs),
    each replica with its own sink told the replica count, so it takes its share of the
    fleet-wide rate limit;
@@ -39,6 +42,7 @@ from typing import Any
 import aiobotocore.session
 import prometheus_client
 
+from fanout_core import awsclients, findings, inspecting, provisioning, topology
 from fanout_core import spec as spec_model
 from fanout_lab.demo import consumers, referee, traffic
 from fanout_lab.simulators import aws, crm, downstream, hec, webhook
@@ -46,7 +50,8 @@ from workers import fleet, running, sinks
 from workers.telemetry import logs
 
 TOPIC = "genesys-interactions"
-REDRIVE_MAX_RECEIVES = 15
+ACCOUNT = "123456789012"
+"""moto's account."""
 MONITOR_INTERVAL = 0.5
 OUTAGE_AT = 0.55  # share of the day when the SIEM is busy for a while
 
@@ -69,6 +74,7 @@ class ConsumerState:
     plan: consumers.Plan
     simulator: downstream.DownstreamSimulator
     expected_events: frozenset[str]
+    consumer: spec_model.FanoutConsumer | None = None
     queue_url: str = ""
     dead_letter_url: str = ""
     visible: int = 0
@@ -149,7 +155,6 @@ class _Run:
         self.day = day
         self.sns = clients["sns"]
         self.sqs = clients["sqs"]
-        self.dynamodb = clients["dynamodb"]
         self.states: list[ConsumerState] = []
         self.published = 0
         self.published_at: dict[str, float] = {}
@@ -163,45 +168,34 @@ class _Run:
 
     # -- AWS resources -------------------------------------------------------------------
 
-    async def create_resources(self) -> str:
+    async def create_resources(self, endpoint_url: str) -> str:
+        """The topic, then each consumer's topology as its manifest declares it (see step 2)."""
         topic = await self.sns.create_topic(Name=TOPIC)
         topic_arn = str(topic["TopicArn"])
-        for state in self.states:
-            plan = state.plan
-            fifo = {"FifoQueue": "true"} if plan.fifo else {}
-            dlq = await self.sqs.create_queue(QueueName=plan.dead_letter_queue, Attributes=fifo)
-            state.dead_letter_url = str(dlq["QueueUrl"])
-            redrive = {
-                "deadLetterTargetArn": await self._arn(state.dead_letter_url),
-                "maxReceiveCount": REDRIVE_MAX_RECEIVES,
-            }
-            queue = await self.sqs.create_queue(
-                QueueName=plan.queue,
-                Attributes={**fifo, "VisibilityTimeout": "30", "RedrivePolicy": json.dumps(redrive)},
-            )
-            state.queue_url = str(queue["QueueUrl"])
-            attributes = {"FilterPolicy": json.dumps(plan.filter_policy)} if plan.filter_policy else {}
-            await self.sns.subscribe(
-                TopicArn=topic_arn,
-                Protocol="sqs",
-                Endpoint=await self._arn(state.queue_url),
-                Attributes=attributes,
-            )
-        await self.dynamodb.create_table(
-            TableName=consumers.IDEMPOTENCY_TABLE,
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        await self.dynamodb.update_time_to_live(
-            TableName=consumers.IDEMPOTENCY_TABLE,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"},
-        )
+        async with awsclients.open_clients(aws.DEFAULT_REGION) as clients:
+            for state in self.states:
+                plan = state.plan
+                queue_url = f"{endpoint_url}/{ACCOUNT}/{plan.queue}"
+                document = consumers.manifest(
+                    plan,
+                    queue_url=queue_url,
+                    dead_letter_url=f"{endpoint_url}/{ACCOUNT}/{plan.dead_letter_queue}",
+                    sink_url=state.simulator.url,
+                    region=aws.DEFAULT_REGION,
+                    topic_arn=topic_arn,
+                )
+                consumer = spec_model.parse_manifest(document)
+                owner = f"{consumer.metadata.namespace}/{consumer.metadata.name}"
+                desired = topology.desired(consumer.spec, owner=owner, place=clients.place)
+                await provisioning.provision(clients, desired)
+                report = findings.check(consumer.spec, desired, await inspecting.inspect(clients, desired))
+                if not report.ok:
+                    problems = "; ".join(finding.line() for finding in report.findings)
+                    raise RuntimeError(f"{plan.name}: the topology just built has problems: {problems}")
+                state.consumer = consumer
+                state.queue_url = desired.queue.url
+                state.dead_letter_url = desired.dead_letter.url
         return topic_arn
-
-    async def _arn(self, queue_url: str) -> str:
-        reply = await self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
-        return str(reply["Attributes"]["QueueArn"])
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -332,9 +326,8 @@ async def _clients() -> AsyncIterator[dict[str, Any]]:
     async with (
         session.create_client("sns") as sns,
         session.create_client("sqs") as sqs,
-        session.create_client("dynamodb") as dynamodb,
     ):
-        yield {"sns": sns, "sqs": sqs, "dynamodb": dynamodb}
+        yield {"sns": sns, "sqs": sqs}
 
 
 @contextlib.contextmanager
@@ -408,7 +401,7 @@ async def run(options: Options, on_progress: Callable[[Snapshot], None]) -> Outc
                     and (keep is None or referee.type_matches(event.event_type, keep))
                 }
                 run_.states.append(ConsumerState(plan, simulator, frozenset(expected)))
-            topic_arn = await run_.create_resources()
+            topic_arn = await run_.create_resources(server.endpoint_url)
             stack.enter_context(aws.environment(_secrets(run_.states)))
             return await _run_workers(run_, stack, topic_arn, on_progress)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -421,15 +414,8 @@ async def _run_workers(
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     for state in run_.states:
-        plan = state.plan
-        document = consumers.manifest(
-            plan,
-            queue_url=state.queue_url,
-            dead_letter_url=state.dead_letter_url,
-            sink_url=state.simulator.url,
-            region=aws.DEFAULT_REGION,
-        )
-        consumer = spec_model.parse_manifest(document)
+        plan, consumer = state.plan, state.consumer
+        assert consumer is not None, "create_resources() sets it"
         state.remember_metric_base()
         for _ in range(plan.replicas):
             sink = sinks.build_sink(consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas))
