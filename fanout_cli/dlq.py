@@ -114,9 +114,15 @@ def _run(prog: str, consumer: spec_model.FanoutConsumer, work: Callable[[Any], A
         return EXIT_INCOMPLETE
 
 
+async def _peek(client: Any, url: str, consumer: spec_model.FanoutConsumer, *, limit: int) -> redriving.Peek:
+    # Hold what was read long enough to read the rest (about 20 receives of ten a second).
+    hold = min(spec_model.SQS_MAX_VISIBILITY_SECONDS, max(redriving.PEEK_HOLD_SECONDS, limit // 20))
+    return await redriving.peek(client, url, identifier(consumer), limit=limit, hold_seconds=hold)
+
+
 async def summary(args: argparse.Namespace, consumer: spec_model.FanoutConsumer, client: Any) -> int:
     url = dead_letter_url(args.prog, args.config, consumer)
-    seen = await redriving.peek(client, url, identifier(consumer), limit=args.limit)
+    seen = await _peek(client, url, consumer, limit=args.limit)
     result = deadletters.summarize(seen.letters, int(time.time() * 1000))
     if args.json:
         print(json.dumps(dlq_output.summary_json(url, seen, result), indent=2))
@@ -142,7 +148,7 @@ def _selected(
 async def show(args: argparse.Namespace, consumer: spec_model.FanoutConsumer, client: Any) -> int:
     url = dead_letter_url(args.prog, args.config, consumer)
     selection_from(args, limit=None)  # argument errors before any receive
-    seen = await redriving.peek(client, url, identifier(consumer), limit=SUMMARY_LIMIT)
+    seen = await _peek(client, url, consumer, limit=max(args.limit, SUMMARY_LIMIT))
     letters = list(_selected(args, consumer, seen, args.limit))
     dlq_output.print_letters(
         sys.stdout, letters, show_payload=args.show_payload, now_ms=int(time.time() * 1000)
@@ -154,7 +160,7 @@ async def show(args: argparse.Namespace, consumer: spec_model.FanoutConsumer, cl
 async def export(args: argparse.Namespace, consumer: spec_model.FanoutConsumer, client: Any) -> int:
     url = dead_letter_url(args.prog, args.config, consumer)
     selection_from(args, limit=None)
-    seen = await redriving.peek(client, url, identifier(consumer), limit=args.limit)
+    seen = await _peek(client, url, consumer, limit=max(args.limit, SUMMARY_LIMIT))
     written = 0
     for letter in _selected(args, consumer, seen, args.limit):
         sys.stdout.write(json.dumps(dlq_output.export_record(letter), ensure_ascii=False) + "\n")
