@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from fanout_cli import main
 from fanout_lab import harness
 from fanout_lab.simulators import aws, webhook
 from tests import dead_letters
@@ -39,7 +40,21 @@ class Ran:
     err: str
 
 
-async def fanout(*args: str, timeout: float = 90) -> Ran:
+@pytest.fixture
+def fanout(capsys: pytest.CaptureFixture[str]) -> Any:
+    """``fanout ARGS`` in this process (a thread of its own: it runs its own event loop); the
+    SIGKILL test and one bad-input case run the real console process instead."""
+
+    async def run(*args: str) -> Ran:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main.main, list(args))
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
+
+
+async def fanout_process(*args: str, timeout: float = 90) -> Ran:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -104,7 +119,7 @@ async def take_all(sqs: Any, url: str) -> list[dict[str, Any]]:
 
 @FIFO
 async def test_summary_counts_and_gives_every_message_back_at_once(
-    sqs: Any, tmp_path: pathlib.Path, fifo: bool
+    sqs: Any, tmp_path: pathlib.Path, fifo: bool, fanout: Any
 ) -> None:
     queues = await setup(sqs, tmp_path, fifo=fifo)
     await dead_letters.incident(sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=4)
@@ -134,7 +149,7 @@ async def test_summary_counts_and_gives_every_message_back_at_once(
     assert min(int(m["Attributes"]["ApproximateReceiveCount"]) for m in remaining) >= 3
 
 
-async def test_show_hides_payloads_unless_asked(sqs: Any, tmp_path: pathlib.Path) -> None:
+async def test_show_hides_payloads_unless_asked(sqs: Any, tmp_path: pathlib.Path, fanout: Any) -> None:
     queues = await setup(sqs, tmp_path, fifo=False)
     incident = await dead_letters.incident(
         sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=3, poison=0
@@ -163,7 +178,9 @@ async def test_show_hides_payloads_unless_asked(sqs: Any, tmp_path: pathlib.Path
     assert shown.out.count("  body {") == 2 and "tel:+" in shown.out
 
 
-async def test_export_writes_one_record_per_message_with_its_body(sqs: Any, tmp_path: pathlib.Path) -> None:
+async def test_export_writes_one_record_per_message_with_its_body(
+    sqs: Any, tmp_path: pathlib.Path, fanout: Any
+) -> None:
     queues = await setup(sqs, tmp_path, fifo=False)
     incident = await dead_letters.incident(
         sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=3
@@ -181,7 +198,9 @@ async def test_export_writes_one_record_per_message_with_its_body(sqs: Any, tmp_
 
 
 @FIFO
-async def test_redrive_moves_exactly_the_selection(sqs: Any, tmp_path: pathlib.Path, fifo: bool) -> None:
+async def test_redrive_moves_exactly_the_selection(
+    sqs: Any, tmp_path: pathlib.Path, fifo: bool, fanout: Any
+) -> None:
     queues = await setup(sqs, tmp_path, fifo=fifo)
     incident = await dead_letters.incident(
         sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=4
@@ -216,7 +235,9 @@ async def test_redrive_moves_exactly_the_selection(sqs: Any, tmp_path: pathlib.P
     assert sorted(m["Body"] for m in left) == sorted(item.body for item in incident.of("poison"))
 
 
-async def test_a_dry_run_moves_nothing_and_says_what_would_move(sqs: Any, tmp_path: pathlib.Path) -> None:
+async def test_a_dry_run_moves_nothing_and_says_what_would_move(
+    sqs: Any, tmp_path: pathlib.Path, fanout: Any
+) -> None:
     queues = await setup(sqs, tmp_path, fifo=False)
     await dead_letters.incident(sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=3)
     ran = await fanout(
@@ -229,17 +250,17 @@ async def test_a_dry_run_moves_nothing_and_says_what_would_move(sqs: Any, tmp_pa
     assert await harness.queue_counts(sqs, queues.dead) == (8, 0)
 
 
-async def test_the_redrive_keeps_its_pace(sqs: Any, tmp_path: pathlib.Path) -> None:
-    """Default: half of the sink's limit (here 16/s → 8/s); --rate overrides it. 40 messages
-    at 10/s with a burst of 10 cannot take less than 3 s."""
+async def test_the_redrive_keeps_its_pace(sqs: Any, tmp_path: pathlib.Path, fanout: Any) -> None:
+    """Default: half of the sink's limit (here 16/s → 8/s); --rate overrides it. 20 messages
+    at 5/s with a burst of 5 cannot take less than 3 s."""
     queues = await setup(sqs, tmp_path, fifo=False, rate=16)
     await dead_letters.incident(
-        sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=20, poison=0
+        sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=10, poison=0
     )
-    ran = await fanout("dlq", "redrive", "--config", str(queues.config), "--rate", "10", "--json")
+    ran = await fanout("dlq", "redrive", "--config", str(queues.config), "--rate", "5", "--json")
     assert ran.code == 0, ran.err
     report = json.loads(ran.out)
-    assert report["moved"] == 40 and report["complete"] is True
+    assert report["moved"] == 20 and report["complete"] is True
     assert report["elapsedSeconds"] >= 2.9
 
     await dead_letters.incident(
@@ -250,7 +271,7 @@ async def test_the_redrive_keeps_its_pace(sqs: Any, tmp_path: pathlib.Path) -> N
     assert "half of sink.rateLimit 16/s" in json.loads(default.out)["rateWhy"]
 
 
-async def test_fifo_groups_come_back_in_their_order(sqs: Any, tmp_path: pathlib.Path) -> None:
+async def test_fifo_groups_come_back_in_their_order(sqs: Any, tmp_path: pathlib.Path, fanout: Any) -> None:
     queues = await setup(sqs, tmp_path, fifo=True)
     written: dict[str, list[str]] = collections.defaultdict(list)
     for index in range(30):
@@ -305,11 +326,11 @@ async def test_sigkill_mid_redrive_then_rerun_loses_nothing_and_doubles_nothing(
 ) -> None:
     queues = await setup(sqs, tmp_path, fifo=fifo)
     incident = await dead_letters.incident(
-        sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=40, poison=0
+        sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=30, poison=0
     )
     total = len(incident.written)
     config = str(queues.config)
-    args = ("dlq", "redrive", "--config", config, "--rate", "15", "--visibility-timeout", "3")
+    args = ("dlq", "redrive", "--config", config, "--rate", "20", "--visibility-timeout", "3")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -332,7 +353,7 @@ async def test_sigkill_mid_redrive_then_rerun_loses_nothing_and_doubles_nothing(
     dead_visible, _ = await harness.queue_counts(sqs, queues.dead)
     assert 0 < dead_visible < total, "the kill did not land mid-way"
 
-    rerun = await fanout(*args)
+    rerun = await fanout_process(*args)
     assert rerun.code == 0, rerun.out + rerun.err
     assert await harness.queue_counts(sqs, queues.dead) == (0, 0)
 
@@ -411,7 +432,9 @@ async def test_a_death_between_copy_and_delete_is_absorbed_on_rerun(
 # --- bad input ---------------------------------------------------------------------------------
 
 
-async def test_bad_input_gets_one_line_and_no_traceback(sqs: Any, tmp_path: pathlib.Path) -> None:
+async def test_bad_input_gets_one_line_and_no_traceback(
+    sqs: Any, tmp_path: pathlib.Path, fanout: Any
+) -> None:
     queues = await setup(sqs, tmp_path, fifo=False)
     no_dlq = harness.manifest(queue_url=queues.source, sink_url="http://127.0.0.1:9/")
     no_dlq_path = harness.write_manifest(tmp_path / "no-dlq.yaml", no_dlq)
@@ -434,7 +457,10 @@ async def test_bad_input_gets_one_line_and_no_traceback(sqs: Any, tmp_path: path
     for action in ("summary", "redrive", "show", "export"):
         ran = await fanout("dlq", action, "--config", str(gone_path))
         assert ran.code == 1, (action, ran.err)
-        assert ran.err.count("\n") == 1 and "does not exist" in ran.err and "Traceback" not in ran.err
+        assert ran.err.count("\n") == 1 and "does not exist" in ran.err
+    # The console script itself: one line on stderr, nothing on stdout, no traceback.
+    ran = await fanout_process("dlq", "redrive", "--config", str(gone_path))
+    assert ran.code == 1 and ran.out == "" and ran.err.count("\n") == 1 and "does not exist" in ran.err
 
     ran = await fanout("dlq", "redrive", "--config", str(queues.config), "--reason-class", "bogus")
     assert ran.code == 2 and ran.err.strip() == (
