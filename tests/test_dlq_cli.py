@@ -415,7 +415,8 @@ async def test_a_death_between_copy_and_delete_is_absorbed_on_rerun(
     dying = DiesAfterCopying(sqs)
     with pytest.raises(ProcessDied):
         await redrive(dying).run()
-    assert dying.copied == 10  # one batch in the source queue, still in the dead-letter queue
+    assert dying.copied == 10  # one batch in the source queue ...
+    assert sum(await harness.queue_counts(sqs, queues.dead)) == len(incident.written)  # ... and still here
     report = await redrive(sqs).run()
     assert report.complete and report.moved == len(incident.written)
     assert await harness.queue_counts(sqs, queues.dead) == (0, 0)
