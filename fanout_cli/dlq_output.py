@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from fanout_core import deadletters, redriving
+from fanout_core import deadletters, redrive_reports, redriving
 
 BAR_WIDTH = 28
 PLAIN_INTERVAL = 5.0
@@ -199,7 +199,7 @@ class ProgressBar:
         self._last = 0.0
         self._drawn = False
 
-    def update(self, progress: redriving.Progress) -> None:
+    def update(self, progress: redrive_reports.Progress) -> None:
         now = self._clock()
         if now - self._last < (TTY_INTERVAL if self._tty else PLAIN_INTERVAL):
             return
@@ -213,7 +213,7 @@ class ProgressBar:
         self._stream.flush()
 
     @staticmethod
-    def line(progress: redriving.Progress) -> str:
+    def line(progress: redrive_reports.Progress) -> str:
         total = max(progress.estimated_total, progress.seen, 1)
         done = min(progress.seen, total)
         filled = round(BAR_WIDTH * done / total)
@@ -238,7 +238,7 @@ class ProgressBar:
             self._stream.flush()
 
 
-def print_report(stream: TextIO, report: redriving.Report, *, config: str, now_ms: int) -> None:
+def print_report(stream: TextIO, report: redrive_reports.Report, *, config: str, now_ms: int) -> None:
     source = redriving.queue_name(report.source_queue)
     dead = redriving.queue_name(report.dead_letter_queue)
     classes = ", ".join(f"{count:,} {name}" for name, count in sorted(report.moved_by_class.items()))

@@ -19,8 +19,8 @@ as deduplication id, so SQS drops the second copy (within its five-minute window
 standard queue the event arrives twice and the worker's idempotency store (the event id
 comes from the payload) delivers it once. Never is a message deleted that was not copied.
 
-Progress is reported as values (:class:`Progress`, then :class:`Report`); the caller draws
-a progress bar, writes ``status``, or counts metrics. botocore's errors are translated
+Progress is reported as values (``redrive_reports.Progress``, then ``redrive_reports.Report``);
+the caller draws a progress bar, writes ``status``, or counts metrics. botocore's errors are translated
 where they enter (:func:`call`) with ``fanout_core.awserrors`` into :class:`RedriveError`,
 whose message is one line saying what is missing.
 """
@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import aiohttp
 import botocore.exceptions
 
-from fanout_core import awserrors, deadletters, pacing
+from fanout_core import awserrors, deadletters, pacing, redrive_reports
 
 BATCH = 10
 PEEK_HOLD_SECONDS = 60
@@ -220,81 +220,6 @@ async def peek(
 # --- redrive -------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """A redrive so far."""
-
-    moved: int
-    skipped: int
-    held: int
-    failed: int
-    estimated_total: int
-    """Visible messages in the dead-letter queue when the run started."""
-    elapsed_seconds: float
-    rate: float
-    paused: bool
-    dry_run: bool
-
-    @property
-    def seen(self) -> int:
-        return self.moved + self.skipped + self.held + self.failed
-
-
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """A finished (or stopped) redrive."""
-
-    dead_letter_queue: str
-    source_queue: str
-    selection: deadletters.Selection
-    rate: pacing.RateChoice
-    dry_run: bool
-    moved: int
-    """Copied to the source queue and deleted from the dead-letter queue (dry run: would be)."""
-    moved_by_class: Mapping[str, int]
-    skipped: int
-    """Not selected."""
-    held: int
-    """Selected but behind a message of their FIFO group that stays, or over the limit."""
-    failed: int
-    """Selected, but the source queue refused the copy: still in the dead-letter queue."""
-    not_deleted: int
-    """Copied, but the delete failed: they reappear in the dead-letter queue and a rerun
-    removes them (FIFO: the copy is deduplicated; standard: the worker absorbs the repeat)."""
-    unseen_in_flight: int
-    """Messages in flight in the dead-letter queue (another reader, or a killed run's hold)
-    that never came back while this run waited for them."""
-    interrupted: bool
-    elapsed_seconds: float
-    sample: Sequence[deadletters.DeadLetter]
-    """Dry run: the first messages it would move."""
-
-    @property
-    def complete(self) -> bool:
-        """Everything selected moved (or, for a dry run, was seen)."""
-        return not (self.failed or self.not_deleted or self.unseen_in_flight or self.interrupted)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "deadLetterQueue": self.dead_letter_queue,
-            "sourceQueue": self.source_queue,
-            "selection": self.selection.describe(),
-            "rate": self.rate.rate,
-            "rateWhy": self.rate.why,
-            "dryRun": self.dry_run,
-            "moved": self.moved,
-            "movedByReasonClass": dict(self.moved_by_class),
-            "skipped": self.skipped,
-            "held": self.held,
-            "failed": self.failed,
-            "notDeleted": self.not_deleted,
-            "unseenInFlight": self.unseen_in_flight,
-            "interrupted": self.interrupted,
-            "complete": self.complete,
-            "elapsedSeconds": round(self.elapsed_seconds, 3),
-        }
-
-
 SAMPLE_SIZE = 20
 
 
@@ -319,7 +244,7 @@ class Redrive:
         dry_run: bool = False,
         visibility_seconds: int = 30,
         in_flight_wait_seconds: float | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[redrive_reports.Progress], None] | None = None,
         stop: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -350,7 +275,7 @@ class Redrive:
         self._moved = self._skipped = self._stayed = self._failed = self._not_deleted = 0
         self._estimated_total = 0
 
-    async def run(self) -> Report:
+    async def run(self) -> redrive_reports.Report:
         start = await counts(self._client, self._dlq)
         if not self._dry_run:
             await counts(self._client, self._source)  # fail early, naming the source queue
@@ -361,7 +286,7 @@ class Redrive:
         finally:
             await asyncio.shield(release(self._client, self._dlq, list(self._held.values())))
         self._report_progress()
-        return Report(
+        return redrive_reports.Report(
             dead_letter_queue=self._dlq,
             source_queue=self._source,
             selection=self._selection,
@@ -518,7 +443,7 @@ class Redrive:
         if self._on_progress is None:
             return
         self._on_progress(
-            Progress(
+            redrive_reports.Progress(
                 moved=self._moved,
                 skipped=self._skipped,
                 held=self._stayed,

@@ -35,6 +35,7 @@ from fanout_operator import (
     metrics,
     queues,
     reconciling,
+    redrives,
     rendering,
     status,
     workers_state,
@@ -258,3 +259,14 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # over: in each case this process no longer speaks for the consumer.
         if recorder is not None:
             recorder.forget()
+
+
+@kopf.daemon(spec.API_GROUP, spec.API_VERSION, spec.PLURAL, cancellation_backoff=0, cancellation_timeout=30)
+async def declarative_redrives(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Redrive requests of one FanoutConsumer (annotation fanout.dev/redrive-request): ``redrives``."""
+    runtime: Runtime = memo["runtime"]
+    owner = autoscaling.owner_of(body)
+    recorder = (
+        runtime.metric_families.consumer(owner.namespace, owner.name) if runtime.metric_families else None
+    )
+    await redrives.Watcher(runtime.client, owner, recorder=recorder).watch(body)

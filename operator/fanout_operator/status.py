@@ -74,6 +74,35 @@ class ScalerMemory(StatusModel):
     )
 
 
+class RedriveState(enum.StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    INCOMPLETE = "Incomplete"
+    FAILED = "Failed"
+    INVALID = "Invalid"
+
+
+class RedriveStatus(StatusModel):
+    """The last declarative redrive request and what became of it (``redrive_requests``)."""
+
+    request: str = pydantic.Field(description="The request's id (or a hash of its text).")
+    state: RedriveState
+    selection: str | None = None
+    dry_run: bool = False
+    rate: float | None = pydantic.Field(None, description="Messages per second.")
+    rate_why: str | None = None
+    moved: int = pydantic.Field(0, description="Back in the source queue (dry run: would be).")
+    skipped: int = pydantic.Field(0, description="Not selected: still in the dead-letter queue.")
+    held: int = pydantic.Field(
+        0, description="Selected, but behind a message of their FIFO group that stays."
+    )
+    failed: int = pydantic.Field(0, description="Copies the source queue refused: still in the DLQ.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    message: str | None = None
+    refused: str | None = pydantic.Field(None, description="The last request refused while one ran.")
+
+
 class FanoutConsumerStatus(StatusModel):
     """status of a FanoutConsumer."""
 
@@ -89,6 +118,9 @@ class FanoutConsumerStatus(StatusModel):
     reason: str | None = pydantic.Field(None, description="Why the last decision was taken.")
     conditions: list[Condition] = pydantic.Field(default_factory=list)
     scaler: ScalerMemory | None = None
+    redrive: RedriveStatus | None = pydantic.Field(
+        None, description="The last declarative redrive (annotation fanout.dev/redrive-request)."
+    )
 
 
 def rfc3339(epoch_seconds: float) -> str:
@@ -108,8 +140,9 @@ def parse(raw: object) -> FanoutConsumerStatus:
 
 
 def dump(status: FanoutConsumerStatus) -> dict[str, object]:
-    """The status as wire data for a status patch."""
-    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """The status as wire data for a status patch. ``redrive`` is left out: only
+    ``redrives`` writes it, so a status patch from a stale copy never undoes its progress."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"redrive"})
 
 
 def set_condition(

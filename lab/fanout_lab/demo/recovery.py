@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fanout_cli import dlq
-from fanout_core import deadletters, pacing, redriving
+from fanout_core import deadletters, pacing, redrive_reports, redriving
 from fanout_core import spec as spec_model
 from fanout_lab.simulators import crm
 
@@ -75,7 +75,7 @@ async def redrive(
     consumer: spec_model.FanoutConsumer,
     *,
     config_name: str,
-    on_progress: Callable[[redriving.Progress], None],
+    on_progress: Callable[[redrive_reports.Progress], None],
 ) -> Figures:
     """Redrive ``consumer``'s permanent dead letters, as ``fanout dlq redrive`` would."""
     dead_letter_url = consumer.spec.dead_letter.queue_url
