@@ -1,11 +1,13 @@
 """The README's IAM policies grant exactly the AWS calls the code makes (least privilege).
 
-The README's "Install on EKS" section shows the worker and the operator policies as JSON. This
-test finds, in the source of ``workers/`` and ``operator/`` (the stand-ins that drive the
-embedded test endpoint live apart, in ``lab/``), every botocore operation reached through a client
-object, maps it to the IAM action that authorizes it (the SQS batch calls are authorized by
-their single-message actions), and requires the policy's actions to be that set, no more and
-no fewer. A new AWS call without a policy update, or a policy line nothing uses, fails here.
+The README's "Install on EKS" section shows the worker and the operator policies as JSON, and
+its "Dead letters" section the policy of whoever runs ``fanout dlq``. This test finds, in the
+source of ``workers/``, ``operator/`` and the shared redrive engine the operator and ``fanout
+dlq`` use (``fanout_core/redriving.py``; the stand-ins that drive the embedded test endpoint
+live apart, in ``lab/``), every botocore operation reached through a client object, maps it to
+the IAM action that authorizes it (the SQS batch calls are authorized by their single-message
+actions), and requires the policy's actions to be that set, no more and no fewer. A new AWS
+call without a policy update, or a policy line nothing uses, fails here.
 """
 
 from __future__ import annotations
@@ -43,12 +45,20 @@ def _operations() -> dict[str, str]:
     return table
 
 
-def _client_calls(directory: pathlib.Path, *, exclude: tuple[str, ...] = ()) -> set[str]:
-    """IAM actions of every ``<...client...>.<operation>`` attribute in the package's source."""
+REDRIVE_ENGINE = "fanout_core/redriving.py"
+
+
+def _client_calls(*sources: pathlib.Path, exclude: tuple[str, ...] = ()) -> set[str]:
+    """IAM actions of every ``<...client...>.<operation>`` attribute in these files or packages."""
     operations = _operations()
     actions: set[str] = set()
-    for path in sorted(directory.rglob("*.py")):
-        if any(part in exclude for part in path.relative_to(directory).parts):
+    paths = [
+        path
+        for source in sources
+        for path in ([source] if source.is_file() else sorted(source.rglob("*.py")))
+    ]
+    for path in paths:
+        if any(part in exclude for part in path.parts):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Attribute) or node.attr not in operations:
@@ -80,19 +90,22 @@ def test_the_scanner_sees_the_calls_it_should() -> None:
     worker_calls = _client_calls(ROOT / "workers")
     assert "sqs:ReceiveMessage" in worker_calls
     assert _client_calls(ROOT / "operator") >= {"sqs:GetQueueAttributes"}
+    assert _client_calls(ROOT / REDRIVE_ENGINE) >= {"sqs:SendMessage", "sqs:DeleteMessage"}
 
 
 @pytest.mark.parametrize(
-    ("title", "source", "exclude"),
+    ("title", "sources", "exclude"),
     [
-        ("Worker policy", "workers", ()),
-        ("Operator policy", "operator", ()),
+        ("Worker policy", ("workers",), ()),
+        # The operator runs declarative redrives with the shared engine.
+        ("Operator policy", ("operator", REDRIVE_ENGINE), ()),
+        ("fanout dlq policy", (REDRIVE_ENGINE, "fanout_cli"), ()),
     ],
 )
 def test_readme_policy_is_exactly_what_the_code_calls(
-    title: str, source: str, exclude: tuple[str, ...]
+    title: str, sources: tuple[str, ...], exclude: tuple[str, ...]
 ) -> None:
-    used = _client_calls(ROOT / source, exclude=exclude)
+    used = _client_calls(*(ROOT / source for source in sources), exclude=exclude)
     granted = _policy_actions(title)
     assert sorted(granted - used) == [], "granted but never called"
     assert sorted(used - granted) == [], "called but not granted"
