@@ -245,10 +245,12 @@ async def test_a_small_demo_keeps_every_invariant(tmp_path: pathlib.Path) -> Non
     assert snapshots and snapshots[-1].published == len(day.publications)
     assert '"delivered"' in log_path.read_text()
 
-    # The CRM refused the events carrying its missing column; after the fix they came back.
+    # The CRM refused the events of its duplicated records; after the fix they came back.
     redrive = outcome.redrives["crm-sync"]
-    assert redrive.complete and redrive.moved == len(redrive.refused) > 0
-    assert outcome.verdicts["crm-sync"].redriven == redrive.moved
+    # Messages, not events: a Genesys redelivery of a refused event was dead-lettered too, and
+    # the idempotency store delivers the pair once.
+    assert redrive.complete and redrive.moved >= len(redrive.refused) > 0
+    assert outcome.verdicts["crm-sync"].redriven == len(redrive.refused)
     assert set(outcome.redrives) == {"crm-sync"}
 
     printed = io.StringIO()

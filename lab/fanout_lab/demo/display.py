@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fanout_lab.demo import recovery, session
+from fanout_lab.demo import session
 
 PLAIN_INTERVAL = 5.0
 
@@ -186,14 +186,10 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
         f"{outcome.elapsed:.1f} s in all."
     )
     for figures in outcome.redrives.values():
-        start, end = (
-            day.clock(share * day.seconds) for share in (recovery.BROKEN_FROM, recovery.BROKEN_UNTIL)
-        )
-        broken = f"{start}-{end}"
         console.print(
-            f"{figures.consumer}: while the CRM lacked its {recovery.MISSING_FIELD} column ({broken}), "
-            f"{len(figures.refused)} events were refused (400 INVALID_FIELD) and dead-lettered as permanent; "
-            f"with the column back, `{figures.command}` moved {figures.moved} back in "
+            f"{figures.consumer}: the CRM held two records for a few conversations (a botched import), so "
+            f"{len(figures.refused)} of their events were refused (300 Multiple Choices) and dead-lettered "
+            f"as permanent; with the duplicates merged, `{figures.command}` moved {figures.moved} back in "
             f"{figures.seconds:.1f} s at {figures.rate_why}; the poison stayed."
         )
     if outcome.log_path is not None:

@@ -1,26 +1,26 @@
-"""The demo's incident and its recovery: a CRM field goes missing, events are dead-lettered,
-the field comes back, and the dead letters are redriven — the way an operator would.
+"""The demo's incident and its recovery: some CRM records are duplicated, their events are
+dead-lettered, the duplicates are merged, and the dead letters are redriven — the way an
+operator would.
 
-``session`` starts :func:`break_crm_field` beside the publisher and calls :func:`redrive`
-once everything else has drained:
+``session`` calls :func:`break_crm` before the day starts and :func:`redrive` once
+everything else has drained:
 
-1. for a stretch of the day (:data:`BROKEN_FROM` to :data:`BROKEN_UNTIL`) the CRM simulator
-   has no ``Disconnect_Type__c`` column (a deploy dropped it): every upsert carrying that
-   field — the ``*.end`` events — is answered ``400 INVALID_FIELD``, which the ``crm`` sink
-   judges permanent, so the worker dead-letters those events with the CRM's reason while
-   the rest of their conversations go on;
-2. the column is restored (the fix);
-3. after the day has drained, the dead-letter queue is redriven with the same engine and
-   the same defaults as ``fanout dlq redrive --config crm-sync.yaml --reason-class
-   permanent`` (``fanout_core.redriving``; pace: what the CRM's rate limit leaves room for),
-   while the workers run; the poison messages stay where they are.
+1. a botched data import left two CRM records with the external id of a few conversations
+   (:func:`affected_conversations`: every twentieth, at least one): every upsert for them is
+   answered ``300 Multiple Choices``, which the ``crm`` sink judges permanent, so the worker
+   dead-letters those events with the CRM's reason while the other conversations go on;
+2. after the day has drained, the duplicates are merged (the fix) and the dead-letter queue is
+   redriven with the same engine and the same defaults as ``fanout dlq redrive --config
+   crm-sync.yaml --reason-class permanent`` (``fanout_core.redriving``; pace: what the CRM's
+   rate limit leaves room for), while the workers run; the poison messages stay where they are.
 
-The referee then checks that every refused event was delivered exactly once after all.
+The cause is chosen by conversation, not by time, so the incident is the same on a fast
+machine and a loaded one. The referee then checks that every refused event was delivered
+exactly once after all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -28,12 +28,29 @@ from typing import Any
 from fanout_cli import dlq
 from fanout_core import deadletters, pacing, redrive_reports, redriving
 from fanout_core import spec as spec_model
+from fanout_lab.demo import traffic
 from fanout_lab.simulators import crm
 
-BROKEN_FROM = 0.15
-BROKEN_UNTIL = 0.30
-"""Shares of the day (10:00 to about 11:50) during which the CRM lacks the column."""
-MISSING_FIELD = "Disconnect_Type__c"
+EVERY = 20
+
+
+def affected_conversations(day: traffic.Day) -> frozenset[str]:
+    """The conversations whose CRM record is duplicated: every :data:`EVERY`-th, at least one."""
+    first: dict[str, int] = {}
+    for event in day.events.values():
+        if event.category is traffic.Category.CONVERSATION:
+            first[event.key] = min(first.get(event.key, event.sequence), event.sequence)
+    return frozenset(sorted(first, key=first.__getitem__)[::EVERY])
+
+
+def break_crm(simulator: crm.CrmSimulator, conversations: frozenset[str]) -> None:
+    """Duplicate the CRM records of ``conversations``: their upserts are answered 300."""
+    simulator.ambiguous = set(conversations)
+
+
+def fix_crm(simulator: crm.CrmSimulator) -> None:
+    """Merge the duplicates."""
+    simulator.ambiguous = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,25 +66,6 @@ class Figures:
     poison_left: int
     command: str
     complete: bool
-
-
-async def break_crm_field(
-    simulator: crm.CrmSimulator,
-    fields: set[str],
-    *,
-    day_seconds: float,
-    schedule_time: Callable[[], float],
-    publishing_done: Callable[[], bool],
-) -> None:
-    """Drop :data:`MISSING_FIELD` from the CRM for the broken stretch of the day, then restore it."""
-    try:
-        while schedule_time() < BROKEN_FROM * day_seconds and not publishing_done():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        simulator.fields = fields - {MISSING_FIELD}
-        while schedule_time() < BROKEN_UNTIL * day_seconds and not publishing_done():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    finally:
-        simulator.fields = None
 
 
 async def redrive(

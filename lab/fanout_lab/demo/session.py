@@ -18,10 +18,10 @@ one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) 
    ``backlog_cap`` messages (the moto server scans a whole queue for every message it
    moves, so a long queue would make it, not the workers, the bottleneck): a pause
    stretches the day, and the report says by how much;
-5. the wait until every consumer has everything (or ``drain_timeout``) — except the CRM's
-   events refused while a column was missing (:mod:`recovery`), which are in its
-   dead-letter queue; then the redrive of those, with the workers still running, and the
-   wait until they are delivered too;
+5. the wait until every consumer has everything (or ``drain_timeout``) — except the events
+   of the conversations whose CRM records are duplicated (:mod:`recovery`), which are in the
+   CRM's dead-letter queue; then the fix and the redrive of those, with the workers still
+   running, and the wait until they are delivered too;
 6. the workers' drain (SIGTERM's path), the dead-letter queues read, the verdicts.
 """
 
@@ -351,6 +351,8 @@ async def _run_workers(
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     manifests: dict[str, spec_model.FanoutConsumer] = {}
+    crm_simulator = next(s.simulator for s in run_.states if isinstance(s.simulator, crm.CrmSimulator))
+    recovery.break_crm(crm_simulator, recovery.affected_conversations(day))
     for state in run_.states:
         plan = state.plan
         document = consumers.manifest(
@@ -369,22 +371,7 @@ async def _run_workers(
             worker = running.Worker(consumer, sink=sink)
             tasks.append(asyncio.create_task(worker.run(stop)))
     siem = next(state.simulator for state in run_.states if state.plan.name == "siem-audit")
-    crm_state = next(state for state in run_.states if state.plan.name == "crm-sync")
-    assert isinstance(crm_state.simulator, crm.CrmSimulator)
-    breaking = recovery.break_crm_field(
-        crm_state.simulator,
-        set(manifests["crm-sync"].spec.sink.crm.field_mapping)
-        if manifests["crm-sync"].spec.sink.crm
-        else set(),
-        day_seconds=day.seconds,
-        schedule_time=lambda: run_.schedule_time,
-        publishing_done=lambda: run_.publishing_done,
-    )
-    helpers = [
-        asyncio.create_task(run_.publish(topic_arn)),
-        asyncio.create_task(run_.siem_outage(siem)),
-        asyncio.create_task(breaking),
-    ]
+    helpers = [asyncio.create_task(run_.publish(topic_arn)), asyncio.create_task(run_.siem_outage(siem))]
     redriving: asyncio.Task[None] | None = None
     timed_out = False
     try:
@@ -421,7 +408,10 @@ async def _run_workers(
 
 
 async def _redrive(run_: _Run, manifests: dict[str, spec_model.FanoutConsumer]) -> None:
-    """Redrive every consumer whose workers dead-lettered events as permanent."""
+    """Fix the cause, then redrive every consumer whose workers dead-lettered events as permanent."""
+    for state in run_.states:
+        if isinstance(state.simulator, crm.CrmSimulator):
+            recovery.fix_crm(state.simulator)
     for state in run_.states:
         if state.refused_for_good == 0:
             continue
