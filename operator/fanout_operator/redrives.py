@@ -1,7 +1,8 @@
 """Declarative redrives: watch a FanoutConsumer's request annotation and run what it asks.
 
-``handlers`` runs :func:`watch` as one kopf daemon per FanoutConsumer. Every few seconds it
-reads the annotation off kopf's live body (no API call) and asks
+``handlers`` runs :meth:`Watcher.step` in a ``looping.run`` as one kopf daemon per
+FanoutConsumer. Every few seconds it reads the annotation off kopf's live body (no API call)
+and asks
 ``redrive_requests.decide`` what to do: start a run, refuse a second one while one runs,
 or report an invalid request. A run is ``fanout_core.redriving.Redrive`` — the same engine,
 rules and defaults as ``fanout dlq redrive`` — in a task of its own, so the daemon keeps
@@ -9,13 +10,15 @@ watching (and refusing) while it goes; its progress is written to ``status.redri
 few seconds and counted in the operator's metrics, with an Event when it starts and ends.
 
 When the daemon is cancelled (the resource is deleted, the operator stops, a peer takes
-over), the run is told to stop: the batch under way is copied and deleted, what it held is
-made visible again, and ``status.redrive`` stays ``Running`` — whoever runs the consumer next
-starts it again, which copy-then-delete makes safe.
+over), :meth:`Watcher.aclose` tells the run to stop: the batch under way is copied and
+deleted, what it held is made visible again, and ``status.redrive`` stays ``Running`` —
+whoever runs the consumer next starts it again, which copy-then-delete makes safe.
 
 SQS is reached with an aiobotocore client from the standard AWS environment (IRSA in EKS),
 in ``spec.queue.region``; the operator's IAM role then needs the redrive calls on the
-consumer's queues (README, "Dead letters").
+consumer's queues (README, "Dead letters"). ``status.redrive`` is written here and nowhere
+else (``status.merge_patch`` leaves it out), so the consumer's ``reporting.StatusWriter`` and
+this module never write over each other.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiobotocore.config
@@ -33,7 +36,16 @@ import aiobotocore.session
 
 from fanout_core import deadletters, pacing, redrive_reports, redriving
 from fanout_core import spec as spec_model
-from fanout_operator import kube, metrics, reconciling, redrive_requests, rendering, status
+from fanout_operator import (
+    conditions,
+    kube,
+    metrics,
+    reconciling,
+    redrive_requests,
+    rendering,
+    reporting,
+    status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +77,27 @@ class Watcher:
         client: kube.KubeClient,
         owner: rendering.Owner,
         *,
+        instance: str,
         recorder: metrics.ConsumerMetrics | None = None,
         clock: Callable[[], float] = time.time,
         sqs_client: Callable[[str | None], contextlib.AbstractAsyncContextManager[Any]] | None = None,
     ) -> None:
         self._client = client
         self._owner = owner
+        self._instance = instance
         self._recorder = recorder
         self._clock = clock
         self._sqs_client = sqs_client or _sqs_client
         self._run: _Run | None = None
         self._current: redrive_requests.RedriveStatus | None = None
+        self._read = False
         self._counted: dict[metrics.RedriveOutcome, int] = {}
 
-    async def watch(self, body: Any, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """Until cancelled."""
-        self._current = redrive_requests.read(body.get("status"))
-        try:
-            while True:
-                try:
-                    await self.step(body)
-                except kube.KubeError as error:  # the API server will answer again; so will we
-                    logger.warning("%s/%s: redrive status not written: %s", *self._names, error)
-                await sleep(WATCH_SECONDS)
-        finally:
-            await self._stop_run()
-
-    async def step(self, body: Any) -> None:
-        """One look at the annotation, and progress written when due."""
+    async def step(self, body: Any) -> float:
+        """One look at the annotation, and progress written when due; seconds until the next."""
+        if not self._read:
+            self._current = redrive_requests.read(body.get("status"))
+            self._read = True
         text = (body.get("metadata", {}).get("annotations") or {}).get(redrive_requests.ANNOTATION)
         running = self._run.key if self._run is not None and not self._done(self._run) else None
         decision = redrive_requests.decide(text, self._current, running=running)
@@ -112,6 +117,11 @@ class Watcher:
             )
             await self._event("InvalidRedriveRequest", decision.message, warning=True)
         await self._write_progress()
+        return WATCH_SECONDS
+
+    async def aclose(self) -> None:
+        """Stop a run under way (the daemon ends): its batch finishes, its holds are released."""
+        await self._stop_run()
 
     # -- a run ---------------------------------------------------------------------------
 
@@ -256,9 +266,10 @@ class Watcher:
 
     async def _event(self, reason: str, message: str, *, warning: bool = False) -> None:
         logger.info("%s/%s: %s: %s", *self._names, reason, message)
+        note = conditions.Note(reason, message, warning)
         with contextlib.suppress(kube.KubeError):
-            await reconciling.post_event(
-                self._client, self._owner, reason=reason, message=message, warning=warning
+            await reporting.post_event(
+                self._client, self._owner, note, now=self._clock(), instance=self._instance
             )
 
 
