@@ -92,6 +92,7 @@ class Watcher:
         self._current: redrive_requests.RedriveStatus | None = None
         self._read = False
         self._counted: dict[metrics.RedriveOutcome, int] = {}
+        self._progress_written_at = 0.0
 
     async def step(self, body: Any) -> float:
         """One look at the annotation, and progress written when due; seconds until the next."""
@@ -234,6 +235,9 @@ class Watcher:
             return
         if self._current is None or self._current.request != run.key:
             return
+        if self._clock() - self._progress_written_at < STATUS_SECONDS:
+            return
+        self._progress_written_at = self._clock()
         progress = run.progress
         self._count(progress.moved, progress.skipped, progress.held, progress.failed, progress.dry_run)
         run.written = progress
