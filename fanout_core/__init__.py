@@ -15,4 +15,11 @@ and the I/O at the edge (the only modules here that reach aiobotocore):
 awsclients      the clients, and where botocore's errors are translated
 inspecting      read the topology (Get/List/Describe only)
 provisioning    create or adopt it; delete what was created, when asked
+
+Dead letters, pure rules first:
+
+deadletters     dead letters as values: parse, select, keep FIFO groups in order, copy back, summarize
+pacing          how fast a redrive goes: the default rate and a pacer on an injected clock
+redrive_reports a redrive's progress and report, as values
+redriving       reading and redriving a dead-letter queue over SQS (I/O)
 """

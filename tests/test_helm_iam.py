@@ -14,6 +14,10 @@ topology reads it makes always (``fanout_core/inspecting.py``, also what ``fanou
 --aws`` needs); the provisioning policy, ``fanout_core/provisioning.py`` (only for consumers
 with ``spec.topology.manage: true``).
 
+The README's "Dead letters" section shows the policy of whoever runs ``fanout dlq``: the shared
+redrive engine (``fanout_core/redriving.py``) and ``fanout_cli``; the operator's policy also covers
+that engine, since the operator runs declarative redrives.
+
 The trust policies (IRSA and Pod Identity) must name the namespace and ServiceAccount the operator
 renders for the example consumer, the association command must bind that same account, and moto's
 IAM must accept every document as a valid trust or permission policy.
@@ -63,6 +67,9 @@ def _operations() -> dict[str, set[str]]:
     return table
 
 
+REDRIVE_ENGINE = "fanout_core/redriving.py"
+
+
 def _client_calls(*sources: pathlib.Path) -> set[str]:
     """IAM actions of every ``<...sqs_client...>.<operation>`` attribute in the sources (files or
     directories); the service is the one the client's name names, when it names one."""
@@ -108,8 +115,10 @@ def _policy_actions(title: str) -> set[str]:
 
 POLICIES = {
     "Worker policy": ("workers",),
-    "Operator policy": ("operator", "fanout_core/inspecting.py"),
+    # The operator verifies topologies (inspecting) and runs declarative redrives (the engine).
+    "Operator policy": ("operator", "fanout_core/inspecting.py", REDRIVE_ENGINE),
     "Operator provisioning policy": ("fanout_core/provisioning.py",),
+    "fanout dlq policy": (REDRIVE_ENGINE, "fanout_cli"),
 }
 
 
@@ -118,6 +127,7 @@ def test_the_scanner_sees_the_calls_it_should() -> None:
     worker_calls = _client_calls(ROOT / "workers")
     assert "sqs:ReceiveMessage" in worker_calls
     assert _client_calls(ROOT / "operator") >= {"sqs:GetQueueAttributes"}
+    assert _client_calls(ROOT / REDRIVE_ENGINE) >= {"sqs:SendMessage", "sqs:DeleteMessage"}
     reads = _client_calls(ROOT / "fanout_core" / "inspecting.py")
     assert {"sns:ListSubscriptionsByTopic", "kms:GetKeyPolicy", "dynamodb:DescribeTimeToLive"} <= reads
     writes = _client_calls(ROOT / "fanout_core" / "provisioning.py")

@@ -9,9 +9,10 @@ HTTP session for the workers' metrics, the operator's /metrics) and settles peer
 - create / update / resume: ``guardrails.admit`` the spec, then ``reconciling.reconcile``; the
   outcome goes to the consumer's ``reporting.StatusWriter`` (one per consumer, in kopf's
   per-object memo, shared with the daemons below);
-- a scaling daemon (``autoscaling``), a drift-resync daemon (``resyncing``) and a topology
-  daemon (``topology``: verify the AWS topology, provision it with ``spec.topology.manage``),
-  each a ``looping.run`` until kopf stops it (deletion, shutdown, a peer taking over);
+- a scaling daemon (``autoscaling``), a drift-resync daemon (``resyncing``), a topology daemon
+  (``topology``: verify the AWS topology, provision it with ``spec.topology.manage``) and a
+  daemon for declarative redrive requests (``redrives``), each a ``looping.run`` until kopf
+  stops it (deletion, shutdown, a peer taking over);
 - on deletion, only for ``manage: true`` with ``deletionPolicy: Delete`` (kopf's finalizer is
   added to those objects only): ``topology.delete`` removes the AWS resources it created.
 
@@ -41,6 +42,7 @@ from fanout_operator import (
     peering,
     queues,
     reconciling,
+    redrives,
     rendering,
     reporting,
     resyncing,
@@ -320,3 +322,21 @@ async def delete_topology(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         raise kopf.TemporaryError(
             f"cannot record the deletion: {error}", delay=runtime.settings.retry_seconds
         ) from error
+
+
+@_daemon(id="redrives", cancellation_timeout=30)
+async def declarative_redrives(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Redrive requests of one FanoutConsumer (annotation fanout.dev/redrive-request): ``redrives``."""
+    runtime = _runtime(memo)
+    owner = rendering.owner_of(body)
+    families = runtime.metric_families
+    watcher = redrives.Watcher(
+        runtime.client,
+        owner,
+        instance=runtime.settings.identity,
+        recorder=families.consumer(owner.namespace, owner.name) if families is not None else None,
+    )
+    try:
+        await looping.run(lambda: watcher.step(body), what="redrive watch")
+    finally:
+        await watcher.aclose()

@@ -59,6 +59,15 @@ class Direction(enum.StrEnum):
         return cls.HOLD
 
 
+class RedriveOutcome(enum.StrEnum):
+    """What a declarative redrive did with a dead letter."""
+
+    MOVED = "moved"
+    SKIPPED = "skipped"
+    HELD = "held"
+    FAILED = "failed"
+
+
 class QueueRole(enum.StrEnum):
     """Which of a consumer's queues a read error is about."""
 
@@ -134,6 +143,18 @@ class OperatorMetrics:
             [*LABELS, "reason", "severity"],
             registry=r,
         )
+        self.redrive_messages = counter(
+            "fanout_operator_redrive_messages",
+            "Dead letters handled by declarative redrives, by outcome (moved, skipped, held, failed).",
+            [*LABELS, "outcome"],
+            registry=r,
+        )
+        self.redrive_running = gauge(
+            "fanout_operator_redrive_running",
+            "1 while a declarative redrive of the consumer's dead-letter queue runs, else 0.",
+            LABELS,
+            registry=r,
+        )
         # The operator process itself: memory, CPU, open files, GC.
         prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
@@ -197,6 +218,13 @@ class ConsumerMetrics:
             family.labels(*self._labels, *labels).set(count)
         self._topology_labels = set(counts)
 
+    def redriven(self, outcome: RedriveOutcome, count: int) -> None:
+        """A declarative redrive handled ``count`` more dead letters with ``outcome``."""
+        self._families.redrive_messages.labels(*self._labels, outcome.value).inc(count)
+
+    def redrive_running(self, running: bool) -> None:
+        self._families.redrive_running.labels(*self._labels).set(int(running))
+
     def forget(self) -> None:
         """Remove every series of this consumer (its resource is gone, or no longer ours)."""
         f = self._families
@@ -208,8 +236,11 @@ class ConsumerMetrics:
             f.actual_replicas,
             f.dead_letter,
             f.sink_throttled,
+            f.redrive_running,
         ):
             self._remove(gauge, *self._labels)
+        for outcome in RedriveOutcome:
+            self._remove(f.redrive_messages, *self._labels, outcome.value)
         for direction in Direction:
             self._remove(f.scaling_decisions, *self._labels, direction.value)
         for labels in self._error_labels:
