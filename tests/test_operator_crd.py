@@ -127,7 +127,7 @@ def test_preserve_unknown_fields_only_on_free_form_objects() -> None:
                 walk(node[key], f"{where}.{key}")
 
     walk(_openapi(), "")
-    assert found == [".spec.workload.env.items"]
+    assert found == [".spec.workload.env.items", ".spec.topology.subscription.filterPolicy"]
 
 
 def test_every_spec_field_of_the_model_is_in_the_schema() -> None:
