@@ -356,7 +356,7 @@ async def test_a_lease_lives_as_long_as_its_event_is_in_the_sink(sqs: Any, idemp
 # -- the queue's own redrive policy --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("max_receive_count", "conflict"), [(2, 1.0), (10, 0.0)])
+@pytest.mark.parametrize(("max_receive_count", "conflict"), [(4, 1.0), (5, 0.0)])
 async def test_a_redrive_policy_that_would_cut_retries_short_is_reported(
     sqs: Any, max_receive_count: int, conflict: float, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -9,8 +9,9 @@ retry costs nothing while it waits: SQS holds it.
 The attempt number is the event's count of failed deliveries, kept in the idempotency
 store beside its claim (so it survives restarts, and with DynamoDB replicas) — not SQS's
 ``ApproximateReceiveCount``, which also counts the receives that were not attempts: a
-throttled event, a refused credential, an open circuit, a shutdown. :func:`redrive_conflict`
-tells when the queue's own redrive policy would cut the retries short.
+throttled event, a refused credential, an open circuit, a shutdown. Whether the queue's own
+redrive policy would cut the retries short is one rule shared with the operator and
+``fanout validate``: :func:`fanout_core.findings.redrive_conflict`.
 
 Jitter is "equal jitter": the delay is drawn from ``[step/2, step]`` where ``step`` is
 the capped exponential ``base * 2**(attempt-1)``. Full jitter (``[0, step]``) spreads
@@ -86,28 +87,6 @@ def attempts_exhausted(attempts: int, policy: spec.RetrySpec) -> bool:
     Throttling, a refused credential, an open circuit and shutdowns are not attempts.
     """
     return attempts >= policy.max_attempts
-
-
-def redrive_conflict(max_receive_count: int | None, policy: spec.RetrySpec) -> str | None:
-    """Why the source queue's redrive policy would dead-letter events before the worker
-    gives up on them, or None when it would not.
-
-    SQS moves a message to its dead-letter queue once it has been received
-    ``maxReceiveCount`` times, whatever happened in between; the worker needs
-    ``maxAttempts`` receives for ``maxAttempts`` failed deliveries, and a few more for the
-    receives that are not attempts (a shutdown, a FIFO group handed back).
-    """
-    if max_receive_count is None or max_receive_count >= policy.max_attempts + RECEIVE_HEADROOM:
-        return None
-    return (
-        f"the queue's RedrivePolicy maxReceiveCount is {max_receive_count}, but spec.retry.maxAttempts "
-        f"is {policy.max_attempts}: SQS would move events to its dead-letter queue before the worker "
-        f"gives up on them; set maxReceiveCount to at least {policy.max_attempts + RECEIVE_HEADROOM}"
-    )
-
-
-RECEIVE_HEADROOM = 3
-"""Receives a message may need beyond its attempts: shutdowns, hand-backs, lost deletes."""
 
 
 def retry_after_delay(value: str | None, *, now: datetime.datetime | float) -> float | None:

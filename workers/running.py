@@ -43,6 +43,7 @@ import aiobotocore.session
 import aiohttp.web
 import prometheus_client
 
+from fanout_core import findings
 from fanout_core import spec as spec_model
 from workers import (
     dedupe,
@@ -50,7 +51,6 @@ from workers import (
     fleet,
     polling,
     processing,
-    retrying,
     settling,
     sinks,
     sqs,
@@ -186,7 +186,10 @@ class Worker:
             log.warning("could not read the queue's RedrivePolicy (%s); not checked", error.code or error)
             return
         max_receive_count = sqs.max_receive_count(reply.get("Attributes", {}).get("RedrivePolicy"))
-        self.telemetry.redrive_conflict(retrying.redrive_conflict(max_receive_count, self.spec.retry))
+        if max_receive_count is not None:
+            self.telemetry.redrive_conflict(findings.redrive_conflict(max_receive_count, self.spec.retry))
+        else:
+            self.telemetry.redrive_conflict(None)
 
     @contextlib.asynccontextmanager
     async def _store(self, region: str) -> AsyncIterator[dedupe.IdempotencyStore]:
