@@ -74,7 +74,7 @@ class Poller:
         budget: Budget,
         sink: base.Sink,
         settler: settling.Settler,
-        submit: Callable[[settling.Received], None],
+        submit: Callable[[list[settling.Received]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
@@ -112,19 +112,40 @@ class Poller:
             self._budget.release(granted - len(messages))
             if self._resolver is not None and messages:
                 messages = await self._resolve(messages)
-            for message in messages:
-                self._submit(self._settler.track(message))
+            if messages:
+                self._submit([self._settler.track(message) for message in messages])
 
     async def _resolve(self, messages: list[dict[str, Any]]) -> list[Any]:
-        """S3 pointers resolved before intake; what S3 cannot serve now comes back later."""
+        """S3 pointers resolved before intake; what S3 cannot serve now comes back later.
+
+        On a FIFO queue a conversation's later messages of the same receive go back with it,
+        a second later than it, so that none is delivered before it and SQS serves it first
+        (on any SQS: it is visible while they are not).
+        """
         assert self._resolver is not None
         resolved = await self._resolver.resolve(messages)
+        waiting: dict[str, tuple[int, float]] = {}  # group -> (first sequence number, delay)
         for message, error in resolved.unavailable:
             record = self._settler.track(message)
             delay = min(_MAX_PAYLOAD_RETRY_SECONDS, _PAYLOAD_RETRY_SECONDS * record.receive_count)
             log.warning("large payload not readable now (%s); message back in %ds", error, delay)
             self._settler.retry_later(record, delay)
-        return resolved.messages
+            if record.group_id is not None and record.sequence_number is not None:
+                first = waiting.get(record.group_id)
+                if first is None or record.sequence_number < first[0]:
+                    waiting[record.group_id] = (record.sequence_number, delay)
+        if not waiting:
+            return resolved.messages
+        taken: list[Any] = []
+        for message in resolved.messages:
+            attributes = message.get("Attributes", {})
+            group = waiting.get(str(attributes.get("MessageGroupId")))
+            sequence = str(attributes.get("SequenceNumber", ""))
+            if group is not None and sequence.isdigit() and int(sequence) > group[0]:
+                self._settler.give_back([self._settler.track(message)], delay_seconds=group[1] + 1)
+            else:
+                taken.append(message)
+        return taken
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         with self._telemetry.receive_span() as span:
