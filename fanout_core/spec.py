@@ -191,6 +191,11 @@ class SinkSpec(SpecModel):
     headers: dict[str, str] = pydantic.Field(
         default_factory=dict, description="Extra non-secret request headers."
     )
+    secret_headers: dict[str, SecretRef] = pydantic.Field(
+        default_factory=dict,
+        description="Webhook: request headers whose values come from secrets (e.g. Authorization); "
+        "re-read before every probe after the downstream refused our credential.",
+    )
     circuit_failure_threshold: int = pydantic.Field(
         5, ge=1, description="Consecutive failures that open the circuit."
     )

@@ -70,7 +70,7 @@ class Poller:
         budget: Budget,
         sink: base.Sink,
         settler: settling.Settler,
-        submit: Callable[[settling.Received], None],
+        submit: Callable[[list[settling.Received]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
     ) -> None:
@@ -104,8 +104,8 @@ class Poller:
             failures = 0
             self._on_health(True)
             self._budget.release(granted - len(messages))
-            for message in messages:
-                self._submit(self._settler.track(message))
+            if messages:
+                self._submit([self._settler.track(message) for message in messages])
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         with self._telemetry.receive_span() as span:
