@@ -111,6 +111,22 @@ def redact_payload(text: str, payload: Any) -> str:
     return text
 
 
+def redact_body(text: str, body: Any) -> str:
+    """:func:`redact_payload` for a message whose event could not be decoded: the values come
+    from the raw body, parsed here if it is JSON of a size SQS allows (deep nesting and
+    garbage leave it a plain string, redacted as a whole)."""
+    payload: Any = body
+    if isinstance(body, str) and len(body) <= _MAX_BODY_JSON:
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            payload = body
+    return redact_payload(text, payload)
+
+
+_MAX_BODY_JSON = 1024 * 1024
+
+
 STATE_LOGGER = logging.getLogger("fanout.worker")
 SINK_LOGGER = logging.getLogger("fanout.sink")
 

@@ -267,10 +267,9 @@ class WorkerTelemetry:
         return fields
 
     @staticmethod
-    def _reason(reason: str, event: events.Event | None) -> str:
-        # Without a decoded event the reason is the decoder's own (it never quotes the body).
+    def _reason(reason: str, message: Mapping[str, Any], event: events.Event | None) -> str:
         if event is None:
-            return logs.scrub(reason)
+            return logs.scrub(logs.redact_body(reason, message.get("Body")))
         return logs.scrub(logs.redact_payload(reason, event.payload))
 
     @staticmethod
@@ -334,7 +333,7 @@ class WorkerTelemetry:
         fields = self._fields(message, event)
         fields["delay_seconds"] = round(delay_seconds, 3)
         fields["reason_class"] = reason_class.value
-        fields["reason"] = self._reason(reason, event)
+        fields["reason"] = self._reason(reason, message, event)
         receive_count = _system_ms(message, "ApproximateReceiveCount")
         if receive_count is not None:
             fields["receive_count"] = receive_count
@@ -352,7 +351,7 @@ class WorkerTelemetry:
         self._dead_lettered[reason_class].inc()
         fields = self._fields(message, event)
         fields["reason_class"] = reason_class.value
-        fields["reason"] = self._reason(reason, event)
+        fields["reason"] = self._reason(reason, message, event)
         self._log(logging.ERROR, "dead_lettered", fields)
 
     def _count(self, level: int, state: str, count: int) -> None:
