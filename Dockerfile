@@ -14,6 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fanout_core ./fanout_core
 COPY fanout_cli ./fanout_cli
+COPY fanout_ingest ./fanout_ingest
 COPY workers ./workers
 COPY operator ./operator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

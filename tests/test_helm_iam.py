@@ -1,18 +1,19 @@
 """The README's IAM policies grant exactly the AWS calls the code makes (least privilege), and its
 roles trust exactly the ServiceAccounts the operator creates, with IRSA and with EKS Pod Identity.
 
-The README shows the worker policy, the operator policy and the operator's provisioning policy
-as JSON. This test finds, in the source each one covers (the stand-ins that drive the embedded
-test endpoint live apart, in ``lab/``), every botocore operation reached through a client
-object, maps it to the IAM action that authorizes it (the SQS batch calls are authorized by
-their single-message actions; creating a queue or a table with tags also needs the tagging
-action), and requires the policy's actions to be that set, no more and no fewer. A new AWS
-call without a policy update, or a policy line nothing uses, fails here.
+The README shows the worker policy, the operator policy, the operator's provisioning policy and
+the front door's policy as JSON. This test finds, in the source each one covers (the stand-ins
+that drive the embedded test endpoint live apart, in ``lab/``), every botocore operation reached
+through a client object, maps it to the IAM action that authorizes it (the SQS batch calls are
+authorized by their single-message actions, SNS's PublishBatch by sns:Publish; creating a queue
+or a table with tags also needs the tagging action), and requires the policy's actions to be
+that set, no more and no fewer. A new AWS call without a policy update, or a policy line nothing
+uses, fails here.
 
-What each policy covers: the worker's, ``workers/``; the operator's, ``operator/`` and the
-topology reads it makes always (``fanout_core/inspecting.py``, also what ``fanout validate
---aws`` needs); the provisioning policy, ``fanout_core/provisioning.py`` (only for consumers
-with ``spec.topology.manage: true``).
+What each policy covers: the worker's, ``workers/``; the front door's, ``fanout_ingest/``; the
+operator's, ``operator/`` and the topology reads it makes always (``fanout_core/inspecting.py``,
+also what ``fanout validate --aws`` needs); the provisioning policy,
+``fanout_core/provisioning.py`` (only for consumers with ``spec.topology.manage: true``).
 
 The README's "Dead letters" section shows the policy of whoever runs ``fanout dlq``: the shared
 redrive engine (``fanout_core/redriving.py``) and ``fanout_cli``; the operator's policy also covers
@@ -47,11 +48,12 @@ BATCH_AUTHORIZED_BY = {
     "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
     "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sns:PublishBatch": "sns:Publish",
 }
 # Tags given on creation are authorized by the tagging action as well (provisioning tags what it
 # creates with its owner).
 ALSO_NEEDED = {"sqs:CreateQueue": "sqs:TagQueue", "dynamodb:CreateTable": "dynamodb:TagResource"}
-SERVICES = ("sqs", "dynamodb", "sns", "kms")
+SERVICES = ("sqs", "dynamodb", "sns", "kms", "s3")
 
 
 def _operations() -> dict[str, set[str]]:
@@ -119,6 +121,7 @@ POLICIES = {
     "Operator policy": ("operator", "fanout_core/inspecting.py", REDRIVE_ENGINE),
     "Operator provisioning policy": ("fanout_core/provisioning.py",),
     "fanout dlq policy": (REDRIVE_ENGINE, "fanout_cli"),
+    "Front door policy": ("fanout_ingest",),
 }
 
 
@@ -127,6 +130,8 @@ def test_the_scanner_sees_the_calls_it_should() -> None:
     worker_calls = _client_calls(ROOT / "workers")
     assert "sqs:ReceiveMessage" in worker_calls
     assert _client_calls(ROOT / "operator") >= {"sqs:GetQueueAttributes"}
+    assert _client_calls(ROOT / "fanout_ingest") >= {"sns:Publish", "s3:PutObject"}
+    assert "s3:GetObject" in worker_calls
     assert _client_calls(ROOT / REDRIVE_ENGINE) >= {"sqs:SendMessage", "sqs:DeleteMessage"}
     reads = _client_calls(ROOT / "fanout_core" / "inspecting.py")
     assert {"sns:ListSubscriptionsByTopic", "kms:GetKeyPolicy", "dynamodb:DescribeTimeToLive"} <= reads

@@ -49,6 +49,7 @@ from workers import (
     dedupe,
     events,
     fleet,
+    payloads,
     polling,
     processing,
     settling,
@@ -126,6 +127,10 @@ class Worker:
             )
             store = await stack.enter_async_context(self._store(region))
             await self._check_redrive_policy(client)
+            resolver = payloads.Resolver(
+                await stack.enter_async_context(_s3_client(region)), self.spec.large_payloads
+            )
+            stack.push_async_callback(resolver.drain)
             budget = polling.Budget(queue.max_in_flight)
             settler = settling.Settler(
                 client=client,
@@ -134,6 +139,7 @@ class Worker:
                 dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
                 budget=budget,
                 telemetry=self.telemetry,
+                on_deleted=resolver.forget,
                 health=self.health,
             )
             processor = processing.Processor(
@@ -154,6 +160,7 @@ class Worker:
                             submit=processor.submit,
                             telemetry=self.telemetry,
                             on_health=self._set_receiving,
+                            resolver=resolver,
                         ).run,
                     )
                 )
@@ -242,6 +249,14 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
         body=prometheus_client.generate_latest(),
         headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
     )
+
+
+@contextlib.asynccontextmanager
+async def _s3_client(region: str) -> AsyncIterator[Any]:
+    """S3 for offloaded payloads (no I/O until a pointer arrives); AWS_ENDPOINT_URL_S3 applies."""
+    session = aiobotocore.session.get_session()
+    async with session.create_client("s3", region_name=region) as client:
+        yield client
 
 
 def _queue_url(url: str | None) -> events.QueueUrl | None:
