@@ -22,7 +22,7 @@ import yaml
 from fanout_operator import metrics as operator_metrics
 from fanout_operator import queues, scaling
 from tests import external_tools
-from workers import events, telemetry
+from workers import events, messages, telemetry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "fanout-consumer" / "files" / "prometheus-rules.yaml"
@@ -57,7 +57,9 @@ def _exercised_exposition() -> bytes:
     event = events.Event(
         event_id=events.EventId("evt-1"), event_type="customer.start", payload={}, event_time_ms=1_000_000
     )
-    message = {"MessageId": "m-1", "Attributes": {"SentTimestamp": "1500000"}}
+    message = messages.parse(
+        {"MessageId": "m-1", "ReceiptHandle": "r-1", "Attributes": {"SentTimestamp": "1500000"}}
+    )
     worker.received(2)
     worker.received(0)
     worker.delivered(message, event, 0.12)

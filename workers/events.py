@@ -51,6 +51,28 @@ class Event:
     attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
+class ReasonClass(enum.StrEnum):
+    """Why a message was retried or dead-lettered; a bounded label value.
+
+    Dead-lettered: ``poison``, ``permanent``, ``exhausted``. Retried: ``transient`` (the
+    event's own failure: it counts as an attempt), and the sink-wide ones, which never
+    count — ``throttled`` (429/503, Retry-After), ``refused`` (our credential),
+    ``circuit_open`` (the sink failed for everyone), ``in_progress`` (another replica
+    holds the event's claim) and ``store_unavailable`` (the idempotency store could not
+    be asked).
+    """
+
+    POISON = "poison"
+    PERMANENT = "permanent"
+    EXHAUSTED = "exhausted"
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+    REFUSED = "refused"
+    CIRCUIT_OPEN = "circuit_open"
+    IN_PROGRESS = "in_progress"
+    STORE_UNAVAILABLE = "store_unavailable"
+
+
 class OutcomeKind(enum.StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"

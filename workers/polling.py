@@ -20,18 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from fanout_core import spec as spec_model
-from workers import payloads, settling, sqs, telemetry
+from workers import messages, payloads, retrying, sqs, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BACKOFF = 30.0
-_PAYLOAD_RETRY_SECONDS = 10
-_MAX_PAYLOAD_RETRY_SECONDS = 300
+_PAYLOAD_RETRY_SECONDS = 10.0
+_MAX_PAYLOAD_RETRY_SECONDS = 300.0
+
+
+class Tracker(Protocol):
+    """What a poller needs of the settler: take a received message in hand, or send it back."""
+
+    def track(self, message: messages.Message) -> None: ...
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None: ...
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None: ...
 
 
 class Budget:
@@ -73,8 +81,8 @@ class Poller:
         queue: spec_model.QueueSpec,
         budget: Budget,
         sink: base.Sink,
-        settler: settling.Settler,
-        submit: Callable[[list[settling.Received]], None],
+        settler: Tracker,
+        submit: Callable[[list[messages.Message]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
@@ -95,12 +103,12 @@ class Poller:
             await self._sink.wait_accepting()
             granted = await self._budget.reserve(self._queue.max_messages)
             try:
-                messages = await self._receive(granted)
+                received = await self._receive(granted)
             except sqs.SqsError as error:
                 self._budget.release(granted)
                 failures += 1
                 self._on_health(False)
-                delay = min(_MAX_ERROR_BACKOFF, 0.5 * 2 ** min(failures, 10))
+                delay = retrying.exponential_delay(failures, base=1.0, cap=_MAX_ERROR_BACKOFF)
                 log.warning("receive failed (%s); next try in %.1fs", error, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -109,13 +117,15 @@ class Poller:
                 raise
             failures = 0
             self._on_health(True)
-            self._budget.release(granted - len(messages))
-            if self._resolver is not None and messages:
-                messages = await self._resolve(messages)
-            if messages:
-                self._submit([self._settler.track(message) for message in messages])
+            self._budget.release(granted - len(received))
+            if self._resolver is not None and received:
+                received = await self._resolve(received)
+            for message in received:
+                self._settler.track(message)
+            if received:
+                self._submit(received)
 
-    async def _resolve(self, messages: list[dict[str, Any]]) -> list[Any]:
+    async def _resolve(self, received: list[messages.Message]) -> list[messages.Message]:
         """S3 pointers resolved before intake; what S3 cannot serve now comes back later.
 
         On a FIFO queue a conversation's later messages of the same receive go back with it,
@@ -123,31 +133,36 @@ class Poller:
         (on any SQS: it is visible while they are not).
         """
         assert self._resolver is not None
-        resolved = await self._resolver.resolve(messages)
+        resolved = await self._resolver.resolve(received)
         waiting: dict[str, tuple[int, float]] = {}  # group -> (first sequence number, delay)
         for message, error in resolved.unavailable:
-            record = self._settler.track(message)
-            delay = min(_MAX_PAYLOAD_RETRY_SECONDS, _PAYLOAD_RETRY_SECONDS * record.receive_count)
-            log.warning("large payload not readable now (%s); message back in %ds", error, delay)
-            self._settler.retry_later(record, delay)
-            if record.group_id is not None and record.sequence_number is not None:
-                first = waiting.get(record.group_id)
-                if first is None or record.sequence_number < first[0]:
-                    waiting[record.group_id] = (record.sequence_number, delay)
+            self._settler.track(message)
+            delay = retrying.exponential_delay(
+                message.receive_count, base=_PAYLOAD_RETRY_SECONDS, cap=_MAX_PAYLOAD_RETRY_SECONDS
+            )
+            log.warning("large payload not readable now (%s); message back in %.0fs", error, delay)
+            self._settler.retry_later(message, delay)
+            if message.group_id is not None and message.sequence_number is not None:
+                first = waiting.get(message.group_id)
+                if first is None or message.sequence_number < first[0]:
+                    waiting[message.group_id] = (message.sequence_number, delay)
         if not waiting:
-            return resolved.messages
-        taken: list[Any] = []
-        for message in resolved.messages:
-            attributes = message.get("Attributes", {})
-            group = waiting.get(str(attributes.get("MessageGroupId")))
-            sequence = str(attributes.get("SequenceNumber", ""))
-            if group is not None and sequence.isdigit() and int(sequence) > group[0]:
-                self._settler.give_back([self._settler.track(message)], delay_seconds=group[1] + 1)
+            return resolved.ready
+        taken: list[messages.Message] = []
+        for message in resolved.ready:
+            group = waiting.get(message.group_id) if message.group_id is not None else None
+            if (
+                group is not None
+                and message.sequence_number is not None
+                and message.sequence_number > group[0]
+            ):
+                self._settler.track(message)
+                self._settler.give_back([message], delay_seconds=group[1] + 1)
             else:
                 taken.append(message)
         return taken
 
-    async def _receive(self, count: int) -> list[dict[str, Any]]:
+    async def _receive(self, count: int) -> list[messages.Message]:
         with self._telemetry.receive_span() as span:
             reply = await sqs.call(
                 self._client.receive_message,
@@ -158,7 +173,18 @@ class Poller:
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
             )
-            messages: list[dict[str, Any]] = reply.get("Messages", [])
-            self._telemetry.record_batch(span, messages)
-            self._telemetry.received(len(messages))
-            return messages
+            received = _parse(reply.get("Messages", []))
+            self._telemetry.record_batch(span, received)
+            self._telemetry.received(len(received))
+            return received
+
+
+def _parse(reply: list[dict[str, Any]]) -> list[messages.Message]:
+    """The messages of one reply; an entry SQS could not have sent is logged and skipped."""
+    parsed: list[messages.Message] = []
+    for entry in reply:
+        try:
+            parsed.append(messages.parse(entry))
+        except messages.MalformedMessage as error:
+            log.error("received message skipped: %s", error)
+    return parsed

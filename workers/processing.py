@@ -50,12 +50,11 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Hashable, Sequence
+from typing import Any, Protocol
 
-from fanout_core import offloading
 from fanout_core import spec as spec_model
-from workers import dedupe, envelopes, events, filtering, ordering, retrying, settling, telemetry
+from workers import dedupe, envelopes, events, filtering, messages, ordering, retrying, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
@@ -72,19 +71,35 @@ receive's earlier message of the group (see ``ordering``)."""
 _FIFO_HAND_BACK_MARGIN_SECONDS = 1.0
 """A FIFO group handed back becomes visible this long after its failed head is due."""
 
-ReasonClass = telemetry.ReasonClass
+ReasonClass = events.ReasonClass
 
 
-def sqs_message_attributes(message: Mapping[str, Any]) -> dict[str, str]:
-    """String message attributes of an SQS message (binary ones are not carried)."""
-    attributes: dict[str, str] = {}
-    raw = message.get("MessageAttributes", {})
-    if not isinstance(raw, Mapping):
-        return attributes
-    for name, value in raw.items():
-        if isinstance(value, Mapping) and isinstance(value.get("StringValue"), str):
-            attributes[str(name)] = value["StringValue"]
-    return attributes
+class Settlement(Protocol):
+    """What the processor needs of the settler (``settling.Settler``): one action per message."""
+
+    def delete(self, message: messages.Message) -> None: ...
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None: ...
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None: ...
+
+    async def dead_letter(
+        self,
+        message: messages.Message,
+        event: events.Event | None,
+        *,
+        reason_class: events.ReasonClass,
+        reason: str,
+        backoff: float,
+    ) -> bool: ...
+
+    def dead_lettered_before(self, message: messages.Message, *, backoff: float) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Work:
+    """A decoded message waiting in its lane, or being delivered."""
+
+    message: messages.Message
+    event: events.Event
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,7 +149,7 @@ class Processor:
         spec: spec_model.FanoutConsumerSpec,
         sink: base.Sink,
         store: dedupe.IdempotencyStore,
-        settler: settling.Settler,
+        settler: Settlement,
         telemetry: telemetry.WorkerTelemetry,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
@@ -151,7 +166,7 @@ class Processor:
         # After its delay a retried message is visible again; one or two long polls later it is
         # back in our hands, unless another replica took it.
         self._redelivery_grace = max(_MIN_REDELIVERY_GRACE_SECONDS, 2.0 * spec.queue.wait_time_seconds + 1.0)
-        self._lanes: ordering.Lanes[settling.Received] = ordering.Lanes(
+        self._lanes: ordering.Lanes[_Work] = ordering.Lanes(
             fifo=self._fifo,
             hold_limit_seconds=spec.ordering.hold_limit_seconds,
             reread_hold_seconds=self._redelivery_grace,
@@ -171,83 +186,82 @@ class Processor:
 
     # -- intake ----------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[settling.Received]) -> None:
+    def submit(self, received: Sequence[messages.Message]) -> None:
         """Take the messages of one receive; never raises, never blocks."""
         if self._fifo:
             # A message its lane waits for goes first: the rest of its group then sorts in behind.
-            records = sorted(
-                records,
-                key=lambda record: (
+            received = sorted(
+                received,
+                key=lambda message: (
                     not self._lanes.awaits(
-                        ("group", record.group_id), frozenset({("message", record.message_id)})
+                        ("group", message.group_id), frozenset({("message", message.message_id)})
                     )
                 ),
             )
-        for record in records:
+        for message in received:
             try:
-                self._intake(record)
+                self._intake(message)
             except Exception as error:  # a bug in intake must not leave the message held forever
                 log.exception("intake failed; dead-lettering the message")
                 reason = f"could not be taken in ({type(error).__name__})"
-                self._spawn_chore(self._dead_letter(record, ReasonClass.POISON, reason))
+                self._spawn_chore(self._dead_letter(message, None, ReasonClass.POISON, reason))
 
-    def _intake(self, record: settling.Received) -> None:
+    def _intake(self, message: messages.Message) -> None:
         if not self._accepting:
-            self._settler.give_back([record])
+            self._settler.give_back([message])
             return
         try:
             event = envelopes.decode(
-                record.message.get("Body", ""),
+                message.body,
                 ordering_key=self._spec.ordering.key,
-                message_attributes=sqs_message_attributes(record.message),
-                resolution=offloading.resolution_of(record.message),
+                message_attributes=message.string_attributes(),
+                resolution=message.resolution,
             )
         except envelopes.PoisonMessage as poison:
-            self._spawn_chore(self._dead_letter(record, ReasonClass.POISON, poison.reason))
+            self._spawn_chore(self._dead_letter(message, None, ReasonClass.POISON, poison.reason))
             return
-        record.event = event
         if not self._filter.keep(event):
-            self._telemetry.filtered(record.message, event)
-            self._settler.delete(record)
+            self._telemetry.filtered(message, event)
+            self._settler.delete(message)
             return
+        work = _Work(message, event)
         suborder = 0
         if self._fifo:
-            order, suborder = record.sent_timestamp_ms, record.sequence_number or 0
+            order, suborder = message.sent_timestamp_ms, message.sequence_number or 0
         else:
-            order = event.event_time_ms if event.event_time_ms is not None else record.sent_timestamp_ms
+            order = event.event_time_ms if event.event_time_ms is not None else message.sent_timestamp_ms
         refused = self._lanes.add(
-            self._lane_key(record, event),
-            record,
-            identities=self._identities(record),
+            self._lane_key(work),
+            work,
+            identities=self._identities(work),
             order=float("inf") if order is None else order,
             suborder=suborder,
             now=self._clock(),
-            redelivered=record.receive_count > 1,
+            redelivered=message.redelivered,
         )
         if refused is not None:
             # FIFO: back to the queue, to come again behind the group's earlier messages.
             delay = refused + _FIFO_HAND_BACK_MARGIN_SECONDS if refused > 0 else 0.0
-            self._settler.give_back([record], delay_seconds=delay)
+            self._settler.give_back([message], delay_seconds=delay)
             return
         self._wake.set()
 
-    def _lane_key(self, record: settling.Received, event: events.Event) -> Hashable:
+    def _lane_key(self, work: _Work) -> Hashable:
         # A FIFO queue already orders by message group: the group is the lane, so a failed
         # message holds back exactly what SQS itself holds back.
-        if self._fifo and record.group_id:
-            return ("group", record.group_id)
-        if event.ordering_key is not None:
-            return ("key", event.ordering_key)
-        return ("message", record.message_id)
+        if self._fifo and work.message.group_id:
+            return ("group", work.message.group_id)
+        if work.event.ordering_key is not None:
+            return ("key", work.event.ordering_key)
+        return ("message", work.message.message_id)
 
-    def _identities(self, record: settling.Received) -> frozenset[Hashable]:
+    def _identities(self, work: _Work) -> frozenset[Hashable]:
         """What a lane recognises a message by when it comes back. Standard queues: its
         message id or its event id (a retried event may return as an SNS redelivery). FIFO:
         the message id only — a duplicate of the event is a different place in the group."""
-        names: set[Hashable] = {("message", record.message_id)}
-        if record.event is not None and not self._fifo:
-            names.add(("event", record.event.event_id))
-        return frozenset(names)
+        if self._fifo:
+            return frozenset({("message", work.message.message_id)})
+        return frozenset({("message", work.message.message_id), ("event", work.event.event_id)})
 
     # -- dispatching -----------------------------------------------------------------------
 
@@ -273,7 +287,7 @@ class Processor:
         finally:
             renewing.cancel()
 
-    async def _work_slot(self, key: Hashable, record: settling.Received) -> None:
+    async def _work_slot(self, key: Hashable, work: _Work) -> None:
         """One delivery slot: deliver, then go straight on with the next ready lane, if any.
 
         Starting the next lane here, rather than waking the dispatcher to start a new task,
@@ -282,33 +296,36 @@ class Processor:
         """
         try:
             while True:
-                await self._deliver(key, record)
+                await self._deliver(key, work)
                 if not self._accepting:
                     return
                 ready = self._lanes.start_ready(self._clock(), 1)
                 if not ready:
                     return
-                key, record = ready[0].key, ready[0].item
+                key, work = ready[0].key, ready[0].item
         finally:
             self._running -= 1  # counted here, not in a done-callback, so the wake below sees the slot
             self._wake.set()
 
-    async def _deliver(self, key: Hashable, record: settling.Received) -> None:
-        assert record.event is not None
+    async def _deliver(self, key: Hashable, work: _Work) -> None:
         ending = _Ending(ordering.Result.FAILED)
         try:
-            with self._telemetry.process_span(record.message, record.event):
-                ending = await self._process(record, record.event)
+            with self._telemetry.process_span(work.message, work.event):
+                ending = await self._process(work.message, work.event)
         except asyncio.CancelledError:
-            self._settler.give_back([record])  # shutdown: not delivered, so back to the queue
+            self._settler.give_back([work.message])  # shutdown: not delivered, so back to the queue
             raise
         except Exception as error:  # a bug in a sink or store must not lose the message
             log.exception("processing failed unexpectedly")
             ending = await self._failed_attempt(
-                record, record.event, None, ReasonClass.TRANSIENT, f"internal error: {type(error).__name__}"
+                work.message,
+                work.event,
+                None,
+                ReasonClass.TRANSIENT,
+                f"internal error: {type(error).__name__}",
             )
         finally:
-            identities, now = self._identities(record), self._clock()
+            identities, now = self._identities(work), self._clock()
             released = self._lanes.finish(
                 key,
                 ending.result,
@@ -318,10 +335,10 @@ class Processor:
                 due_seconds=ending.due,
             )
             if released:
-                self._settler.give_back(released)
+                self._settler.give_back([item.message for item in released])
             self._wake.set()  # a finish can make lanes ready (or end a FIFO group)
 
-    async def _process(self, record: settling.Received, event: events.Event) -> _Ending:
+    async def _process(self, message: messages.Message, event: events.Event) -> _Ending:
         started = self._clock()
         waits = 0
         while True:
@@ -332,16 +349,16 @@ class Processor:
                 if admission.state is dedupe.ClaimState.CLAIMED:  # ours: stop renewing it
                     self._claims.pop(event.event_id, None)
             if isinstance(outcome, events.NotSent):
-                return self._not_sent(record, event, admission)
+                return self._not_sent(message, event, admission)
             if isinstance(outcome, events.Delivered):
                 await self._complete(event)
-                self._telemetry.delivered(record.message, event, self._clock() - started)
+                self._telemetry.delivered(message, event, self._clock() - started)
                 with self._telemetry.child_span(telemetry.ACK):
-                    self._settler.delete(record)
+                    self._settler.delete(message)
                 return _DONE
             if isinstance(outcome, events.Permanent):
                 await self._release(event, failed=True)
-                return await self._give_up(record, ReasonClass.PERMANENT, outcome.reason)
+                return await self._give_up(message, event, ReasonClass.PERMANENT, outcome.reason)
             sink_wide = self._sink_wide(outcome)
             if sink_wide is None:
                 assert isinstance(outcome, events.Retry)
@@ -349,20 +366,20 @@ class Processor:
                 delay = self._in_place_delay(attempts, outcome.delay_seconds)
                 if delay is None:
                     return await self._retry_or_give_up(
-                        record, event, attempts, outcome.delay_seconds, ReasonClass.TRANSIENT, outcome.reason
+                        message, event, attempts, outcome.delay_seconds, ReasonClass.TRANSIENT, outcome.reason
                     )
-                self._telemetry.retried(record.message, event, delay, ReasonClass.TRANSIENT, outcome.reason)
+                self._telemetry.retried(message, event, delay, ReasonClass.TRANSIENT, outcome.reason)
                 if not await self._wait_for_sink(ReasonClass.TRANSIENT, 0, pause=delay):
-                    self._settler.give_back([record])  # shutting down
+                    self._settler.give_back([message])  # shutting down
                     return self._failed_ending(0.0)
                 continue
             # The sink's failure, not the event's: keep the message and try again once the
             # sink takes work — no attempt counted, no trip through SQS.
             await self._release(event, failed=False)
             waits += 1
-            self._telemetry.retried(record.message, event, 0.0, sink_wide, outcome.reason)
+            self._telemetry.retried(message, event, 0.0, sink_wide, outcome.reason)
             if not await self._wait_for_sink(sink_wide, waits):
-                self._settler.give_back([record])  # shutting down
+                self._settler.give_back([message])  # shutting down
                 return self._failed_ending(0.0)
 
     def _sink_wide(self, outcome: events.Outcome) -> ReasonClass | None:
@@ -416,39 +433,39 @@ class Processor:
             draining.cancel()
         return not self._draining.is_set()
 
-    def _not_sent(self, record: settling.Received, event: events.Event, admission: _Admission) -> _Ending:
+    def _not_sent(self, message: messages.Message, event: events.Event, admission: _Admission) -> _Ending:
         if admission.state is dedupe.ClaimState.COMPLETED:
-            self._telemetry.duplicate(record.message, event)
-            self._settler.delete(record)
+            self._telemetry.duplicate(message, event)
+            self._settler.delete(message)
             return _DONE
         if admission.error is not None:
             reason_class, reason = ReasonClass.STORE_UNAVAILABLE, f"idempotency store: {admission.error}"
         else:
             # Another replica (or message) is delivering this very event: look again later.
             reason_class, reason = ReasonClass.IN_PROGRESS, "in progress elsewhere"
-        self._telemetry.retried(record.message, event, _IN_PROGRESS_RETRY_SECONDS, reason_class, reason)
-        self._settler.retry_later(record, _IN_PROGRESS_RETRY_SECONDS)
+        self._telemetry.retried(message, event, _IN_PROGRESS_RETRY_SECONDS, reason_class, reason)
+        self._settler.retry_later(message, _IN_PROGRESS_RETRY_SECONDS)
         return self._failed_ending(_IN_PROGRESS_RETRY_SECONDS)
 
     # -- settling decisions ----------------------------------------------------------------
 
     async def _failed_attempt(
         self,
-        record: settling.Received,
+        message: messages.Message,
         event: events.Event | None,
         delay: float | None,
         reason_class: ReasonClass,
         reason: str,
     ) -> _Ending:
         """One failed delivery of ``event`` (counted now): retry after a backoff, or give up."""
-        attempts = record.receive_count
+        attempts = message.receive_count
         if event is not None:
             attempts = max(1, await self._release(event, failed=True))
-        return await self._retry_or_give_up(record, event, attempts, delay, reason_class, reason)
+        return await self._retry_or_give_up(message, event, attempts, delay, reason_class, reason)
 
     async def _retry_or_give_up(
         self,
-        record: settling.Received,
+        message: messages.Message,
         event: events.Event | None,
         attempts: int,
         delay: float | None,
@@ -458,12 +475,12 @@ class Processor:
         """After ``attempts`` failed deliveries: back to the queue for a backoff, or give up."""
         if retrying.attempts_exhausted(attempts, self._spec.retry):
             return await self._give_up(
-                record, ReasonClass.EXHAUSTED, f"gave up after {attempts} attempts; last: {reason}"
+                message, event, ReasonClass.EXHAUSTED, f"gave up after {attempts} attempts; last: {reason}"
             )
         if delay is None:
             delay = retrying.backoff_delay(attempts, self._spec.retry, random=self._jitter)
-        self._telemetry.retried(record.message, event, delay, reason_class, reason)
-        self._settler.retry_later(record, delay)
+        self._telemetry.retried(message, event, delay, reason_class, reason)
+        self._settler.retry_later(message, delay)
         return self._failed_ending(delay)
 
     def _failed_ending(self, delay: float) -> _Ending:
@@ -475,36 +492,40 @@ class Processor:
         grace = 2 * self._redelivery_grace if self._fifo else self._redelivery_grace
         return _Ending(ordering.Result.FAILED, hold=delay + grace, due=delay)
 
-    async def _give_up(self, record: settling.Received, reason_class: ReasonClass, reason: str) -> _Ending:
+    async def _give_up(
+        self, message: messages.Message, event: events.Event | None, reason_class: ReasonClass, reason: str
+    ) -> _Ending:
         """Dead-letter; a failed copy keeps the message and its lane waits for it."""
-        if await self._dead_letter(record, reason_class, reason):
-            if record.event is not None:
-                await self._forget(record.event)  # a redrive starts from zero attempts
+        if await self._dead_letter(message, event, reason_class, reason):
+            if event is not None:
+                await self._forget(event)  # a redrive starts from zero attempts
             return _DEAD
-        return self._failed_ending(self._backoff(record))
+        return self._failed_ending(self._backoff(message))
 
-    async def _dead_letter(self, record: settling.Received, reason_class: ReasonClass, reason: str) -> bool:
+    async def _dead_letter(
+        self, message: messages.Message, event: events.Event | None, reason_class: ReasonClass, reason: str
+    ) -> bool:
         """Copy the message to the dead-letter queue once, whatever happens around it.
 
         True when the message is out of our hands for good (copied now or before, or left
         to the queue's redrive policy); False when it stays ours and comes back later.
         """
-        backoff = self._backoff(record)
-        marker = dedupe.dead_letter_key(record.message_id)
+        backoff = self._backoff(message)
+        marker = dedupe.dead_letter_key(message.message_id)
         try:
             claim = await self._store.claim(marker, lease_seconds=_DEAD_LETTER_LEASE_SECONDS)
         except dedupe.StoreError as error:
             log.warning("dead-letter record unavailable (%s); message retried later", error)
-            self._settler.retry_later(record, backoff)
+            self._settler.retry_later(message, backoff)
             return False
         if claim is dedupe.ClaimState.COMPLETED:
-            self._settler.dead_lettered_before(record, backoff=backoff)
+            self._settler.dead_lettered_before(message, backoff=backoff)
             return True
         if claim is dedupe.ClaimState.IN_PROGRESS:
-            self._settler.retry_later(record, _IN_PROGRESS_RETRY_SECONDS)
+            self._settler.retry_later(message, _IN_PROGRESS_RETRY_SECONDS)
             return False
         copied = await self._settler.dead_letter(
-            record, reason_class=reason_class, reason=reason, backoff=backoff
+            message, event, reason_class=reason_class, reason=reason, backoff=backoff
         )
         try:
             if copied:
@@ -515,8 +536,8 @@ class Processor:
             log.warning("could not record the dead-letter copy: %s", error)
         return copied
 
-    def _backoff(self, record: settling.Received) -> float:
-        return retrying.backoff_delay(record.receive_count, self._spec.retry, random=self._jitter)
+    def _backoff(self, message: messages.Message) -> float:
+        return retrying.backoff_delay(message.receive_count, self._spec.retry, random=self._jitter)
 
     # -- the idempotency store -------------------------------------------------------------
 
@@ -591,7 +612,7 @@ class Processor:
         """Start nothing new, give back what did not start, let running deliveries finish."""
         self._accepting = False
         self._draining.set()
-        self._settler.give_back(self._lanes.take_pending())
+        self._settler.give_back([work.message for work in self._lanes.take_pending()])
         try:
             await self._sink.flush()
         except Exception:
@@ -606,4 +627,4 @@ class Processor:
                 await asyncio.wait(late, timeout=5)
         # FIFO failures during the drain release their group's messages through finish();
         # anything else still held is given back now.
-        self._settler.give_back(self._lanes.take_pending())
+        self._settler.give_back([work.message for work in self._lanes.take_pending()])

@@ -14,27 +14,10 @@ import urllib.parse
 
 import prometheus_client
 
+from workers import events
 
-class ReasonClass(enum.StrEnum):
-    """Why a message was retried or dead-lettered; a bounded label value.
-
-    Dead-lettered: ``poison``, ``permanent``, ``exhausted``. Retried: ``transient`` (the
-    event's own failure: it counts as an attempt), and the sink-wide ones, which never
-    count — ``throttled`` (429/503, Retry-After), ``refused`` (our credential),
-    ``circuit_open`` (the sink failed for everyone), ``in_progress`` (another replica
-    holds the event's claim) and ``store_unavailable`` (the idempotency store could not
-    be asked).
-    """
-
-    POISON = "poison"
-    PERMANENT = "permanent"
-    EXHAUSTED = "exhausted"
-    TRANSIENT = "transient"
-    THROTTLED = "throttled"
-    REFUSED = "refused"
-    CIRCUIT_OPEN = "circuit_open"
-    IN_PROGRESS = "in_progress"
-    STORE_UNAVAILABLE = "store_unavailable"
+ReasonClass = events.ReasonClass
+"""The ``reason_class`` label: why a message was retried or dead-lettered (see ``events``)."""
 
 
 class SinkOutcome(enum.StrEnum):

@@ -27,14 +27,14 @@ import math
 import time
 import types
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, ParamSpec
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
-from workers import events
+from workers import events, messages
 from workers.telemetry import logs, metrics, tracing
 
 # Child span names the runtime uses; ACK is a messaging "settle" operation.
@@ -103,21 +103,6 @@ class _SafeSpan(contextlib.AbstractContextManager[Span]):
                 _telemetry_failed(self._owner, "span", failure)
 
 
-def _message_id(message: Mapping[str, Any]) -> str | None:
-    value = message.get("MessageId")
-    return value if isinstance(value, str) else None
-
-
-def _system_ms(message: Mapping[str, Any], name: str) -> int | None:
-    system = message.get("Attributes")
-    if not isinstance(system, Mapping):
-        return None
-    try:
-        return int(system[name])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 class WorkerTelemetry:
     """Metrics, spans and state log lines of one worker consuming one queue."""
 
@@ -182,24 +167,23 @@ class WorkerTelemetry:
         )
 
     @_never_raises
-    def record_batch(self, span: Span, messages: Sequence[Mapping[str, Any]]) -> None:
+    def record_batch(self, span: Span, batch: Sequence[messages.Message]) -> None:
         """Put the batch size and one link per message producer context on a receive span."""
         if not span.is_recording():
             return
-        span.set_attribute("messaging.batch.message_count", len(messages))
-        for message in messages:
-            message_id = _message_id(message)
+        span.set_attribute("messaging.batch.message_count", len(batch))
+        for message in batch:
             for span_context in tracing.producer_contexts(message):
-                span.add_link(span_context, {"messaging.message.id": message_id} if message_id else None)
+                span.add_link(span_context, {"messaging.message.id": message.message_id})
 
     def process_span(
-        self, message: Mapping[str, Any], event: events.Event | None
+        self, message: messages.Message, event: events.Event | None
     ) -> contextlib.AbstractContextManager[Span]:
         """``process <queue>`` CONSUMER span for one message (see :meth:`_process_span`)."""
         return _SafeSpan(self, functools.partial(self._process_span, message, event))
 
     @contextlib.contextmanager
-    def _process_span(self, message: Mapping[str, Any], event: events.Event | None) -> Iterator[Span]:
+    def _process_span(self, message: messages.Message, event: events.Event | None) -> Iterator[Span]:
         """``process <queue>`` CONSUMER span for one message.
 
         The first producer context becomes the parent (one trace from producer to the
@@ -220,9 +204,7 @@ class WorkerTelemetry:
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "process"
         attributes["messaging.operation.name"] = "process"
-        message_id = _message_id(message)
-        if message_id:
-            attributes["messaging.message.id"] = message_id
+        attributes["messaging.message.id"] = message.message_id
         if event is not None and event.ordering_key:
             attributes["messaging.message.conversation_id"] = event.ordering_key
         producers = tracing.producer_contexts(message, event)
@@ -256,10 +238,10 @@ class WorkerTelemetry:
         return self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
 
     # ---------------------------------------------------------------------------- state changes
-    def _fields(self, message: Mapping[str, Any] | None, event: events.Event | None) -> dict[str, Any]:
+    def _fields(self, message: messages.Message | None, event: events.Event | None) -> dict[str, Any]:
         fields: dict[str, Any] = {"queue": self.queue}
         if message is not None:
-            fields["message_id"] = _message_id(message)
+            fields["message_id"] = message.message_id
         if event is not None:
             fields["event_id"] = event.event_id
             fields["ordering_key"] = event.ordering_key
@@ -267,9 +249,9 @@ class WorkerTelemetry:
         return fields
 
     @staticmethod
-    def _reason(reason: str, message: Mapping[str, Any], event: events.Event | None) -> str:
+    def _reason(reason: str, message: messages.Message, event: events.Event | None) -> str:
         if event is None:
-            return logs.scrub(logs.redact_body(reason, message.get("Body")))
+            return logs.scrub(logs.redact_body(reason, message.body))
         return logs.scrub(logs.redact_payload(reason, event.payload))
 
     @staticmethod
@@ -290,11 +272,11 @@ class WorkerTelemetry:
         self._log(logging.INFO, "received", fields)
 
     @_never_raises
-    def delivered(self, message: Mapping[str, Any], event: events.Event, processing_seconds: float) -> None:
+    def delivered(self, message: messages.Message, event: events.Event, processing_seconds: float) -> None:
         self._delivered.inc()
         self._processing.observe(max(0.0, processing_seconds))
         now_ms = self._clock() * 1000.0
-        sent_ms = _system_ms(message, "SentTimestamp")
+        sent_ms = message.sent_timestamp_ms
         if sent_ms is not None:
             self._e2e_sent.observe(max(0.0, (now_ms - sent_ms) / 1000.0))
         end_to_end: float | None = None
@@ -310,19 +292,19 @@ class WorkerTelemetry:
         self._log(logging.INFO, "delivered", fields)
 
     @_never_raises
-    def filtered(self, message: Mapping[str, Any], event: events.Event) -> None:
+    def filtered(self, message: messages.Message, event: events.Event) -> None:
         self._filtered.inc()
         self._log(logging.INFO, "filtered", self._fields(message, event))
 
     @_never_raises
-    def duplicate(self, message: Mapping[str, Any], event: events.Event) -> None:
+    def duplicate(self, message: messages.Message, event: events.Event) -> None:
         self._duplicates.inc()
         self._log(logging.INFO, "duplicate", self._fields(message, event))
 
     @_never_raises
     def retried(
         self,
-        message: Mapping[str, Any],
+        message: messages.Message,
         event: events.Event | None,
         delay_seconds: float,
         reason_class: metrics.ReasonClass,
@@ -334,15 +316,13 @@ class WorkerTelemetry:
         fields["delay_seconds"] = round(delay_seconds, 3)
         fields["reason_class"] = reason_class.value
         fields["reason"] = self._reason(reason, message, event)
-        receive_count = _system_ms(message, "ApproximateReceiveCount")
-        if receive_count is not None:
-            fields["receive_count"] = receive_count
+        fields["receive_count"] = message.receive_count
         self._log(logging.WARNING, "retried", fields)
 
     @_never_raises
     def dead_lettered(
         self,
-        message: Mapping[str, Any],
+        message: messages.Message,
         event: events.Event | None,
         reason_class: metrics.ReasonClass,
         reason: str,

@@ -27,7 +27,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.trace.propagation import tracecontext
 
-from workers import events
+from workers import events, messages
 
 TRACER_NAME = "fanout-consumer.workers"
 
@@ -145,32 +145,18 @@ def _parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanC
     return span_context if span_context.is_valid else None
 
 
-def _message_attribute(message: Mapping[str, Any], name: str) -> str | None:
-    attributes = message.get("MessageAttributes")
-    if not isinstance(attributes, Mapping):
-        return None
-    value = attributes.get(name)
-    if isinstance(value, Mapping):
-        string = value.get("StringValue")
-        return string if isinstance(string, str) else None
-    return None
-
-
-def producer_contexts(message: Mapping[str, Any], event: events.Event | None = None) -> list[SpanContext]:
+def producer_contexts(message: messages.Message, event: events.Event | None = None) -> list[SpanContext]:
     """Every distinct producer span context a message carries, most authoritative first.
 
     Order: the ``AWSTraceHeader`` system attribute (set by SQS itself from an X-Ray traced
     send), a ``traceparent`` message attribute, the SNS envelope's ``traceparent``.
     """
     found: list[SpanContext | None] = []
-    system = message.get("Attributes")
-    if isinstance(system, Mapping):
-        header = system.get("AWSTraceHeader")
-        if isinstance(header, str):
-            found.append(_parse_xray(header))
-    traceparent = _message_attribute(message, "traceparent")
+    if message.trace_header is not None:
+        found.append(_parse_xray(message.trace_header))
+    traceparent = message.string_attribute("traceparent")
     if traceparent:
-        found.append(_parse_traceparent(traceparent, _message_attribute(message, "tracestate")))
+        found.append(_parse_traceparent(traceparent, message.string_attribute("tracestate")))
     if event is not None and event.attributes.get("traceparent"):
         found.append(_parse_traceparent(event.attributes["traceparent"], event.attributes.get("tracestate")))
     unique: list[SpanContext] = []
