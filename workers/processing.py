@@ -107,13 +107,13 @@ class _Ending:
     """How a delivery ended, for its lane: the result and, after a failure, when the
     failed message is due back (``due``) and how long the lane waits for it (``hold``)."""
 
-    result: ordering.Result
+    result: ordering.Finish
     hold: float | None = None
     due: float | None = None
 
 
-_DONE = _Ending(ordering.Result.DONE)
-_DEAD = _Ending(ordering.Result.DEAD)
+_DONE = _Ending(ordering.Finish.DONE)
+_DEAD = _Ending(ordering.Finish.DEAD)
 
 
 class _Admission:
@@ -308,7 +308,7 @@ class Processor:
             self._wake.set()
 
     async def _deliver(self, key: Hashable, work: _Work) -> None:
-        ending = _Ending(ordering.Result.FAILED)
+        ending = _Ending(ordering.Finish.FAILED)
         try:
             with self._telemetry.process_span(work.message, work.event):
                 ending = await self._process(work.message, work.event)
@@ -490,7 +490,7 @@ class Processor:
         nothing else of the group while its head is away, so waiting costs nothing there, and
         an SQS double that is slow to give the head back must not see its group overtaken."""
         grace = 2 * self._redelivery_grace if self._fifo else self._redelivery_grace
-        return _Ending(ordering.Result.FAILED, hold=delay + grace, due=delay)
+        return _Ending(ordering.Finish.FAILED, hold=delay + grace, due=delay)
 
     async def _give_up(
         self, message: messages.Message, event: events.Event | None, reason_class: ReasonClass, reason: str
