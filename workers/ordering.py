@@ -72,6 +72,8 @@ import math
 from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
+from workers import retrying
+
 T = TypeVar("T")
 
 Order = tuple[float, int]
@@ -256,7 +258,7 @@ class Lanes(Generic[T]):
                 return None  # sent back often enough: it waits in the lane now
             # At once the first time (moto re-reads a group only once nothing of it is in
             # flight); then a little later (LocalStack serves it straight back otherwise).
-            delay = 0.0 if refusals == 0 else float(2 ** (refusals - 1))
+            delay = 0.0 if refusals == 0 else retrying.exponential_delay(refusals, base=1.0, cap=60.0)
             for identity in identities:
                 self._refused.pop(identity, None)
                 self._refused[identity] = refusals + 1

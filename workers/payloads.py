@@ -33,10 +33,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import aiohttp
-import botocore.exceptions
-
-from fanout_core import awserrors, offloading
+from fanout_core import awsclients, awserrors, offloading
 from fanout_core import spec as spec_model
 from workers import messages
 
@@ -63,16 +60,6 @@ class Resolved:
 
     ready: list[messages.Message]
     unavailable: list[tuple[messages.Message, PayloadUnavailable]]
-
-
-_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
-
-
-def _classify(error: BaseException) -> tuple[str, awserrors.Kind]:
-    if isinstance(error, botocore.exceptions.ClientError):
-        code, status = awserrors.code_and_status(error.response)
-        return code or str(status), awserrors.classify(code, status)
-    return type(error).__name__, awserrors.Kind.UNAVAILABLE
 
 
 class Resolver:
@@ -140,11 +127,12 @@ class Resolver:
                         f"is {self._spec.max_bytes}",
                     )
                 data = await stream.read()
-        except _ERRORS as error:
-            code, kind = _classify(error)
-            if kind in (awserrors.Kind.NOT_FOUND, awserrors.Kind.INVALID):
+        except awsclients.ERRORS as error:
+            failure = awsclients.failure_of(error)
+            code = failure.code or str(failure.status)
+            if failure.kind in (awserrors.Kind.NOT_FOUND, awserrors.Kind.INVALID):
                 return offloading.Resolution(pointer, failure=f"S3 payload {where} not found ({code})")
-            raise PayloadUnavailable(f"S3 payload {where}: {code} ({kind})", code=code) from error
+            raise PayloadUnavailable(f"S3 payload {where}: {code} ({failure.kind})", code=code) from error
         try:
             payload = data.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -167,10 +155,11 @@ class Resolver:
     async def _delete(self, pointer: offloading.Pointer) -> None:
         try:
             await self._client.delete_object(Bucket=pointer.bucket, Key=pointer.key)
-        except _ERRORS as error:
+        except awsclients.ERRORS as error:
             # The event was delivered; a leftover object costs storage, not correctness (a
             # bucket lifecycle rule collects it).
-            code, _ = _classify(error)
+            failure = awsclients.failure_of(error)
+            code = failure.code or str(failure.status)
             log.warning("could not delete s3://%s/%s (%s)", pointer.bucket, pointer.key, code)
 
     async def drain(self) -> None:

@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from fanout_core import awserrors
 from workers import events, messages, retrying, sqs, supervision, telemetry
 
 log = logging.getLogger(__name__)
@@ -373,9 +374,11 @@ class Settler:
             for failure in reply.get("Failed", []):
                 index = int(failure["Id"])
                 code = str(failure.get("Code", "Unknown"))
+                # A batch entry has no HTTP status of its own: SenderFault says whose fault.
+                kind = awserrors.classify(code, 400 if failure.get("SenderFault", False) else 500)
                 if sqs.is_expired_receipt(code):
                     self._telemetry.receipt_expired(1)
-                elif not failure.get("SenderFault", False) and index in pending:
+                elif awserrors.retryable(kind) and index in pending:
                     retry[index] = pending[index]
                     continue
                 else:
