@@ -281,13 +281,16 @@ class WorkloadSpec(SpecModel):
     image: str | None = pydantic.Field(None, description="Worker image; default = the operator's.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     service_account_name: str | None = pydantic.Field(
-        None, description="Service account (IRSA role) of the workers."
+        None,
+        description="Service account of the workers (its IAM role comes with it: IRSA or EKS Pod Identity).",
     )
     iam_role_arn: str | None = pydantic.Field(
         None,
         pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
-        description="IRSA: the operator creates a service account for this consumer annotated "
-        "eks.amazonaws.com/role-arn (ignored when serviceAccountName is set).",
+        description="This consumer's own IAM role: the operator creates the service account "
+        "<name>-worker for it, annotated eks.amazonaws.com/role-arn with IRSA; with EKS Pod Identity "
+        "the cluster admin associates that account with the role (ignored when serviceAccountName "
+        "is set).",
     )
     resources: dict[str, dict[str, str]] | None = pydantic.Field(
         None, description="Container resources (requests / limits)."

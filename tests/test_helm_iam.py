@@ -1,4 +1,5 @@
-"""The README's IAM policies grant exactly the AWS calls the code makes (least privilege).
+"""The README's IAM policies grant exactly the AWS calls the code makes (least privilege), and its
+roles trust exactly the ServiceAccounts the operator creates, with IRSA and with EKS Pod Identity.
 
 The README's "Install on EKS" section shows the worker and the operator policies as JSON. This
 test finds, in the source of ``workers/`` and ``operator/`` (the stand-ins that drive the
@@ -6,6 +7,10 @@ embedded test endpoint live apart, in ``lab/``), every botocore operation reache
 object, maps it to the IAM action that authorizes it (the SQS batch calls are authorized by
 their single-message actions), and requires the policy's actions to be that set, no more and
 no fewer. A new AWS call without a policy update, or a policy line nothing uses, fails here.
+
+The trust policies (IRSA and Pod Identity) must name the namespace and ServiceAccount the operator
+renders for the example consumer, the association command must bind that same account, and moto's
+IAM must accept every document as a valid trust or permission policy.
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ import ast
 import json
 import pathlib
 import re
+from typing import Any
 
+import aiobotocore.session
+import botocore.exceptions
 import botocore.session
 import pytest
 
+from fanout_core import spec
+from fanout_operator import rendering
 from tests import external_tools
 
 ROOT = external_tools.ROOT
@@ -96,3 +106,78 @@ def test_readme_policy_is_exactly_what_the_code_calls(
     granted = _policy_actions(title)
     assert sorted(granted - used) == [], "granted but never called"
     assert sorted(used - granted) == [], "called but not granted"
+
+
+# --- the roles: IRSA and EKS Pod Identity trust the ServiceAccounts the operator creates ------------
+
+
+def _policy(title: str) -> dict[str, Any]:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^{re.escape(title)}:\n\n```json\n(.*?)\n```", text, re.MULTILINE | re.DOTALL)
+    assert match, f"README has no '{title}:' JSON block"
+    document: dict[str, Any] = json.loads(match.group(1))
+    return document
+
+
+def _example_consumer() -> tuple[rendering.Owner, spec.FanoutConsumerSpec]:
+    manifest = spec.load_manifest(ROOT / "examples" / "crm-sync.yaml")
+    namespace = manifest.metadata.namespace or "contact-center"
+    return rendering.Owner(manifest.metadata.name, namespace, "uid"), manifest.spec
+
+
+def test_each_mechanism_trusts_exactly_the_account_the_operator_creates() -> None:
+    owner, consumer = _example_consumer()
+    assert consumer.workload.iam_role_arn is not None
+    account = rendering.worker_service_account_name(owner)
+    for identity in rendering.AwsIdentity:
+        defaults = rendering.Defaults(image="fanout-consumer:1", aws_identity=identity)
+        children = rendering.render(owner, consumer, defaults, replicas=1)
+        assert children.deployment["spec"]["template"]["spec"]["serviceAccountName"] == account
+        assert children.service_account is not None
+        annotations = children.service_account["metadata"]["annotations"]
+        irsa = identity is rendering.AwsIdentity.IRSA
+        assert (annotations.get(rendering.ANNOTATION_IRSA_ROLE) == consumer.workload.iam_role_arn) is irsa
+
+    (irsa_statement,) = _policy("IRSA trust policy")["Statement"]
+    assert irsa_statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    provider = irsa_statement["Principal"]["Federated"].split(":oidc-provider/", 1)[1]
+    assert irsa_statement["Condition"]["StringEquals"] == {
+        f"{provider}:aud": "sts.amazonaws.com",
+        f"{provider}:sub": f"system:serviceaccount:{owner.namespace}:{account}",
+    }
+    (pod_statement,) = _policy("Pod Identity trust policy")["Statement"]
+    assert pod_statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert sorted(pod_statement["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+    assert pod_statement["Condition"]["StringEquals"] == {
+        "aws:RequestTag/kubernetes-namespace": owner.namespace,
+        "aws:RequestTag/kubernetes-service-account": account,
+    }
+    role_name = consumer.workload.iam_role_arn.rsplit("/", 1)[1]
+    readme = README.read_text(encoding="utf-8")
+    assert f"--role-name {role_name} " in readme
+    role = f"arn:aws:iam::$ACCOUNT:role/{role_name}"
+    association = f"--namespace {owner.namespace} \\\n  --service-account {account} --role-arn {role}"
+    assert association in readme
+
+
+async def test_the_roles_are_valid_iam_for_both_mechanisms(moto_server: Any) -> None:
+    """moto's IAM rejects a malformed trust or permission policy, as IAM does."""
+    session = aiobotocore.session.get_session()
+    async with session.create_client("iam", region_name="us-east-1") as iam:
+        for mechanism in ("IRSA", "Pod Identity"):
+            name = f"fanout-crm-sync-{mechanism.replace(' ', '-').lower()}"
+            trust = _policy(f"{mechanism} trust policy")
+            await iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+            # moto validates a trust policy when it is updated (as IAM does on create and update).
+            await iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
+            for title in ("Worker policy", "Operator policy"):
+                await iam.put_role_policy(
+                    RoleName=name,
+                    PolicyName=title.replace(" ", "-"),
+                    PolicyDocument=json.dumps(_policy(title)),
+                )
+            role = (await iam.get_role(RoleName=name))["Role"]
+            assert role["AssumeRolePolicyDocument"]["Statement"] == trust["Statement"]
+        broken = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:ReceiveMessage"}]}
+        with pytest.raises(botocore.exceptions.ClientError, match="MalformedPolicyDocument"):
+            await iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(broken))

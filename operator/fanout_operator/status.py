@@ -1,10 +1,11 @@
 """The ``status`` of a FanoutConsumer, as one pydantic model.
 
-The operator writes it (``handlers``), ``kubectl get`` prints parts of it (the CRD's printer
-columns, built by ``crd`` from this model), and the scale subresource reads ``replicas`` and
-``selector`` from it. It also carries the scaler's memory (``scaler``) so an operator restart, or
-a peer taking over, continues the stabilization window and the cooldown instead of starting
-them again: the scaling loop's state lives with the object it describes.
+The operator writes it (``reporting.StatusWriter``, from what ``conditions`` computes),
+``kubectl get`` prints parts of it (the CRD's printer columns, built by ``crd`` from this
+model), and the scale subresource reads ``replicas`` and ``selector`` from it. It also carries
+the scaler's memory (``scaler``) so an operator restart, or a peer taking over, continues the
+stabilization window and the cooldown instead of starting them again: the scaling loop's state
+lives with the object it describes.
 
 Field names are camelCase on the wire, like the spec's. Times are RFC 3339 strings, except the
 scaler's memory, which holds epoch seconds because only the scaling code reads it.
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import pydantic
 import pydantic.alias_generators
@@ -52,7 +54,11 @@ class Backlog(StatusModel):
 
     visible: int = 0
     in_flight: int = pydantic.Field(0, description="ApproximateNumberOfMessagesNotVisible.")
-    delayed: int = 0
+    delayed: int = pydantic.Field(
+        0,
+        description="ApproximateNumberOfMessagesDelayed: keeps the fleet from scaling to zero and "
+        "wakes it from zero, but does not size it.",
+    )
     total: int = pydantic.Field(0, description="visible + inFlight: what the scaler sizes for.")
 
 
@@ -91,6 +97,12 @@ class FanoutConsumerStatus(StatusModel):
     scaler: ScalerMemory | None = None
 
 
+def generation_of(body: Mapping[str, Any]) -> int | None:
+    """The object's ``metadata.generation``: what ``observedGeneration`` records."""
+    generation = body.get("metadata", {}).get("generation")
+    return int(generation) if generation is not None else None
+
+
 def rfc3339(epoch_seconds: float) -> str:
     """Kubernetes' time format: UTC, second precision, Z suffix."""
     moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.UTC)
@@ -108,8 +120,30 @@ def parse(raw: object) -> FanoutConsumerStatus:
 
 
 def dump(status: FanoutConsumerStatus) -> dict[str, object]:
-    """The status as wire data for a status patch."""
+    """The status as wire data, without unset fields."""
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def merge_patch(status: FanoutConsumerStatus) -> dict[str, object]:
+    """The JSON merge patch that makes the server's status exactly ``status``.
+
+    Unset fields are sent as ``null``, which a merge patch reads as "remove": leaving them out
+    would keep the server's old value (a stale ``scaler.emptySince`` would come back on the next
+    read and start a scale-to-zero cooldown that never happened).
+    """
+    full = status.model_dump(mode="json", by_alias=True)
+    return {"status": _with_removals(full, dump(status))}
+
+
+def _with_removals(full: dict[str, object], lean: dict[str, object]) -> dict[str, object]:
+    """``lean`` plus ``None`` for every map key ``full`` holds as ``None`` (lists kept lean)."""
+    result = dict(lean)
+    for key, value in full.items():
+        if key not in lean:
+            result[key] = None
+        elif isinstance(value, dict) and isinstance(lean[key], dict):
+            result[key] = _with_removals(value, lean[key])  # type: ignore[arg-type]
+    return result
 
 
 def set_condition(
