@@ -35,8 +35,7 @@ import pytest
 from fanout_lab import harness
 from fanout_lab.simulators import aws, webhook
 from fanout_operator import rendering
-from tests import image_runtime
-from tests import test_operator_e2e as operator_e2e
+from tests import image_runtime, operator_harness
 
 pytestmark = pytest.mark.image
 
@@ -247,16 +246,16 @@ async def test_operator_in_the_image_answers_its_liveness_probe(
     tmp_path: pathlib.Path,
 ) -> None:
     liveness, metrics = _free_port(), _free_port()
-    with operator_e2e.KmockCluster() as cluster:
+    with operator_harness.KmockCluster() as cluster:
         kube = tmp_path / "kube"
         kube.mkdir(mode=0o755)
         cluster.kubeconfig(kube).chmod(0o644)  # as a Secret volume's default mode: readable to the pod
         process = image_runtime.Process(
             argv=(
                 "fanout-operator",
-                # The chart's default scope; kmock 0.8 cannot list namespaces, which --namespace reads.
+                # As the chart starts it (its default scope, peering); kmock 0.8 cannot list
+                # namespaces, which --namespace reads.
                 "--all-namespaces",
-                "--standalone",
                 f"--liveness=http://127.0.0.1:{liveness}/healthz",
                 f"--metrics-port={metrics}",
                 "--metrics-address=127.0.0.1",
@@ -281,7 +280,7 @@ async def test_operator_in_the_image_answers_its_liveness_probe(
             def watching() -> bool:
                 return any(
                     agent.startswith("kopf/") and path.startswith(WATCH_FANOUTCONSUMERS)
-                    for agent, _, path in operator_e2e.ApiServerEmulator.calls
+                    for agent, _, path in operator_harness.ApiServerEmulator.calls
                 )
 
             assert await harness.wait_until(watching, timeout=30), (
