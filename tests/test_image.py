@@ -377,7 +377,8 @@ def test_app_layer_holds_production_code_only(
             print(f"  {_megabytes(size):>9}  {name} {version}")
 
     assert _canonical(PYPROJECT["project"]["name"]) in {_canonical(name) for name in added}
-    assert not {_canonical(name) for name in added} & _kept_out(), sorted(added)
+    kept_out = sorted({_canonical(name) for name in added} & _kept_out())
+    assert not kept_out, f"lab, dev or build distributions in the app layer: {kept_out}"
     assert final["compilers"] == [], "a compiler in the runtime image"
     assert final["leftovers"] == [], "the build stage left files in the runtime image"
     # The host's CA bundle was mounted for the build stage's pip only: the image keeps the base's.
