@@ -191,6 +191,11 @@ class SinkSpec(SpecModel):
     headers: dict[str, str] = pydantic.Field(
         default_factory=dict, description="Extra non-secret request headers."
     )
+    secret_headers: dict[str, SecretRef] = pydantic.Field(
+        default_factory=dict,
+        description="Webhook: request headers whose values come from secrets (e.g. Authorization); "
+        "re-read before every probe after the downstream refused our credential.",
+    )
     circuit_failure_threshold: int = pydantic.Field(
         5, ge=1, description="Consecutive failures that open the circuit."
     )
@@ -245,6 +250,22 @@ class IdempotencySpec(SpecModel):
         if self.store is IdempotencyStoreType.DYNAMODB and not self.table:
             raise ValueError("'table' is required when store is dynamodb")
         return self
+
+
+class LargePayloadSpec(SpecModel):
+    """Events too large for SQS, stored in S3 by the front door or an AWS extended client."""
+
+    delete_after_delivery: bool = pydantic.Field(
+        False,
+        description="Delete the S3 object once its message is done (delivered, duplicate or "
+        "filtered); never after dead-lettering. Needs s3:DeleteObject on the bucket.",
+    )
+    max_bytes: int = pydantic.Field(
+        32 * 1024 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="Larger offloaded payloads are not fetched: the message is dead-lettered as poison.",
+    )
 
 
 class ScalingSpec(SpecModel):
@@ -303,6 +324,115 @@ class WorkloadSpec(SpecModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class DeletionPolicy(enum.StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class FilterPolicyScope(enum.StrEnum):
+    MESSAGE_ATTRIBUTES = "MessageAttributes"
+    MESSAGE_BODY = "MessageBody"
+
+
+class EventTypeField(enum.StrEnum):
+    """Where an event's type sits in a message body, for a filter policy on the body."""
+
+    DETAIL_TYPE = "detail-type"  # EventBridge events: the topic template, `{id}` literal
+    TOPIC_NAME = "topicName"  # Genesys notifications: the concrete topic
+
+
+SQS_MAX_RETENTION_SECONDS = 1_209_600
+SQS_DEFAULT_RETENTION_SECONDS = 345_600
+REDRIVE_HEADROOM_RECEIVES = 2
+"""Receives SQS's redrive waits beyond ``retry.maxAttempts`` by default: the worker, which
+writes the reason, dead-letters first; the redrive policy is the backstop."""
+
+
+class SubscriptionSpec(SpecModel):
+    """The SNS subscription that feeds the queue."""
+
+    raw_message_delivery: bool = pydantic.Field(
+        True,
+        description="Deliver the published message as the SQS body (attributes become SQS message "
+        "attributes, at most 10) instead of inside an SNS JSON envelope. The worker decodes both.",
+    )
+    event_type_attribute: str | None = pydantic.Field(
+        None,
+        min_length=1,
+        description="Message attribute the publisher sets to the event type (the topic template); "
+        "the derived filter policy then filters on it (FilterPolicyScope MessageAttributes). "
+        "Absent: it filters on the body field eventTypeField (FilterPolicyScope MessageBody).",
+    )
+    event_type_field: EventTypeField = pydantic.Field(
+        EventTypeField.DETAIL_TYPE,
+        description="Body field holding the event type when no attribute does: detail-type "
+        "(EventBridge events) or topicName (Genesys notifications).",
+    )
+    filter_policy: dict[str, Any] | None = pydantic.Field(
+        None,
+        description="An explicit SNS filter policy, used instead of the one derived from "
+        "spec.filter (for attributes the derivation does not know, e.g. eventCategory); {} = none: "
+        "every event reaches the queue and spec.filter alone decides.",
+    )
+    filter_policy_scope: FilterPolicyScope = pydantic.Field(
+        FilterPolicyScope.MESSAGE_ATTRIBUTES, description="Scope of filterPolicy."
+    )
+
+
+class TopologyQueueSpec(SpecModel):
+    """Attributes of the queue when the operator creates it."""
+
+    retention_seconds: int = pydantic.Field(
+        SQS_DEFAULT_RETENTION_SECONDS, ge=60, le=SQS_MAX_RETENTION_SECONDS
+    )
+    kms_master_key_id: str | None = pydantic.Field(
+        None,
+        description="SSE-KMS key (id, ARN or alias) for the queue and its dead-letter queue; its key "
+        "policy must let sns.amazonaws.com use it. Absent: SSE-SQS.",
+    )
+
+
+class TopologyDeadLetterSpec(SpecModel):
+    """The dead-letter queue and the redrive policy that feeds it."""
+
+    max_receive_count: int | None = pydantic.Field(
+        None,
+        ge=1,
+        le=1000,
+        description="RedrivePolicy maxReceiveCount; default retry.maxAttempts + 2. Below "
+        "retry.maxAttempts SQS would move events before the worker has used its attempts.",
+    )
+    retention_seconds: int = pydantic.Field(
+        SQS_MAX_RETENTION_SECONDS,
+        ge=60,
+        le=SQS_MAX_RETENTION_SECONDS,
+        description="Retention of the dead-letter queue; must exceed the source queue's.",
+    )
+
+
+class TopologySpec(SpecModel):
+    """The consumer's AWS topology: always verified; created or adopted when ``manage`` is on."""
+
+    manage: bool = pydantic.Field(
+        False,
+        description="Create or adopt the queue, dead-letter queue, redrive and queue policies, the "
+        "SNS subscription and the idempotency table. Off: only verify them.",
+    )
+    topic_arn: str | None = pydantic.Field(
+        None,
+        pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+(\.fifo)?$",
+        description="The SNS topic that feeds the queue; absent: the subscriptions found are checked.",
+    )
+    subscription: SubscriptionSpec = pydantic.Field(default_factory=SubscriptionSpec)
+    queue: TopologyQueueSpec = pydantic.Field(default_factory=TopologyQueueSpec)
+    dead_letter: TopologyDeadLetterSpec = pydantic.Field(default_factory=TopologyDeadLetterSpec)
+    deletion_policy: DeletionPolicy = pydantic.Field(
+        DeletionPolicy.RETAIN,
+        description="Retain: deleting the FanoutConsumer leaves its AWS resources. Delete: it deletes "
+        "the ones the operator created (never the ones it adopted).",
+    )
+
+
 class FanoutConsumerSpec(SpecModel):
     """spec of a FanoutConsumer: one SQS queue fanned out to one downstream API."""
 
@@ -313,9 +443,11 @@ class FanoutConsumerSpec(SpecModel):
     retry: RetrySpec = pydantic.Field(default_factory=RetrySpec)
     dead_letter: DeadLetterSpec = pydantic.Field(default_factory=DeadLetterSpec)
     idempotency: IdempotencySpec = pydantic.Field(default_factory=IdempotencySpec)
+    large_payloads: LargePayloadSpec = pydantic.Field(default_factory=LargePayloadSpec)
     scaling: ScalingSpec = pydantic.Field(default_factory=ScalingSpec)
     shutdown: ShutdownSpec = pydantic.Field(default_factory=ShutdownSpec)
     workload: WorkloadSpec = pydantic.Field(default_factory=WorkloadSpec)
+    topology: TopologySpec = pydantic.Field(default_factory=TopologySpec)
     replicas: int | None = pydantic.Field(
         None,
         ge=0,
@@ -380,17 +512,21 @@ def parse_spec(spec: Any) -> FanoutConsumerSpec:
         raise ConfigError(describe_validation_error(error)) from error
 
 
-def load_manifest(path: str | pathlib.Path) -> FanoutConsumer:
-    """Read a YAML or JSON manifest file (JSON is YAML) and validate it."""
+def read_document(path: str | pathlib.Path) -> Any:
+    """A YAML or JSON file (JSON is YAML), parsed; ConfigError when it cannot be read."""
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from error
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML/JSON: {error}") from error
-    return parse_manifest(document)
+
+
+def load_manifest(path: str | pathlib.Path) -> FanoutConsumer:
+    """Read a YAML or JSON manifest file (JSON is YAML) and validate it."""
+    return parse_manifest(read_document(path))
 
 
 def dump_spec(spec: FanoutConsumerSpec) -> dict[str, Any]:

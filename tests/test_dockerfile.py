@@ -287,7 +287,7 @@ def test_build_stage_makes_our_wheel_with_every_package(wheelhouse: pathlib.Path
 
     (ours,) = wheelhouse.glob("fanout_consumer-*.whl")
     names = zipfile.ZipFile(ours).namelist()
-    for package in ("workers", "fanout_core", "fanout_operator", "fanout_cli"):
+    for package in ("workers", "fanout_core", "fanout_operator", "fanout_cli", "fanout_ingest"):
         assert f"{package}/__init__.py" in names, f"{package} missing from the wheel"
     assert not [name for name in names if name.startswith(("tests/", "helm/", "examples/", "fanout_lab/"))]
 
@@ -313,7 +313,7 @@ def test_runtime_stage_installs_offline_and_both_entry_points_import(
         "import sys; sys.path.insert(0, sys.argv[1]); import importlib.metadata as m; "
         "eps = {e.name: e for e in m.entry_points(group='console_scripts') "
         "if e.dist and e.dist.name == 'fanout-consumer'}; "
-        "[eps[n].load() for n in ('fanout-worker', 'fanout-operator', 'fanout')]; "
+        "[eps[n].load() for n in ('fanout-worker', 'fanout-operator', 'fanout', 'fanout-ingest')]; "
         "import workers, fanout_operator; print(workers.__file__, fanout_operator.__file__)"
     )
     check = subprocess.run(

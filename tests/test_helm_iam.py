@@ -1,12 +1,23 @@
 """The README's IAM policies grant exactly the AWS calls the code makes (least privilege), and its
 roles trust exactly the ServiceAccounts the operator creates, with IRSA and with EKS Pod Identity.
 
-The README's "Install on EKS" section shows the worker and the operator policies as JSON. This
-test finds, in the source of ``workers/`` and ``operator/`` (the stand-ins that drive the
-embedded test endpoint live apart, in ``lab/``), every botocore operation reached through a client
-object, maps it to the IAM action that authorizes it (the SQS batch calls are authorized by
-their single-message actions), and requires the policy's actions to be that set, no more and
-no fewer. A new AWS call without a policy update, or a policy line nothing uses, fails here.
+The README shows the worker policy, the operator policy, the operator's provisioning policy and
+the front door's policy as JSON. This test finds, in the source each one covers (the stand-ins
+that drive the embedded test endpoint live apart, in ``lab/``), every botocore operation reached
+through a client object, maps it to the IAM action that authorizes it (the SQS batch calls are
+authorized by their single-message actions, SNS's PublishBatch by sns:Publish; creating a queue
+or a table with tags also needs the tagging action), and requires the policy's actions to be
+that set, no more and no fewer. A new AWS call without a policy update, or a policy line nothing
+uses, fails here.
+
+What each policy covers: the worker's, ``workers/``; the front door's, ``fanout_ingest/``; the
+operator's, ``operator/`` and the topology reads it makes always (``fanout_core/inspecting.py``,
+also what ``fanout validate --aws`` needs); the provisioning policy,
+``fanout_core/provisioning.py`` (only for consumers with ``spec.topology.manage: true``).
+
+The README's "Dead letters" section shows the policy of whoever runs ``fanout dlq``: the shared
+redrive engine (``fanout_core/redriving.py``) and ``fanout_cli``; the operator's policy also covers
+that engine, since the operator runs declarative redrives.
 
 The trust policies (IRSA and Pod Identity) must name the namespace and ServiceAccount the operator
 renders for the example consumer, the association command must bind that same account, and moto's
@@ -37,36 +48,55 @@ BATCH_AUTHORIZED_BY = {
     "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
     "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sns:PublishBatch": "sns:Publish",
 }
+# Tags given on creation are authorized by the tagging action as well (provisioning tags what it
+# creates with its owner).
+ALSO_NEEDED = {"sqs:CreateQueue": "sqs:TagQueue", "dynamodb:CreateTable": "dynamodb:TagResource"}
+SERVICES = ("sqs", "dynamodb", "sns", "kms", "s3")
 
 
-def _operations() -> dict[str, str]:
-    """snake_case client method → IAM action, for the services the project talks to."""
+def _operations() -> dict[str, set[str]]:
+    """snake_case client method → the IAM actions it may be (one per service that has it)."""
     session = botocore.session.get_session()
-    table: dict[str, str] = {}
-    for service, prefix in (("sqs", "sqs"), ("dynamodb", "dynamodb")):
+    table: dict[str, set[str]] = {}
+    for service in SERVICES:
         model = session.get_service_model(service)
         for operation in model.operation_names:
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-            action = f"{prefix}:{operation}"
-            table[snake] = BATCH_AUTHORIZED_BY.get(action, action)
+            action = f"{service}:{operation}"
+            table.setdefault(snake, set()).add(BATCH_AUTHORIZED_BY.get(action, action))
     return table
 
 
-def _client_calls(directory: pathlib.Path, *, exclude: tuple[str, ...] = ()) -> set[str]:
-    """IAM actions of every ``<...client...>.<operation>`` attribute in the package's source."""
+REDRIVE_ENGINE = "fanout_core/redriving.py"
+
+
+def _client_calls(*sources: pathlib.Path) -> set[str]:
+    """IAM actions of every ``<...sqs_client...>.<operation>`` attribute in the sources (files or
+    directories); the service is the one the client's name names, when it names one."""
     operations = _operations()
     actions: set[str] = set()
-    for path in sorted(directory.rglob("*.py")):
-        if any(part in exclude for part in path.relative_to(directory).parts):
-            continue
+    paths = [
+        path
+        for source in sources
+        for path in ([source] if source.is_file() else sorted(source.rglob("*.py")))
+    ]
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Attribute) or node.attr not in operations:
                 continue
             owner = node.value
-            owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
-            if "client" in owner_name.lower():
-                actions.add(operations[node.attr])
+            owner_name = (
+                owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            ).lower()
+            if "client" not in owner_name:
+                continue
+            named = {action for action in operations[node.attr] if action.split(":")[0] in owner_name}
+            for action in named or operations[node.attr]:
+                actions.add(action)
+                if action in ALSO_NEEDED:
+                    actions.add(ALSO_NEEDED[action])
     return actions
 
 
@@ -85,24 +115,36 @@ def _policy_actions(title: str) -> set[str]:
     return actions
 
 
+POLICIES = {
+    "Worker policy": ("workers",),
+    # The operator verifies topologies (inspecting) and runs declarative redrives (the engine).
+    "Operator policy": ("operator", "fanout_core/inspecting.py", REDRIVE_ENGINE),
+    "Operator provisioning policy": ("fanout_core/provisioning.py",),
+    "fanout dlq policy": (REDRIVE_ENGINE, "fanout_cli"),
+    "Front door policy": ("fanout_ingest",),
+}
+
+
 def test_the_scanner_sees_the_calls_it_should() -> None:
     # Guard against a scanner that finds nothing and so "agrees" with an empty policy.
     worker_calls = _client_calls(ROOT / "workers")
     assert "sqs:ReceiveMessage" in worker_calls
     assert _client_calls(ROOT / "operator") >= {"sqs:GetQueueAttributes"}
+    assert _client_calls(ROOT / "fanout_ingest") >= {"sns:Publish", "s3:PutObject"}
+    assert "s3:GetObject" in worker_calls
+    assert _client_calls(ROOT / REDRIVE_ENGINE) >= {"sqs:SendMessage", "sqs:DeleteMessage"}
+    reads = _client_calls(ROOT / "fanout_core" / "inspecting.py")
+    assert {"sns:ListSubscriptionsByTopic", "kms:GetKeyPolicy", "dynamodb:DescribeTimeToLive"} <= reads
+    writes = _client_calls(ROOT / "fanout_core" / "provisioning.py")
+    assert {"sqs:CreateQueue", "sqs:TagQueue", "sns:Subscribe", "dynamodb:TagResource"} <= writes
+    assert not {
+        action for action in reads if not action.split(":")[1].startswith(("Get", "List", "Describe"))
+    }
 
 
-@pytest.mark.parametrize(
-    ("title", "source", "exclude"),
-    [
-        ("Worker policy", "workers", ()),
-        ("Operator policy", "operator", ()),
-    ],
-)
-def test_readme_policy_is_exactly_what_the_code_calls(
-    title: str, source: str, exclude: tuple[str, ...]
-) -> None:
-    used = _client_calls(ROOT / source, exclude=exclude)
+@pytest.mark.parametrize("title", sorted(POLICIES))
+def test_readme_policy_is_exactly_what_the_code_calls(title: str) -> None:
+    used = _client_calls(*(ROOT / source for source in POLICIES[title]))
     granted = _policy_actions(title)
     assert sorted(granted - used) == [], "granted but never called"
     assert sorted(used - granted) == [], "called but not granted"
@@ -170,7 +212,7 @@ async def test_the_roles_are_valid_iam_for_both_mechanisms(moto_server: Any) -> 
             await iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
             # moto validates a trust policy when it is updated (as IAM does on create and update).
             await iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
-            for title in ("Worker policy", "Operator policy"):
+            for title in ("Worker policy", "Operator policy", "Operator provisioning policy"):
                 await iam.put_role_policy(
                     RoleName=name,
                     PolicyName=title.replace(" ", "-"),

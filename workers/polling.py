@@ -8,8 +8,10 @@
 2. reserves room in the in-flight budget (received, not yet settled) and asks for no
    more than that, so the worker never holds more than it can finish or heartbeat.
 
-Received messages are tracked by the settler (which heartbeats them and frees their
-budget when they are settled) and handed to the processor. An empty receive costs
+Messages whose body is an S3 pointer (an event too large for SQS) are resolved first
+(``payloads``), so the processor takes in the real event. Received messages are tracked by
+the settler (which heartbeats them and frees their budget when they are settled) and handed
+to the processor. An empty receive costs
 the long poll only. Receive errors never end the loop: they mark the worker unready
 and back off.
 """
@@ -22,12 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fanout_core import spec as spec_model
-from workers import settling, sqs, telemetry
+from workers import payloads, settling, sqs, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BACKOFF = 30.0
+_PAYLOAD_RETRY_SECONDS = 10
+_MAX_PAYLOAD_RETRY_SECONDS = 300
 
 
 class Budget:
@@ -70,9 +74,10 @@ class Poller:
         budget: Budget,
         sink: base.Sink,
         settler: settling.Settler,
-        submit: Callable[[settling.Received], None],
+        submit: Callable[[list[settling.Received]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
+        resolver: payloads.Resolver | None = None,
     ) -> None:
         self._client = client
         self._queue = queue
@@ -82,6 +87,7 @@ class Poller:
         self._submit = submit
         self._telemetry = telemetry
         self._on_health = on_health
+        self._resolver = resolver
 
     async def run(self) -> None:
         failures = 0
@@ -104,8 +110,42 @@ class Poller:
             failures = 0
             self._on_health(True)
             self._budget.release(granted - len(messages))
-            for message in messages:
-                self._submit(self._settler.track(message))
+            if self._resolver is not None and messages:
+                messages = await self._resolve(messages)
+            if messages:
+                self._submit([self._settler.track(message) for message in messages])
+
+    async def _resolve(self, messages: list[dict[str, Any]]) -> list[Any]:
+        """S3 pointers resolved before intake; what S3 cannot serve now comes back later.
+
+        On a FIFO queue a conversation's later messages of the same receive go back with it,
+        a second later than it, so that none is delivered before it and SQS serves it first
+        (on any SQS: it is visible while they are not).
+        """
+        assert self._resolver is not None
+        resolved = await self._resolver.resolve(messages)
+        waiting: dict[str, tuple[int, float]] = {}  # group -> (first sequence number, delay)
+        for message, error in resolved.unavailable:
+            record = self._settler.track(message)
+            delay = min(_MAX_PAYLOAD_RETRY_SECONDS, _PAYLOAD_RETRY_SECONDS * record.receive_count)
+            log.warning("large payload not readable now (%s); message back in %ds", error, delay)
+            self._settler.retry_later(record, delay)
+            if record.group_id is not None and record.sequence_number is not None:
+                first = waiting.get(record.group_id)
+                if first is None or record.sequence_number < first[0]:
+                    waiting[record.group_id] = (record.sequence_number, delay)
+        if not waiting:
+            return resolved.messages
+        taken: list[Any] = []
+        for message in resolved.messages:
+            attributes = message.get("Attributes", {})
+            group = waiting.get(str(attributes.get("MessageGroupId")))
+            sequence = str(attributes.get("SequenceNumber", ""))
+            if group is not None and sequence.isdigit() and int(sequence) > group[0]:
+                self._settler.give_back([self._settler.track(message)], delay_seconds=group[1] + 1)
+            else:
+                taken.append(message)
+        return taken
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         with self._telemetry.receive_span() as span:

@@ -13,9 +13,10 @@ answering a different failure of the downstream:
   it only grows when it is what holds requests back (latency-only limiters grow without
   bound against a rate-limited API);
 * a **pause**: a ``Retry-After`` stops the whole sink until then, not just one request;
-* a **circuit breaker**: ``failure_threshold`` consecutive failures open it; after
-  ``open_seconds`` exactly one probe goes through (half-open); its success closes the
-  circuit, its failure re-opens it for twice as long (capped at ``max_open_seconds``).
+* a **circuit breaker**: ``failure_threshold`` consecutive failures open it — a refused
+  credential opens it at once; after ``open_seconds`` exactly one probe goes through
+  (half-open); its success closes the circuit, its failure re-opens it for twice as long
+  (capped at ``max_open_seconds``).
 
 :class:`Limiter` is the pure core: the caller passes ``now`` and gets a decision
 (:class:`Permit` or :class:`Wait`), so hypothesis can drive it on a fake clock
@@ -54,6 +55,11 @@ class Result(enum.StrEnum):
     """Other 5xx, connection errors: a circuit failure only."""
     CANCELLED = "cancelled"
     """Abandoned before an answer: no signal either way."""
+    UNUSED = "unused"
+    """Granted but never sent (the event's admission said no): the token is given back."""
+    REFUSED = "refused"
+    """Our credential was refused (401/403/407): the sink cannot work at all, so the circuit
+    opens at once, whatever the failure count; only a probe (with re-read secrets) closes it."""
 
 
 class CircuitState(enum.IntEnum):
@@ -244,6 +250,9 @@ class Limiter:
     ) -> None:
         """Hand a permit back with what happened; ``retry_after`` pauses the whole sink."""
         self._in_flight = max(0, self._in_flight - 1)
+        if result is Result.UNUSED and self._rate is not None:
+            self._refill(now)
+            self._tokens = min(float(self._burst), self._tokens + 1.0)
         if retry_after is not None and retry_after > 0:
             self.pause_until(now + retry_after, now)
         if result in (Result.THROTTLED, Result.OVERLOADED):
@@ -308,10 +317,10 @@ class Limiter:
         self._decreased_after = self._serial
 
     def _update_circuit(self, permit: Permit, result: Result, now: float) -> None:
-        failure = result in (Result.OVERLOADED, Result.FAILED)
+        failure = result in (Result.OVERLOADED, Result.FAILED, Result.REFUSED)
         if permit.probe:
             self._probe_in_flight = False
-            if result is Result.CANCELLED:
+            if result in (Result.CANCELLED, Result.UNUSED):
                 return
             if failure:
                 self._open_for = min(self._settings.max_open_seconds, self._open_for * 2)
@@ -323,7 +332,9 @@ class Limiter:
             return
         if self._circuit is not CircuitState.CLOSED:
             return  # only the probe decides while open or half-open
-        if failure:
+        if result is Result.REFUSED:
+            self._open(now)
+        elif failure:
             self._failures += 1
             if self._failures >= self._settings.failure_threshold:
                 self._open(now)

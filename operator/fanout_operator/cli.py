@@ -138,6 +138,13 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
         help="How often every consumer's children are compared with its spec and repaired. "
         "Default %(default)s.",
     )
+    p.add_argument(
+        "--topology-seconds",
+        type=_positive,
+        default=settings.DEFAULT_TOPOLOGY_SECONDS,
+        help="How often every consumer's AWS topology is checked (and provisioned, with "
+        "spec.topology.manage); a spec change checks at once. Default %(default)s.",
+    )
 
 
 def _guardrail_flags(p: argparse.ArgumentParser) -> None:
@@ -230,6 +237,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> settings.OperatorS
         ),
         scrape_workers=scrape,
         resync_seconds=options.resync_seconds,
+        topology_seconds=options.topology_seconds,
         verbose=options.verbose,
         debug=options.debug,
     )

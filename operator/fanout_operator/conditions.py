@@ -11,6 +11,9 @@ outcome                 who reports it
 :class:`Reconciled`     ``handlers`` (create / update / resume) and ``resyncing`` (drift repaired)
 :class:`Blind`          ``autoscaling``: the queue or the cluster could not be read; replicas held
 :class:`Polled`         ``autoscaling``: one scaling round went through
+:class:`TopologyChecked`  ``topology``: the AWS topology was checked (and provisioned, if asked)
+:class:`TopologyUnchecked`  ``topology``: AWS could not be asked (throttled, down, no credentials)
+:class:`TopologyDeleted`  ``topology``: deletionPolicy Delete removed what the operator created
 ======================  ===========================================================================
 
 The conditions (``kubectl describe`` shows them; ``Ready`` is a printer column):
@@ -20,13 +23,19 @@ The conditions (``kubectl describe`` shows them; ``Ready`` is a printer column):
 - ``Scaling``: True when the last round changed the fleet size; its reason is what shaped the
   decision (``scaling.Limit``), its message the decision's reason.
 - ``Degraded``: True with the cause while something is wrong; False otherwise.
+- ``TopologyReady``: True (``Verified``) when the last check of the AWS topology found nothing;
+  False with the most severe finding's reason (every finding with its fix in the message and in
+  ``status.topology.findings``); Unknown when only unreadable parts remain (``ReadDenied``) or
+  AWS could not be asked (``TopologyCheckFailed``, the last findings kept).
 
 Events: a Warning when a degradation starts or changes cause (not at every failed round), a
 Normal ``ScaledUp`` / ``ScaledDown`` when the fleet is resized, a Normal ``DriftRepaired`` when a
-resync put back children someone deleted or edited.
+resync put back children someone deleted or edited; a Warning per topology finding the previous
+check did not have (its reason, the resource, the fix), a Normal ``TopologyProvisioned`` saying
+what provisioning changed, a Normal ``TopologyDeleted``.
 
-A new condition (for example one from checking the AWS topology) is a new outcome here and one
-more branch of :func:`apply`; nothing else writes conditions.
+A new condition is a new outcome here and one more branch of :func:`apply`; nothing else
+writes conditions.
 """
 
 from __future__ import annotations
@@ -74,7 +83,32 @@ class Polled:
     memory: status.ScalerMemory
 
 
-Outcome = Rejected | Reconciled | Blind | Polled
+@dataclasses.dataclass(frozen=True)
+class TopologyChecked:
+    findings: tuple[status.TopologyFinding, ...]
+    # What provisioning created (or found carrying this consumer's owner tag) and what it changed.
+    created: tuple[status.TopologyResource, ...] = ()
+    changes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologyUnchecked:
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologyDeleted:
+    deleted: tuple[str, ...]
+
+
+Outcome = Rejected | Reconciled | Blind | Polled | TopologyChecked | TopologyUnchecked | TopologyDeleted
+
+TOPOLOGY_VERIFIED = "Verified"
+TOPOLOGY_CHECK_FAILED = "TopologyCheckFailed"
+TOPOLOGY_PROVISIONED = "TopologyProvisioned"
+TOPOLOGY_DELETED = "TopologyDeleted"
+_SEVERITIES = ("error", "warning", "unknown")
+_TOPOLOGY_MESSAGE_LIMIT = 8_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +134,7 @@ class _Conditions:
         self._now = now
         self._generation = generation
 
-    def set(self, kind: status.ConditionType, state: bool, reason: str, message: str = "") -> None:
+    def set(self, kind: status.ConditionType, state: bool | None, reason: str, message: str = "") -> None:
         self.items = status.set_condition(
             self.items, kind, state, reason, message, now=self._now, generation=self._generation
         )
@@ -203,10 +237,69 @@ def _polled(
     return Report(new, events)
 
 
+def _topology_checked(
+    previous: status.FanoutConsumerStatus, outcome: TopologyChecked, now: float, generation: int | None
+) -> Report:
+    before = previous.topology
+    seen = {(f.reason, f.resource) for f in before.findings} if before else set()
+    created = list(before.created) if before else []
+    created += [resource for resource in outcome.created if resource not in created]
+    topology = status.TopologyStatus(
+        checked_at=status.rfc3339(now), findings=list(outcome.findings), created=created
+    )
+    worst = next((s for s in _SEVERITIES if any(f.severity == s for f in outcome.findings)), None)
+    conditions = _Conditions(previous.conditions, now, generation)
+    if worst is None:
+        conditions.set(
+            status.ConditionType.TOPOLOGY_READY,
+            True,
+            TOPOLOGY_VERIFIED,
+            "queue, dead-letter queue, policies, subscription and table checked: no problem",
+        )
+    else:
+        first = next(f for f in outcome.findings if f.severity == worst)
+        message = "\n".join(f"{f.reason}: {f.message} Fix: {f.fix}" for f in outcome.findings)
+        state = None if worst == "unknown" else False
+        conditions.set(
+            status.ConditionType.TOPOLOGY_READY, state, first.reason, message[:_TOPOLOGY_MESSAGE_LIMIT]
+        )
+    events = [
+        Note(f.reason, f"{f.resource}: {f.message} Fix: {f.fix}", warning=True)
+        for f in outcome.findings
+        if (f.reason, f.resource) not in seen
+    ]
+    if outcome.changes:
+        events.append(Note(TOPOLOGY_PROVISIONED, "; ".join(outcome.changes)))
+    new = previous.model_copy(update={"conditions": conditions.items, "topology": topology})
+    return Report(new, tuple(events))
+
+
+def _topology_unchecked(
+    previous: status.FanoutConsumerStatus, outcome: TopologyUnchecked, now: float, generation: int | None
+) -> Report:
+    conditions = _Conditions(previous.conditions, now, generation)
+    message = f"the topology could not be checked: {outcome.message}"[:_TOPOLOGY_MESSAGE_LIMIT]
+    conditions.set(status.ConditionType.TOPOLOGY_READY, None, TOPOLOGY_CHECK_FAILED, message)
+    return Report(previous.model_copy(update={"conditions": conditions.items}), ())
+
+
+def _topology_deleted(previous: status.FanoutConsumerStatus, outcome: TopologyDeleted) -> Report:
+    kept = previous.topology or status.TopologyStatus()
+    new = previous.model_copy(update={"topology": kept.model_copy(update={"created": []})})
+    events = (Note(TOPOLOGY_DELETED, "; ".join(outcome.deleted)),) if outcome.deleted else ()
+    return Report(new, events)
+
+
 def apply(
     previous: status.FanoutConsumerStatus, outcome: Outcome, *, now: float, generation: int | None
 ) -> Report:
     """The status after ``outcome``, and the Events to post about it."""
+    if isinstance(outcome, TopologyChecked):
+        return _topology_checked(previous, outcome, now, generation)
+    if isinstance(outcome, TopologyUnchecked):
+        return _topology_unchecked(previous, outcome, now, generation)
+    if isinstance(outcome, TopologyDeleted):
+        return _topology_deleted(previous, outcome)
     if isinstance(outcome, Rejected):
         return _rejected(previous, outcome, now, generation)
     if isinstance(outcome, Reconciled):

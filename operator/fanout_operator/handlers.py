@@ -9,8 +9,12 @@ HTTP session for the workers' metrics, the operator's /metrics) and settles peer
 - create / update / resume: ``guardrails.admit`` the spec, then ``reconciling.reconcile``; the
   outcome goes to the consumer's ``reporting.StatusWriter`` (one per consumer, in kopf's
   per-object memo, shared with the daemons below);
-- a scaling daemon (``autoscaling``) and a drift-resync daemon (``resyncing``), each a
-  ``looping.run`` until kopf stops it (deletion, shutdown, a peer taking over).
+- a scaling daemon (``autoscaling``), a drift-resync daemon (``resyncing``), a topology daemon
+  (``topology``: verify the AWS topology, provision it with ``spec.topology.manage``) and a
+  daemon for declarative redrive requests (``redrives``), each a ``looping.run`` until kopf
+  stops it (deletion, shutdown, a peer taking over);
+- on deletion, only for ``manage: true`` with ``deletionPolicy: Delete`` (kopf's finalizer is
+  added to those objects only): ``topology.delete`` removes the AWS resources it created.
 
 kopf keeps its own bookkeeping in annotations (``fanout.dev/...``), not in the status, so the
 status stays exactly the schema ``crd`` publishes.
@@ -38,11 +42,13 @@ from fanout_operator import (
     peering,
     queues,
     reconciling,
+    redrives,
     rendering,
     reporting,
     resyncing,
     settings,
     status,
+    topology,
     workers_state,
 )
 
@@ -278,3 +284,59 @@ async def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # create / update / resume has just reconciled; the first resync is one interval later.
     await asyncio.sleep(runtime.settings.resync_seconds)
     await looping.run(lambda: repair.once(body), what="drift resync")
+
+
+@_daemon(id="topology")
+async def verify_topology(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The AWS topology of one FanoutConsumer, checked (and provisioned) until kopf cancels it."""
+    runtime = _runtime(memo)
+    owner = rendering.owner_of(body)
+    families = runtime.metric_families
+    recorder = families.consumer(owner.namespace, owner.name) if families is not None else None
+    check = topology.TopologyCheck(
+        writer=_writer(memo, runtime, owner), settings=runtime.settings, recorder=recorder
+    )
+    try:
+        await looping.run(lambda: check.once(body), what="topology check")
+    finally:
+        if recorder is not None:
+            recorder.topology({})
+
+
+def _deletes_what_it_created(spec: kopf.Spec, **_: Any) -> bool:
+    return topology.deletes_what_it_created(spec)
+
+
+@kopf.on.delete(spec.API_GROUP, spec.API_VERSION, spec.PLURAL, when=_deletes_what_it_created)
+async def delete_topology(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """deletionPolicy Delete: the AWS resources the operator created go with the FanoutConsumer."""
+    runtime = _runtime(memo)
+    writer = _writer(memo, runtime, rendering.owner_of(body))
+    try:
+        await topology.delete(body, writer=writer)
+    except topology.DeletionFailed as error:
+        if error.retryable:
+            raise kopf.TemporaryError(str(error), delay=runtime.settings.retry_seconds) from error
+        raise kopf.PermanentError(str(error)) from error
+    except kube.KubeError as error:
+        raise kopf.TemporaryError(
+            f"cannot record the deletion: {error}", delay=runtime.settings.retry_seconds
+        ) from error
+
+
+@_daemon(id="redrives", cancellation_timeout=30)
+async def declarative_redrives(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Redrive requests of one FanoutConsumer (annotation fanout.dev/redrive-request): ``redrives``."""
+    runtime = _runtime(memo)
+    owner = rendering.owner_of(body)
+    families = runtime.metric_families
+    watcher = redrives.Watcher(
+        runtime.client,
+        owner,
+        instance=runtime.settings.identity,
+        recorder=families.consumer(owner.namespace, owner.name) if families is not None else None,
+    )
+    try:
+        await looping.run(lambda: watcher.step(body), what="redrive watch")
+    finally:
+        await watcher.aclose()

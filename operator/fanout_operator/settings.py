@@ -22,6 +22,7 @@ DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
 DEFAULT_METRICS_ADDRESS = "0.0.0.0"
 DEFAULT_METRICS_PORT = 8082  # next to kopf's liveness port
 DEFAULT_RESYNC_SECONDS = 60.0
+DEFAULT_TOPOLOGY_SECONDS = 300.0
 DEFAULT_RETRY_SECONDS = 10.0
 
 
@@ -71,6 +72,9 @@ class OperatorSettings:
     scrape_workers: bool = True
     # How often every child is compared with what the spec renders, and repaired.
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    # How often every consumer's AWS topology is checked (and, with spec.topology.manage,
+    # provisioned); a spec change checks at once.
+    topology_seconds: float = DEFAULT_TOPOLOGY_SECONDS
     # Delay before a handler that hit a Kubernetes error runs again.
     retry_seconds: float = DEFAULT_RETRY_SECONDS
     verbose: bool = False

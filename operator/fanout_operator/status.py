@@ -36,6 +36,7 @@ class ConditionType(enum.StrEnum):
     READY = "Ready"
     SCALING = "Scaling"
     DEGRADED = "Degraded"
+    TOPOLOGY_READY = "TopologyReady"
 
 
 class Condition(StatusModel):
@@ -80,6 +81,60 @@ class ScalerMemory(StatusModel):
     )
 
 
+class TopologyFinding(StatusModel):
+    """One problem of the consumer's AWS topology (fanout_core.findings)."""
+
+    reason: str
+    severity: Literal["error", "warning", "unknown"]
+    resource: str
+    message: str
+    fix: str
+
+
+class TopologyResource(StatusModel):
+    """An AWS resource the operator created for this consumer (what deletionPolicy Delete removes)."""
+
+    kind: Literal["queue", "subscription", "table"]
+    id: str = pydantic.Field(description="Queue URL, subscription ARN or table name.")
+
+
+class TopologyStatus(StatusModel):
+    """The last check of the consumer's AWS topology."""
+
+    checked_at: str | None = None
+    findings: list[TopologyFinding] = pydantic.Field(default_factory=list)
+    created: list[TopologyResource] = pydantic.Field(default_factory=list)
+
+
+class RedriveState(enum.StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    INCOMPLETE = "Incomplete"
+    FAILED = "Failed"
+    INVALID = "Invalid"
+
+
+class RedriveStatus(StatusModel):
+    """The last declarative redrive request and what became of it (``redrive_requests``)."""
+
+    request: str = pydantic.Field(description="The request's id (or a hash of its text).")
+    state: RedriveState
+    selection: str | None = None
+    dry_run: bool = False
+    rate: float | None = pydantic.Field(None, description="Messages per second.")
+    rate_why: str | None = None
+    moved: int = pydantic.Field(0, description="Back in the source queue (dry run: would be).")
+    skipped: int = pydantic.Field(0, description="Not selected: still in the dead-letter queue.")
+    held: int = pydantic.Field(
+        0, description="Selected, but behind a message of their FIFO group that stays."
+    )
+    failed: int = pydantic.Field(0, description="Copies the source queue refused: still in the DLQ.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    message: str | None = None
+    refused: str | None = pydantic.Field(None, description="The last request refused while one ran.")
+
+
 class FanoutConsumerStatus(StatusModel):
     """status of a FanoutConsumer."""
 
@@ -95,6 +150,10 @@ class FanoutConsumerStatus(StatusModel):
     reason: str | None = pydantic.Field(None, description="Why the last decision was taken.")
     conditions: list[Condition] = pydantic.Field(default_factory=list)
     scaler: ScalerMemory | None = None
+    topology: TopologyStatus | None = None
+    redrive: RedriveStatus | None = pydantic.Field(
+        None, description="The last declarative redrive (annotation fanout.dev/redrive-request)."
+    )
 
 
 def generation_of(body: Mapping[str, Any]) -> int | None:
@@ -124,15 +183,22 @@ def dump(status: FanoutConsumerStatus) -> dict[str, object]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+_WRITTEN_ELSEWHERE = {"redrive"}
+
+
 def merge_patch(status: FanoutConsumerStatus) -> dict[str, object]:
     """The JSON merge patch that makes the server's status exactly ``status``.
 
     Unset fields are sent as ``null``, which a merge patch reads as "remove": leaving them out
     would keep the server's old value (a stale ``scaler.emptySince`` would come back on the next
     read and start a scale-to-zero cooldown that never happened).
+
+    ``redrive`` is never part of it: only ``redrives`` writes that field (its own merge patch),
+    so a status written from an older copy can neither undo a redrive's progress nor remove it.
     """
-    full = status.model_dump(mode="json", by_alias=True)
-    return {"status": _with_removals(full, dump(status))}
+    full = status.model_dump(mode="json", by_alias=True, exclude=_WRITTEN_ELSEWHERE)
+    lean = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=_WRITTEN_ELSEWHERE)
+    return {"status": _with_removals(full, lean)}
 
 
 def _with_removals(full: dict[str, object], lean: dict[str, object]) -> dict[str, object]:
@@ -149,15 +215,16 @@ def _with_removals(full: dict[str, object], lean: dict[str, object]) -> dict[str
 def set_condition(
     conditions: list[Condition],
     kind: ConditionType,
-    state: bool,
+    state: bool | None,
     reason: str,
     message: str,
     *,
     now: float,
     generation: int | None,
 ) -> list[Condition]:
-    """``conditions`` with ``kind`` set; lastTransitionTime moves only when the status flips."""
-    value: Literal["True", "False"] = "True" if state else "False"
+    """``conditions`` with ``kind`` set (``None``: Unknown); lastTransitionTime moves only when
+    the status flips."""
+    value: Literal["True", "False", "Unknown"] = "Unknown" if state is None else "True" if state else "False"
     previous = next((c for c in conditions if c.type == kind), None)
     transition = (
         previous.last_transition_time
