@@ -43,9 +43,12 @@ ROOT = image_runtime.ROOT
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
 IMAGE = os.environ.get("FANOUT_IMAGE", f"localhost/fanout-consumer:{VERSION}")
-ENTRY_POINTS = ("fanout-worker", "fanout-operator", "fanout")
+ENTRY_POINTS = ("fanout-worker", "fanout-operator", "fanout-ingest", "fanout")
 # How to exercise each command `fanout --help` lists in the image (a new one must be added here).
-FANOUT_COMMANDS = {"validate": ("validate", "/examples/crm-sync.yaml")}
+FANOUT_COMMANDS = {
+    "validate": ("validate", "/examples/crm-sync.yaml"),
+    "dlq": ("dlq", "summary", "--config", "/work/consumer.yaml"),
+}
 COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "make", "ld")
 BUILD_LEFTOVERS = ("/wheels", "/src", "/root/.cache/pip")
 STAND_IN_LABEL = "dev.fanout.stand-in-base"
@@ -89,8 +92,10 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> image_runtime.Runtime:
 def run(runtime: image_runtime.Runtime, rootfs: pathlib.Path, image: image_runtime.Image) -> Any:
     """``run(*argv, binds=...)``: one process in the image, to completion."""
 
-    def _run(*argv: str, binds: tuple[image_runtime.Bind, ...] = ()) -> Any:
-        return runtime.run(rootfs, image, image_runtime.Process(argv=argv, binds=binds))
+    def _run(
+        *argv: str, binds: tuple[image_runtime.Bind, ...] = (), env: dict[str, str] | None = None
+    ) -> Any:
+        return runtime.run(rootfs, image, image_runtime.Process(argv=argv, env=env or {}, binds=binds))
 
     return _run
 
@@ -127,16 +132,30 @@ def test_the_default_command_starts(run: Any, image: image_runtime.Image) -> Non
     _no_traceback(result)
 
 
-def test_every_fanout_command_the_image_lists_works(run: Any) -> None:
+async def test_every_fanout_command_the_image_lists_works(
+    moto_server: aws.MotoServer, sqs: Any, run: Any, tmp_path: pathlib.Path
+) -> None:
     listed = run("fanout", "--help")
     match = re.search(r"\{([\w,-]+)\}", listed.stdout)
     assert match, listed.stdout
     commands = set(match.group(1).split(","))
     assert "demo" not in commands, "the image lists a lab command"
     assert commands <= set(FANOUT_COMMANDS), f"exercise {commands - set(FANOUT_COMMANDS)} here"
-    examples = (image_runtime.Bind(ROOT / "examples", "/examples"),)
+    # A consumer whose dead-letter queue is on the host's moto, for the commands that read AWS.
+    name = f"image-{uuid.uuid4().hex[:6]}"
+    source = await harness.make_queue(sqs, name)
+    dead = await harness.make_queue(sqs, f"{name}-dlq")
+    document = harness.manifest(queue_url=source, sink_url="http://127.0.0.1:9/", dead_letter_url=dead)
+    (tmp_path / "consumer.yaml").write_text(json.dumps(document), encoding="utf-8")
+    # The image's user reads it, as it would read a mounted ConfigMap.
+    tmp_path.chmod(0o755)
+    (tmp_path / "consumer.yaml").chmod(0o644)
+    binds = (
+        image_runtime.Bind(ROOT / "examples", "/examples"),
+        image_runtime.Bind(tmp_path, "/work"),
+    )
     for name in sorted(commands):
-        result = run("fanout", *FANOUT_COMMANDS[name], binds=examples)
+        result = run("fanout", *FANOUT_COMMANDS[name], binds=binds, env=moto_server.environment())
         assert result.returncode == 0, f"fanout {name}: {result.stderr[-3000:]}"
         _no_traceback(result)
 
