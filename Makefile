@@ -14,7 +14,7 @@ HELM := .tools/bin/helm
 # Python 3.12/3.13 found on the machine by .ci/get-localstack; without one the LocalStack tests skip
 LOCALSTACK := .tools/localstack/.installed-$(shell cksum < .ci/localstack-requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit soak bench clean install lock
+.PHONY: demo test lint typecheck unit soak bench clean install lock image image-check
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -65,6 +65,18 @@ typecheck: $(STAMP)
 
 unit: $(STAMP) $(PROMTOOL) $(HELM) $(LOCALSTACK)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+## image: build the Dockerfile (.ci/build-image): Docker where an engine answers, else Debian's
+## buildah from .tools (IMAGE_BUILDER=docker|buildah chooses)
+image:
+	.ci/build-image
+
+## image-check: build the image with buildah and boot it: its entry points, a worker consuming
+## the moto server, the operator's liveness, its contents (tests/test_image.py). CI runs it after
+## `make test`; it is kept out of `make test`, whose time it would double.
+image-check: $(STAMP)
+	IMAGE_BUILDER=buildah .ci/build-image
+	$(BIN)/pytest -q -m image tests/test_image.py $(PYTEST_ARGS)
 
 ## soak: the slow, long-running tests
 soak: $(STAMP)
