@@ -63,8 +63,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist), each with its own moto and LocalStack; a file's tests stay
+# in one process. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
 unit: $(STAMP) $(PROMTOOL) $(HELM) $(LOCALSTACK)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 ## image: build the Dockerfile (.ci/build-image): Docker where an engine answers, else Debian's
 ## buildah from .tools (IMAGE_BUILDER=docker|buildah chooses)

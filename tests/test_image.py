@@ -148,8 +148,8 @@ async def test_every_fanout_command_the_image_lists_works(
     document = harness.manifest(queue_url=source, sink_url="http://127.0.0.1:9/", dead_letter_url=dead)
     (tmp_path / "consumer.yaml").write_text(json.dumps(document), encoding="utf-8")
     # The image's user reads it, as it would read a mounted ConfigMap.
-    tmp_path.chmod(0o755)
-    (tmp_path / "consumer.yaml").chmod(0o644)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path / "consumer.yaml", 0o644)
     binds = (
         image_runtime.Bind(ROOT / "examples", "/examples"),
         image_runtime.Bind(tmp_path, "/work"),
