@@ -64,10 +64,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Two test processes (pytest-xdist), each with its own moto and LocalStack; a file's tests stay
-# in one process. PYTEST_WORKERS=0 runs them in this process.
+# in one process. Then the tests marked `serial` (goodput in wall-clock time, processes killed
+# on a schedule) alone, so a second process cannot disturb what they measure.
+# PYTEST_WORKERS=0 runs the first phase in this process too. Exit 5: the selection was empty.
 PYTEST_WORKERS ?= 2
 unit: $(STAMP) $(PROMTOOL) $(HELM) $(LOCALSTACK)
-	$(BIN)/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) -m 'not soak and not image and not serial' $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -m 'serial and not soak and not image' $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 ## image: build the Dockerfile (.ci/build-image): Docker where an engine answers, else Debian's
 ## buildah from .tools (IMAGE_BUILDER=docker|buildah chooses)
