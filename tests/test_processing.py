@@ -134,13 +134,29 @@ async def running(
             await dispatcher
 
 
-async def test_delivered_is_deleted_and_completed() -> None:
-    store = dedupe.MemoryStore(ttl_seconds=3600)
-    async with running(ScriptedSink(), store) as run:
-        message = harness.sqs_message(body("e-1"))
+async def settle_one(
+    sink: ScriptedSink, store: dedupe.IdempotencyStore | None = None, message_body: str | None = None
+) -> tuple[harness.Settled, ScriptedSink]:
+    """One message (event ``e-1`` unless ``message_body``) through a processor: how it was
+    settled, which must be exactly once."""
+    async with running(sink, store) as run:
+        message = harness.sqs_message(body("e-1") if message_body is None else message_body)
         run.submit(message)
         await run.settled(message)
-    assert [settled.action for settled in run.settler.actions(message.message_id)] == ["delete"]
+    (settled,) = run.settler.actions(message.message_id)
+    return settled, sink
+
+
+async def attempts_recorded(store: dedupe.IdempotencyStore, event_id: str = "e-1") -> int:
+    """The failed attempts the store counts for ``event_id`` (taking and failing a claim)."""
+    assert await store.claim(events.EventId(event_id), lease_seconds=5) is dedupe.ClaimState.CLAIMED
+    return await store.release(events.EventId(event_id), failed=True) - 1
+
+
+async def test_delivered_is_deleted_and_completed() -> None:
+    store = dedupe.MemoryStore(ttl_seconds=3600)
+    settled, _ = await settle_one(ScriptedSink(), store)
+    assert settled.action == "delete"
     assert await store.claim(events.EventId("e-1"), lease_seconds=5) is dedupe.ClaimState.COMPLETED
 
 
@@ -158,12 +174,7 @@ async def test_a_redelivered_event_is_deleted_without_sending_it_again() -> None
 
 
 async def test_a_poison_body_is_dead_lettered_once_and_never_sent() -> None:
-    sink = ScriptedSink()
-    async with running(sink) as run:
-        message = harness.sqs_message("{not json")
-        run.submit(message)
-        await run.settled(message)
-    (settled,) = run.settler.actions(message.message_id)
+    settled, sink = await settle_one(ScriptedSink(), message_body="{not json")
     assert (settled.action, settled.reason_class) == ("dead_letter", events.ReasonClass.POISON)
     assert settled.reason is not None and "not JSON" in settled.reason
     assert sink.sent == []
@@ -171,41 +182,24 @@ async def test_a_poison_body_is_dead_lettered_once_and_never_sent() -> None:
 
 async def test_permanent_is_dead_lettered_and_forgotten_for_a_redrive() -> None:
     store = dedupe.MemoryStore(ttl_seconds=3600)
-    sink = ScriptedSink({"e-1": [events.Permanent("HTTP 422 bad field")]})
-    async with running(sink, store) as run:
-        message = harness.sqs_message(body("e-1"))
-        run.submit(message)
-        await run.settled(message)
-    (settled,) = run.settler.actions(message.message_id)
+    settled, _ = await settle_one(ScriptedSink({"e-1": [events.Permanent("HTTP 422 bad field")]}), store)
     assert (settled.action, settled.reason_class, settled.reason) == (
         "dead_letter",
         events.ReasonClass.PERMANENT,
         "HTTP 422 bad field",
     )
-    assert await store.claim(events.EventId("e-1"), lease_seconds=5) is dedupe.ClaimState.CLAIMED
-    assert await store.release(events.EventId("e-1"), failed=True) == 1, "a redrive starts from zero attempts"
+    assert await attempts_recorded(store) == 0, "a redrive starts from zero attempts"
 
 
 async def test_a_retry_counts_an_attempt_and_goes_back_after_the_backoff() -> None:
     store = dedupe.MemoryStore(ttl_seconds=3600)
-    sink = ScriptedSink({"e-1": [events.Retry("HTTP 500")]})
-    async with running(sink, store) as run:
-        message = harness.sqs_message(body("e-1"))
-        run.submit(message)
-        await run.settled(message)
-    (settled,) = run.settler.actions(message.message_id)
+    settled, _ = await settle_one(ScriptedSink({"e-1": [events.Retry("HTTP 500")]}), store)
     assert (settled.action, settled.delay) == ("retry_later", 0.05)  # base step, jitter 1.0
-    assert await store.claim(events.EventId("e-1"), lease_seconds=5) is dedupe.ClaimState.CLAIMED
-    assert await store.release(events.EventId("e-1"), failed=True) == 2, "one attempt was counted"
+    assert await attempts_recorded(store) == 1, "one attempt was counted"
 
 
 async def test_retry_after_is_the_delay() -> None:
-    sink = ScriptedSink({"e-1": [events.Retry("HTTP 500", delay_seconds=42.0)]})
-    async with running(sink) as run:
-        message = harness.sqs_message(body("e-1"))
-        run.submit(message)
-        await run.settled(message)
-    (settled,) = run.settler.actions(message.message_id)
+    settled, _ = await settle_one(ScriptedSink({"e-1": [events.Retry("HTTP 500", delay_seconds=42.0)]}))
     assert (settled.action, settled.delay) == ("retry_later", 42.0)
 
 
@@ -247,12 +241,7 @@ async def test_a_store_that_does_not_answer_leaves_the_message_for_later_uncount
         async def claim(self, event_id: events.EventId, *, lease_seconds: float) -> dedupe.ClaimState:
             raise dedupe.StoreUnavailable("DynamoDB throttled")
 
-    sink = ScriptedSink()
-    async with running(sink, Unanswering(ttl_seconds=60)) as run:
-        message = harness.sqs_message(body("e-1"))
-        run.submit(message)
-        await run.settled(message)
-    (settled,) = run.settler.actions(message.message_id)
+    settled, sink = await settle_one(ScriptedSink(), Unanswering(ttl_seconds=60))
     assert (settled.action, settled.delay) == ("retry_later", 5.0)
     assert sink.sent == []
 
@@ -261,13 +250,10 @@ async def test_a_crash_in_the_sink_is_one_failed_attempt() -> None:
     def crash() -> events.Outcome:
         raise KeyError("bug")
 
-    sink = ScriptedSink({"e-1": [crash]})
-    async with running(sink) as run:
-        message = harness.sqs_message(body("e-1"))
-        run.submit(message)
-        await run.settled(message)
-    (settled,) = run.settler.actions(message.message_id)
+    store = dedupe.MemoryStore(ttl_seconds=3600)
+    settled, _ = await settle_one(ScriptedSink({"e-1": [crash]}), store)
     assert settled.action == "retry_later"
+    assert await attempts_recorded(store) == 1
 
 
 async def test_a_failed_event_blocks_its_conversation_until_it_comes_back() -> None:

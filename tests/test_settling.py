@@ -7,8 +7,6 @@ import asyncio
 import dataclasses
 from typing import Any
 
-import prometheus_client
-
 from fanout_lab import harness
 from workers import events, messages, settling, telemetry
 
@@ -22,7 +20,12 @@ class Budget:
 
 
 def settler_for(
-    sqs: Any, url: str, *, dead: str | None = None, visibility: int = 30
+    sqs: Any,
+    url: str,
+    *,
+    dead: str | None = None,
+    visibility: int = 30,
+    metrics: telemetry.WorkerMetrics | None = None,
 ) -> tuple[settling.Settler, Budget]:
     budget = Budget()
     settler = settling.Settler(
@@ -31,7 +34,7 @@ def settler_for(
         visibility_timeout=visibility,
         dead_letter_url=events.QueueUrl(dead) if dead else None,
         budget=budget,
-        telemetry=telemetry.WorkerTelemetry(queue_url=url, sink_name="webhook"),
+        telemetry=telemetry.WorkerTelemetry(queue_url=url, sink_name="webhook", metrics=metrics),
         linger=0.02,
     )
     return settler, budget
@@ -162,7 +165,8 @@ async def test_without_a_dead_letter_queue_the_message_is_left_to_the_redrive_po
 async def test_expired_receipt_is_counted_not_fatal(sqs: Any) -> None:
     url = await harness.make_queue(sqs, "settle-expired")
     await send(sqs, url, 2)
-    settler, budget = settler_for(sqs, url)
+    families = telemetry.WorkerMetrics()
+    settler, budget = settler_for(sqs, url, metrics=families)
     settler.start()
     good_one, stale_one = await receive_all(sqs, url, 2)
     await sqs.delete_message(
@@ -180,7 +184,15 @@ async def test_expired_receipt_is_counted_not_fatal(sqs: Any) -> None:
     await asyncio.wait_for(settler.aclose(), timeout=15)
     assert budget.released == 2
     assert await harness.queue_counts(sqs, url) == (0, 0)
-    expired = prometheus_client.REGISTRY.get_sample_value(
-        "fanout_receipt_expired_total", {"queue": "settle-expired"}
+    assert families.value("fanout_receipt_expired_total", queue="settle-expired") == 1
+    assert families.value("fanout_messages_deleted_total", queue="settle-expired") == 1, (
+        "the stale one was not"
     )
-    assert expired == 1
+    failures = [
+        sample
+        for family in families.registry.collect()
+        if family.name == "fanout_delete_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+    assert failures == [], "an expired receipt is counted as such, not as a failed delete"

@@ -377,7 +377,7 @@ async def test_without_an_sdk_the_producer_context_reaches_the_sink_and_the_log_
     sqs: Any, queue_url: str, header_recorder: tuple[str, list[dict[str, str]]]
 ) -> None:
     """No SDK (no OTLP endpoint): nothing is recorded, the producer's context is passed on."""
-    assert not tracing.recording(None), "this process must not have a global SDK provider"
+    assert not tracing.Recording(None)(), "this process must not have a global SDK provider"
     url, seen = header_recorder
     await sqs.send_message(
         QueueUrl=queue_url,

@@ -73,6 +73,7 @@ class Worker:
         sink: base.Sink | None = None,
         http_host: str = "0.0.0.0",  # probes must answer the kubelet
         http_port: int | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.spec = consumer.spec
@@ -82,8 +83,11 @@ class Worker:
         self._receiving_ok = False
         self._stopping = False
         self._started = asyncio.Event()
+        # The worker's own registry: /metrics serves it. A sink given from outside writes to
+        # it when it was built with the same ``metrics``.
+        self.metrics = metrics if metrics is not None else telemetry.WorkerMetrics()
         self.telemetry = telemetry.WorkerTelemetry(
-            queue_url=self.spec.queue.url, sink_name=str(self.spec.sink.type)
+            queue_url=self.spec.queue.url, sink_name=str(self.spec.sink.type), metrics=self.metrics
         )
         self.health = supervision.Health(on_change=lambda _: self.telemetry.set_ready(self.ready))
         self.http_url: str | None = None
@@ -112,7 +116,7 @@ class Worker:
         # Everything that can be wrong with the configuration fails here, before any I/O.
         region = sqs.resolve_region(queue.url, queue.region)
         replicas = fleet.ReplicaCount.from_environment()
-        sink = self._given_sink or sinks.build_sink(self.spec.sink, replicas=replicas)
+        sink = self._given_sink or sinks.build_sink(self.spec.sink, replicas=replicas, metrics=self.metrics)
         if self.spec.idempotency.store is spec_model.IdempotencyStoreType.MEMORY and replicas.current() > 1:
             log.warning(
                 "idempotency store 'memory' with %d replicas: a redelivery that reaches another replica "
@@ -220,7 +224,7 @@ class Worker:
         app = aiohttp.web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", _metrics)
+        app.router.add_get("/metrics", self._metrics)
         runner = aiohttp.web.AppRunner(app, access_log=None)
         await runner.setup()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -243,12 +247,10 @@ class Worker:
         body = {"ready": self.ready, "sqs": self._receiving_ok, "stopping": self._stopping}
         return aiohttp.web.json_response(body, status=200 if self.ready else 503)
 
-
-async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
-    return aiohttp.web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
+    async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
 
 
 @contextlib.asynccontextmanager

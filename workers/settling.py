@@ -29,6 +29,7 @@ waits a bounded time for the last batches, so a dead endpoint cannot hold up a s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import enum
@@ -71,7 +72,7 @@ class Budget(Protocol):
     def release(self, count: int) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Entry:
     holding: _Holding
     visibility: int | None = None  # None = delete
@@ -123,6 +124,21 @@ class _Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+@dataclasses.dataclass
+class _Sent:
+    """What became of a batch: entries that finally failed (with the last error code), and
+    entries whose receipt handle had expired (counted apart, never retried)."""
+
+    failed: dict[_Entry, str] = dataclasses.field(default_factory=dict)
+    expired: set[_Entry] = dataclasses.field(default_factory=set)
+
+    def succeeded(self, entry: _Entry) -> bool:
+        return entry not in self.failed and entry not in self.expired
+
+    def failure_counts(self) -> dict[str, int]:
+        return dict(collections.Counter(self.failed.values()))
 
 
 class Settler:
@@ -313,19 +329,21 @@ class Settler:
         return retrying.visibility_timeout(seconds, held_for=self._clock() - holding.received_at)
 
     async def _send_deletes(self, batch: list[_Entry]) -> None:
-        failed = await self._send_batch(
+        sent = await self._send_batch(
             batch,
             self._client.delete_message_batch,
             lambda index, entry: {"Id": str(index), "ReceiptHandle": entry.holding.message.receipt_handle},
         )
-        done = [entry.holding.message for entry in batch if entry not in failed]
+        done = [entry.holding.message for entry in batch if sent.succeeded(entry)]
         self._telemetry.deleted(len(done))
+        for code, count in sent.failure_counts().items():
+            self._telemetry.delete_failed(count, code)
         if self._on_deleted is not None and done:
             self._on_deleted(done)
         self._done([entry.holding for entry in batch])
 
     async def _send_changes(self, batch: list[_Entry]) -> None:
-        failed = await self._send_batch(
+        sent = await self._send_batch(
             batch,
             self._client.change_message_visibility_batch,
             lambda index, entry: {
@@ -334,14 +352,19 @@ class Settler:
                 "VisibilityTimeout": entry.visibility,
             },
         )
+        for code, count in sent.failure_counts().items():
+            self._telemetry.visibility_failed(count, code)
         now = self._clock()
         extended = 0
         for entry in batch:
             if not entry.heartbeat:
                 continue
-            if entry in failed:
+            if entry in sent.failed:
                 # Not extended: due again at the next beat, while the old timeout still runs.
                 entry.holding.visible_until = now
+            elif entry in sent.expired:
+                # Another receive holds the message now: nothing to extend, nothing to retry.
+                entry.holding.visible_until = now + (entry.visibility or 0)
             else:
                 entry.holding.visible_until = now + (entry.visibility or 0)
                 extended += 1
@@ -354,10 +377,14 @@ class Settler:
         batch: list[_Entry],
         operation: Callable[..., Awaitable[dict[str, Any]]],
         make_entry: Callable[[int, _Entry], dict[str, Any]],
-    ) -> list[_Entry]:
-        """Send one batch, retrying retryable per-entry failures; return what finally failed."""
+    ) -> _Sent:
+        """Send one batch, retrying what may succeed later (the call, or single entries)."""
+        sent = _Sent()
         pending = dict(enumerate(batch))
-        for attempt in range(_ATTEMPTS_PER_CALL):
+        code = "Unknown"
+        for attempt in range(1, _ATTEMPTS_PER_CALL + 1):
+            if attempt > 1:
+                await asyncio.sleep(retrying.exponential_delay(attempt - 1, base=0.2, cap=2.0))
             try:
                 reply = await sqs.call(
                     operation,
@@ -365,29 +392,32 @@ class Settler:
                     Entries=[make_entry(index, entry) for index, entry in pending.items()],
                 )
             except sqs.SqsError as error:
-                log.warning("%s failed (attempt %d): %s", operation.__name__, attempt + 1, error)
+                log.warning("%s failed (attempt %d): %s", operation.__name__, attempt, error)
+                code = error.code or str(error.kind)
                 if not error.retryable:
                     break
-                await asyncio.sleep(retrying.exponential_delay(attempt + 1, base=0.2, cap=2.0))
                 continue
             retry: dict[int, _Entry] = {}
             for failure in reply.get("Failed", []):
-                index = int(failure["Id"])
+                entry = pending.get(int(failure["Id"]))
+                if entry is None:
+                    continue
                 code = str(failure.get("Code", "Unknown"))
                 # A batch entry has no HTTP status of its own: SenderFault says whose fault.
                 kind = awserrors.classify(code, 400 if failure.get("SenderFault", False) else 500)
                 if sqs.is_expired_receipt(code):
                     self._telemetry.receipt_expired(1)
-                elif awserrors.retryable(kind) and index in pending:
-                    retry[index] = pending[index]
-                    continue
+                    sent.expired.add(entry)
+                elif awserrors.retryable(kind):
+                    retry[int(failure["Id"])] = entry
                 else:
-                    self._telemetry.delete_failed(1, code)
+                    sent.failed[entry] = code
             pending = retry
             if not pending:
-                return []
-            await asyncio.sleep(retrying.exponential_delay(attempt + 1, base=0.2, cap=2.0))
-        return list(pending.values())
+                return sent
+        for entry in pending.values():
+            sent.failed[entry] = code
+        return sent
 
     async def _heartbeat_forever(self) -> None:
         interval = max(0.5, min(self._visibility / 3, 10.0))
