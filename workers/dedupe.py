@@ -59,7 +59,9 @@ from fanout_core import awsclients
 from fanout_core import spec as spec_model
 from workers import events
 
-Clock = Callable[[], float]
+WallClock = Callable[[], float]
+"""Epoch seconds (``time.time``): leases and TTLs are compared with other replicas' and with
+DynamoDB's TTL, so they are wall-clock times, not the event loop's."""
 
 
 class ClaimState(enum.StrEnum):
@@ -145,7 +147,7 @@ class _Record:
 class MemoryStore:
     """A single process's store. All methods run without awaiting, so each is atomic."""
 
-    def __init__(self, *, ttl_seconds: float, clock: Clock = time.time) -> None:
+    def __init__(self, *, ttl_seconds: float, clock: WallClock = time.time) -> None:
         self._ttl_seconds = ttl_seconds
         self._clock = clock
         self._records: dict[events.EventId, _Record] = {}
@@ -239,7 +241,7 @@ class DynamoDbStore:
         client: Any,
         table: str,
         ttl_seconds: int,
-        clock: Clock = time.time,
+        clock: WallClock = time.time,
         *,
         owner: str | None = None,
     ) -> None:

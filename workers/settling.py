@@ -68,7 +68,9 @@ class _Holding:
     state: State = State.HELD
 
 
-class Budget(Protocol):
+class SupportsRelease(Protocol):
+    """Where a settled message's room goes back: the pollers' in-flight budget (``polling.Budget``)."""
+
     def release(self, count: int) -> None: ...
 
 
@@ -151,7 +153,7 @@ class Settler:
         queue_url: events.QueueUrl,
         visibility_timeout: int,
         dead_letter_url: events.QueueUrl | None,
-        budget: Budget,
+        budget: SupportsRelease,
         telemetry: telemetry.WorkerTelemetry,
         health: supervision.Health | None = None,
         linger: float = 0.05,

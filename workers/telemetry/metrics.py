@@ -15,10 +15,12 @@ import urllib.parse
 
 import prometheus_client
 
-from workers import events
+from workers import events, throttling
 
 ReasonClass = events.ReasonClass
 """The ``reason_class`` label: why a message was retried or dead-lettered (see ``events``)."""
+CircuitState = throttling.CircuitState
+"""The value of ``fanout_sink_circuit_state`` (the limiter's own states)."""
 
 
 class SinkOutcome(enum.StrEnum):
@@ -30,14 +32,6 @@ class SinkOutcome(enum.StrEnum):
     REFUSED = "refused"
     PERMANENT = "permanent"
     ERROR = "error"
-
-
-class CircuitState(enum.IntEnum):
-    """Value of ``fanout_sink_circuit_state``."""
-
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
 
 
 _PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
