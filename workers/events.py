@@ -73,19 +73,9 @@ class ReasonClass(enum.StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
 
 
-class OutcomeKind(enum.StrEnum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    REFUSED = "refused"
-    PERMANENT = "permanent"
-    NOT_SENT = "not_sent"
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Delivered:
     """The downstream accepted the event (2xx or its equivalent)."""
-
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.DELIVERED, init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,7 +86,6 @@ class Retry:
     reason: str
     delay_seconds: float | None = None
     throttled: bool = False
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.RETRY, init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,7 +99,6 @@ class Refused:
     """
 
     reason: str
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.REFUSED, init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,15 +106,12 @@ class NotSent:
     """The event was not sent: when its turn came, its admission (the idempotency claim)
     said no — already delivered, or being delivered elsewhere, or the store failed."""
 
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.NOT_SENT, init=False)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Permanent:
     """The downstream will never accept this event; dead-letter it with ``reason``."""
 
     reason: str
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.PERMANENT, init=False)
 
 
 Outcome = Delivered | Retry | Refused | Permanent | NotSent

@@ -51,10 +51,6 @@ class Budget:
         self._room = asyncio.Event()
         self._room.set()
 
-    @property
-    def used(self) -> int:
-        return self._used
-
     async def reserve(self, most: int) -> int:
         """Wait for room, then reserve up to ``most`` places; return how many."""
         while self._used >= self.limit:

@@ -241,10 +241,6 @@ class Settler:
         if count:
             self._telemetry.returned(count)
 
-    @property
-    def has_dead_letter_queue(self) -> bool:
-        return self._dead_letter_url is not None
-
     async def dead_letter(
         self,
         message: messages.Message,
