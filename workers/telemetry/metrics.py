@@ -54,118 +54,136 @@ class WorkerMetrics:
 
     def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else prometheus_client.CollectorRegistry()
-        r = self.registry
+        self._data_path_families()
+        self._sink_families()
+        self._worker_families()
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
 
-        def counter(name: str, documentation: str, labels: list[str]) -> prometheus_client.Counter:
-            return prometheus_client.Counter(name, documentation, labels, registry=r)
+    def _counter(self, name: str, documentation: str, labels: list[str]) -> prometheus_client.Counter:
+        return prometheus_client.Counter(name, documentation, labels, registry=self.registry)
 
-        def gauge(name: str, documentation: str, labels: list[str]) -> prometheus_client.Gauge:
-            return prometheus_client.Gauge(name, documentation, labels, registry=r)
+    def _gauge(self, name: str, documentation: str, labels: list[str]) -> prometheus_client.Gauge:
+        return prometheus_client.Gauge(name, documentation, labels, registry=self.registry)
 
-        def histogram(
-            name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
-        ) -> prometheus_client.Histogram:
-            return prometheus_client.Histogram(name, documentation, labels, buckets=buckets, registry=r)
+    def _histogram(
+        self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
+    ) -> prometheus_client.Histogram:
+        return prometheus_client.Histogram(
+            name, documentation, labels, buckets=buckets, registry=self.registry
+        )
 
-        self.messages_received = counter("fanout_messages_received", "SQS messages received.", ["queue"])
-        self.empty_receives = counter(
+    def _data_path_families(self) -> None:
+        """What happens to messages and events (``WorkerTelemetry``)."""
+        self.messages_received = self._counter(
+            "fanout_messages_received", "SQS messages received.", ["queue"]
+        )
+        self.empty_receives = self._counter(
             "fanout_empty_receives", "ReceiveMessage calls that returned nothing.", ["queue"]
         )
-        self.events_delivered = counter(
+        self.events_delivered = self._counter(
             "fanout_events_delivered", "Events the sink accepted.", ["queue", "sink"]
         )
-        self.events_filtered = counter(
+        self.events_filtered = self._counter(
             "fanout_events_filtered", "Events dropped by the consumer's filter.", ["queue"]
         )
-        self.duplicates_suppressed = counter(
+        self.duplicates_suppressed = self._counter(
             "fanout_duplicates_suppressed", "Events not delivered again because already delivered.", ["queue"]
         )
-        self.retries = counter(
+        self.retries = self._counter(
             "fanout_retries", "Messages scheduled for another attempt.", ["queue", "reason_class"]
         )
-        self.dead_lettered = counter(
+        self.dead_lettered = self._counter(
             "fanout_dead_lettered", "Messages sent to the dead-letter queue.", ["queue", "reason_class"]
         )
-        self.messages_deleted = counter("fanout_messages_deleted", "Messages deleted from SQS.", ["queue"])
-        self.delete_failures = counter(
+        self.messages_deleted = self._counter(
+            "fanout_messages_deleted", "Messages deleted from SQS.", ["queue"]
+        )
+        self.delete_failures = self._counter(
             "fanout_delete_failures", "Messages whose delete finally failed.", ["queue", "code"]
         )
-        self.visibility_failures = counter(
+        self.visibility_failures = self._counter(
             "fanout_visibility_failures",
             "Visibility changes (retry later, give back, heartbeat) that finally failed.",
             ["queue", "code"],
         )
-        self.visibility_extensions = counter(
+        self.visibility_extensions = self._counter(
             "fanout_visibility_extensions", "Visibility timeout extensions of in-flight messages.", ["queue"]
         )
-        self.receipt_expired = counter(
+        self.receipt_expired = self._counter(
             "fanout_receipt_expired", "Messages whose receipt handle expired before settling.", ["queue"]
         )
-        self.messages_returned = counter(
+        self.messages_returned = self._counter(
             "fanout_messages_returned",
             "Messages given back to SQS with visibility 0 (not processed).",
             ["queue"],
         )
-        self.processing_seconds = histogram(
+        self.processing_seconds = self._histogram(
             "fanout_processing_seconds",
             "Time from receive to settle decision of one message.",
             ["queue"],
             _PROCESSING_BUCKETS,
         )
-        self.sink_request_seconds = histogram(
+        self.sink_request_seconds = self._histogram(
             "fanout_sink_request_seconds", "Duration of one sink request.", ["sink", "outcome"], _SINK_BUCKETS
         )
-        self.end_to_end_seconds = histogram(
+        self.end_to_end_seconds = self._histogram(
             "fanout_end_to_end_seconds",
             "Delivery time minus SentTimestamp (clock=sqs_sent) or the event's own time (clock=event_time).",
             ["queue", "clock"],
             _E2E_BUCKETS,
         )
-        self.in_flight = gauge(
+        self.in_flight = self._gauge(
             "fanout_in_flight_messages", "Messages received and not yet settled.", ["queue"]
         )
-        self.active_lanes = gauge(
+        self.active_lanes = self._gauge(
             "fanout_active_lanes", "Ordering keys (conversations) with work in progress.", ["queue"]
         )
-        self.sink_rate_limit = gauge(
+
+    def _sink_families(self) -> None:
+        """The sink's requests and its limiter (``SinkTelemetry``)."""
+        self.sink_rate_limit = self._gauge(
             "fanout_sink_rate_limit", "Requests per second this replica may send (+Inf: unlimited).", ["sink"]
         )
-        self.sink_concurrency_limit = gauge(
+        self.sink_concurrency_limit = self._gauge(
             "fanout_sink_concurrency_limit", "Concurrent requests allowed.", ["sink"]
         )
-        self.sink_paused = gauge(
+        self.sink_paused = self._gauge(
             "fanout_sink_paused", "1 while the sink is paused (e.g. quota exhausted).", ["sink"]
         )
-        self.sink_circuit_state = gauge(
+        self.sink_circuit_state = self._gauge(
             "fanout_sink_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", ["sink"]
         )
-        self.sink_requests = counter("fanout_sink_requests", "Sink requests by outcome.", ["sink", "outcome"])
-        self.sink_credentials_refused = gauge(
+        self.sink_requests = self._counter(
+            "fanout_sink_requests", "Sink requests by outcome.", ["sink", "outcome"]
+        )
+        self.sink_credentials_refused = self._gauge(
             "fanout_sink_credentials_refused",
             "1 while the downstream refuses our credential (401/403/407) and no request has been "
             "accepted since.",
             ["sink"],
         )
-        self.worker_ready = gauge(
+
+    def _worker_families(self) -> None:
+        """The worker's own health."""
+        self.worker_ready = self._gauge(
             "fanout_worker_ready", "1 when the worker is polling and its sink is usable.", ["queue"]
         )
-        self.task_restarts = counter(
+        self.task_restarts = self._counter(
             "fanout_task_restarts", "Worker tasks restarted after an unexpected error.", ["queue", "task"]
         )
-        self.telemetry_errors = counter(
+        self.telemetry_errors = self._counter(
             "fanout_telemetry_errors",
             "Telemetry calls that failed (the data path went on regardless).",
             ["queue"],
         )
-        self.redrive_policy_conflict = gauge(
+        self.redrive_policy_conflict = self._gauge(
             "fanout_redrive_policy_conflict",
             "1 when the source queue's RedrivePolicy maxReceiveCount leaves fewer receives than "
             "spec.retry.maxAttempts needs: SQS would dead-letter events the worker still retries.",
             ["queue"],
         )
-        prometheus_client.ProcessCollector(registry=r)
-        prometheus_client.PlatformCollector(registry=r)
-        prometheus_client.GCCollector(registry=r)
 
     def exposition(self) -> bytes:
         """What ``/metrics`` answers (Prometheus' text format)."""
