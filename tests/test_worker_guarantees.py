@@ -309,7 +309,10 @@ async def test_a_failed_dead_letter_write_holds_its_fifo_group(sqs_backend: sqs_
             retry={"baseDelaySeconds": 0.5, "maxDelaySeconds": 1, "maxAttempts": 3},
         )
         async with running_worker(document):
-            await harness.send_batch(sqs, source, entries)
+            # One send per entry: moto draws FIFO sequence numbers at random, so entries of one
+            # batch that share a SentTimestamp millisecond would come back in random order.
+            for entry in entries:
+                await harness.send_batch(sqs, source, [entry])
             await asyncio.sleep(5)
             assert sim.accepted == [], "the group moved on past an event that is not in the dead-letter queue"
             await harness.make_queue(sqs, "dlq-down-dlq.fifo", fifo=True)
