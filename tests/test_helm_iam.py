@@ -10,7 +10,9 @@ or a table with tags also needs the tagging action), and requires the policy's a
 that set, no more and no fewer. A new AWS call without a policy update, or a policy line nothing
 uses, fails here.
 
-What each policy covers: the worker's, ``workers/``; the front door's, ``fanout_ingest/``; the
+What each policy covers: the worker's, ``workers/`` and the idempotency stores it uses
+(``fanout_core/idempotency.py``); the front door's, ``fanout_ingest/`` and the same stores, less
+the one call only the worker makes (``forget``, after dead-lettering: ``dynamodb:DeleteItem``); the
 operator's, ``operator/`` and the topology reads it makes always (``fanout_core/inspecting.py``,
 also what ``fanout validate --aws`` needs); the provisioning policy,
 ``fanout_core/provisioning.py`` (only for consumers with ``spec.topology.manage: true``).
@@ -115,8 +117,10 @@ def _policy_actions(title: str) -> set[str]:
     return actions
 
 
+IDEMPOTENCY = "fanout_core/idempotency.py"
+
 POLICIES = {
-    "Worker policy": ("workers",),
+    "Worker policy": ("workers", IDEMPOTENCY),
     # The operator verifies topologies (inspecting) and runs declarative redrives (the engine).
     "Operator policy": ("operator", "fanout_core/inspecting.py", REDRIVE_ENGINE),
     "Operator provisioning policy": ("fanout_core/provisioning.py",),
