@@ -58,11 +58,22 @@ class S3Api(Protocol):
 
 
 class PublishError(Exception):
-    """The events were not (all) published; ``code`` names why, for metrics and logs."""
+    """The events were not (all) published; ``code`` names why, for metrics and logs.
 
-    def __init__(self, message: str, *, code: str) -> None:
+    Raised by :meth:`Publisher.publish`, ``published`` says which of the request's events
+    SNS did accept (a batch can be published in part), in the request's order."""
+
+    def __init__(self, message: str, *, code: str, published: Sequence[bool] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.published = tuple(published)
+
+    def for_request(self, published: Sequence[bool]) -> PublishError:
+        """This error as one request's answer (one failed call's error is shared by the
+        requests whose events it carried): a fresh copy saying which of its events got in."""
+        copy = type(self)(str(self), code=self.code, published=published)
+        copy.__cause__ = self.__cause__
+        return copy
 
 
 class Saturated(PublishError):
@@ -148,11 +159,15 @@ class Publisher:
         *,
         source: str,
         traceparent: str | None,
+        timeout: float | None = None,
     ) -> None:
-        """Publish ``events``; return when SNS accepted all of them, else raise PublishError."""
+        """Publish ``events``; return when SNS accepted all of them, else raise PublishError
+        (its ``published`` says which did get in). ``timeout``: the longest wait, by default
+        ``limits.publishTimeoutSeconds``."""
         if not batching.admits(len(self._waiting), len(events), self._limits.max_pending_events):
             raise Saturated(f"{len(self._waiting)} events waiting for SNS", code="Saturated")
-        deadline = self._limits.publish_timeout_seconds
+        deadline = self._limits.publish_timeout_seconds if timeout is None else timeout
+        futures: list[asyncio.Future[None]] = []
         try:
             async with asyncio.timeout(deadline):
                 prepared = await self._prepare(events, source=source, traceparent=traceparent)
@@ -163,8 +178,13 @@ class Publisher:
                     for future in futures:
                         future.cancel()  # no-op when done; drops what still waits
         except TimeoutError:
-            raise TimedOut(f"SNS did not answer within {deadline}s", code="Timeout") from None
+            published = [_succeeded(future) for future in futures]
+            raise TimedOut(
+                f"SNS did not answer within {deadline:g}s", code="Timeout", published=published
+            ) from None
         for outcome in outcomes:
+            if isinstance(outcome, PublishError):
+                raise outcome.for_request([_succeeded(future) for future in futures])
             if isinstance(outcome, BaseException):
                 raise outcome
 
@@ -329,6 +349,10 @@ class Publisher:
             self._pump()
         finally:
             self._linger = saved
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _fail(waiting: _Waiting, error: PublishError) -> None:

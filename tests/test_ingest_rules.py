@@ -283,6 +283,9 @@ def test_config_defaults() -> None:
     assert [scheme.header for scheme in source.signatures] == ["X-Hub-Signature-256", "X-Fanout-Signature"]
     assert not ingest.spec.topic.is_fifo and ingest.spec.topic.arn_region == "us-east-1"
     assert ingest.spec.offload is None
+    idempotency = ingest.spec.idempotency
+    assert idempotency.enabled and idempotency.store == "memory" and idempotency.ttl_seconds == 300
+    assert ingest.spec.lease_seconds == ingest.spec.limits.publish_timeout_seconds + 5
 
 
 @pytest.mark.parametrize(
@@ -299,6 +302,8 @@ def test_config_defaults() -> None:
         ({"offload": {"bucket": "b", "thresholdBytes": 300_000}}, "spec.offload.thresholdBytes"),
         ({"limits": {"publishTimeoutSeconds": 0}}, "spec.limits.publishTimeoutSeconds"),
         ({"tpoic": {}}, "spec.tpoic"),
+        ({"idempotency": {"store": "dynamodb"}}, "spec.idempotency: Value error, 'table' is required"),
+        ({"idempotency": {"store": "redis"}}, "spec.idempotency.store"),
     ],
 )
 def test_bad_config_names_the_field(fields: dict[str, Any], message: str) -> None:
