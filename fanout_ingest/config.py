@@ -140,6 +140,13 @@ class PublishingSpec(spec.SpecModel):
         le=256,
         description="PublishBatch calls in flight; events arriving while all are busy fill the next batch.",
     )
+    linger_milliseconds: float = pydantic.Field(
+        10,
+        ge=0,
+        le=1000,
+        description="Under load, how long an event may wait for others to fill its call (ten per "
+        "call); a quiet gateway sends at once. Longer: less CPU per event, more latency.",
+    )
     ordering_key: str = pydantic.Field(
         "conversationId",
         min_length=1,

@@ -59,12 +59,31 @@ class Outcome:
 
 @dataclasses.dataclass(slots=True)
 class _Claim:
+    """One event a request holds, while it decides or publishes it."""
+
     event: classifying.InboundEvent
     key: keying.EventId
-    done: asyncio.Future[None]
-    """Resolved when this event's fate is known; requests for the same event wait on it."""
     state: idempotency.ClaimState | None = None
     """None: not claimed (the store failed): published without a record."""
+    settled: bool = False
+    """Its fate is known: in SNS, or not."""
+    _outcome: asyncio.Future[None] | None = None
+
+    def outcome(self) -> asyncio.Future[None]:
+        """What another request for the same event waits on (made only when one does:
+        concurrent requests for one event are rare, and a future per event is not free)."""
+        if self._outcome is None:
+            self._outcome = asyncio.get_running_loop().create_future()
+            self._outcome.add_done_callback(_retrieve)
+        return self._outcome
+
+    def settle(self, error: BaseException | None = None) -> None:
+        self.settled = True
+        if self._outcome is not None and not self._outcome.done():
+            if error is None:
+                self._outcome.set_result(None)
+            else:
+                self._outcome.set_exception(error)
 
 
 def published_key(topic_name: str, event_id: keying.EventId) -> keying.EventId:
@@ -90,8 +109,11 @@ class Deduplicator:
         self._lease_seconds = lease_seconds
         self._telemetry = telemetry
         self._clock = clock
-        self._handling: dict[keying.EventId, asyncio.Future[None]] = {}
+        self._handling: dict[keying.EventId, _Claim] = {}
         self._chores: set[asyncio.Task[None]] = set()
+        # Completions wait here for one task to write them (one per burst, not per request).
+        self._to_complete: list[keying.EventId] = []
+        self._completing: asyncio.Task[None] | None = None
 
     async def publish(
         self,
@@ -116,18 +138,16 @@ class Deduplicator:
             key = published_key(self._topic_name, event.event_id)
             handled = self._handling.get(key)
             if handled is not None:
-                others.append(handled)
+                others.append(handled.outcome())
                 continue
-            claim = _Claim(event, key, asyncio.get_running_loop().create_future())
-            claim.done.add_done_callback(_retrieve)
-            self._handling[key] = claim.done
+            claim = self._handling[key] = _Claim(event, key)
             mine.append(claim)
         try:
             published = await self._publish_mine(mine, others, publish, deadline)
         finally:
             for claim in mine:
-                if not claim.done.done():  # cancelled, or a bug: never leave a claim held
-                    claim.done.set_exception(
+                if not claim.settled:  # cancelled, or a bug: never leave a claim held
+                    claim.settle(
                         publishing.PublishFailed("the request that held the event ended", code="Abandoned")
                     )
                     self._release_later(claim)
@@ -143,12 +163,17 @@ class Deduplicator:
     ) -> int:
         """Claim this request's events, publish the ones it won at once, and wait for the
         ones other requests hold (publishing them if those give them up)."""
-        await asyncio.gather(*(self._claim(claim) for claim in mine))
+        if len(mine) == 1:  # most requests carry one event: no tasks for it
+            await self._claim(mine[0])
+        else:
+            await asyncio.gather(*(self._claim(claim) for claim in mine))
         for claim in mine:
             if claim.state is idempotency.ClaimState.COMPLETED:
-                claim.done.set_result(None)
+                claim.settle()
         won = [claim for claim in mine if claim.state in (idempotency.ClaimState.CLAIMED, None)]
         held = [claim for claim in mine if claim.state is idempotency.ClaimState.IN_PROGRESS]
+        if not held and not others:
+            return await self._publish_claimed(won, publish, deadline) if won else 0
         branches: list[Awaitable[int]] = [self._publish_claimed(won, publish, deadline)] if won else []
         branches.extend(self._after_elsewhere(claim, publish, deadline) for claim in held)
         branches.extend(self._follow(other, deadline) for other in others)
@@ -163,15 +188,13 @@ class Deduplicator:
             await publish([claim.event for claim in claims], max(0.0, deadline - self._clock()))
         except publishing.PublishError as error:
             published = error.published or (False,) * len(claims)
+            self._settle([claim for claim, made_it in zip(claims, published, strict=True) if made_it])
             for claim, made_it in zip(claims, published, strict=True):
-                if made_it:
-                    self._settle(claim)
-                else:
-                    claim.done.set_exception(error)
+                if not made_it:
+                    claim.settle(error)
                     self._release_later(claim)
             raise
-        for claim in claims:
-            self._settle(claim)
+        self._settle(claims)
         return len(claims)
 
     async def _after_elsewhere(self, claim: _Claim, publish: PublishFunction, deadline: float) -> int:
@@ -187,7 +210,7 @@ class Deduplicator:
             pause = min(pause * 2, _POLL_CAP_SECONDS)
             await self._claim(claim)
         if claim.state is idempotency.ClaimState.COMPLETED:
-            claim.done.set_result(None)
+            claim.settle()
             return 0
         return await self._publish_claimed([claim], publish, deadline)
 
@@ -210,11 +233,14 @@ class Deduplicator:
             self._telemetry.idempotency_error("claim", error)
             claim.state = None
 
-    def _settle(self, claim: _Claim) -> None:
-        """The event is in SNS: tell the waiting requests now, the store after the answer."""
-        claim.done.set_result(None)
-        if claim.state is idempotency.ClaimState.CLAIMED:
-            self._chore(self._complete(claim.key))
+    def _settle(self, claims: list[_Claim]) -> None:
+        """The events are in SNS: tell the waiting requests now, the store after the answer."""
+        for claim in claims:
+            claim.settle()
+            if claim.state is idempotency.ClaimState.CLAIMED:
+                self._to_complete.append(claim.key)
+        if self._to_complete and (self._completing is None or self._completing.done()):
+            self._completing = asyncio.create_task(self._complete_waiting())
 
     def _release_later(self, claim: _Claim) -> None:
         """The event is not in SNS: give up the claim so that a retry may publish it."""
@@ -226,6 +252,14 @@ class Deduplicator:
         task = asyncio.create_task(work)
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
+
+    async def _complete_waiting(self) -> None:
+        while self._to_complete:
+            keys, self._to_complete = self._to_complete, []
+            if len(keys) == 1:
+                await self._complete(keys[0])
+            else:
+                await asyncio.gather(*(self._complete(key) for key in keys))
 
     async def _complete(self, key: keying.EventId) -> None:
         assert self._store is not None
@@ -243,10 +277,11 @@ class Deduplicator:
             self._telemetry.idempotency_error("release", error)  # its lease runs out instead
 
     async def aclose(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) for the completions still being written."""
-        if self._chores:
-            await asyncio.wait(set(self._chores), timeout=timeout)
-        for task in set(self._chores):
+        """Wait (at most ``timeout``) for the completions and releases still being written."""
+        tasks = set(self._chores) | ({self._completing} if self._completing is not None else set())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -9,8 +9,9 @@ answered 503 and Genesys retries it). Inside::
                                                                 │ per entry: ok / failed
                     ◄── every event's future resolved ◄─────────┘
 
-Concurrent requests share calls: while calls are in flight, arriving events wait (at most
-``linger``) and leave together, up to ten per call; an idle gateway sends at once. A failed
+Concurrent requests share calls: while the gateway is busy, arriving events wait (at most
+``linger``, ``publishing.lingerMilliseconds``) and leave together, up to ten per call; a quiet
+gateway sends at once (``batching.decide``). A failed
 entry that SNS says may succeed later (throttling, an internal error) is retried once in the
 next call. What gave up waiting (the request's deadline passed) is taken out of the queue,
 so it is never published after its request was told 503.
@@ -34,7 +35,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -45,8 +46,39 @@ from fanout_ingest import attributes, batching, classifying, config, telemetry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LINGER_SECONDS = 0.005
 _ENTRY_RETRIES = 1
+
+
+_FORM_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_FORM_ESCAPES = {
+    byte: chr(byte) if byte in _FORM_SAFE else "+" if byte == 0x20 else f"%{byte:02X}" for byte in range(256)
+}
+
+
+def form_encode(params: Mapping[str, Any]) -> str:
+    """``urllib.parse.urlencode(params)`` (``quote_plus``, UTF-8), byte for byte, through one
+    translation table instead of urllib's per-byte Python loop (about twice as fast on event
+    JSON)."""
+    return "&".join(f"{_form_quote(name)}={_form_quote(value)}" for name, value in params.items())
+
+
+def _form_quote(value: Any) -> str:
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return data.decode("latin-1").translate(_FORM_ESCAPES)
+
+
+def _encode_body_once(request: Any, **_: Any) -> None:
+    if isinstance(request.data, dict):
+        request.data = form_encode(request.data)
+
+
+def tune_client(sns: Any) -> None:
+    """Make the SNS client's ``PublishBatch`` calls cheaper: botocore form-encodes a query
+    protocol body twice per call (once to sign its hash, once to send it), with urllib's
+    per-byte quoting — about a third of a call's CPU for ten events; a ``before-sign`` hook
+    (botocore's event system) encodes it once, into the same bytes. (Parameter validation is
+    turned off where the client is made: the entries are built here, never by a user.)"""
+    sns.meta.events.register("before-sign.sns.PublishBatch", _encode_body_once)
 
 
 class SnsApi(Protocol):
@@ -128,7 +160,6 @@ class Publisher:
         s3: S3Api | None,
         spec: config.FanoutIngestSpec,
         telemetry: telemetry.IngestTelemetry,
-        linger: float = DEFAULT_LINGER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sns_client = sns
@@ -138,7 +169,8 @@ class Publisher:
         self._limits = spec.limits
         self._max_in_flight = spec.publishing.max_concurrent_calls
         self._telemetry = telemetry
-        self._linger = linger
+        self._linger = spec.publishing.linger_milliseconds / 1000
+        self._last_call_at: float | None = None
         self._clock = clock
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._in_flight = 0
@@ -254,13 +286,15 @@ class Publisher:
         while True:
             while self._waiting and self._waiting[0].done.done():
                 self._waiting.popleft()  # its request gave up
-            oldest = self._clock() - self._waiting[0].enqueued_at if self._waiting else 0.0
+            now = self._clock()
+            oldest = now - self._waiting[0].enqueued_at if self._waiting else 0.0
             decision = batching.decide(
                 waiting=len(self._waiting),
                 oldest_age=oldest,
                 in_flight=self._in_flight,
                 max_in_flight=self._max_in_flight,
                 linger=self._linger,
+                since_last_call=None if self._last_call_at is None else now - self._last_call_at,
             )
             if not decision.send:
                 if decision.wait_seconds is not None and self._timer is None:
@@ -272,6 +306,7 @@ class Publisher:
             if not batch:
                 continue
             self._in_flight += 1
+            self._last_call_at = now
             task = asyncio.create_task(self._call(batch))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)

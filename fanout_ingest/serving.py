@@ -61,6 +61,7 @@ class _Source:
 
 
 _NOTHING = deduplicating.Outcome(published=0, duplicates=0)
+_NO_VALIDATION = aiobotocore.config.AioConfig(parameter_validation=False)
 
 
 def resolve_region(topic: config.TopicSpec, environ: Mapping[str, str] = os.environ) -> str:
@@ -78,7 +79,6 @@ class Gateway:
         http_host: str = "0.0.0.0",  # the Service and the kubelet reach the pod's address
         http_port: int = 8080,
         drain_seconds: float = 0.0,
-        linger: float = publishing.DEFAULT_LINGER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingest = ingest
@@ -86,7 +86,6 @@ class Gateway:
         self._http_host = http_host
         self._http_port = http_port
         self._drain_seconds = drain_seconds
-        self._linger = linger
         self._clock = clock
         self._random_bits = random.SystemRandom().getrandbits
         self._started = asyncio.Event()
@@ -120,9 +119,7 @@ class Gateway:
             raise spec_model.ConfigError("spec.topic.region: no AWS region (set it, or AWS_REGION)")
         async with contextlib.AsyncExitStack() as stack:
             sns, s3, dynamodb = await self._clients(stack, region)
-            self._publisher = publishing.Publisher(
-                sns=sns, s3=s3, spec=self.spec, telemetry=self.telemetry, linger=self._linger
-            )
+            self._publisher = publishing.Publisher(sns=sns, s3=s3, spec=self.spec, telemetry=self.telemetry)
             store = None
             if self.spec.idempotency.enabled:
                 store = idempotency.build_store(self.spec.idempotency, dynamodb_client=dynamodb)
@@ -161,8 +158,9 @@ class Gateway:
             read_timeout=self.spec.limits.publish_timeout_seconds,
         )
         sns = await stack.enter_async_context(
-            session.create_client("sns", region_name=region, config=aws_config)
+            session.create_client("sns", region_name=region, config=aws_config.merge(_NO_VALIDATION))
         )
+        publishing.tune_client(sns)
         s3 = None
         if self.spec.offload is not None:
             s3 = await stack.enter_async_context(
