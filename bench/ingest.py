@@ -278,21 +278,48 @@ class Measured:
     sns_cpu_per_event: float
     cores: float
     """The server's CPU seconds per second of the step: the share of the machine it used."""
+    entries_per_call: float | None
+    """The gateway's events per PublishBatch call during the step (from its /metrics)."""
+
+
+_BATCH_METRIC = "fanout_ingest_publish_batch_entries"
+
+
+def _batch_totals(server: Server) -> tuple[float, float] | None:
+    """(entries, calls) so far, from the gateway's /metrics; None for the naive handler."""
+    if server.name != "gateway":
+        return None
+    with urllib.request.urlopen(server.url.replace("/events", "/metrics"), timeout=5) as reply:
+        text = reply.read().decode()
+    values = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in text.splitlines())
+        if name in (f"{_BATCH_METRIC}_sum", f"{_BATCH_METRIC}_count")
+    }
+    return values.get(f"{_BATCH_METRIC}_sum", 0.0), values.get(f"{_BATCH_METRIC}_count", 0.0)
 
 
 async def _measure(
     server: Server, warm_up: list[bytes], bodies: list[bytes], rate: float, sns_pid: int
 ) -> Measured:
     await _load(server.url, warm_up, 50)  # warm the connections and the code
+    batches_before = _batch_totals(server)
     before, sns_before, started = server.cpu_seconds(), _common.cpu_seconds(sns_pid), time.perf_counter()
     step = await _load(server.url, bodies, rate)
     cpu, sns_cpu = server.cpu_seconds() - before, _common.cpu_seconds(sns_pid) - sns_before
+    wall = time.perf_counter() - started
     accepted = len(step.latencies)
+    batches_after = _batch_totals(server)
+    entries_per_call = None
+    if batches_before is not None and batches_after is not None:
+        calls = batches_after[1] - batches_before[1]
+        entries_per_call = (batches_after[0] - batches_before[0]) / calls if calls else None
     return Measured(
         per_cpu_second=accepted / cpu if cpu > 0 else float("inf"),
         step=step,
         sns_cpu_per_event=sns_cpu / accepted if accepted else float("nan"),
-        cores=cpu / (time.perf_counter() - started),
+        cores=cpu / wall,
+        entries_per_call=entries_per_call,
     )
 
 
@@ -311,7 +338,7 @@ def _bodies(count: int) -> list[bytes]:
     return [json.dumps(event.detail).encode() for event in generator.day(count // 10 + 1)][:count]
 
 
-def _print_step(label: str, sns: str, results: dict[str, Measured]) -> None:
+def _print_step(label: str, sns: str, rate: float, results: dict[str, Measured]) -> None:
     print(f"  SNS = {sns}")
     for name, result in results.items():
         p50 = _percentile(result.step.latencies, 0.5) * 1000
@@ -323,9 +350,12 @@ def _print_step(label: str, sns: str, results: dict[str, Measured]) -> None:
                 f"{result.per_cpu_second:7.0f}  {p50:6.1f} / {p99:6.1f}{other}",
             )
         )
+        needs = rate / result.per_cpu_second
         print(
-            f"      cores used {result.cores:.2f}, last answer {result.step.late:.2f} s after the last "
-            f"request, SNS CPU per event {result.sns_cpu_per_event * 1000:.2f} ms"
+            f"      {1000 / result.per_cpu_second:.2f} ms CPU per request: needs {needs:.2f} of a core at"
+            f" this rate, used {result.cores:.2f}; last answer {result.step.late:.2f} s after the last"
+            f" request; SNS CPU per event {result.sns_cpu_per_event * 1000:.2f} ms"
+            + ("" if result.entries_per_call is None else f"; {result.entries_per_call:.1f} events per call")
         )
     ratio = results["gateway"].per_cpu_second / results["naive"].per_cpu_second
     print(_common.ratio_line(f"  gateway / naive, requests per CPU-second ({label})", ratio))
@@ -335,12 +365,25 @@ def _load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
+def _cpu_available(seconds: float = 1.0) -> float:
+    """The share of a core a busy process gets here now (1.0 on an idle machine): what the
+    servers, the sender and the SNS endpoint share."""
+    started, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        pass
+    return (time.process_time() - cpu) / (time.perf_counter() - started)
+
+
+def _machine() -> str:
+    return f"load average {_load_average()}, a busy process gets {_cpu_available():.2f} of a core"
+
+
 async def run(seconds: float, moto_pid: int) -> None:
     topic_arn = await _topic()
     secret_path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-ingest-secret-{os.getpid()}"
     secret_path.write_bytes(SECRET)
     print(f"bench/ingest.py: {seconds:.0f} s per step, one Genesys event (~1 KB) per signed request")
-    print(f"load average before: {_load_average()} ({os.cpu_count()} CPUs)")
+    print(f"before: {_machine()} ({os.cpu_count()} CPUs)")
     with (
         NullSns() as null,
         gateway(topic_arn, secret_path) as door,
@@ -359,7 +402,7 @@ async def run(seconds: float, moto_pid: int) -> None:
                     server.name: await _measure(server, _bodies(50), bodies, rate, sns_pid)
                     for server in servers
                 }
-                _print_step(f"{multiple}x, {sns}", sns, results)
+                _print_step(f"{multiple}x, {sns}", sns, rate, results)
                 ratios[sns] = results["gateway"].per_cpu_second / results["naive"].per_cpu_second
                 gateway_p99[sns] = _percentile(results["gateway"].step.latencies, 0.99) * 1000
             if multiple == max(MULTIPLES):
@@ -370,7 +413,7 @@ async def run(seconds: float, moto_pid: int) -> None:
                 )
                 for sns, p99 in gateway_p99.items():
                     print(_common.ratio_line(f"gateway p99 request → 202, ms, {sns}", p99, target="< 50"))
-    print(f"\nload average after: {_load_average()}")
+    print(f"\nafter: {_machine()}")
 
 
 def main() -> None:
