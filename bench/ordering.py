@@ -47,10 +47,11 @@ from typing import Any
 
 import _common
 
+from fanout_core import idempotency
 from fanout_core import spec as spec_model
 from fanout_lab import harness
 from fanout_lab.simulators import genesys, webhook
-from workers import dedupe, events, processing, telemetry
+from workers import events, processing, telemetry
 
 LATENCY = 0.020
 CONCURRENCY = 64
@@ -230,7 +231,7 @@ async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResul
     processor = processing.Processor(
         spec=spec,
         sink=sink,
-        store=dedupe.MemoryStore(ttl_seconds=3600),
+        store=idempotency.MemoryStore(ttl_seconds=3600),
         settler=settler,
         telemetry=telemetry.WorkerTelemetry(queue_url=spec.queue.url, sink_name="webhook"),
     )

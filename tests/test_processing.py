@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from fanout_core import idempotency as dedupe
 from fanout_core import spec as spec_model
 from fanout_lab import harness
-from workers import dedupe, events, messages, processing, telemetry
+from workers import events, messages, processing, telemetry
 from workers.sinks import base
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/processing"
@@ -90,9 +91,10 @@ class Run:
         self.processor.submit(list(received))
 
     async def settled(self, *received: messages.Message, timeout: float = 5.0) -> None:
-        handles = {message.receipt_handle for message in received}
         assert await harness.wait_until(
-            lambda: not handles & self.settler.in_hand, timeout=timeout, interval=0.01
+            lambda: not {message.receipt_handle for message in received} & self.settler.in_hand,
+            timeout=timeout,
+            interval=0.01,
         )
 
 

@@ -196,3 +196,24 @@ async def test_expired_receipt_is_counted_not_fatal(sqs: Any) -> None:
         if sample.name.endswith("_total")
     ]
     assert failures == [], "an expired receipt is counted as such, not as a failed delete"
+
+
+async def test_a_receive_is_settled_once_whatever_message_value_stands_for_it(sqs: Any) -> None:
+    # A FIFO group waiting in place for S3 is tracked before its payloads are resolved; the
+    # processor then settles the resolved messages: new values of the same receives.
+    url = await harness.make_queue(sqs, "settle-receive")
+    await send(sqs, url, 2)
+    settler, budget = settler_for(sqs, url)
+    settler.start()
+    first_raw, second_raw = await receive_all(sqs, url, 2)
+    tracked = track(settler, first_raw)
+    other = track(settler, second_raw)
+    resolved = messages.parse(first_raw)  # another value of the same receive
+    assert resolved is not tracked and settler.in_flight == 2
+    settler.delete(resolved)
+    settler.retry_later(other, 0)
+    await settler.aclose()
+    assert budget.released == 2 and settler.in_flight == 0
+    settler.delete(tracked)  # the receive is settled already: nothing to do
+    back = await receive_all(sqs, url, 1)
+    assert [message["MessageId"] for message in back] == [other.message_id], "the first was deleted"

@@ -44,9 +44,10 @@ class Attribute:
         return request
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class Message:
-    """One received SQS message; one per receive (a redelivery is another Message)."""
+    """One received SQS message; one per receive (a redelivery is another Message, with
+    another receipt handle). Compared by identity; the receipt handle names the receive."""
 
     message_id: events.MessageId
     receipt_handle: events.ReceiptHandle

@@ -14,12 +14,30 @@ the settler (which heartbeats them and frees their budget when they are settled)
 to the processor. An empty receive costs
 the long poll only. Receive errors never end the loop: they mark the worker unready
 and back off.
+
+When S3 cannot serve a pointer's object now (``payloads.PayloadUnavailable``: throttled,
+unavailable, access denied), the message waits:
+
+* standard queue: it goes back to the queue after a backoff; the rest of the receive is
+  taken in (a standard queue promises no order across receives; the lanes put a
+  conversation in event-time order as far as they can see it);
+* FIFO queue: the message and the later messages of its group from the same receive stay
+  in our hands (heartbeated) and the read is retried in place, for up to
+  :data:`_IN_PLACE_LIMIT_SECONDS`; then they are taken in together, in group order. No
+  schedule of handing a group back keeps it in order on every SQS reading (moto serves the
+  last of several re-visible messages of a group first, LocalStack serves a group's visible
+  messages while its head is invisible); a group kept in flight is in order on all of them.
+  Only past the limit does the group go back: the head after a backoff, the rest a second
+  later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -32,6 +50,10 @@ log = logging.getLogger(__name__)
 _MAX_ERROR_BACKOFF = 30.0
 _PAYLOAD_RETRY_SECONDS = 10.0
 _MAX_PAYLOAD_RETRY_SECONDS = 300.0
+_IN_PLACE_LIMIT_SECONDS = 60.0
+"""FIFO: how long a group whose large payload S3 cannot serve waits in our hands."""
+_IN_PLACE_BASE_SECONDS = 1.0
+_IN_PLACE_CAP_SECONDS = 15.0
 
 
 class Tracker(Protocol):
@@ -82,6 +104,7 @@ class Poller:
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._queue = queue
@@ -92,8 +115,22 @@ class Poller:
         self._telemetry = telemetry
         self._on_health = on_health
         self._resolver = resolver
+        self._clock = clock
+        # FIFO groups waiting in place for S3, by a serial: their messages and their task.
+        self._holding: dict[int, tuple[list[messages.Message], asyncio.Task[None]]] = {}
+        self._serials = itertools.count()
 
     async def run(self) -> None:
+        try:
+            await self._poll()
+        finally:
+            # Stopped (drain) or crashed: what waits in place for S3 goes back to the queue now.
+            for group, task in self._holding.values():
+                task.cancel()
+                self._settler.give_back(group)
+            self._holding.clear()
+
+    async def _poll(self) -> None:
         failures = 0
         while True:
             await self._sink.wait_accepting()
@@ -122,41 +159,56 @@ class Poller:
                 self._submit(received)
 
     async def _resolve(self, received: list[messages.Message]) -> list[messages.Message]:
-        """S3 pointers resolved before intake; what S3 cannot serve now comes back later.
-
-        On a FIFO queue a conversation's later messages of the same receive go back with it,
-        a second later than it, so that none is delivered before it and SQS serves it first
-        (on any SQS: it is visible while they are not).
-        """
+        """S3 pointers resolved before intake; what S3 cannot serve now waits (module doc)."""
         assert self._resolver is not None
         resolved = await self._resolver.resolve(received)
-        waiting: dict[str, tuple[int, float]] = {}  # group -> (first sequence number, delay)
-        for message, error in resolved.unavailable:
-            self._settler.track(message)
-            delay = retrying.exponential_delay(
-                message.receive_count, base=_PAYLOAD_RETRY_SECONDS, cap=_MAX_PAYLOAD_RETRY_SECONDS
-            )
-            log.warning("large payload not readable now (%s); message back in %.0fs", error, delay)
-            self._settler.retry_later(message, delay)
-            if message.group_id is not None and message.sequence_number is not None:
-                first = waiting.get(message.group_id)
-                if first is None or message.sequence_number < first[0]:
-                    waiting[message.group_id] = (message.sequence_number, delay)
-        if not waiting:
+        if not resolved.unavailable:
             return resolved.ready
-        taken: list[messages.Message] = []
-        for message in resolved.ready:
-            group = waiting.get(message.group_id) if message.group_id is not None else None
-            if (
-                group is not None
-                and message.sequence_number is not None
-                and message.sequence_number > group[0]
-            ):
+        split = _split(received, resolved, fifo=self._queue.is_fifo)
+        for message, error in split.back:
+            self._settler.track(message)
+            self._back_later([message], error)
+        for group, error in split.held:
+            log.warning("large payload not readable now (%s); its FIFO group waits in place", error)
+            for message in group:
                 self._settler.track(message)
-                self._settler.give_back([message], delay_seconds=group[1] + 1)
-            else:
-                taken.append(message)
-        return taken
+            serial = next(self._serials)
+            task = asyncio.create_task(self._wait_in_place(serial, group), name="payload-wait")
+            self._holding[serial] = (group, task)
+        return split.taken
+
+    async def _wait_in_place(self, serial: int, group: list[messages.Message]) -> None:
+        """Read a held FIFO group's objects again until S3 serves them all, then take the
+        group in, in order; past :data:`_IN_PLACE_LIMIT_SECONDS` hand it back instead."""
+        assert self._resolver is not None
+        started = self._clock()
+        for failures in itertools.count(1):
+            pause = retrying.exponential_delay(
+                failures, base=_IN_PLACE_BASE_SECONDS, cap=_IN_PLACE_CAP_SECONDS
+            )
+            await asyncio.sleep(pause)
+            resolved = await self._resolver.resolve(group, in_turn=False)
+            if not resolved.unavailable:
+                del self._holding[serial]
+                # The same receives (the settler holds them by receipt handle), payloads resolved.
+                self._submit(resolved.ready)
+                return
+            if self._clock() - started >= _IN_PLACE_LIMIT_SECONDS:
+                del self._holding[serial]
+                [(_, error), *_] = resolved.unavailable
+                self._back_later(group, error)
+                return
+
+    def _back_later(self, group: Sequence[messages.Message], error: payloads.PayloadUnavailable) -> None:
+        """Back to the queue: the first after a backoff, the rest (its group) a second later."""
+        head, *rest = group
+        delay = retrying.exponential_delay(
+            head.receive_count, base=_PAYLOAD_RETRY_SECONDS, cap=_MAX_PAYLOAD_RETRY_SECONDS
+        )
+        log.warning("large payload not readable now (%s); message back in %.0fs", error, delay)
+        self._settler.retry_later(head, delay)
+        if rest:
+            self._settler.give_back(rest, delay_seconds=delay + 1)
 
     async def _receive(self, count: int) -> list[messages.Message]:
         with self._telemetry.receive_span() as span:
@@ -184,3 +236,41 @@ def _parse(reply: list[dict[str, Any]]) -> list[messages.Message]:
         except messages.MalformedMessage as error:
             log.error("received message skipped: %s", error)
     return parsed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Split:
+    """A receive with unreadable payloads, split by what happens to each message."""
+
+    taken: list[messages.Message]
+    """Taken in now."""
+    held: list[tuple[list[messages.Message], payloads.PayloadUnavailable]]
+    """FIFO groups held in place, each from its first unreadable message on, in receive
+    order (SQS's order within a group), with why that one could not be read."""
+    back: list[tuple[messages.Message, payloads.PayloadUnavailable]]
+    """Back to the queue after a backoff (standard queues, or a message without a group)."""
+
+
+def _split(received: Sequence[messages.Message], resolved: payloads.Resolved, *, fifo: bool) -> _Split:
+    """Which messages of a receive (``received``, as received) wait for S3, and how.
+
+    Receive order, not ``SequenceNumber``: an SQS double (moto) draws sequence numbers at
+    random, and every SQS returns a group's messages of one receive in the group's order."""
+    unreadable = {message.receipt_handle: error for message, error in resolved.unavailable}
+    readable = {message.receipt_handle: message for message in resolved.ready}
+    held: dict[str, tuple[list[messages.Message], payloads.PayloadUnavailable]] = {}
+    taken: list[messages.Message] = []
+    back: list[tuple[messages.Message, payloads.PayloadUnavailable]] = []
+    for message in received:
+        group = message.group_id if fifo else None
+        error = unreadable.get(message.receipt_handle)
+        if error is not None:
+            if group is None:
+                back.append((message, error))
+            else:
+                held.setdefault(group, ([], error))[0].append(message)
+        elif group is not None and group in held:
+            held[group][0].append(readable.get(message.receipt_handle, message))
+        else:
+            taken.append(readable.get(message.receipt_handle, message))
+    return _Split(taken, list(held.values()), back)

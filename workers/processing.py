@@ -44,8 +44,9 @@ import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, Protocol
 
+from fanout_core import idempotency as dedupe
 from fanout_core import spec as spec_model
-from workers import deciding, dedupe, envelopes, events, filtering, messages, ordering, retrying, telemetry
+from workers import deciding, envelopes, events, filtering, messages, ordering, retrying, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)

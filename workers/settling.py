@@ -168,6 +168,9 @@ class Settler:
         self._telemetry = telemetry
         self._clock = clock
         self._on_deleted = on_deleted  # payloads: delete the S3 objects of deleted messages
+        # By receipt handle, which names one receive (every SQS, moto too, gives each receive
+        # its own): two receives of one message are settled apart, and a message taken in
+        # later with its payload resolved (a new Message of the same receive) is the same.
         self._held: dict[events.ReceiptHandle, _Holding] = {}  # in arrival order
         self._deletes = _Batcher(self._send_deletes, linger)
         self._changes = _Batcher(self._send_changes, linger)

@@ -329,7 +329,7 @@ class RecordingSettlement:
     """
 
     def __init__(self) -> None:
-        self.in_hand: set[str] = set()
+        self.in_hand: set[events.ReceiptHandle] = set()
         self.settled: list[Settled] = []
         self.dead_letter_fails = False
         self.changed = asyncio.Event()
