@@ -52,6 +52,7 @@ from fanout_core import spec as spec_model
 from fanout_lab import harness
 from fanout_lab.simulators import genesys, webhook
 from workers import events, processing, telemetry
+from workers.sinks import base
 
 LATENCY = 0.020
 CONCURRENCY = 64
@@ -155,7 +156,9 @@ class SleepingSink:
     async def wait_accepting(self) -> None:
         return None
 
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
+        if admit is not None and not await admit():  # claimed when its turn comes, as a real sink
+            return events.NotSent()
         key = event.ordering_key or event.event_id
         if key in self.running:
             self.overlaps += 1
