@@ -105,7 +105,10 @@ class Poller:
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_receive: Callable[[float], None] = lambda began: None,
     ) -> None:
+        """``on_receive`` hears of every receive that came back (even empty), with the
+        ``clock`` time it began: how ``ordering`` knows a failed message had its chance."""
         self._client = client
         self._queue = queue
         self._budget = budget
@@ -116,6 +119,7 @@ class Poller:
         self._on_health = on_health
         self._resolver = resolver
         self._clock = clock
+        self._on_receive = on_receive
         # FIFO groups waiting in place for S3, by a serial: their messages and their task.
         self._holding: dict[int, tuple[list[messages.Message], asyncio.Task[None]]] = {}
         self._serials = itertools.count()
@@ -135,6 +139,7 @@ class Poller:
         while True:
             await self._sink.wait_accepting()
             granted = await self._budget.reserve(self._queue.max_messages)
+            began = self._clock()
             try:
                 received = await self._receive(granted)
             except sqs.SqsError as error:
@@ -157,6 +162,7 @@ class Poller:
                 self._settler.track(message)
             if received:
                 self._submit(received)
+            self._on_receive(began)
 
     async def _resolve(self, received: list[messages.Message]) -> list[messages.Message]:
         """S3 pointers resolved before intake; what S3 cannot serve now waits (module doc)."""

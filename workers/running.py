@@ -186,7 +186,12 @@ class Worker:
             health=self.health,
         )
         processor = processing.Processor(
-            spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
+            spec=self.spec,
+            sink=sink,
+            store=store,
+            settler=settler,
+            telemetry=self.telemetry,
+            in_hand_limit=lambda: budget.limit,
         )
         return _Stages(client, sink, resolver, budget, settler, processor)
 
@@ -209,6 +214,7 @@ class Worker:
                         telemetry=self.telemetry,
                         on_health=self._set_receiving,
                         resolver=stages.resolver,
+                        on_receive=stages.processor.received,
                     ).run,
                 )
             )
