@@ -12,7 +12,10 @@ measured side by side in the same run, so the machine's speed cancels out. The p
   from outside treats every variant alike: the worker and a bare loop are both children.
 * :class:`Receiver` — a zero-latency (or holding) HTTP receiver in ANOTHER process, so its
   CPU is never counted against the process under test. ``python bench/_common.py receiver``
-  is its entry point; ``GET /stats`` says how many requests it answered and holds.
+  is its entry point; ``GET /stats`` says how many events it answered and holds. It answers
+  any POST 200 ``{}`` (a webhook), a Salesforce upsert ``PATCH`` 201 with Salesforce's body
+  and ``Sforce-Limit-Info``, and a Splunk HEC batch 200 ``{"text":"Success","code":0}``,
+  counting each event of the batch.
 * :func:`feed` (``harness.send_bodies``) — sends message bodies in batches of ten while
   keeping the queue's visible backlog under a bound: moto scans the whole queue for every
   message it sends or returns, so a long queue would measure moto, not us.
@@ -173,12 +176,15 @@ class WorkerProcess(Child):
             log_name=name,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, *, probe: str = "readyz") -> None:
+        """Until ``/readyz`` answers 200 (``probe="healthz"``: until the worker is up and
+        serving, its pollers started — readiness also waits for the first receive to return,
+        which on an empty queue takes a whole long poll)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
-            url = f"http://127.0.0.1:{self.http_port}/readyz"
+            url = f"http://127.0.0.1:{self.http_port}/{probe}"
             with (
                 contextlib.suppress(urllib.error.URLError, OSError),
                 urllib.request.urlopen(url, timeout=1) as reply,
@@ -206,7 +212,13 @@ class Receiver(Child):
 
     @property
     def url(self) -> str:
+        """Where a webhook posts."""
         return f"http://127.0.0.1:{self.port}/events"
+
+    @property
+    def base_url(self) -> str:
+        """The root a crm (Salesforce upsert PATCH) or siem (Splunk HEC) sink appends its path to."""
+        return f"http://127.0.0.1:{self.port}"
 
     def _call(self, path: str, method: str = "GET") -> dict[str, Any]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
@@ -223,6 +235,24 @@ class Receiver(Child):
         self._call("/release", method="POST")
 
 
+HEC_PATH = "/services/collector/event"
+_HEC_OK = '{"text":"Success","code":0}'
+_SALESFORCE_PATH = "/services/data/"
+_UPSERT_OK = '{"id":"a0B5f000001bench","success":true,"errors":[],"created":true}'
+_SALESFORCE_HEADERS = {"Sforce-Limit-Info": "api-usage=25/100000"}
+
+
+def _hec_events(body: bytes) -> int:
+    """How many event objects a HEC batch holds (concatenated JSON objects)."""
+    decoder, text, position, count = json.JSONDecoder(), body.decode(), 0, 0
+    while position < len(text):
+        _, position = decoder.raw_decode(text, position)
+        count += 1
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return count
+
+
 async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
     answered = 0
     released = asyncio.Event()
@@ -232,14 +262,21 @@ async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
 
     async def receive(request: web.Request) -> web.Response:
         nonlocal answered, held
-        await request.read()
+        body = await request.read()
         if not released.is_set():
             held += 1
             await released.wait()
             held -= 1
         if latency:
             await asyncio.sleep(latency)
+        if request.path.endswith(HEC_PATH):
+            answered += _hec_events(body)
+            return web.Response(text=_HEC_OK, content_type="application/json")
         answered += 1
+        if request.method == "PATCH" and request.path.startswith(_SALESFORCE_PATH):
+            return web.Response(
+                status=201, text=_UPSERT_OK, content_type="application/json", headers=_SALESFORCE_HEADERS
+            )
         return web.Response(text="{}", content_type="application/json")
 
     async def stats(request: web.Request) -> web.Response:
@@ -253,6 +290,7 @@ async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
     app.router.add_get("/stats", stats)
     app.router.add_post("/release", release)
     app.router.add_post("/{tail:.*}", receive)
+    app.router.add_patch("/{tail:.*}", receive)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
