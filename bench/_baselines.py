@@ -7,9 +7,10 @@ limiter, no metrics, no logs. Its HTTP client is one of
 
 * ``aiohttp`` — the cheapest asyncio client there is (the goal's baseline);
 * ``httpx`` — httpx's default transport (httpcore on anyio);
-* ``httpx-pooled`` — httpx on the hand-written asyncio backend the worker's sinks used
-  before (:class:`workers.sinks.transport.PooledTransport`, kept for the comparison);
-* ``httpx-aiohttp`` — httpx on aiohttp (``httpx_aiohttp.AiohttpTransport``, PyPI);
+* ``httpx-sinks`` — httpx on aiohttp as the worker's sinks send
+  (:class:`workers.sinks.transport.AiohttpTransport`);
+* ``httpx-aiohttp`` — httpx on the PyPI adapter ``httpx-aiohttp`` (the same idea, which the
+  sinks do not use: see ``workers/sinks/transport.py``);
 
 and its wire is one of the sinks': ``webhook`` (one POST of the payload per event), ``crm``
 (one Salesforce upsert PATCH per event, the default field mapping) or ``siem`` (one Splunk
@@ -41,7 +42,7 @@ from typing import Any
 POLLERS = 2
 WAIT_SECONDS = 20
 TOKEN = "bench-token"
-CLIENTS = ("aiohttp", "httpx", "httpx-pooled", "httpx-aiohttp")
+CLIENTS = ("aiohttp", "httpx", "httpx-sinks", "httpx-aiohttp")
 WIRES = ("webhook", "crm", "siem")
 
 Send = Callable[[str, str, bytes, Mapping[str, str]], Awaitable[int]]
@@ -124,10 +125,10 @@ async def http_client(kind: str) -> AsyncIterator[Send]:
 
     limits = httpx.Limits(max_connections=connections)
     transport: httpx.AsyncBaseTransport | None = None
-    if kind == "httpx-pooled":
-        from workers.sinks import transport as pooled
+    if kind == "httpx-sinks":
+        from workers.sinks import transport as sinks_transport
 
-        transport = pooled.PooledTransport(limits=limits)
+        transport = sinks_transport.AiohttpTransport(limits=limits)
     elif kind == "httpx-aiohttp":
         import httpx_aiohttp
 

@@ -15,8 +15,9 @@ Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
   **aiohttp** loop (the goal: worker ≤ 1.0x its CPU per event), a bare aiobotocore +
   **httpx** loop (httpx's default transport) and the PyPI peer **sqs-workers** (boto3 + sync
   httpx, one message at a time; the goal: worker ≤ 0.5x). ``--transports`` adds the bare
-  httpx loop on the two other transports the worker's sinks can use: httpx on aiohttp
-  (``httpx-aiohttp``) and the hand-written asyncio backend (``PooledTransport``).
+  loop with httpx on the worker's sinks' transport (httpx on aiohttp: what httpx's API costs
+  over aiohttp's, and what the worker costs beyond the same I/O) and on the PyPI adapter
+  ``httpx-aiohttp``.
 * **crm** — the worker's Salesforce upsert sink against a bare aiohttp loop sending the
   same PATCH per event (goal ≤ 1.0x).
 * **siem** — the worker's Splunk HEC sink (batches of up to 100 events, 0.2 s linger)
@@ -89,8 +90,10 @@ def variants(sinks: Sequence[str], *, transports: bool) -> list[Variant]:
                 Variant("bare aiobotocore + httpx loop (httpx's default transport)", sink, "bare", "httpx")
             )
             if transports:
-                found.append(Variant("bare loop, httpx on httpx-aiohttp", sink, "bare", "httpx-aiohttp"))
-                found.append(Variant("bare loop, httpx on PooledTransport", sink, "bare", "httpx-pooled"))
+                found.append(Variant("bare loop, httpx on the sinks' transport", sink, "bare", "httpx-sinks"))
+                found.append(
+                    Variant("bare loop, httpx on httpx-aiohttp (PyPI)", sink, "bare", "httpx-aiohttp")
+                )
             found.append(
                 Variant("sqs-workers (PyPI; boto3 + sync httpx)", sink, "peer", target=("<= 0.5", 0.5))
             )
