@@ -26,8 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fanout_core import spec
 from fanout_lab.simulators import aws
-from workers.sinks import transport
+from workers import fleet
+from workers.sinks import exchange, transport
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -133,6 +135,39 @@ async def test_the_bytes_on_the_wire_are_those_of_httpx_default_transport(
     stock_bytes, our_bytes = server.requests
     assert our_bytes == stock_bytes
     assert our_bytes.startswith(f"{method} {target} HTTP/1.1\r\n".encode())
+
+
+async def test_the_exchange_sends_what_client_request_would(serve: Callable[..., Awaitable[Server]]) -> None:
+    """The sinks build their requests themselves (cheaper than ``AsyncClient.request``): the
+    spec's headers (one overriding a default header in another case, one the sink overrides),
+    the sink's headers, URLs that change from one request to the next — the wire must not tell
+    the two apart. A sink's header wins over the spec's of the same name, whatever its case."""
+    server = await serve(_answer_ok)
+    base = server.url.removesuffix("/events")
+    sink = spec.SinkSpec.model_validate(
+        {"type": "webhook", "url": base, "headers": {"user-agent": "fanout/1", "X-Team": "cc"}}
+    )
+    exchanger = exchange.Exchanger(sink, name="webhook", replicas=fleet.FixedReplicas(1))
+    calls = [
+        ("PATCH", f"{base}/sobjects/C/Id/conv%3A1", {"Authorization": "Bearer t", "x-team": "crm"}, b"{}"),
+        ("PATCH", f"{base}/sobjects/C/Id/conv%3A2", {"Authorization": "Bearer t"}, b'{"a":1}'),
+        ("POST", f"{base}/events", {"Content-Type": "application/json", "Accept": "application/json"}, b"{}"),
+        ("POST", f"{base}/events", {}, b"again"),
+    ]
+    async with httpx.AsyncClient(limits=LIMITS, timeout=sink.timeout_seconds) as stock:
+        for method, url, headers, body in calls:
+            answer = await exchanger.request(method, url, content=body, headers=headers)
+            assert answer.status == 200
+            own = {name.lower() for name in headers}
+            merged = {name: value for name, value in sink.headers.items() if name.lower() not in own}
+            await stock.request(method, url, content=body, headers={**merged, **headers})
+    await exchanger.aclose()
+    ours, theirs = server.requests[0::2], server.requests[1::2]
+    assert ours == theirs
+    assert len(ours) == len(calls)
+    assert b"\r\nx-team: crm\r\n" in ours[0]
+    assert b"X-Team" not in ours[0]
+    assert b"\r\nX-Team: cc\r\n" in ours[1]
 
 
 async def test_keep_alive_connections_are_reused(serve: Callable[..., Awaitable[Server]]) -> None:
