@@ -1,13 +1,13 @@
 """The Dockerfile, reviewed by machine, and its install step replayed without Docker.
 
-No Docker engine runs on these machines, so the image is never built here. Instead:
-hadolint lints the Dockerfile; its promises (pinned base, non-root numeric UID, no compilers
-or caches in the runtime stage, PYTHONUNBUFFERED, OCI labels, the two entry points) are
-read off the parsed instructions; and the two install steps are replayed on this machine
-exactly as the stages run them: the build stage's COPYs (filtered by .dockerignore) and its
-`pip wheel` command, then the runtime stage's `pip install --no-index --find-links` into an
-empty target, whose console-script entry points must import with nothing but the standard
-library and those wheels on the path.
+This module runs in ``make test`` and builds no image (``make image-check`` builds and boots
+it: tests/test_image.py). Here, fast: hadolint lints the Dockerfile; its promises (pinned
+base, non-root numeric UID, no compilers or caches in the runtime stage, PYTHONUNBUFFERED,
+OCI labels, the two entry points) are read off the parsed instructions; and the two install
+steps are replayed on this machine exactly as the stages run them: the build stage's COPYs
+(filtered by .dockerignore) and its `pip wheel` command, then the runtime stage's `pip install
+--no-index --find-links` into an empty target, whose console-script entry points must import
+with nothing but the standard library and those wheels on the path.
 
 The replay builds every dependency wheel (not only ours, ~10 s with pip's cache off): it is
 the only check that each dependency arrives as a binary wheel — the build stage has no

@@ -49,6 +49,9 @@ from fanout_lab.simulators import crm
 from workers import fleet, running, throttling
 from workers.sinks import crm as crm_sink
 
+# Goodput measured in wall-clock time: run alone, after the parallel phase (make test).
+pytestmark = pytest.mark.serial
+
 REPLICAS = 3
 RATE = 30.0
 BURST = 6

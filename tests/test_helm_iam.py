@@ -72,6 +72,22 @@ def _operations() -> dict[str, set[str]]:
 REDRIVE_ENGINE = "fanout_core/redriving.py"
 
 
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, again if CPython 3.11 reports its own bookkeeping as broken.
+
+    3.11's AST conversion keeps its recursion depth in state shared by the interpreter's
+    threads; a thread another test left running in this process (a server, an executor) can
+    make a parse raise ``SystemError: AST constructor recursion depth mismatch``, which says
+    nothing about the source. Fixed in later CPython releases.
+    """
+    for _ in range(4):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            continue
+    return ast.parse(source)
+
+
 def _client_calls(*sources: pathlib.Path) -> set[str]:
     """IAM actions of every ``<...sqs_client...>.<operation>`` attribute in the sources (files or
     directories); the service is the one the client's name names, when it names one."""
@@ -83,7 +99,7 @@ def _client_calls(*sources: pathlib.Path) -> set[str]:
         for path in ([source] if source.is_file() else sorted(source.rglob("*.py")))
     ]
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Attribute) or node.attr not in operations:
                 continue
             owner = node.value

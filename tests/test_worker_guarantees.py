@@ -409,6 +409,7 @@ async def start_worker(config: pathlib.Path) -> asyncio.subprocess.Process:
     )
 
 
+@pytest.mark.serial  # worker processes killed on a schedule: run alone (make test)
 async def test_fifo_with_two_pollers_and_two_sigkills_loses_nothing_and_repeats_only_in_flight_events(
     sqs_backend: sqs_backends.SqsBackend, idempotency_table: str, tmp_path: pathlib.Path
 ) -> None:
