@@ -6,7 +6,9 @@
 1. waits while the sink is not accepting (paused by Retry-After, circuit open): the
    messages wait in SQS, where they are safe, instead of in our memory;
 2. reserves room in the in-flight budget (received, not yet settled) and asks for no
-   more than that, so the worker never holds more than it can finish or heartbeat.
+   more than that, so the worker never holds more than it can finish or heartbeat;
+3. after a receive that came back short (the queue is about empty), rests a moment while
+   another poller waits on the queue (:class:`Turns`): fuller receives, fewer calls.
 
 Messages whose body is an S3 pointer (an event too large for SQS) are resolved first
 (``payloads``), so the processor takes in the real event. Received messages are tracked by
@@ -19,8 +21,9 @@ and back off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fanout_core import spec as spec_model
@@ -63,6 +66,48 @@ class Budget:
         self._room.set()
 
 
+class Turns:
+    """How the pollers of one worker share a queue that runs short.
+
+    A receive that brings fewer messages than it asked for says the queue is about empty.
+    One long poll waiting on it then serves the next message as soon as SQS has one; a
+    second poller polling at once too only splits what arrives into smaller receives (at
+    light load two pollers took ~5 messages per receive where one took ~7, and each
+    ReceiveMessage costs as much CPU as several deliveries, and is billed). So the poller
+    whose receive came back short rests — for :data:`REST_SECONDS` at most, and only while
+    another poller is receiving, so a poller always waits on the queue — and comes back at
+    once when any receive comes back full: a backlog, where every poller is needed.
+    """
+
+    REST_SECONDS: float = 0.05
+
+    def __init__(self) -> None:
+        self._receiving = 0
+        self._backlog = asyncio.Event()
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Around one ReceiveMessage call."""
+        self._receiving += 1
+        try:
+            yield
+        finally:
+            self._receiving -= 1
+
+    def full(self) -> None:
+        """A receive came back with all it asked for: wake the resting pollers."""
+        self._backlog.set()
+
+    async def rest(self) -> None:
+        """After a short receive: wait a moment, unless no other poller is receiving."""
+        if self._receiving == 0:
+            return
+        self._backlog.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.REST_SECONDS):
+                await self._backlog.wait()
+
+
 class Poller:
     """One long-poll loop over the source queue."""
 
@@ -78,8 +123,10 @@ class Poller:
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self._client = client
+        self._turns = turns or Turns()
         self._queue = queue
         self._budget = budget
         self._sink = sink
@@ -95,7 +142,8 @@ class Poller:
             await self._sink.wait_accepting()
             granted = await self._budget.reserve(self._queue.max_messages)
             try:
-                messages = await self._receive(granted)
+                with self._turns.receiving():
+                    messages = await self._receive(granted)
             except sqs.SqsError as error:
                 self._budget.release(granted)
                 failures += 1
@@ -109,11 +157,16 @@ class Poller:
                 raise
             failures = 0
             self._on_health(True)
-            self._budget.release(granted - len(messages))
+            received = len(messages)
+            self._budget.release(granted - received)
             if self._resolver is not None and messages:
                 messages = await self._resolve(messages)
             if messages:
                 self._submit([self._settler.track(message) for message in messages])
+            if received >= granted:
+                self._turns.full()
+            elif received:
+                await self._turns.rest()
 
     async def _resolve(self, messages: list[dict[str, Any]]) -> list[Any]:
         """S3 pointers resolved before intake; what S3 cannot serve now comes back later.

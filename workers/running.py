@@ -132,6 +132,7 @@ class Worker:
             )
             stack.push_async_callback(resolver.drain)
             budget = polling.Budget(queue.max_in_flight)
+            turns = polling.Turns()
             settler = settling.Settler(
                 client=client,
                 queue_url=events.QueueUrl(queue.url),
@@ -161,6 +162,7 @@ class Worker:
                             telemetry=self.telemetry,
                             on_health=self._set_receiving,
                             resolver=resolver,
+                            turns=turns,
                         ).run,
                     )
                 )
