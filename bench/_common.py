@@ -6,7 +6,9 @@ share too.
 Every benchmark in ``bench/`` runs as ``.venv/bin/python bench/NAME.py`` and prints ratios
 measured side by side in the same run, so the machine's speed cancels out. The pieces:
 
-* :func:`aws_endpoint` — a moto server child process, the standard ``AWS_*`` variables set.
+* :func:`aws_endpoint` — a moto server child process, the standard ``AWS_*`` variables set;
+  :func:`keep_alive_aws_endpoint` — the same moto served by waitress, which keeps
+  connections alive as AWS does (:class:`KeepAliveMoto`).
 * :class:`Child` — a process started here and measured through ``/proc/<pid>``: CPU seconds
   (user + system, from ``stat``), resident and peak resident memory (``status``). Measuring
   from outside treats every variant alike: the worker and a bare loop are both children.
@@ -67,6 +69,15 @@ async def sqs_client() -> AsyncIterator[Any]:
     session = aiobotocore.session.get_session()
     async with session.create_client("sqs") as client:
         yield client
+
+
+@contextlib.contextmanager
+def keep_alive_aws_endpoint() -> Iterator[KeepAliveMoto]:
+    """:func:`aws_endpoint`, but on :class:`KeepAliveMoto`: AWS keeps connections alive."""
+    with KeepAliveMoto() as server, aws.environment(aws.MotoServer(port=server.port).environment()):
+        for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_DYNAMODB"):
+            os.environ.pop(name, None)
+        yield server
 
 
 make_queue = harness.make_queue
@@ -147,6 +158,44 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class KeepAliveMoto(Child):
+    """moto's application served by waitress, which keeps HTTP/1.1 connections alive.
+
+    ``python -m moto.server`` (werkzeug) closes the connection after every answer, so each
+    SQS call of a consumer under test also paid a TCP connect and close — a fifth to a third
+    of a bare loop's CPU in ``bench/overhead.py``, and a cost no consumer pays against AWS,
+    which keeps connections alive. Same moto, same state and answers; only the HTTP server
+    differs. Enough threads for every long poll the benchmark holds open at once.
+    """
+
+    def __init__(self) -> None:
+        self.port = aws.free_port()
+        super().__init__(
+            [sys.executable, str(pathlib.Path(__file__)), "moto", "--port", str(self.port)], log_name="moto"
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto exited with {self.process.returncode}; see {self.log_path}")
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/moto-api/", timeout=1),
+            ):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto did not answer within 30 s; see {self.log_path}")
+
+
+def _serve_moto(port: int) -> None:
+    os.environ["MOTO_PORT"] = str(port)  # moto writes it into queue URLs
+    import waitress
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    application = DomainDispatcherApplication(create_backend_app)
+    waitress.serve(application, host="127.0.0.1", port=port, threads=256, connection_limit=2048, _quiet=True)
 
 
 def write_manifest(spec: dict[str, Any], name: str) -> pathlib.Path:
@@ -328,9 +377,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     receiver.add_argument("--port", type=int, required=True)
     receiver.add_argument("--hold", action="store_true")
     receiver.add_argument("--latency", type=float, default=0.0)
+    moto = commands.add_parser("moto")
+    moto.add_argument("--port", type=int, required=True)
     args = parser.parse_args(arguments)
     if args.command == "receiver":
         asyncio.run(_serve_receiver(args.port, args.hold, args.latency))
+    elif args.command == "moto":
+        _serve_moto(args.port)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Every consumer runs as a child process, measured from outside (``/proc/<pid>/stat``, user +
 system CPU), over the same traffic: Genesys events in EventBridge envelopes fed into its own
 queue on one moto server while it runs, delivered to one zero-latency HTTP receiver in
-another process (neither's CPU is counted). Rounds alternate the consumers, the order turned
+another process (neither's CPU is counted). moto is served by waitress, which keeps
+connections alive as AWS does (``--moto-closes-connections``: moto's own server, which makes
+every SQS call of every consumer pay a TCP connect). Rounds alternate the consumers, the order turned
 by one each round, so a busy moment of the shared machine falls on all of them alike; ratios
 are of CPU seconds summed over the rounds.
 
@@ -28,6 +30,7 @@ started) and idle CPU per second (an empty queue, 20 s long polls, every consume
 
     .venv/bin/python bench/overhead.py [--events N] [--rounds R] [--sinks webhook,crm,siem]
                                        [--transports] [--idle-seconds S]
+                                       [--moto-closes-connections]
 """
 
 from __future__ import annotations
@@ -174,12 +177,14 @@ async def measure(
     return child.cpu_seconds() - cpu_before, time.monotonic() - started
 
 
-async def run(count: int, rounds: int, sinks: Sequence[str], *, transports: bool, idle: float) -> int:
+async def run(
+    count: int, rounds: int, sinks: Sequence[str], *, transports: bool, idle: float, closing_moto: bool
+) -> int:
     bodies = traffic(count)
     chunk = (len(bodies) + rounds - 1) // rounds
     chosen = variants(sinks, transports=transports)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_common.aws_endpoint())
+        stack.enter_context(_common.aws_endpoint() if closing_moto else _common.keep_alive_aws_endpoint())
         receiver = stack.enter_context(_common.Receiver())
         async with _common.sqs_client() as sqs:
             for index, variant in enumerate(chosen):
@@ -203,15 +208,16 @@ async def run(count: int, rounds: int, sinks: Sequence[str], *, transports: bool
             for variant in chosen:
                 assert variant.child is not None
                 variant.idle_cpu_per_second = (variant.child.cpu_seconds() - before[id(variant)]) / idle
-    report(chosen, count, rounds, idle)
+    report(chosen, count, rounds, idle, closing_moto=closing_moto)
     return 0
 
 
 # -------------------------------------------------------------------------------- output
-def report(chosen: list[Variant], count: int, rounds: int, idle: float) -> None:
+def report(chosen: list[Variant], count: int, rounds: int, idle: float, *, closing_moto: bool) -> None:
+    server = "moto's own server: a new connection per SQS call" if closing_moto else "keep-alive"
     print(
-        f"bench/overhead.py — {count} events per consumer in {rounds} alternating rounds; moto SQS; "
-        "zero-latency receiver in another process; CPU of each consumer process from /proc"
+        f"bench/overhead.py — {count} events per consumer in {rounds} alternating rounds; moto SQS "
+        f"({server}); zero-latency receiver in another process; CPU of each consumer process from /proc"
     )
     for sink in dict.fromkeys(variant.sink for variant in chosen):
         group = [variant for variant in chosen if variant.sink == sink]
@@ -255,13 +261,25 @@ def main() -> int:
         "--transports", action="store_true", help="also the bare httpx loop on other transports"
     )
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--moto-closes-connections",
+        action="store_true",
+        help="serve moto with its own server, which closes every connection (AWS keeps them alive)",
+    )
     args = parser.parse_args()
     sinks = [name.strip() for name in args.sinks.split(",") if name.strip()]
     unknown = set(sinks) - set(_baselines.WIRES)
     if unknown:
         parser.error(f"--sinks: unknown {', '.join(sorted(unknown))}")
     return asyncio.run(
-        run(args.events, args.rounds, sinks, transports=args.transports, idle=args.idle_seconds)
+        run(
+            args.events,
+            args.rounds,
+            sinks,
+            transports=args.transports,
+            idle=args.idle_seconds,
+            closing_moto=args.moto_closes_connections,
+        )
     )
 
 
