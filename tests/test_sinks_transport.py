@@ -170,6 +170,24 @@ async def test_the_exchange_sends_what_client_request_would(serve: Callable[...,
     assert b"\r\nX-Team: cc\r\n" in ours[1]
 
 
+async def test_a_proxy_in_the_environment_carries_the_sinks_requests(
+    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy configured the usual way (``HTTP_PROXY``...) carries the requests (httpx
+    ignores the environment's proxies for a client given a transport; the transport reads them)."""
+    target, proxy = await serve(_answer_ok), await serve(_answer_ok)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/events"))
+    sink = spec.SinkSpec.model_validate({"type": "webhook", "url": target.url})
+    exchanger = exchange.Exchanger(sink, name="webhook", replicas=fleet.FixedReplicas(1))
+    answer = await exchanger.request("POST", target.url, content=b"{}", headers={"Idempotency-Key": "e-1"})
+    await exchanger.aclose()
+    assert answer.status == 200
+    assert target.requests == []
+    [request] = proxy.requests
+    assert request.startswith(f"POST {target.url} HTTP/1.1\r\n".encode())  # a proxy's request line
+    assert b"\r\nIdempotency-Key: e-1\r\n" in request
+
+
 async def test_keep_alive_connections_are_reused(serve: Callable[..., Awaitable[Server]]) -> None:
     server = await serve(_answer_ok)
     async with _client() as client:

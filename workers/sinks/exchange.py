@@ -12,7 +12,8 @@ its downstream's answers; :class:`Exchanger` does the rest, the same way for all
 4. sends the request inside a CLIENT span with a W3C ``traceparent`` injected, through
    httpx on :class:`~workers.sinks.transport.AiohttpTransport` (httpx's API on aiohttp's
    connection pool and C parser: the cheapest way to send with httpx, see that module)
-   unless a transport is passed in;
+   unless a transport is passed in; the request is built here and handed to the transport
+   (:class:`_RequestBuilder`), cheaper than ``AsyncClient.request`` and byte for byte the same;
 5. translates httpx's exceptions into an :class:`Answer` (``timed_out`` / ``error``) —
    nothing from httpx escapes a sink;
 6. lets the sink's ``judge`` turn the answer into a :class:`Judgement` (the sink's value,
@@ -27,11 +28,10 @@ are described by their type only.
 from __future__ import annotations
 
 import dataclasses
-import http.cookiejar
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import httpx
 
@@ -137,12 +137,12 @@ class Exchanger:
         limits = httpx.Limits(
             max_connections=sink.max_concurrency, max_keepalive_connections=sink.max_concurrency
         )
+        self._transport = transport or http_transport.AiohttpTransport(limits=limits)
+        # The client gives the requests its defaults (headers, timeout) and closes the
+        # transport; requests go straight to the transport, which a client given one always
+        # picks (see _RequestBuilder).
         self.client = httpx.AsyncClient(
-            transport=transport or http_transport.AiohttpTransport(limits=limits),
-            timeout=httpx.Timeout(sink.timeout_seconds),
-            limits=limits,  # for the transports httpx mounts itself (proxies from the environment)
-            follow_redirects=False,
-            cookies=_NoCookies(),
+            transport=self._transport, timeout=httpx.Timeout(sink.timeout_seconds), follow_redirects=False
         )
         self._requests = _RequestBuilder(self.client, sink.headers)
 
@@ -210,7 +210,7 @@ class Exchanger:
         with self.telemetry.http_span(method, url) as span:
             telemetry.inject_headers(outgoing)
             try:
-                response = await self.client.send(self._requests.build(method, url, content, outgoing))
+                response = await self._send(self._requests.build(method, url, content, outgoing))
             except httpx.HTTPError as error:
                 return transport_answer(error, time.monotonic() - started)
             span.set_attribute("http.response.status_code", response.status_code)
@@ -221,6 +221,15 @@ class Exchanger:
             seconds=time.monotonic() - started,
         )
 
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The transport's response, read to the end."""
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
     def _publish(self, snapshot: throttling.Snapshot) -> None:
         self.telemetry.limiter_state(
             rate=snapshot.rate,
@@ -230,30 +239,22 @@ class Exchanger:
         )
 
 
-class _NoCookies(http.cookiejar.CookieJar):
-    """The sinks' client keeps no cookies: no downstream they speak uses them (bearer tokens,
-    HEC tokens, signed webhooks), and reading every reply for ``Set-Cookie`` was a tenth of
-    httpx's cost per request."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return
-
-    def add_cookie_header(self, request: Any) -> None:
-        return
-
-
 class _RequestBuilder:
-    """Builds the ``httpx.Request`` that ``client.request`` would build, at half the cost.
+    """Builds the ``httpx.Request`` that ``client.request`` would send, at a fraction of the cost.
 
     ``AsyncClient.request`` merges the client's URL, parameters, headers and cookies into
-    new objects on every call; a sink has no base URL, parameters or cookies, and its URL
-    rarely changes. So the request is made here — the client's default headers (those the
-    request does not set, as httpx merges them), then the spec's extra headers (those the sink
-    does not set itself, whatever the case of the name), then the sink's own; the client's
-    timeout; the last URL parsed (one entry: a webhook or a HEC endpoint is one URL, a CRM
-    upsert one per conversation) — and sent with ``client.send``, which still picks a proxy
-    from the environment and never follows a redirect. The bytes on the wire are those of
-    ``client.request`` with the merged headers (the tests compare them).
+    new objects and parses the URL on every call, and after the answer reads it for
+    ``Set-Cookie``; a sink has no base URL, parameters or cookies (no downstream it speaks
+    uses them: bearer tokens, HEC tokens, signed webhooks), and its URL rarely changes. So
+    the request is made here — the client's default headers (those the request does not
+    set, as httpx merges them), then the spec's extra headers (those the sink does not set
+    itself, whatever the case of the name), then the sink's own; the client's timeout; the
+    last URL parsed (one entry: a webhook or a HEC endpoint is one URL, a CRM upsert one per
+    conversation) — and handed straight to the client's transport, the one ``client.send``
+    picks for every URL when the client is given a transport (httpx's environment proxies
+    apply only to its default transport; the sinks' transport reads them itself). Never a
+    redirect followed. The bytes on the wire are those of ``client.request`` with the merged
+    headers (the tests compare them).
     """
 
     __slots__ = ("_defaults", "_extensions", "_last_url", "_spec_headers")

@@ -32,14 +32,17 @@ So, here:
   (:func:`httpx_error_type`): callers see ``httpx.ConnectError``, ``httpx.ReadTimeout``,
   ``httpx.RemoteProtocolError``... and never an aiohttp type.
 
-HTTP/1.1 only, as before. Proxies from the environment still work: httpx mounts its default
-transport for proxied URLs.
+HTTP/1.1 only, as before. Proxies come from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``,
+``NO_PROXY``), read by aiohttp (``trust_env``), which is turned on only when one is set: it
+looks them up for every request. (httpx itself ignores them for a client given a transport,
+which is how the sinks' clients were always made: before this transport they were not used.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
@@ -112,7 +115,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             keepalive_timeout=self._limits.keepalive_expiry,
             ssl=self._ssl,
         )
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=bool(urllib.request.getproxies()),
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session
