@@ -28,6 +28,7 @@ are described by their type only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -249,15 +250,14 @@ class _RequestBuilder:
     the request is made here — the client's default headers (those the request does not
     set, as httpx merges them), then the spec's extra headers (those the sink does not set
     itself, whatever the case of the name), then the sink's own; the client's timeout; the
-    last URL parsed (one entry: a webhook or a HEC endpoint is one URL, a CRM upsert one per
-    conversation) — and handed straight to the client's transport, the one ``client.send``
+    URL parsed once (:func:`_parsed`) — and handed straight to the client's transport, the one ``client.send``
     picks for every URL when the client is given a transport (httpx's environment proxies
     apply only to its default transport; the sinks' transport reads them itself). Never a
     redirect followed. The bytes on the wire are those of ``client.request`` with the merged
     headers (the tests compare them).
     """
 
-    __slots__ = ("_defaults", "_extensions", "_last_url", "_spec_headers")
+    __slots__ = ("_defaults", "_extensions", "_spec_headers")
 
     def __init__(self, client: httpx.AsyncClient, spec_headers: Mapping[str, str]) -> None:
         self._defaults = [
@@ -265,11 +265,8 @@ class _RequestBuilder:
         ]
         self._spec_headers = dict(spec_headers)
         self._extensions = {"timeout": client.timeout.as_dict()}
-        self._last_url: tuple[str, httpx.URL] = ("", httpx.URL())
 
     def build(self, method: str, url: str, content: bytes, headers: Mapping[str, str]) -> httpx.Request:
-        if self._last_url[0] != url:
-            self._last_url = (url, httpx.URL(url))
         extra = list(headers.items())
         if self._spec_headers:
             own = {name.lower() for name in headers}
@@ -280,8 +277,15 @@ class _RequestBuilder:
         merged = [(name, value) for name, value in self._defaults if name.lower() not in overridden]
         merged.extend(extra)
         return httpx.Request(
-            method, self._last_url[1], content=content, headers=merged, extensions=dict(self._extensions)
+            method, _parsed(url), content=content, headers=merged, extensions=dict(self._extensions)
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL:
+    """A URL parsed once: a webhook or a HEC endpoint is one URL, a CRM upsert one per
+    conversation, whose events come close together (httpx's parse is a tenth of a request)."""
+    return httpx.URL(url)
 
 
 class ExchangeSink:

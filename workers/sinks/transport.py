@@ -27,6 +27,9 @@ So, here:
   trust store and settings httpx would use), and no cookie jar: httpx's is the only one;
 * **timeouts** — httpx's ``connect`` bounds the TCP (and TLS) connect, ``read`` each read,
   ``pool`` the wait for a connection;
+* **whole answers** — the body is read to the end before the response is handed over (the
+  sinks read every answer whole, and a handful of bytes at that): no streaming layers
+  between aiohttp's buffer and the caller;
 * **errors** — every aiohttp error, raised by the request or while its body is read, leaves
   as the httpx type httpx's own transport raises for the same event
   (:func:`httpx_error_type`): callers see ``httpx.ConnectError``, ``httpx.ReadTimeout``,
@@ -41,9 +44,10 @@ which is how the sinks' clients were always made: before this transport they wer
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Final
 
 import aiohttp
@@ -86,19 +90,15 @@ def _as_httpx_errors() -> Iterator[None]:
         raise target(str(error) or type(error).__name__) from error
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    """A response body as aiohttp reads it; closing it hands the connection back."""
+@functools.lru_cache(maxsize=1024)
+def _aiohttp_url(url: str) -> yarl.URL:
+    """httpx's URL as aiohttp takes it, already encoded (so sent as is); parsed once per URL."""
+    return yarl.URL(url, encoded=True)
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors():
-            async for part in self._response.content.iter_any():
-                yield part
-
-    async def aclose(self) -> None:
-        self._response.release()  # back to the pool when read to the end, else closed
+@functools.lru_cache(maxsize=64)
+def _aiohttp_timeout(connect: float | None, read: float | None, pool: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -131,25 +131,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _as_httpx_errors():
             response = await session.request(
                 request.method,
-                yarl.URL(str(request.url), encoded=True),
+                _aiohttp_url(str(request.url)),
                 headers=headers,
                 data=body or None,
                 skip_auto_headers=None if "Content-Type" in request.headers else _CONTENT_TYPE,
                 allow_redirects=False,
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                    connect=timeout.get("pool"),
-                ),
+                timeout=_aiohttp_timeout(timeout.get("connect"), timeout.get("read"), timeout.get("pool")),
                 server_hostname=request.extensions.get("sni_hostname"),
             )
+            try:
+                content = await response.read()
+            finally:
+                response.release()  # back to the pool when read to the end, else closed
         extensions = {"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()}
         return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_ResponseStream(response),
-            extensions=extensions,
+            status_code=response.status, headers=response.raw_headers, content=content, extensions=extensions
         )
 
     async def aclose(self) -> None:
