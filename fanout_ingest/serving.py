@@ -30,7 +30,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import aiobotocore.config
@@ -38,12 +38,14 @@ import aiobotocore.session
 import aiohttp.web
 import prometheus_client
 
+from fanout_core import idempotency
 from fanout_core import spec as spec_model
 from fanout_ingest import (
     attributes,
     classifying,
     config,
     credentials,
+    deduplicating,
     publishing,
     signatures,
     telemetry,
@@ -56,6 +58,10 @@ log = logging.getLogger(__name__)
 class _Source:
     spec: config.SourceSpec
     secrets: credentials.AcceptedSecrets
+
+
+_NOTHING = deduplicating.Outcome(published=0, duplicates=0)
+_NO_VALIDATION = aiobotocore.config.AioConfig(parameter_validation=False)
 
 
 def resolve_region(topic: config.TopicSpec, environ: Mapping[str, str] = os.environ) -> str:
@@ -73,7 +79,6 @@ class Gateway:
         http_host: str = "0.0.0.0",  # the Service and the kubelet reach the pod's address
         http_port: int = 8080,
         drain_seconds: float = 0.0,
-        linger: float = publishing.DEFAULT_LINGER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingest = ingest
@@ -81,13 +86,13 @@ class Gateway:
         self._http_host = http_host
         self._http_port = http_port
         self._drain_seconds = drain_seconds
-        self._linger = linger
         self._clock = clock
         self._random_bits = random.SystemRandom().getrandbits
         self._started = asyncio.Event()
         self._stopping = False
         self.telemetry = telemetry.IngestTelemetry()
         self._publisher: publishing.Publisher | None = None
+        self._deduplicator: deduplicating.Deduplicator | None = None
         # Secrets are read now: a missing one is a configuration error (exit 2) before any I/O.
         self._sources = [
             _Source(
@@ -113,9 +118,17 @@ class Gateway:
         if not region:
             raise spec_model.ConfigError("spec.topic.region: no AWS region (set it, or AWS_REGION)")
         async with contextlib.AsyncExitStack() as stack:
-            sns, s3 = await self._clients(stack, region)
-            self._publisher = publishing.Publisher(
-                sns=sns, s3=s3, spec=self.spec, telemetry=self.telemetry, linger=self._linger
+            sns, s3, dynamodb = await self._clients(stack, region)
+            self._publisher = publishing.Publisher(sns=sns, s3=s3, spec=self.spec, telemetry=self.telemetry)
+            store = None
+            if self.spec.idempotency.enabled:
+                store = idempotency.build_store(self.spec.idempotency, dynamodb_client=dynamodb)
+                stack.push_async_callback(store.aclose)
+            self._deduplicator = deduplicating.Deduplicator(
+                store,
+                topic_name=self.spec.topic.name,
+                lease_seconds=self.spec.lease_seconds,
+                telemetry=self.telemetry,
             )
             runner = await self._serve()
             self._started.set()
@@ -132,9 +145,11 @@ class Gateway:
                 # publish timeout, and its events' calls are in flight), then the publisher.
                 await runner.cleanup()
                 await self._publisher.aclose()
+                await self._deduplicator.aclose(timeout=self.spec.limits.publish_timeout_seconds)
             log.info("gateway stopped")
 
-    async def _clients(self, stack: contextlib.AsyncExitStack, region: str) -> tuple[Any, Any]:
+    async def _clients(self, stack: contextlib.AsyncExitStack, region: str) -> tuple[Any, Any, Any]:
+        """SNS; S3 when offloading; DynamoDB when the idempotency store is a table."""
         session = aiobotocore.session.get_session()
         aws_config = aiobotocore.config.AioConfig(
             max_pool_connections=self.spec.publishing.max_concurrent_calls + 4,
@@ -143,14 +158,21 @@ class Gateway:
             read_timeout=self.spec.limits.publish_timeout_seconds,
         )
         sns = await stack.enter_async_context(
-            session.create_client("sns", region_name=region, config=aws_config)
+            session.create_client("sns", region_name=region, config=aws_config.merge(_NO_VALIDATION))
         )
+        publishing.tune_client(sns)
         s3 = None
         if self.spec.offload is not None:
             s3 = await stack.enter_async_context(
                 session.create_client("s3", region_name=region, config=aws_config)
             )
-        return sns, s3
+        dynamodb = None
+        idempotency_spec = self.spec.idempotency
+        if idempotency_spec.enabled and idempotency_spec.store is spec_model.IdempotencyStoreType.DYNAMODB:
+            dynamodb = await stack.enter_async_context(
+                session.create_client("dynamodb", region_name=region, config=aws_config)
+            )
+        return sns, s3, dynamodb
 
     async def _serve(self) -> aiohttp.web.AppRunner:
         app = aiohttp.web.Application(client_max_size=self.spec.limits.max_body_bytes)
@@ -180,25 +202,31 @@ class Gateway:
     def _handler(self, source: _Source) -> Callable[[aiohttp.web.Request], Any]:
         async def handle(request: aiohttp.web.Request) -> aiohttp.web.Response:
             started = self._clock()
-            response, events = await self._accept(request, source)
-            self.telemetry.answered(source.spec.name, response.status, self._clock() - started, events)
+            response, outcome = await self._accept(request, source)
+            self.telemetry.answered(
+                source.spec.name,
+                response.status,
+                self._clock() - started,
+                outcome.published,
+                outcome.duplicates,
+            )
             return response
 
         return handle
 
     async def _accept(
         self, request: aiohttp.web.Request, source: _Source
-    ) -> tuple[aiohttp.web.Response, int]:
+    ) -> tuple[aiohttp.web.Response, deduplicating.Outcome]:
         name = source.spec.name
         if self._stopping:
-            return self._unavailable(name, "draining", "the gateway is shutting down"), 0
+            return self._unavailable(name, "draining", "the gateway is shutting down"), _NOTHING
         try:
             body = await request.read()
         except aiohttp.web.HTTPRequestEntityTooLarge:
             limit = self.spec.limits.max_body_bytes
-            return self._refuse(name, 413, "too_large", f"body larger than {limit} bytes"), 0
+            return self._refuse(name, 413, "too_large", f"body larger than {limit} bytes"), _NOTHING
         if not signatures.verify(body, request.headers, source.spec.signatures, source.secrets.values()):
-            return self._refuse(name, 401, "signature", "missing or invalid signature"), 0
+            return self._refuse(name, 401, "signature", "missing or invalid signature"), _NOTHING
         try:
             events = classifying.classify(
                 body,
@@ -206,20 +234,30 @@ class Gateway:
                 max_events=self.spec.limits.max_events_per_request,
             )
         except classifying.NotAnEvent as error:
-            return self._refuse(name, 400, "not_an_event", error.reason), 0
-        assert self._publisher is not None
+            return self._refuse(name, 400, "not_an_event", error.reason), _NOTHING
+        assert self._publisher is not None and self._deduplicator is not None
+        publisher = self._publisher
         traceparent = attributes.traceparent_for(request.headers.get("traceparent"), self._random_bits)
+
+        async def publish(chosen: Sequence[classifying.InboundEvent], timeout: float) -> None:
+            await publisher.publish(chosen, source=name, traceparent=traceparent, timeout=timeout)
+
         try:
-            await self._publisher.publish(events, source=name, traceparent=traceparent)
+            outcome = await self._deduplicator.publish(
+                events, publish, timeout=self.spec.limits.publish_timeout_seconds
+            )
         except publishing.TooLarge as error:
-            return self._refuse(name, 413, "too_large", str(error)), 0
+            return self._refuse(name, 413, "too_large", str(error)), _NOTHING
         except publishing.Saturated as error:
-            return self._unavailable(name, "saturated", str(error)), 0
+            return self._unavailable(name, "saturated", str(error)), _NOTHING
         except publishing.TimedOut as error:
-            return self._unavailable(name, "timeout", str(error)), 0
+            return self._unavailable(name, "timeout", str(error)), _NOTHING
         except publishing.PublishError as error:
-            return self._unavailable(name, "publish_failed", str(error)), 0
-        return aiohttp.web.json_response({"accepted": len(events)}, status=202), len(events)
+            return self._unavailable(name, "publish_failed", str(error)), _NOTHING
+        answer = {"accepted": len(events)}
+        if outcome.duplicates:
+            answer["duplicates"] = outcome.duplicates
+        return aiohttp.web.json_response(answer, status=202), outcome
 
     def _refuse(self, source: str, status: int, reason: str, detail: str) -> aiohttp.web.Response:
         self.telemetry.refused(source, reason, status, detail=detail)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -21,6 +22,7 @@ log = logging.getLogger("fanout.ingest")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
+STORE_ERROR_LOG_SECONDS = 60.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 REQUESTS = prometheus_client.Counter(
@@ -64,6 +66,17 @@ AWS_ERRORS = prometheus_client.Counter(
     ["service", "code"],
 )
 READY = prometheus_client.Gauge("fanout_ingest_ready", "1 while the gateway takes requests.")
+DUPLICATES = prometheus_client.Counter(
+    "fanout_ingest_duplicates_total",
+    "Events accepted without a second publish: already in SNS (a retry), or repeated in one request.",
+    ["source"],
+)
+IDEMPOTENCY_ERRORS = prometheus_client.Counter(
+    "fanout_ingest_idempotency_errors_total",
+    "Idempotency store calls that failed, by operation (claim, complete, release); events are "
+    "published anyway.",
+    ["operation"],
+)
 
 
 def _observer(method: Callable[_P, _R]) -> Callable[_P, _R | None]:
@@ -83,12 +96,19 @@ def _observer(method: Callable[_P, _R]) -> Callable[_P, _R | None]:
 class IngestTelemetry:
     """The recorders the gateway calls."""
 
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last_store_log: float | None = None
+        self._store_errors = 0
+
     @_observer
-    def answered(self, source: str, code: int, seconds: float, events: int) -> None:
+    def answered(self, source: str, code: int, seconds: float, published: int, duplicates: int = 0) -> None:
         REQUESTS.labels(source, str(code)).inc()
         REQUEST_SECONDS.labels(source).observe(seconds)
-        if code == 202 and events:
-            EVENTS_PUBLISHED.labels(source).inc(events)
+        if code == 202 and published:
+            EVENTS_PUBLISHED.labels(source).inc(published)
+        if code == 202 and duplicates:
+            DUPLICATES.labels(source).inc(duplicates)
 
     @_observer
     def refused(self, source: str, reason: str, code: int, **fields: Any) -> None:
@@ -115,6 +135,19 @@ class IngestTelemetry:
     @_observer
     def aws_error(self, service: str, code: str) -> None:
         AWS_ERRORS.labels(service, code or "unknown").inc()
+
+    @_observer
+    def idempotency_error(self, operation: str, error: Exception) -> None:
+        IDEMPOTENCY_ERRORS.labels(operation).inc()
+        # A store that is down fails every event: one line a minute says so, with the count.
+        self._store_errors += 1
+        now = self._clock()
+        if self._last_store_log is None or now - self._last_store_log >= STORE_ERROR_LOG_SECONDS:
+            log.warning(
+                "idempotency store failed; events are published without deduplication",
+                extra={"operation": operation, "error": str(error), "count": self._store_errors},
+            )
+            self._last_store_log, self._store_errors = now, 0
 
     @_observer
     def set_ready(self, ready: bool) -> None:

@@ -47,6 +47,9 @@ def test_the_rendered_front_door_runs_the_manifest_the_gateway_accepts() -> None
     ingest = config.parse(yaml.safe_load(configmap["data"]["ingest.yaml"]))  # the gateway's own model
     assert ingest.spec.topic.arn == "arn:aws:sns:us-east-1:123456789012:genesys-interactions"
     assert ingest.spec.offload is not None and ingest.spec.offload.bucket == "genesys-large-events"
+    assert ingest.spec.idempotency.store == "dynamodb" and ingest.spec.idempotency.table == (
+        "genesys-ingest-idempotency"
+    )
     genesys, open_messaging = ingest.spec.sources
     assert [ref.file for ref in genesys.secrets] == [
         "/etc/fanout-ingest/secrets/genesys/current",

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import random
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from fanout_core import keying, offloading, spec
-from fanout_ingest import attributes, batching, classifying, config, signatures
+from fanout_ingest import attributes, batching, classifying, config, publishing, signatures
 from workers import envelopes
 
 HUB = config.SignatureScheme(header="X-Hub-Signature-256", encoding=config.DigestEncoding.BASE64)
@@ -206,15 +207,33 @@ def test_traceparent_continues_the_requests_trace_or_starts_one() -> None:
 # --- batching -------------------------------------------------------------------------
 
 
-def test_an_idle_gateway_sends_at_once_and_a_busy_one_lingers_until_ten_or_timeout() -> None:
-    assert batching.decide(waiting=1, oldest_age=0, in_flight=0, max_in_flight=8, linger=0.005).send
-    lingering = batching.decide(waiting=3, oldest_age=0.002, in_flight=1, max_in_flight=8, linger=0.005)
-    assert not lingering.send and lingering.wait_seconds == pytest.approx(0.003)
-    assert batching.decide(waiting=10, oldest_age=0, in_flight=1, max_in_flight=8, linger=0.005).send
-    assert batching.decide(waiting=3, oldest_age=0.005, in_flight=1, max_in_flight=8, linger=0.005).send
-    full = batching.decide(waiting=30, oldest_age=1, in_flight=8, max_in_flight=8, linger=0.005)
+def test_a_quiet_gateway_sends_at_once_and_a_busy_one_lingers_until_ten_or_timeout() -> None:
+    def decide(**given: Any) -> batching.Decision:
+        arguments = {"in_flight": 0, "max_in_flight": 8, "linger": 0.01, "since_last_call": None, **given}
+        return batching.decide(**arguments)
+
+    # Quiet: nothing sent yet, or nothing within the linger (even with a slow call still out).
+    assert decide(waiting=1, oldest_age=0).send
+    assert decide(waiting=1, oldest_age=0, in_flight=1, since_last_call=0.5).send
+    # Busy: a call started a moment ago, even one already back: wait for company.
+    lingering = decide(waiting=3, oldest_age=0.002, since_last_call=0.004)
+    assert not lingering.send and lingering.wait_seconds == pytest.approx(0.008)
+    assert decide(waiting=10, oldest_age=0, in_flight=1, since_last_call=0.001).send
+    assert decide(waiting=3, oldest_age=0.01, in_flight=1, since_last_call=0.001).send
+    full = decide(waiting=30, oldest_age=1, in_flight=8, since_last_call=0.001)
     assert not full.send and full.wait_seconds is None
-    assert not batching.decide(waiting=0, oldest_age=0, in_flight=0, max_in_flight=8, linger=0.005).send
+    assert not decide(waiting=0, oldest_age=0).send
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=20),
+        st.one_of(st.text(max_size=200), st.integers(), st.binary(max_size=50)),
+        max_size=8,
+    )
+)
+def test_a_form_body_is_encoded_as_urllib_encodes_it(params: dict[str, Any]) -> None:
+    assert publishing.form_encode(params) == urllib.parse.urlencode(params)
 
 
 @given(st.lists(st.integers(min_value=1, max_value=offloading.MESSAGE_LIMIT_BYTES), max_size=30))
@@ -283,6 +302,9 @@ def test_config_defaults() -> None:
     assert [scheme.header for scheme in source.signatures] == ["X-Hub-Signature-256", "X-Fanout-Signature"]
     assert not ingest.spec.topic.is_fifo and ingest.spec.topic.arn_region == "us-east-1"
     assert ingest.spec.offload is None
+    idempotency = ingest.spec.idempotency
+    assert idempotency.enabled and idempotency.store == "memory" and idempotency.ttl_seconds == 300
+    assert ingest.spec.lease_seconds == ingest.spec.limits.publish_timeout_seconds + 5
 
 
 @pytest.mark.parametrize(
@@ -299,6 +321,8 @@ def test_config_defaults() -> None:
         ({"offload": {"bucket": "b", "thresholdBytes": 300_000}}, "spec.offload.thresholdBytes"),
         ({"limits": {"publishTimeoutSeconds": 0}}, "spec.limits.publishTimeoutSeconds"),
         ({"tpoic": {}}, "spec.tpoic"),
+        ({"idempotency": {"store": "dynamodb"}}, "spec.idempotency: Value error, 'table' is required"),
+        ({"idempotency": {"store": "redis"}}, "spec.idempotency.store"),
     ],
 )
 def test_bad_config_names_the_field(fields: dict[str, Any], message: str) -> None:

@@ -5,7 +5,9 @@ an unresolved pointer. Against moto: AWS's own ``amazon-sqs-extended-client`` se
 events straight to SQS; the front door offloads and publishes through SNS with raw delivery
 off (the pointer inside the notification); the worker delivers the real payloads, in order,
 deletes the objects when asked, and dead-letters a pointer whose object is missing, with
-its reason.
+its reason. When S3 throttles (a proxy in front of moto answering ``503 SlowDown`` for one
+object), the message comes back later and is delivered; on a FIFO queue its conversation's
+later messages wait for it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import pytest
 from fanout_core import offloading
 from fanout_ingest import serving
 from fanout_lab import harness
-from fanout_lab.simulators import aws, genesys, webhook, webhooks
-from tests import test_ingest_e2e
+from fanout_lab.simulators import aws, faults, genesys, webhook, webhooks
+from tests import sqs_backends, test_ingest_e2e
 from workers import envelopes, running
 
 BUCKET = "large-events"
@@ -207,3 +209,95 @@ async def test_the_front_door_and_a_worker_through_sns_with_large_transcripts(
         *(event["metadata"]["CorrelationId"] for event in events[3:]),
     ]
     assert len(await _objects(s3)) == 1, "kept: deleteAfterDelivery is off by default"
+
+
+async def _send_pointer_conversation(
+    sqs: Any, s3: Any, url: str, *, fifo: bool, key: str
+) -> tuple[list[dict[str, Any]], str]:
+    """A conversation whose second event is a large transcript behind an S3 pointer, sent in
+    order before the worker starts (one receive takes it whole); returns the events and the
+    object's path. One send per event, a few milliseconds apart: moto draws FIFO sequence
+    numbers at random, so only distinct send times tell the worker the group's order."""
+    small = [
+        event.detail for event in genesys.Generator(17).conversation(start_ms=1_741_964_966_000, length=3)
+    ]
+    conversation_id = small[0]["eventBody"]["conversationId"]
+    big = genesys.transcript(
+        conversation_id,
+        "throttled-transcript",
+        size=300_000,
+        event_time_ms=small[0]["eventBody"]["eventTime"] + 1,
+    )
+    payload = json.dumps(big).encode()
+    await s3.put_object(Bucket=BUCKET, Key=key, Body=payload)
+    events = [small[0], big, *small[1:]]
+    for event in events:
+        request: dict[str, Any] = {"QueueUrl": url, "MessageBody": json.dumps(event)}
+        if event is big:
+            request["MessageBody"] = offloading.pointer_body(offloading.Pointer(BUCKET, key))
+            request["MessageAttributes"] = {
+                offloading.SIZE_ATTRIBUTE: {"DataType": "Number", "StringValue": str(len(payload))}
+            }
+        if fifo:
+            request["MessageGroupId"] = conversation_id
+            request["MessageDeduplicationId"] = event["metadata"]["CorrelationId"]
+        await sqs.send_message(**request)
+        await asyncio.sleep(0.005)
+    return events, f"/{BUCKET}/{key}"
+
+
+async def _deliver_through_throttled_s3(
+    monkeypatch: pytest.MonkeyPatch, moto_server: aws.MotoServer, sqs: Any, s3: Any, *, fifo: bool
+) -> tuple[list[str], list[str]]:
+    """The events delivered through an S3 that refuses the transcript's object once, in the
+    order the downstream took them, and the order they were sent in."""
+    suffix = ".fifo" if fifo else ""
+    source = await harness.make_queue(sqs, f"payloads-throttled{suffix}", fifo=fifo)
+    dead = await harness.make_queue(sqs, f"payloads-throttled-dlq{suffix}", fifo=fifo)
+    events, path = await _send_pointer_conversation(sqs, s3, source, fifo=fifo, key=f"slow{suffix}")
+    async with faults.FaultyEndpoint(moto_server.endpoint_url) as proxy, webhook.WebhookSimulator() as sim:
+        refused = proxy.add(faults.Fault(method="GET", path=path, times=1))
+        # The worker reaches S3 through the proxy (the standard variable), one attempt per call,
+        # so the one SlowDown reaches the worker instead of being retried inside botocore.
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        document = harness.manifest(
+            queue_url=source, sink_url=sim.url, dead_letter_url=dead, queue={"pollers": 1}
+        )
+        worker = running.Worker(harness.consumer(document))
+
+        async def delivered() -> bool:
+            return len(sim.accepted) == len(events) and await harness.queue_counts(sqs, source) == (0, 0)
+
+        await _run_worker(worker, delivered, timeout=90)
+    assert refused.injected == 1, "S3 refused the object once"
+    assert proxy.forwarded >= 1, "then served it"
+    received = {request.json()["metadata"]["CorrelationId"]: request.json() for request in sim.accepted}
+    assert len(received) == len(events), "each event once"
+    assert received["throttled-transcript"] == events[1], "the real payload"
+    assert await harness.drain_queue(sqs, dead) == [], "throttling is not a poison"
+    return [str(request.event_id) for request in sim.accepted], [
+        event["metadata"]["CorrelationId"] for event in events
+    ]
+
+
+async def test_an_object_s3_cannot_serve_now_is_retried_and_delivered(
+    monkeypatch: pytest.MonkeyPatch, moto_server: aws.MotoServer, sqs: Any, s3: Any
+) -> None:
+    delivered, sent = await _deliver_through_throttled_s3(monkeypatch, moto_server, sqs, s3, fifo=False)
+    assert sorted(delivered) == sorted(sent)
+
+
+async def test_on_a_fifo_queue_a_throttled_object_holds_back_the_later_events_of_its_group(
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: aws.MotoServer,
+    sqs_backend: sqs_backends.SqsBackend,
+    s3: Any,
+) -> None:
+    """The later events of the conversation came in the same receive as the pointer S3 could
+    not serve: they wait with it, so none is delivered before it — on both SQS readings of a
+    FIFO group lock (S3 stays on moto)."""
+    delivered, sent = await _deliver_through_throttled_s3(
+        monkeypatch, moto_server, sqs_backend.sqs, s3, fifo=True
+    )
+    assert delivered == sent

@@ -83,14 +83,18 @@ class Resolver:
         self._deletions: set[asyncio.Task[None]] = set()
         self._last_turn: asyncio.Future[None] | None = None
 
-    async def resolve(self, messages: Sequence[Mapping[str, Any]]) -> Resolved:
+    async def resolve(self, messages: Sequence[Mapping[str, Any]], *, in_turn: bool = True) -> Resolved:
         """The messages of one receive, pointers resolved (never raises for one message).
 
         Receives come back in the order their ``ReceiveMessage`` calls returned, whatever
         their fetches took: the poller takes them in as this returns (without awaiting in
         between), so a receive holding a slow S3 read is never overtaken by a later one of
         another poller — a conversation's earlier events are not delivered after its later ones.
+        ``in_turn=False``: messages already in our hands read again (a FIFO group waiting in
+        place), which must not hold up the receives' turns.
         """
+        if not in_turn:
+            return await self._resolve(messages)
         previous, mine = self._last_turn, asyncio.get_running_loop().create_future()
         self._last_turn = mine
         try:

@@ -53,9 +53,10 @@ import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
 from typing import Any
 
+from fanout_core import idempotency as dedupe
 from fanout_core import offloading
 from fanout_core import spec as spec_model
-from workers import dedupe, envelopes, events, filtering, ordering, retrying, settling, telemetry
+from workers import envelopes, events, filtering, ordering, retrying, settling, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)

@@ -44,9 +44,9 @@ import aiohttp.web
 import prometheus_client
 
 from fanout_core import findings
+from fanout_core import idempotency as dedupe
 from fanout_core import spec as spec_model
 from workers import (
-    dedupe,
     events,
     fleet,
     payloads,
