@@ -60,6 +60,12 @@ how it finished with :meth:`Lanes.finish`. The rules, in one place:
 
 Items are opaque to this module (the caller's message records); it only reads the
 identifiers passed beside them.
+
+Cost: starting and finishing a message touch its own lane only. The lanes that wait for a
+time (a hold, a settle, an expectation) are indexed apart, so the look for expired waits
+at each start and the dispatcher's next wake-up scan those, not every lane in hand (with
+``queue.maxInFlight`` messages of as many conversations held, a scan of all of them cost
+more per delivery than the delivery's own bookkeeping).
 """
 
 from __future__ import annotations
@@ -151,8 +157,16 @@ class _Lane(Generic[T]):
         first = self.first_expected()
         return first is None or self.pending[0].order[:2] < first
 
+    @property
+    def waits(self) -> bool:
+        """Whether the lane waits for a time: a hold, a settle or an expectation (cheap:
+        :class:`Lanes` asks after every change)."""
+        return self.blocked_until is not None or self.settle_until is not None or bool(self.expected)
+
     def deadline(self) -> float | None:
         """When waiting may end by itself: a hold, a settle or an expectation runs out."""
+        if not self.waits:
+            return None
         times = [self.blocked_until, self.settle_until, *(entry.until for entry in self.expected.values())]
         return min((moment for moment in times if moment is not None), default=None)
 
@@ -186,6 +200,7 @@ class Lanes(Generic[T]):
         self.redelivered_settle_seconds = max(settle_seconds, redelivered_settle_seconds)
         self._lanes: dict[Hashable, _Lane[T]] = {}
         self._ready: dict[Hashable, None] = {}  # insertion-ordered set: fair round robin
+        self._timed: dict[Hashable, None] = {}  # the lanes with a deadline, in the order they got one
         self._seq = itertools.count()
         self._refused: dict[Hashable, int] = {}  # FIFO: identity -> times sent back, oldest first
 
@@ -225,6 +240,7 @@ class Lanes(Generic[T]):
         if self.fifo and position[0] != -math.inf:
             refusal = self._fifo_admission(lane, identities, position, now, redelivered)
             if refusal is not None:
+                self._index(key, lane)
                 self._forget_if_idle(key, lane)
                 return refusal
             settle = self.redelivered_settle_seconds if redelivered else self.settle_seconds
@@ -336,8 +352,10 @@ class Lanes(Generic[T]):
         """The earliest time a waiting lane with pending messages may start by itself."""
         deadlines = [
             deadline
-            for lane in self._lanes.values()
-            if lane.pending and not lane.running and (deadline := lane.deadline()) is not None
+            for key in self._timed
+            if (lane := self._lanes[key]).pending
+            and not lane.running
+            and (deadline := lane.deadline()) is not None
         ]
         return min(deadlines, default=None)
 
@@ -386,9 +404,19 @@ class Lanes(Generic[T]):
             self._ready[key] = None
         else:
             self._ready.pop(key, None)
+        self._index(key, lane)
+
+    def _index(self, key: Hashable, lane: _Lane[T]) -> None:
+        """Keep ``_timed`` exact: called after every change to a lane's waits (a lane's
+        deadline only moves when ``add``, ``finish`` or a prune changes it)."""
+        if lane.waits:
+            self._timed[key] = None
+        else:
+            self._timed.pop(key, None)
 
     def _unblock_expired(self, now: float) -> None:
-        for key, lane in list(self._lanes.items()):
+        for key in list(self._timed):
+            lane = self._lanes[key]
             deadline = lane.deadline()
             if deadline is not None and deadline <= now:
                 lane.prune(now)
@@ -399,3 +427,4 @@ class Lanes(Generic[T]):
         if lane.idle:
             self._lanes.pop(key, None)
             self._ready.pop(key, None)
+            self._timed.pop(key, None)
