@@ -231,6 +231,19 @@ def test_a_redelivered_fifo_message_at_an_idle_lane_is_sent_back_once_so_its_gro
     assert standard.add("g", tail, identities=tail.identities, order=3, now=0, redelivered=True) is None
 
 
+def test_a_lane_that_only_waits_for_a_refused_message_is_forgotten_once_the_wait_runs_out() -> None:
+    # The refused message went to another replica: nothing of its group arrives here again.
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=True, hold_limit_seconds=60, reread_hold_seconds=5)
+    tail = Item("g3", "g", 3)
+    assert lanes.add("g", tail, identities=tail.identities, order=3, now=0, redelivered=True) == 0.0
+    add(lanes, Item("h1", "h", 1), now=0)
+    assert len(lanes) == 2
+    assert names(lanes.start_ready(5.0, limit=10)) == ["h1"]
+    assert len(lanes) == 1  # g's wait ran out at 5 s: only h, running, is left
+    lanes.finish("h", ordering.Finish.DONE, identities=frozenset({"h1"}), now=5.0)
+    assert len(lanes) == 0
+
+
 def test_limit_caps_parallel_starts_and_take_pending_empties_everything() -> None:
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
     for index in range(5):

@@ -67,6 +67,12 @@ how it finished with :meth:`Lanes.finish`. The rules, in one place:
 
 Items are opaque to this module (the caller's message records); it only reads the
 identifiers passed beside them.
+
+Cost: starting and finishing a message touch its own lane only. The lanes that wait for a
+time (a hold, a settle, an expectation) are indexed apart, so the look for expired waits
+at each start and the dispatcher's next wake-up scan those, not every lane in hand (with
+``queue.maxInFlight`` messages of as many conversations held, a scan of all of them cost
+more per delivery than the delivery's own bookkeeping).
 """
 
 from __future__ import annotations
@@ -170,9 +176,17 @@ class _Lane(Generic[T]):
         first = self.first_expected()
         return first is None or self.pending[0].order[:2] < first
 
+    @property
+    def waits(self) -> bool:
+        """Whether the lane waits for a time: a hold, a settle or an expectation (cheap:
+        :class:`Lanes` asks after every change)."""
+        return self.blocked_until is not None or self.settle_until is not None or bool(self.expected)
+
     def deadline(self, *, receives_to_overdue: int = 0, stalled: bool = False) -> float | None:
         """When waiting may end by itself: a hold, a settle or an expectation runs out. A hold
         still waiting for receives ends by time only at its cap (a receive wakes the caller)."""
+        if not self.waits:
+            return None
         hold = self.blocked_until
         if hold is not None and not stalled and self.blocked_receives < receives_to_overdue:
             hold = self.blocked_cap
@@ -215,6 +229,7 @@ class Lanes(Generic[T]):
         self.redelivered_settle_seconds = max(settle_seconds, redelivered_settle_seconds)
         self._lanes: dict[Hashable, _Lane[T]] = {}
         self._ready: dict[Hashable, None] = {}  # insertion-ordered set: fair round robin
+        self._timed: dict[Hashable, None] = {}  # the lanes with a deadline, in the order they got one
         self._seq = itertools.count()
         self._refused: dict[Hashable, int] = {}  # FIFO: identity -> times sent back, oldest first
 
@@ -254,6 +269,7 @@ class Lanes(Generic[T]):
         if self.fifo and position[0] != -math.inf:
             refusal = self._fifo_admission(lane, identities, position, now, redelivered)
             if refusal is not None:
+                self._index(key, lane)
                 self._forget_if_idle(key, lane)
                 return refusal
             settle = self.redelivered_settle_seconds if redelivered else self.settle_seconds
@@ -367,7 +383,8 @@ class Lanes(Generic[T]):
     def received(self, began: float, now: float) -> None:
         """A receive that began at ``began`` came back (whatever it brought, even nothing):
         each failed message due back by then has had one more chance to come back here."""
-        for key, lane in list(self._lanes.items()):
+        for key in list(self._timed):
+            lane = self._lanes[key]
             if lane.blocked_by and lane.blocked_due <= began:
                 lane.blocked_receives += 1
                 self._prune(lane, now)
@@ -387,8 +404,10 @@ class Lanes(Generic[T]):
         """The earliest time a waiting lane with pending messages may start by itself."""
         deadlines = [
             deadline
-            for lane in self._lanes.values()
-            if lane.pending and not lane.running and (deadline := self._deadline(lane)) is not None
+            for key in self._timed
+            if (lane := self._lanes[key]).pending
+            and not lane.running
+            and (deadline := self._deadline(lane)) is not None
         ]
         return min(deadlines, default=None)
 
@@ -447,6 +466,15 @@ class Lanes(Generic[T]):
             self._ready[key] = None
         else:
             self._ready.pop(key, None)
+        self._index(key, lane)
+
+    def _index(self, key: Hashable, lane: _Lane[T]) -> None:
+        """Keep ``_timed`` exact: called after every change to a lane's waits (a lane's
+        deadline only moves when ``add``, ``finish`` or a prune changes it)."""
+        if lane.waits:
+            self._timed[key] = None
+        else:
+            self._timed.pop(key, None)
 
     def _prune(self, lane: _Lane[T], now: float) -> None:
         lane.prune(now, receives_to_overdue=self.receives_to_overdue, stalled=self._stalled)
@@ -455,7 +483,8 @@ class Lanes(Generic[T]):
         return lane.deadline(receives_to_overdue=self.receives_to_overdue, stalled=self._stalled)
 
     def _unblock_expired(self, now: float) -> None:
-        for key, lane in list(self._lanes.items()):
+        for key in list(self._timed):
+            lane = self._lanes[key]
             deadline = self._deadline(lane)
             if deadline is not None and deadline <= now:
                 self._prune(lane, now)
@@ -466,3 +495,4 @@ class Lanes(Generic[T]):
         if lane.idle:
             self._lanes.pop(key, None)
             self._ready.pop(key, None)
+            self._timed.pop(key, None)

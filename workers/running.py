@@ -200,6 +200,7 @@ class Worker:
         queue = self.spec.queue
         stages.settler.start()
         dispatcher = asyncio.create_task(self._supervise("dispatcher", stages.processor.run))
+        turns = polling.Turns()
         pollers = [
             asyncio.create_task(
                 self._supervise(
@@ -215,6 +216,7 @@ class Worker:
                         on_health=self._set_receiving,
                         resolver=stages.resolver,
                         on_receive=stages.processor.received,
+                        turns=turns,
                     ).run,
                 )
             )
