@@ -55,8 +55,12 @@ class MotoServer:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
+    def command(self) -> list[str]:
+        """How the child is started (a subclass may start moto through a launcher of its own)."""
+        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+
     def start(self, timeout: float = 30.0) -> None:
-        command = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        command = self.command()
         env = {**os.environ, "MOTO_PORT": str(self.port)}
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
