@@ -84,9 +84,12 @@ class Processor:
         self._chores: set[asyncio.Task[None]] = set()
         self._running = 0
         self._holds: dict[settling.Received, float] = {}
-        # After its delay a retried message is visible again; one or two long polls later it is
-        # back in our hands, unless another replica took it.
-        self._redelivery_grace = max(_MIN_REDELIVERY_GRACE_SECONDS, 2.0 * spec.queue.wait_time_seconds + 1.0)
+        # After its delay a retried message is visible again, and a long poll returns it at
+        # once (it does not wait out waitTimeSeconds when a message is there): back in our
+        # hands within a receive or two, unless another replica took it — in a fleet, most
+        # of the time. Waiting two whole long polls (41 s by default) for a message that
+        # went elsewhere stalled whole conversations at the end of a backlog.
+        self._redelivery_grace = _MIN_REDELIVERY_GRACE_SECONDS
         self._wake = asyncio.Event()
         self._accepting = True
 
@@ -319,3 +322,8 @@ class Processor:
     @property
     def active_lanes(self) -> int:
         return len(self._lanes)
+
+    @property
+    def held_back(self) -> int:
+        """Messages held that cannot start before a failed event of their lane is back."""
+        return self._lanes.blocked_count()
