@@ -26,14 +26,6 @@ def _write(path: pathlib.Path, text: str, mtime_ns: int) -> None:
     os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-def test_share_divides_rate_and_burst() -> None:
-    limit = spec.RateLimitSpec(requests_per_second=90, burst=10)
-    assert fleet.share(limit, 3) == fleet.Share(30.0, 3)
-    assert fleet.share(limit, 20) == fleet.Share(4.5, 1)
-    assert fleet.share(limit, 0) == fleet.Share(90.0, 10)
-    assert fleet.share(None, 3) == fleet.Share(None, 1)
-
-
 def test_environment_fallback_without_the_file(tmp_path: pathlib.Path) -> None:
     missing = str(tmp_path / "absent")
     assert fleet.ReplicaCount.from_environment({"FANOUT_REPLICAS_FILE": missing}).current() == 1

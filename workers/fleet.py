@@ -1,16 +1,18 @@
 """How many replicas share the fleet-wide rate limit, as this replica last heard.
 
-``rateLimit`` in a FanoutConsumer is for the whole fleet; each replica's limiter gets
-``rate / replicas`` (and ``burst // replicas``). The operator keeps the replica count in
+``rateLimit`` in a FanoutConsumer is for the whole fleet; each replica's pace starts at
+``rate / replicas`` (:mod:`workers.pacing`). The operator keeps the replica count in
 the ``replicas`` key of the consumer's ConfigMap, mounted at ``FANOUT_REPLICAS_FILE``
 (default ``/etc/fanout/replicas``); a replica count change is not a pod roll, so the file
 is re-read while running — when its modification time changes, checked at most every
 ``check_interval`` seconds (a ``stat`` per check, no watch). Without the file the count
-is ``FANOUT_REPLICAS`` (default 1). A stale count errs in a bounded way: the limiter's
-adaptive rate factor and the downstream's Retry-After correct the rest.
+is ``FANOUT_REPLICAS``; without either it is 1 but *not known* (:meth:`Replicas.known`),
+and the pace starts low and climbs (a fleet whose replicas each think they are alone must
+not open with a flood). A stale count errs in a bounded way: the pace follows the
+downstream's answers (too low a count costs a few throttles, never a flood).
 
 Sinks call :meth:`ReplicaCount.current` before asking their limiter for a permit and
-apply :func:`share` when the count changed. ``running`` builds one from the environment.
+tell the limiter when the count changed. ``running`` builds one from the environment.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
-
-from fanout_core import spec
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class Replicas(Protocol):
 
     def current(self) -> int: ...
 
+    def known(self) -> bool:
+        """False when nobody said (the count is a guess of 1)."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FixedReplicas:
@@ -47,22 +51,8 @@ class FixedReplicas:
     def current(self) -> int:
         return max(1, self.count)
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Share:
-    """One replica's part of the fleet-wide limit."""
-
-    rate: float | None
-    burst: int
-
-
-def share(limit: spec.RateLimitSpec | None, replicas: int) -> Share:
-    """``rate / replicas`` and ``burst // replicas`` (at least 1): the replicas' bursts
-    add up to no more than the fleet's as long as ``burst >= replicas``."""
-    if limit is None:
-        return Share(None, 1)
-    count = max(1, replicas)
-    return Share(limit.requests_per_second / count, max(1, limit.burst // count))
+    def known(self) -> bool:
+        return True
 
 
 class ReplicaCount:
@@ -73,11 +63,13 @@ class ReplicaCount:
         *,
         path: str | os.PathLike[str] | None,
         fallback: int = 1,
+        fallback_known: bool = True,
         check_interval: float = DEFAULT_CHECK_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = os.fspath(path) if path is not None else None
         self._fallback = max(1, fallback)
+        self._fallback_known = fallback_known
         self._check_interval = check_interval
         self._clock = clock
         self._checked_at: float | None = None
@@ -94,10 +86,11 @@ class ReplicaCount:
     ) -> ReplicaCount:
         """``FANOUT_REPLICAS_FILE`` (default /etc/fanout/replicas), else ``FANOUT_REPLICAS``."""
         env = os.environ if environ is None else environ
-        fallback = _parse(env.get(REPLICAS_ENV, ""), source=REPLICAS_ENV) or 1
+        fallback = _parse(env.get(REPLICAS_ENV, ""), source=REPLICAS_ENV)
         return cls(
             path=env.get(REPLICAS_FILE_ENV) or DEFAULT_REPLICAS_FILE,
-            fallback=fallback,
+            fallback=fallback or 1,
+            fallback_known=fallback is not None,
             check_interval=check_interval,
             clock=clock,
         )
@@ -114,6 +107,11 @@ class ReplicaCount:
         self._checked_at = now
         self._reload()
         return self._count
+
+    def known(self) -> bool:
+        """The count came from the file or ``FANOUT_REPLICAS``, not from nowhere."""
+        self.current()
+        return self._stamp is not None or self._fallback_known
 
     def _reload(self) -> None:
         if self._path is None:
