@@ -92,6 +92,9 @@ class NaiveSink:
     async def wait_accepting(self) -> None:
         return None
 
+    def capacity(self) -> float | None:
+        return None
+
     async def deliver(self, event: events.Event) -> events.Outcome:
         if not event.ordering_key:
             return events.Permanent("no external id")

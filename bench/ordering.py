@@ -201,6 +201,9 @@ class SleepingSink:
     async def wait_accepting(self) -> None:
         return None
 
+    def capacity(self) -> float | None:
+        return None
+
     async def deliver(self, event: events.Event) -> events.Outcome:
         key = event.ordering_key or event.event_id
         if key in self.running:

@@ -172,6 +172,10 @@ class Lanes(Generic[T]):
             for entry in lane.pending:
                 yield entry.item
 
+    def blocked_count(self) -> int:
+        """Messages held in lanes that wait for a failed message to come back."""
+        return sum(len(lane.pending) for lane in self._lanes.values() if lane.blocked_by)
+
     def is_blocked(self, key: Hashable) -> bool:
         lane = self._lanes.get(key)
         return bool(lane and lane.blocked_by)

@@ -6,7 +6,16 @@
 1. waits while the sink is not accepting (paused by Retry-After, circuit open): the
    messages wait in SQS, where they are safe, instead of in our memory;
 2. reserves room in the in-flight budget (received, not yet settled) and asks for no
-   more than that, so the worker never holds more than it can finish or heartbeat.
+   more than that, so the worker never holds more than it can send soon.
+
+The budget follows what the sink can actually send (:func:`budget_target`): about
+``HORIZON_SECONDS`` of its current capacity (its rate, or what its concurrency allows at
+the answers' latency) plus what waits in blocked lanes, never more than
+``queue.maxInFlight``, which is an upper bound, not a setting to get right. A replica
+that held ``maxInFlight`` messages its limiter would let it send over many seconds kept
+them from the replicas with room to send them: in ``bench/fleet.py`` three replicas
+holding 200 each used 0.52 of the grant; with the budget following capacity, what a
+replica cannot send within a second stays in SQS for the others.
 
 Received messages are tracked by the settler (which heartbeats them and frees their
 budget when they are settled) and handed to the processor. An empty receive costs
@@ -17,7 +26,9 @@ and back off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +39,33 @@ from workers.sinks import base
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BACKOFF = 30.0
+HORIZON_SECONDS = 1.0
+"""How much of the sink's capacity a replica holds: received messages wait at most about
+this long for their turn (plus the SQS round trip)."""
+_RECHECK_SECONDS = 0.1
+"""While full, how often a poller looks whether the target grew (the sink sped up)."""
+
+
+def budget_target(capacity: float | None, held_back: int, *, ceiling: int) -> int:
+    """Messages a replica may hold: ``HORIZON_SECONDS`` of ``capacity`` (messages per second
+    the sink can send now; None: unknown, take the ceiling) plus ``held_back`` (held, but not
+    waiting for the sink: being deleted, or waiting for a failed event of their lane),
+    within [1, ceiling]."""
+    if capacity is None:
+        return ceiling
+    return max(1, min(ceiling, math.ceil(capacity * HORIZON_SECONDS - 1e-9) + held_back))
 
 
 class Budget:
-    """A bounded count of messages in our hands; pollers reserve before they receive."""
+    """A bounded count of messages in our hands; pollers reserve before they receive.
 
-    def __init__(self, limit: int) -> None:
+    ``target`` (optional) is consulted at each reservation: the limit is
+    ``min(limit, target())``. Without it the limit is fixed.
+    """
+
+    def __init__(self, limit: int, target: Callable[[], int] | None = None) -> None:
         self.limit = limit
+        self._target = target
         self._used = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -43,12 +74,22 @@ class Budget:
     def used(self) -> int:
         return self._used
 
+    @property
+    def current_limit(self) -> int:
+        if self._target is None:
+            return self.limit
+        return max(1, min(self.limit, self._target()))
+
     async def reserve(self, most: int) -> int:
         """Wait for room, then reserve up to ``most`` places; return how many."""
-        while self._used >= self.limit:
+        while self._used >= (limit := self.current_limit):
             self._room.clear()
-            await self._room.wait()
-        granted = min(most, self.limit - self._used)
+            if self._target is None:
+                await self._room.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), _RECHECK_SECONDS)
+        granted = min(most, limit - self._used)
         self._used += granted
         return granted
 

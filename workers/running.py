@@ -104,7 +104,14 @@ class Worker:
                 sqs.client(region=region, max_connections=queue.pollers + 10)
             )
             store = await stack.enter_async_context(self._store(region))
-            budget = polling.Budget(queue.max_in_flight)
+
+            def target() -> int:  # called by the pollers, which start after both exist
+                # held but not waiting for the sink: what is being deleted or put back, and
+                # what waits in lanes blocked by a failure
+                held_back = settler.settling + processor.held_back
+                return polling.budget_target(sink.capacity(), held_back, ceiling=queue.max_in_flight)
+
+            budget = polling.Budget(queue.max_in_flight, target)
             settler = settling.Settler(
                 client=client,
                 queue_url=events.QueueUrl(queue.url),

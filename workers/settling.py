@@ -194,6 +194,11 @@ class Settler:
     def in_flight(self) -> int:
         return len(self._held)
 
+    @property
+    def settling(self) -> int:
+        """Held messages whose settling action is queued or under way (done with, for the sink)."""
+        return sum(1 for record in self._held if record.state is State.SETTLING)
+
     # -- actions ---------------------------------------------------------------------------
 
     def delete(self, record: Received) -> None:

@@ -6,7 +6,8 @@ enter). Sinks that batch on the wire (Splunk HEC) still answer per event.
 
 ``accepting`` and ``wait_accepting`` are the backpressure signal the pollers read:
 while a sink is paused by a Retry-After or its circuit is open, the pollers stop
-receiving and the messages wait safely in SQS.
+receiving and the messages wait safely in SQS. ``capacity`` sizes what they receive:
+about a second of what the sink can send (``polling.budget_target``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Sink(Protocol):
 
     async def wait_accepting(self) -> None:
         """Return once the sink takes work again (immediately when it does)."""
+        ...
+
+    def capacity(self) -> float | None:
+        """Events per second the sink can deliver now; None when nothing bounds it."""
         ...
 
     async def deliver(self, event: events.Event) -> events.Outcome:
