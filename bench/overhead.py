@@ -43,8 +43,8 @@ import aiobotocore.config
 import aiobotocore.session
 import httpx
 
+from fanout_lab.simulators import genesys
 from workers import events
-from workers.simulators import genesys
 from workers.sinks import transport
 
 POLLERS = 2

@@ -345,6 +345,11 @@ class ConfigError(Exception):
     """A manifest that cannot be used; the message names the field and the problem."""
 
 
+def config_error_lines(prog: str, path: str, error: ConfigError) -> list[str]:
+    """How a command reports a manifest it cannot use: the file, then one indented line per problem."""
+    return [f"{prog}: invalid config {path}:", *(f"  {line}" for line in str(error).splitlines())]
+
+
 def describe_validation_error(error: pydantic.ValidationError) -> str:
     """One line per problem: `spec.queue.url: Field required`."""
     lines = []

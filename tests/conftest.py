@@ -1,4 +1,5 @@
-"""Shared fixtures: a real moto server on a loopback port, reached over HTTP with aiobotocore."""
+"""Shared fixtures: a real moto server on a loopback port, reached over HTTP with aiobotocore,
+and ``sqs_backend``, which runs a test on moto and again on LocalStack (tests/sqs_backends.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import aiobotocore.session
 import pytest
 
-from workers.simulators import aws
+from fanout_lab.simulators import aws
+from tests import sqs_backends
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,35 @@ async def sns(moto_server: aws.MotoServer) -> AsyncIterator[Any]:
     session = aiobotocore.session.get_session()
     async with session.create_client("sns") as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def localstack_server() -> Iterator[sqs_backends.LocalStackServer]:
+    """One LocalStack (SQS, SNS) for the session; skips when it is not installed, fails then
+    when FANOUT_REQUIRE_LOCALSTACK=1 (CI)."""
+    missing = sqs_backends.localstack_missing()
+    if missing:
+        if sqs_backends.localstack_required():
+            pytest.fail(f"{missing}; {sqs_backends.REQUIRE_VARIABLE}=1 requires it")
+        pytest.skip(missing)
+    with sqs_backends.LocalStackServer() as server:
+        yield server
+
+
+@pytest.fixture(params=sqs_backends.BACKENDS)
+async def sqs_backend(
+    request: pytest.FixtureRequest, moto_server: aws.MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[sqs_backends.SqsBackend]:
+    """The test once on moto, once on LocalStack: SQS and SNS (AWS_ENDPOINT_URL_SQS/_SNS) point
+    at that backend for the test's duration, everything else stays on moto."""
+    name: sqs_backends.BackendName = request.param
+    if name == "localstack":
+        server: sqs_backends.LocalStackServer = request.getfixturevalue("localstack_server")
+        endpoint_url = server.endpoint_url
+    else:
+        endpoint_url = moto_server.endpoint_url
+    for variable, value in sqs_backends.environment(endpoint_url).items():
+        monkeypatch.setenv(variable, value)
+    session = aiobotocore.session.get_session()
+    async with session.create_client("sqs") as client:
+        yield sqs_backends.SqsBackend(name=name, endpoint_url=endpoint_url, sqs=client)

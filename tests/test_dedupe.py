@@ -19,8 +19,8 @@ import botocore.exceptions
 import pytest
 
 from fanout_core import spec as spec_model
+from fanout_lab.simulators import aws
 from workers import dedupe, events
-from workers.simulators import aws
 
 TTL = 3600
 LEASE = 10.0

@@ -13,8 +13,8 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
+from fanout_lab.demo import command, consumers, display, referee, session, traffic
 from workers import envelopes
-from workers.demo import consumers, display, referee, session, traffic
 
 # --------------------------------------------------------------------------------- traffic
 
@@ -245,8 +245,6 @@ async def test_a_small_demo_keeps_every_invariant(tmp_path: pathlib.Path) -> Non
 
 
 def test_demo_refuses_arguments_it_does_not_know(capsys: pytest.CaptureFixture[str]) -> None:
-    from workers import demo
-
     args = argparse.Namespace(conversations=None, seconds=None)
-    assert demo.main(args, ["--bogus"]) == demo.EXIT_USAGE
+    assert command.main(args, ["--bogus"]) == command.EXIT_USAGE
     assert "--bogus" in capsys.readouterr().err

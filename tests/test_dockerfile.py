@@ -227,7 +227,7 @@ def test_dockerignore_keeps_every_copied_source_and_drops_the_rest() -> None:
     for sources, _ in _build_copies():
         for source in sources:
             assert not _ignored(source, patterns), f"COPY {source} but .dockerignore drops it"
-    for heavy in (".venv", ".git", ".tools", "tests", "helm", "workers/__pycache__/x.pyc"):
+    for heavy in (".venv", ".git", ".tools", "tests", "helm", "lab", "workers/__pycache__/x.pyc"):
         assert _ignored(heavy, patterns), f"{heavy} would be sent to the Docker daemon"
 
 
@@ -287,9 +287,9 @@ def test_build_stage_makes_our_wheel_with_every_package(wheelhouse: pathlib.Path
 
     (ours,) = wheelhouse.glob("fanout_consumer-*.whl")
     names = zipfile.ZipFile(ours).namelist()
-    for package in ("workers", "fanout_core", "fanout_operator"):
+    for package in ("workers", "fanout_core", "fanout_operator", "fanout_cli"):
         assert f"{package}/__init__.py" in names, f"{package} missing from the wheel"
-    assert not [name for name in names if name.startswith(("tests/", "helm/", "examples/"))]
+    assert not [name for name in names if name.startswith(("tests/", "helm/", "examples/", "fanout_lab/"))]
 
 
 def test_runtime_stage_installs_offline_and_both_entry_points_import(
@@ -313,7 +313,7 @@ def test_runtime_stage_installs_offline_and_both_entry_points_import(
         "import sys; sys.path.insert(0, sys.argv[1]); import importlib.metadata as m; "
         "eps = {e.name: e for e in m.entry_points(group='console_scripts') "
         "if e.dist and e.dist.name == 'fanout-consumer'}; "
-        "[eps[n].load() for n in ('fanout-worker', 'fanout-operator')]; "
+        "[eps[n].load() for n in ('fanout-worker', 'fanout-operator', 'fanout')]; "
         "import workers, fanout_operator; print(workers.__file__, fanout_operator.__file__)"
     )
     check = subprocess.run(

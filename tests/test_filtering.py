@@ -1,4 +1,4 @@
-"""filtering.EventFilter: the DESIGN example, type-or-topic matching, and fnmatch semantics."""
+"""filtering.EventFilter: the example of docs/contracts.md, type-or-topic matching, fnmatch semantics."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_no_patterns_keep_everything(patterns: list[str] | None) -> None:
     assert all(keep_all.keep(e) for e in (ACW, SNAPSHOT, RAW))
 
 
-def test_design_example_star_crosses_dots() -> None:
+def test_documented_example_star_crosses_dots() -> None:
     conversation_events = filtering.EventFilter(["v2.detail.events.conversation.*"])
     assert conversation_events.keep(ACW)
     assert not conversation_events.keep(SNAPSHOT)

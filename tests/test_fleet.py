@@ -8,8 +8,8 @@ import pathlib
 import pytest
 
 from fanout_core import spec
+from fanout_lab.simulators import webhook
 from workers import events, fleet
-from workers.simulators import webhook
 from workers.sinks import webhook as webhook_sink
 
 

@@ -3,7 +3,7 @@
 Three :class:`workers.running.Worker` replicas run in this process, each with its own ``crm``
 sink told ``replicas=3`` (so each takes a third of the fleet-wide ``rateLimit``), consuming
 one SQS queue on the moto server and upserting into one
-:class:`~workers.simulators.crm.CrmSimulator` that grants ``RATE`` requests per second with a
+:class:`~fanout_lab.simulators.crm.CrmSimulator` that grants ``RATE`` requests per second with a
 burst of ``BURST`` (429 + Retry-After above that). The fleet shares one DynamoDB idempotency
 table. Events are fed at a steady pace above the granted rate, so there is always work, and
 the pollers keep taking the surplus from SQS. One run, three phases:
@@ -44,9 +44,9 @@ import prometheus_client
 import pytest
 from prometheus_client import parser
 
-from tests import worker_harness as harness
+from fanout_lab import harness
+from fanout_lab.simulators import crm
 from workers import fleet, running, throttling
-from workers.simulators import crm
 from workers.sinks import crm as crm_sink
 
 REPLICAS = 3
@@ -150,7 +150,7 @@ class Run:
 
 
 async def _create_table(dynamodb: Any) -> str:
-    """The idempotency table as DESIGN.md has users create it: partition key ``id`` (S)."""
+    """The idempotency table as docs/contracts.md has users create it: partition key ``id`` (S)."""
     name = f"fleet-e2e-{uuid.uuid4().hex[:8]}"
     await dynamodb.create_table(
         TableName=name,

@@ -1,8 +1,8 @@
 """The README's IAM policies grant exactly the AWS calls the code makes (least privilege).
 
 The README's "Install on EKS" section shows the worker and the operator policies as JSON. This
-test finds, in the source of ``workers/`` (simulators excluded: they drive the embedded test
-endpoint, never AWS) and ``operator/``, every botocore operation reached through a client
+test finds, in the source of ``workers/`` and ``operator/`` (the stand-ins that drive the
+embedded test endpoint live apart, in ``lab/``), every botocore operation reached through a client
 object, maps it to the IAM action that authorizes it (the SQS batch calls are authorized by
 their single-message actions), and requires the policy's actions to be that set, no more and
 no fewer. A new AWS call without a policy update, or a policy line nothing uses, fails here.
@@ -77,7 +77,7 @@ def _policy_actions(title: str) -> set[str]:
 
 def test_the_scanner_sees_the_calls_it_should() -> None:
     # Guard against a scanner that finds nothing and so "agrees" with an empty policy.
-    worker_calls = _client_calls(ROOT / "workers", exclude=("simulators",))
+    worker_calls = _client_calls(ROOT / "workers")
     assert "sqs:ReceiveMessage" in worker_calls
     assert _client_calls(ROOT / "operator") >= {"sqs:GetQueueAttributes"}
 
@@ -85,7 +85,7 @@ def test_the_scanner_sees_the_calls_it_should() -> None:
 @pytest.mark.parametrize(
     ("title", "source", "exclude"),
     [
-        ("Worker policy", "workers", ("simulators",)),
+        ("Worker policy", "workers", ()),
         ("Operator policy", "operator", ()),
     ],
 )

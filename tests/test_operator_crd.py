@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import pathlib
+import re
 from typing import Any
 
 import jsonschema
@@ -12,35 +14,8 @@ import yaml
 from fanout_core import spec
 from fanout_operator import crd
 
-# The example manifest of DESIGN.md, verbatim.
-DESIGN_EXAMPLE = """
-apiVersion: fanout.dev/v1alpha1
-kind: FanoutConsumer
-metadata: {name: crm-sync, namespace: contact-center}
-spec:
-  queue:
-    url: https://sqs.us-east-1.amazonaws.com/123456789012/genesys-crm   # required; .fifo => FIFO
-    region: us-east-1
-    waitTimeSeconds: 20          # long poll
-    maxMessages: 10              # per ReceiveMessage
-    visibilityTimeoutSeconds: 60
-    pollers: 2                   # concurrent long-polls per replica
-  ordering:
-    key: conversationId          # field of the decoded event that serialises processing
-  filter:
-    eventTypes: ["v2.detail.events.conversation.*"]   # glob; absent = everything
-  sink:
-    type: webhook                # webhook | crm | siem
-    url: http://crm.internal/events
-    rateLimit: {requestsPerSecond: 100, burst: 20}     # fleet-wide, shared by all replicas
-    maxConcurrency: 32
-    timeoutSeconds: 10
-  retry: {baseDelaySeconds: 2, maxDelaySeconds: 900, maxAttempts: 5}
-  deadLetter: {queueUrl: https://sqs.../genesys-crm-dlq}   # optional
-  idempotency: {store: memory, ttlSeconds: 86400}          # memory | dynamodb (+ table: NAME)
-  scaling: {minReplicas: 0, maxReplicas: 20, targetBacklogPerReplica: 100,
-            activationBacklog: 1, pollingIntervalSeconds: 15, scaleDownStabilizationSeconds: 300}
-"""
+# The example manifest of docs/contracts.md: the page's first YAML block, read from the page.
+CONTRACTS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "contracts.md"
 
 
 def _openapi() -> dict[str, Any]:
@@ -56,11 +31,13 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def _example() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(DESIGN_EXAMPLE)
+    block = re.search(r"```yaml\n(.*?)```", CONTRACTS.read_text(encoding="utf-8"), re.DOTALL)
+    assert block, f"{CONTRACTS} has no yaml block"
+    document: dict[str, Any] = yaml.safe_load(block.group(1))
     return document
 
 
-def test_design_example_is_valid_against_the_crd_and_the_model() -> None:
+def test_documented_example_is_valid_against_the_crd_and_the_model() -> None:
     document = _example()
     assert list(_validator().iter_errors(document)) == []
     assert spec.parse_manifest(document).spec.sink.rate_limit is not None

@@ -34,8 +34,8 @@ import prometheus_client.parser
 import pytest
 import yaml
 
+from fanout_lab.simulators import aws
 from fanout_operator import cli, crd, kube, rbac, rendering
-from workers.simulators import aws
 
 RESOURCES: dict[str, tuple[str, set[str]]] = {
     "fanout.dev/v1alpha1/fanoutconsumers": ("FanoutConsumer", {"status", "scale"}),

@@ -7,8 +7,8 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from fanout_lab.simulators import aws
 from fanout_operator import queues
-from workers.simulators import aws
 
 
 async def test_depth_counts_visible_in_flight_and_delayed(sqs: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import prometheus_client
 
-from tests import worker_harness as harness
+from fanout_lab import harness
 from workers import events, settling, telemetry
 
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.simulators import crm, hec, ratelimit, webhook
+from fanout_lab.simulators import crm, hec, ratelimit, webhook
 
 
 def _event(key: str, seq: int) -> dict[str, Any]:

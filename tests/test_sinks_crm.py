@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from fanout_core import spec
+from fanout_lab.simulators import crm
 from workers import events, fleet, throttling
-from workers.simulators import crm
 from workers.sinks import crm as crm_sink
 
 CONVERSATION = "5f1c7c1e-0000-4000-8000-00000000c0de"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from fanout_core import spec
+from fanout_lab.simulators import crm
 from workers import events, fleet
-from workers.simulators import crm
 from workers.sinks import base
 from workers.sinks import crm as crm_sink
 

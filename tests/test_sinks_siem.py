@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from fanout_core import spec
+from fanout_lab.simulators import hec
 from workers import events, fleet, throttling
-from workers.simulators import hec
 from workers.sinks import siem
 
 TOKEN = "11111111-2222-3333-4444-555555555555"

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from workers.simulators import aws
+from fanout_lab.simulators import aws
 from workers.sinks import transport
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)

@@ -16,8 +16,8 @@ import pytest
 from opentelemetry import trace
 
 from fanout_core import spec
+from fanout_lab.simulators import aws, webhook
 from workers import events, fleet, throttling
-from workers.simulators import aws, webhook
 from workers.sinks import secrets
 from workers.sinks import webhook as webhook_sink
 

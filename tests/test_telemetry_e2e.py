@@ -25,10 +25,10 @@ from collections.abc import Mapping
 import httpx
 from prometheus_client import parser
 
+from fanout_lab import harness
+from fanout_lab.simulators import webhook
 from tests import test_telemetry_promtool as promtool_checks
-from tests import worker_harness as harness
 from workers import running, telemetry
-from workers.simulators import webhook
 from workers.telemetry import logs
 
 QUEUE = "telemetry-e2e"

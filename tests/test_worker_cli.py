@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests import worker_harness as harness
-from workers.simulators import aws, webhook
+from fanout_lab import harness
+from fanout_lab.simulators import aws, webhook
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

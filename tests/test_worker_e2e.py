@@ -1,4 +1,5 @@
-"""The worker end to end: moto's SQS over HTTP, a real webhook receiver on loopback.
+"""The worker end to end: SQS over HTTP (moto, and again LocalStack), a real webhook receiver on
+loopback.
 
 Hundreds of events over dozens of conversations, fed while the worker runs, in mixed
 envelopes with duplicates (new envelope ids), poison bodies, transient 500s and 429s
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests import worker_harness as harness
+from fanout_lab import harness
+from fanout_lab.simulators import webhook
+from tests import sqs_backends
 from workers import running
-from workers.simulators import webhook
 
 
 async def run_worker_until_done(
@@ -40,10 +42,30 @@ async def run_worker_until_done(
     return traffic
 
 
-@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+@pytest.mark.parametrize(
+    ("sqs_backend", "fifo"),
+    [
+        pytest.param("moto", False, id="moto-standard"),
+        pytest.param("moto", True, id="moto-fifo"),
+        pytest.param("localstack", False, id="localstack-standard"),
+        pytest.param(
+            "localstack",
+            True,
+            id="localstack-fifo",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="worker bug (issue 10): a failed FIFO message's later group-mates go back "
+                "with visibility 0 while it waits out its backoff; LocalStack serves them at once "
+                "(moto keeps the group locked), so 9-15 events per run are accepted out of order",
+            ),
+        ),
+    ],
+    indirect=["sqs_backend"],
+)
 async def test_exactly_once_in_order_with_duplicates_poison_faults_and_throttles(
-    sqs: Any, fifo: bool
+    sqs_backend: sqs_backends.SqsBackend, fifo: bool
 ) -> None:
+    sqs = sqs_backend.sqs
     suffix = ".fifo" if fifo else ""
     name = f"e2e-{'fifo' if fifo else 'std'}"
     source = await harness.make_queue(sqs, name + suffix, fifo=fifo)
@@ -78,7 +100,10 @@ async def test_exactly_once_in_order_with_duplicates_poison_faults_and_throttles
             assert message["Attributes"]["MessageDeduplicationId"]
 
 
-async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_conversation(sqs: Any) -> None:
+async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_conversation(
+    sqs_backend: sqs_backends.SqsBackend,
+) -> None:
+    sqs = sqs_backend.sqs
     source = await harness.make_queue(sqs, "e2e-permanent")
     dead = await harness.make_queue(sqs, "e2e-permanent-dlq")
     async with webhook.WebhookSimulator(signing_secret="right") as sim:
@@ -97,7 +122,8 @@ async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_convers
             )
 
             async def all_dead() -> bool:
-                return len(await harness.drain_queue(sqs, dead)) > 0 and (
+                # Count, not receive: a receive would hide the copies it saw from the next check.
+                return sum(await harness.queue_counts(sqs, dead)) == len(feeding.events) and (
                     await harness.queue_counts(sqs, source)
                 ) == (0, 0)
 

@@ -1,17 +1,16 @@
-"""Command lines: ``fanout-worker --config FILE`` and ``fanout {demo,validate}``.
+"""The worker's command line: ``fanout-worker --config FILE``.
 
-``fanout-worker`` is the external contract DESIGN.md fixes: FILE is a FanoutConsumer
+``fanout-worker`` is an external contract (docs/contracts.md): FILE is a FanoutConsumer
 manifest (YAML or JSON), AWS settings come only from the standard AWS environment, the
 probes and ``/metrics`` are served on ``--http-port`` (default 8080, 0 disables), and
 SIGTERM drains and exits 0. A manifest that cannot be used exits 2 with one line per
-problem, each naming the field.
+problem, each naming the field. The user-facing ``fanout`` tool lives apart, in ``fanout_cli``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,9 +39,7 @@ def load_or_exit(path: str, prog: str) -> spec_model.FanoutConsumer:
     try:
         return spec_model.load_manifest(path)
     except spec_model.ConfigError as error:
-        print(f"{prog}: invalid config {path}:", file=sys.stderr)
-        for line in str(error).splitlines():
-            print(f"  {line}", file=sys.stderr)
+        print("\n".join(spec_model.config_error_lines(prog, path, error)), file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
 
@@ -66,34 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_serve(worker))
     except spec_model.ConfigError as error:
-        print(f"fanout-worker: invalid config {args.config}:", file=sys.stderr)
-        for line in str(error).splitlines():
-            print(f"  {line}", file=sys.stderr)
+        print("\n".join(spec_model.config_error_lines("fanout-worker", args.config, error)), file=sys.stderr)
         return EXIT_CONFIG
     finally:
         telemetry.shutdown_tracing()
     return 0
-
-
-def fanout_main(argv: Sequence[str] | None = None) -> int:
-    """``fanout``: ``demo`` runs the whole pipeline locally; ``validate`` checks a manifest."""
-    parser = argparse.ArgumentParser(prog="fanout", description="fanout-consumer tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the whole pipeline on an embedded default")
-    demo.add_argument("--conversations", type=int, default=None, help="how many conversations")
-    demo.add_argument("--seconds", type=float, default=None, help="how long the compressed day lasts")
-    demo.add_argument("--seed", type=int, default=None, help="traffic seed (same seed, same day)")
-    demo.add_argument("--drain-timeout", type=float, default=None, help="seconds to wait after publishing")
-    demo.add_argument("--log-file", default=None, help="where the workers' JSON log lines go")
-    demo.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
-    validate = commands.add_parser("validate", help="check a FanoutConsumer manifest")
-    validate.add_argument("file")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "validate":
-        consumer = load_or_exit(args.file, "fanout validate")
-        print(f"{args.file}: valid FanoutConsumer {consumer.metadata.name!r}")
-        return 0
-    # Imported on demand: the demo pulls in optional dependencies (moto's server, rich).
-    demo_module = importlib.import_module("workers.demo")
-    status: int = demo_module.main(args, rest)
-    return status

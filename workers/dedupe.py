@@ -16,7 +16,7 @@ Two stores behind one :class:`IdempotencyStore` protocol:
   runs on every call costs O(records expired), and memory stays bounded by what
   completed within the TTL.
 - :class:`DynamoDbStore` — the fleet; one conditional ``PutItem`` decides each claim, so a
-  restarted replica sees what every replica completed. The table is the user's (DESIGN.md):
+  restarted replica sees what every replica completed. The table is the user's (docs/contracts.md):
   partition key ``id`` (S), TTL attribute ``expiration`` (epoch seconds); ``status``,
   ``in_progress_expiration`` and ``owner`` are ours.
 

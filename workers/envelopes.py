@@ -4,7 +4,7 @@
 ordering, the sinks) reads only the :class:`~workers.events.Event` it returns. Nothing
 here does I/O, so the whole of it is unit- and property-tested without a queue.
 
-A body reaches the queue in one of four shapes (FORMATS.md)::
+A body reaches the queue in one of four shapes (docs/formats.md)::
 
     raw           {...event...}                      a Genesys notification or any JSON object
     sns           {"Type": "Notification", "Message": "<JSON string>", "MessageAttributes": ...}

@@ -4,7 +4,7 @@
 :data:`SINKS` maps ``spec.sink.type`` to a constructor (as KEDA maps a trigger type to a
 scaler), so adding a sink type is one module and one line here.
 
-    webhook   one POST per event (DESIGN.md's wire format)
+    webhook   one POST per event (docs/formats.md)
     crm       Salesforce-style upsert by external id
     siem      Splunk HTTP Event Collector, batched
     exchange  what the HTTP sinks share: limiter, client, spans, exception translation

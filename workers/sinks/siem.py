@@ -12,7 +12,7 @@ with ``Authorization: Splunk <token>``. Each batch takes one limiter permit; bat
 concurrently up to the limiter's concurrency (a conversation never has two events in
 one batch: the runtime delivers one event per conversation at a time).
 
-Answers (FORMATS.md), per event: 200/0 → all Delivered; 503 (code 9, busy) and 429 →
+Answers (docs/formats.md), per event: 200/0 → all Delivered; 503 (code 9, busy) and 429 →
 all Retry(throttled) after Retry-After; 400 with ``invalid-event-number`` k → events
 before k Delivered (HEC indexed them), event k Permanent, the rest Retry (not indexed);
 400 without a number, and 413, → the batch is split in halves and each half sent again

@@ -1,4 +1,4 @@
-"""The ``webhook`` sink: one POST per event, exactly DESIGN.md's wire format.
+"""The ``webhook`` sink: one POST per event, the wire format of docs/formats.md.
 
 Body: the event payload as JSON. Headers: ``Content-Type: application/json``,
 ``Idempotency-Key: <event id>`` (the receiver deduplicates redeliveries with it),
@@ -63,7 +63,7 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def judge(answer: exchange.Answer) -> exchange.Judgement[events.Outcome]:
-    """DESIGN.md's mapping of webhook answers to outcomes and limiter signals."""
+    """The mapping of webhook answers (docs/contracts.md) to outcomes and limiter signals."""
     Judgement, Result, Outcome = exchange.Judgement, throttling.Result, telemetry.SinkOutcome
     status = answer.status
     if status is None:

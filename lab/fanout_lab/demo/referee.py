@@ -25,7 +25,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from workers.demo import traffic
+from fanout_lab.demo import traffic
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """What the demo shows: live progress while it runs, the report table at the end.
 
-``workers.demo.main`` creates a :class:`Progress` (a ``rich`` live table on a terminal;
+``fanout_lab.demo.command.main`` creates a :class:`Progress` (a ``rich`` live table on a terminal;
 one plain line per consumer every few seconds otherwise, so a CI log stays readable) and
 passes its :meth:`Progress.update` to the session; at the end :func:`report` prints the
 verdicts and says, in words, what broke.
@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from workers.demo import session
+from fanout_lab.demo import session
 
 PLAIN_INTERVAL = 5.0
 

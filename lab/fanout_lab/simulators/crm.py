@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.simulators import downstream
+from fanout_lab.simulators import downstream
 
 _UPSERT = "/services/data/{version}/sobjects/{object}/{field}/{value}"
 

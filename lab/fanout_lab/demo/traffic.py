@@ -32,8 +32,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from fanout_lab.simulators import genesys
 from workers import envelopes
-from workers.simulators import genesys
 
 DAY_START_MS = 1_741_939_200_000 + 8 * 3_600_000  # 2025-03-14 08:00 UTC
 DAY_HOURS = 12

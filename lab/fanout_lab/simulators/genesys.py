@@ -1,7 +1,7 @@
 """Synthetic Genesys Cloud CX interaction events, in every envelope the worker accepts.
 
 Used by the tests, ``fanout demo`` and the benchmarks to make traffic shaped like the
-real thing (FORMATS.md): conversations of ~10 detail events with epoch-millisecond
+real thing (docs/formats.md): conversations of ~10 detail events with epoch-millisecond
 ``eventTime``, a ``CorrelationId`` per event, phone numbers in ``ani``/``dnis``; wrapped
 raw, in EventBridge (a NEW envelope id per put, as Genesys redeliveries get), in SNS
 (raw delivery off: the event JSON-encoded into ``Message``), or EventBridge-in-SNS.

@@ -1,6 +1,6 @@
 """A generic webhook receiver: the downstream of the ``webhook`` sink.
 
-Accepts ``POST`` on any path with the wire format DESIGN.md gives (JSON body,
+Accepts ``POST`` on any path with the webhook wire format of docs/formats.md (JSON body,
 ``Idempotency-Key``, optional ``X-Fanout-Signature: sha256=<hex HMAC-SHA256>``); with a
 ``signing_secret`` it verifies the signature and answers 401 when it does not match.
 Throttles answer ``throttle_status`` (429 by default) with ``Retry-After``; faults answer
@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.simulators import downstream
+from fanout_lab.simulators import downstream
 
 
 class WebhookSimulator(downstream.DownstreamSimulator):

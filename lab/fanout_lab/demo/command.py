@@ -1,16 +1,8 @@
-"""``fanout demo``: the whole fan-out pipeline on this machine, and a verdict on it.
+"""The ``fanout demo`` command: its options, one run of :mod:`session` shown by :mod:`display`,
+and the exit code (0 only when every invariant held).
 
-``workers.cli.fanout_main`` parses the command line and calls :func:`main`. The demo
-needs no AWS account and no cluster: an embedded AWS endpoint (the moto server, a child
-process), simulated CRM, Splunk HEC and webhook downstreams, and the real worker runtime
-consuming three queues fed by one SNS topic with a compressed contact-center day. It
-prints live progress, then a report, and exits 0 only when every invariant held.
-
-    session    one run: resources, simulators, workers, publishing, draining, judging
-    traffic    the day's publications (pure, seeded)
-    consumers  the three consumers and their FanoutConsumer manifests
-    referee    the invariants and the report's figures (pure)
-    display    live progress (rich) and the report table
+``fanout_cli`` finds :data:`COMMAND` through the ``fanout.commands`` entry point the lab
+registers, adds the options with :meth:`Demo.configure` and calls :meth:`Demo.run`.
 """
 
 from __future__ import annotations
@@ -20,9 +12,11 @@ import asyncio
 import pathlib
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
-from workers.demo import display, session
+from fanout_cli import commands
+from fanout_lab.demo import display, session
 
 EXIT_BROKEN = 1
 EXIT_USAGE = 2
@@ -48,7 +42,7 @@ def options_from(args: argparse.Namespace) -> session.Options:
     )
 
 
-def main(args: argparse.Namespace, rest: list[str]) -> int:
+def main(args: argparse.Namespace, rest: Sequence[str]) -> int:
     """Run the demo with ``args`` (``--conversations``, ``--seconds``, ...); the exit code."""
     if rest:
         print(f"fanout demo: unrecognised arguments: {' '.join(rest)}", file=sys.stderr)
@@ -71,3 +65,25 @@ def main(args: argparse.Namespace, rest: list[str]) -> int:
         return EXIT_INTERRUPTED
     display.report(outcome, stream=sys.stdout, color=live)
     return 0 if outcome.ok else EXIT_BROKEN
+
+
+class Demo:
+    """``fanout demo``."""
+
+    help = "run the whole pipeline on an embedded default"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--conversations", type=int, default=None, help="how many conversations")
+        parser.add_argument("--seconds", type=float, default=None, help="how long the compressed day lasts")
+        parser.add_argument("--seed", type=int, default=None, help="traffic seed (same seed, same day)")
+        parser.add_argument(
+            "--drain-timeout", type=float, default=None, help="seconds to wait after publishing"
+        )
+        parser.add_argument("--log-file", default=None, help="where the workers' JSON log lines go")
+        parser.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+
+    def run(self, args: argparse.Namespace, rest: Sequence[str]) -> int:
+        return main(args, rest)
+
+
+COMMAND: commands.Command = Demo()

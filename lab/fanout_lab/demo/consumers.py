@@ -14,7 +14,7 @@ dashboard   everything; the worker      ``webhook``: signed POSTs, 429 with     
             agent routing status        idempotency shared by the replicas
 ==========  ==========================  =======================================  ========
 
-All three queues are standard queues fed by one standard topic, as DESIGN.md draws it.
+All three queues are standard queues fed by one standard topic, as docs/architecture.md draws it.
 On a standard queue a worker puts what it holds back in event-time order per ordering key
 — that is the order a standard queue can promise; strict order across replicas is what
 FIFO queues are for (the embedded moto server does not keep a FIFO group to one consumer
@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from workers.demo import traffic
+from fanout_lab.demo import traffic
 
 CRM_CLIENT_ID_ENV = "FANOUT_DEMO_CRM_CLIENT_ID"
 CRM_CLIENT_SECRET_ENV = "FANOUT_DEMO_CRM_CLIENT_SECRET"

@@ -34,7 +34,7 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
-from workers.simulators import ratelimit
+from fanout_lab.simulators import ratelimit
 
 RetryAfterFormat = Literal["seconds", "fractional", "http-date"]
 """``seconds``: RFC 9110 delay-seconds (an integer, rounded up); ``fractional``: a decimal

@@ -1,8 +1,8 @@
 """One run of the demo, start to finish: AWS resources, simulators, workers, publishing,
 watching, draining, judging.
 
-``workers.demo.main`` builds :class:`Options` and calls :func:`run`; :func:`run` returns
-one :class:`Outcome` (a :class:`~workers.demo.referee.Verdict` per consumer) and hands a
+``fanout_lab.demo.command.main`` builds :class:`Options` and calls :func:`run`; :func:`run` returns
+one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) and hands a
 :class:`Snapshot` to ``on_progress`` twice a second while it runs. In order:
 
 1. a moto server child process on a free loopback port (the standard ``AWS_*`` variables
@@ -40,9 +40,9 @@ import aiobotocore.session
 import prometheus_client
 
 from fanout_core import spec as spec_model
+from fanout_lab.demo import consumers, referee, traffic
+from fanout_lab.simulators import aws, crm, downstream, hec, webhook
 from workers import fleet, running, sinks
-from workers.demo import consumers, referee, traffic
-from workers.simulators import aws, crm, downstream, hec, webhook
 from workers.telemetry import logs
 
 TOPIC = "genesys-interactions"

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.simulators import downstream
+from fanout_lab.simulators import downstream
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = b" \t\r\n"

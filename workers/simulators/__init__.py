@@ -1,2 +1,0 @@
-"""Stand-ins for the outside world, shipped so tests, the demo and the benchmarks share them:
-an embedded AWS endpoint (moto's server) and downstream API simulators."""
