@@ -326,7 +326,7 @@ class WebhookStats:
 
 
 class WebhookProcess(Child):
-    """A :class:`~workers.simulators.webhook.WebhookSimulator` in its own process.
+    """A :class:`~fanout_lab.simulators.webhook.WebhookSimulator` in its own process.
 
     The downstream must see requests when they arrive: in the consumers' event loop, a
     stall of the loop would hand it a whole second of requests at once and its rate limit
@@ -360,7 +360,7 @@ class WebhookProcess(Child):
 
 
 async def _serve_webhook(rate: float, burst: int, latency: float) -> None:
-    from workers.simulators import webhook
+    from fanout_lab.simulators import webhook
 
     class Observed(webhook.WebhookSimulator):
         def __init__(self) -> None:

@@ -3,7 +3,7 @@
 Every scenario runs replicas as separate processes — ``fanout-worker --config FILE``,
 exactly as a user runs it — with DEFAULT settings: the manifest holds only the queue URL,
 the sink URL and ``rateLimit: {requestsPerSecond: R, burst: B}``. The downstream is a
-:class:`workers.simulators.webhook.WebhookSimulator` in its own process that grants R
+:class:`fanout_lab.simulators.webhook.WebhookSimulator` in its own process that grants R
 requests per second with a burst of B and answers 429 + ``Retry-After`` (whole seconds)
 above that. N events are queued as the scenario starts; a timeline starts replicas, sends
 one of them SIGTERM (it drains and exits), rewrites the replica count a replica reads
@@ -50,8 +50,8 @@ import httpx
 import yaml
 
 from fanout_core import spec
+from fanout_lab.simulators import aws, genesys
 from workers import events, fleet, running
-from workers.simulators import aws, genesys
 from workers.sinks import base
 from workers.sinks import webhook as webhook_sink
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fanout_lab.simulators import ratelimit
 from workers import pacing, throttling
-from workers.simulators import ratelimit
 
 RATE = 30.0
 
