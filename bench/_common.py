@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,7 +63,9 @@ class LongQueueMoto(aws.MotoServer):
     milliseconds) and reads the retention period directly, so the benchmark measures the
     consumers, not moto. And it deletes under the queue's own lock: moto's delete rebuilds
     the message list unlocked, so a message sent meanwhile was lost (9 of 900 in one run)
-    and one deleted meanwhile came back.
+    and one deleted meanwhile came back. DynamoDB's item writes run one at a time, as a
+    conditional update is atomic in DynamoDB (moto's threaded server checks and writes
+    without a lock, so two replicas could both win the same condition).
     """
 
     def command(self) -> list[str]:
@@ -71,6 +74,7 @@ class LongQueueMoto(aws.MotoServer):
 
 def _serve_moto(argv: Sequence[str]) -> None:
     from moto import server
+    from moto.dynamodb import models as dynamodb_models
     from moto.sqs import models
 
     def retained(self: Any, queue_name: str, message: Any) -> bool:
@@ -87,6 +91,16 @@ def _serve_moto(argv: Sequence[str]) -> None:
             unlocked_delete(self, receipt_handle)
 
     models.Queue.delete_message = delete_message  # type: ignore[method-assign]
+    writes = threading.Lock()
+    backend = dynamodb_models.DynamoDBBackend
+    for name in ("put_item", "update_item", "delete_item", "get_item"):
+        unlocked = getattr(backend, name)
+
+        def locked(self: Any, *args: Any, _unlocked: Any = unlocked, **kwargs: Any) -> Any:
+            with writes:
+                return _unlocked(self, *args, **kwargs)
+
+        setattr(backend, name, locked)
     server.main(list(argv))
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -45,7 +46,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import _candidates
 import _common
+import aiobotocore.session
 import httpx
 import yaml
 
@@ -211,20 +214,49 @@ class PerInstanceSink:
 
 
 SinkFactory = Callable[[spec.SinkSpec, fleet.Replicas], base.Sink]
-BASELINES: dict[str, SinkFactory] = {"per-instance": PerInstanceSink}
-VARIANTS = ("fanout", *BASELINES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How a variant's replicas run: ``fanout-worker`` as shipped (``sink`` None), or the worker
+    runtime with another sink; ``coordinate`` every so many seconds (``_candidates``)."""
+
+    name: str
+    sink: SinkFactory | None = None
+    coordinate: float | None = None
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("fanout"),
+        Variant("per-instance", PerInstanceSink),
+        Variant("probe-10%", _candidates.probing(0.10)),
+        Variant("lease", _candidates.LeaseSink),
+        Variant("shares-15s", coordinate=15.0),
+        Variant("shares-2s", coordinate=2.0),
+    )
+}
+DEFAULT_VARIANTS = ("fanout", "per-instance")
+CANDIDATES = ("probe-10%", "lease", "shares-15s", "shares-2s")
 
 
 class Replica:
     """One replica process and the file it reads its replica count from."""
 
-    def __init__(self, variant: str, config: pathlib.Path, count: int, name: str) -> None:
+    def __init__(self, variant: str, config: pathlib.Path, count: int, name: str, lease_key: str) -> None:
         """``count`` 0: no count at all (no file, no ``FANOUT_REPLICAS``)."""
-        self.count_file = pathlib.Path(tempfile.mkdtemp(prefix="fanout-bench-")) / "replicas"
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="fanout-bench-"))
+        self.count_file = folder / "replicas"
+        self.stats_file = folder / "stats.json"
         if count:
             self.tell(count)
-        env = {fleet.REPLICAS_FILE_ENV: str(self.count_file)}
-        if variant == "fanout":
+        env = {
+            fleet.REPLICAS_FILE_ENV: str(self.count_file),
+            _candidates.STATS_ENV: str(self.stats_file),
+            _candidates.LEASE_KEY_ENV: lease_key,
+        }
+        if VARIANTS[variant].sink is None:
             self.process: _common.Child = _common.WorkerProcess(config, env=env, name=name)
             self.http_port = self.process.http_port  # type: ignore[attr-defined]
         else:
@@ -258,9 +290,20 @@ class Replica:
                 return float(line.rsplit(" ", 1)[1])
         return None
 
+    def alive(self) -> bool:
+        return self.process.process.poll() is None
+
     def sigterm(self) -> None:
-        if self.process.process.poll() is None:
+        if self.alive():
             self.process.process.send_signal(signal.SIGTERM)
+
+    def stats(self) -> dict[str, float]:
+        """What a candidate's replica counted (written when it stopped), or nothing."""
+        try:
+            loaded: dict[str, float] = json.loads(self.stats_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded
 
     def stop(self) -> None:
         self.process.stop()
@@ -281,6 +324,8 @@ class Outcome:
     throttled: int
     duplicates: int
     finished: bool
+    store_requests_per_second: float | None = None
+    """lease: DynamoDB requests per second of the run, the whole fleet."""
 
     @property
     def goodput(self) -> float:
@@ -347,7 +392,8 @@ class Fleet:
 
     def start(self, step: Step) -> None:
         name = f"{self.scenario.name}-{self.variant}-{step.replica}"
-        self.replicas[step.replica] = Replica(self.variant, self.config, step.count, name)
+        lease_key = self.queue_url.rsplit("/", 1)[-1]
+        self.replicas[step.replica] = Replica(self.variant, self.config, step.count, name, lease_key)
 
     async def apply(self, step: Step) -> None:
         if step.action == "start":
@@ -362,6 +408,9 @@ class Fleet:
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while not all([await replica.started(self.control) for replica in self.replicas.values()]):
+            for replica in self.replicas.values():
+                if not replica.alive():
+                    raise RuntimeError(f"a replica exited; see {replica.process.log_path}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"replicas not ready within {START_TIMEOUT:g} s")
             await asyncio.sleep(0.1)
@@ -372,16 +421,22 @@ async def run_scenario(
 ) -> Outcome:
     with _common.WebhookProcess(rate=RATE, burst=BURST, latency=LATENCY_SECONDS) as sim:
         async with httpx.AsyncClient(timeout=10) as control:
-            name = f"fleet-{scenario.name}-{variant}-{random.randrange(10**6)}"
+            name = f"fleet-{scenario.name}-{variant.replace('%', 'pct')}-{random.randrange(10**6)}"
             queue_url = await _common.make_queue(sqs, name)
             config = pathlib.Path(tempfile.mkdtemp(prefix="fanout-bench-")) / "consumer.yaml"
             config.write_text(yaml.safe_dump(manifest(queue_url, sim.url + "/events", name)))
             run = Fleet(scenario, variant, sim, control, queue_url, config)
             try:
-                return await _run(sqs, run, bodies, timeout, trace)
+                outcome = await _run(sqs, run, bodies, timeout, trace)
             finally:
                 for replica in run.replicas.values():
                     replica.stop()
+    counted = [replica.stats() for replica in run.replicas.values()]
+    requests = sum(stats.get("requests", 0.0) for stats in counted)
+    if not requests:
+        return outcome
+    seconds = max(stats.get("seconds", 0.0) for stats in counted)
+    return dataclasses.replace(outcome, store_requests_per_second=requests / seconds if seconds else None)
 
 
 async def _run(sqs: Any, run: Fleet, bodies: list[str], timeout: float, trace: bool) -> Outcome:
@@ -391,6 +446,12 @@ async def _run(sqs: Any, run: Fleet, bodies: list[str], timeout: float, trace: b
     await run.wait_ready()
     started = time.monotonic()
     feeding = asyncio.create_task(enqueue(sqs, run.queue_url, bodies))
+    every = VARIANTS[run.variant].coordinate
+    coordinator = (
+        asyncio.create_task(_candidates.coordinate(run.replicas, every, run.control))  # type: ignore[arg-type]
+        if every is not None
+        else None
+    )
     deadline = started + timeout
     traced = (started, 0, 0)
     stats = await run.sim.stats(run.control)
@@ -402,6 +463,8 @@ async def _run(sqs: Any, run: Fleet, bodies: list[str], timeout: float, trace: b
         await asyncio.sleep(0.1)
         stats = await run.sim.stats(run.control)
     ended = time.monotonic()
+    if coordinator is not None:
+        coordinator.cancel()
     await feeding
     await run.sim.set_outage(run.control, False)
     stats = await run.sim.stats(run.control, full=True)
@@ -445,6 +508,9 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
     chosen = [item for item in scenarios(args.full) if not args.scenario or item.name in args.scenario]
     bodies = traffic(args.events)
     results: list[Outcome] = []
+    if "lease" in args.variant:
+        async with aiobotocore.session.get_session().create_client("dynamodb") as dynamodb:
+            await _candidates.create_lease_table(dynamodb)
     async with _common.sqs_client() as sqs:
         for scenario in chosen:
             timeout = 3 * len(bodies) / RATE + 20 + scenario.outage_seconds
@@ -463,6 +529,8 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
 
 def _line(outcome: Outcome) -> str:
     mark = "" if outcome.finished else f"  (unfinished: {outcome.unique}/{outcome.events})"
+    if outcome.store_requests_per_second is not None:
+        mark += f"  DynamoDB {outcome.store_requests_per_second:.1f} req/s"
     return _common.figure_line(
         f"  {outcome.variant:<13} goodput / 429 share",
         f"{outcome.goodput:5.3f} / {outcome.throttled_share:6.2%}   ({outcome.requests} requests,"
@@ -471,15 +539,17 @@ def _line(outcome: Outcome) -> str:
 
 
 def replica_main(argv: Sequence[str]) -> None:
-    """A baseline replica process: the worker runtime with a baseline sink; SIGTERM drains."""
+    """A baseline or candidate replica: the worker runtime with that sink; SIGTERM drains."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variant", choices=sorted(BASELINES), required=True)
+    parser.add_argument("--variant", choices=[name for name, v in VARIANTS.items() if v.sink], required=True)
     parser.add_argument("--config", required=True)
     parser.add_argument("--http-port", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     consumer = spec.load_manifest(args.config)
-    sink = BASELINES[args.variant](consumer.spec.sink, fleet.ReplicaCount.from_environment())
+    factory = VARIANTS[args.variant].sink
+    assert factory is not None
+    sink = factory(consumer.spec.sink, fleet.ReplicaCount.from_environment())
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -502,11 +572,14 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 900 events, 20 s outage")
     parser.add_argument("--events", type=int, default=None, help="events queued (default 300; --full 900)")
     parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
-    parser.add_argument("--variant", action="append", choices=VARIANTS, help="default: all")
+    parser.add_argument(
+        "--variant", action="append", choices=list(VARIANTS), help="default: fanout and per-instance"
+    )
+    parser.add_argument("--candidates", action="store_true", help="also: " + ", ".join(CANDIDATES))
     parser.add_argument("--trace", action="store_true", help="print each second of each run")
     args = parser.parse_args()
     args.events = args.events or (900 if args.full else 300)
-    args.variant = args.variant or list(VARIANTS)
+    args.variant = args.variant or [*DEFAULT_VARIANTS, *(CANDIDATES if args.candidates else ())]
     started = time.monotonic()
     print(
         f"fleet: webhook grants R={RATE:g} req/s burst B={BURST} (429 above), {LATENCY_SECONDS * 1000:.0f} ms"

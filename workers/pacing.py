@@ -76,6 +76,8 @@ BURST_HEADROOM = 0.5
 """Share of the fleet's burst the replicas' buckets hold together."""
 CATCH_UP_SECONDS = 0.1
 """A replica's bucket holds at least this long of its pace (plus the token it sends)."""
+PROBE_SHARE = 0.01
+"""Requests a full fleet spends on probes that find nothing, at most about (the default)."""
 PROBE_COST = 4.0
 """Throttled requests a probe that finds nothing costs, about (measured in ``tests/test_pacing.py``)."""
 PRIOR_ACCEPTED = 4.0
@@ -110,7 +112,7 @@ class PaceSettings:
     """The pace never drops below this share of the slice."""
     slow_start_share: float = 0.25
     slow_start_seconds: float = 0.5
-    probe_share: float = 0.01
+    probe_share: float = PROBE_SHARE
     """Requests the fleet may spend on probes that find nothing (see the module docstring)."""
     probe_min_seconds: float = 2.0
     probe_max_seconds: float = 300.0

@@ -103,6 +103,8 @@ class LimiterSettings:
     """How many replicas share ``rate`` (this replica's pace starts at ``rate / replicas``)."""
     replicas_known: bool = True
     """False when nobody said how many: the pace starts low and climbs (see ``pacing``)."""
+    probe_share: float = pacing.PROBE_SHARE
+    """Requests the fleet may spend on probes for unused grant (see ``pacing``)."""
     max_concurrency: int = 32
     initial_concurrency: int | None = None
     """Starting concurrency limit; default ``max_concurrency``."""
@@ -345,7 +347,7 @@ class Limiter:
     def _new_pace(self, rate: float | None, burst: int, now: float) -> pacing.Pace | None:
         if rate is None:
             return None
-        settings = pacing.PaceSettings(rate=rate, burst=burst)
+        settings = pacing.PaceSettings(rate=rate, burst=burst, probe_share=self._settings.probe_share)
         return pacing.Pace(settings, self._settings.replicas, now, known=self._settings.replicas_known)
 
     def _capacity(self, now: float) -> float:
