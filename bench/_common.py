@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import pathlib
@@ -33,7 +32,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,66 +50,14 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- AWS endpoint
-class LongQueueMoto(aws.MotoServer):
-    """moto with its SQS clock read cheaply (``python bench/_common.py moto``).
-
-    moto scans every message of a queue, in flight included, several times per message it
-    receives or sends (it even computes every queue attribute per message, to read one
-    setting), and each scan asks every message ``visible``/``delayed`` through a datetime
-    round trip of ~8 µs: a backlog of 900 makes moto hand out ~20 messages per second on
-    two cores. This child answers those two questions from ``time.time()`` (the same epoch
-    milliseconds) and reads the retention period directly, so the benchmark measures the
-    consumers, not moto. And it deletes under the queue's own lock: moto's delete rebuilds
-    the message list unlocked, so a message sent meanwhile was lost (9 of 900 in one run)
-    and one deleted meanwhile came back. DynamoDB's item writes run one at a time, as a
-    conditional update is atomic in DynamoDB (moto's threaded server checks and writes
-    without a lock, so two replicas could both win the same condition).
-    """
-
-    def command(self) -> list[str]:
-        return [sys.executable, str(pathlib.Path(__file__)), "moto", "-H", self.host, "-p", str(self.port)]
-
-
-def _serve_moto(argv: Sequence[str]) -> None:
-    from moto import server
-    from moto.dynamodb import models as dynamodb_models
-    from moto.sqs import models
-
-    def retained(self: Any, queue_name: str, message: Any) -> bool:
-        retention = float(self.get_queue(queue_name).message_retention_period)
-        return bool(retention + message.sent_timestamp / 1000 > time.time())
-
-    models.Message.visible = property(lambda self: time.time() * 1000.0 > self.visible_at)  # type: ignore[method-assign,assignment]
-    models.Message.delayed = property(lambda self: time.time() * 1000.0 < self.delayed_until)  # type: ignore[method-assign,assignment]
-    models.SQSBackend.is_message_valid_based_on_retention_period = retained  # type: ignore[method-assign]
-    unlocked_delete = models.Queue.delete_message
-
-    def delete_message(self: Any, receipt_handle: str) -> None:
-        with self._messages_lock:
-            unlocked_delete(self, receipt_handle)
-
-    models.Queue.delete_message = delete_message  # type: ignore[method-assign]
-    writes = threading.Lock()
-    backend = dynamodb_models.DynamoDBBackend
-    for name in ("put_item", "update_item", "delete_item", "get_item"):
-        unlocked = getattr(backend, name)
-
-        def locked(self: Any, *args: Any, _unlocked: Any = unlocked, **kwargs: Any) -> Any:
-            with writes:
-                return _unlocked(self, *args, **kwargs)
-
-        setattr(backend, name, locked)
-    server.main(list(argv))
-
-
 @contextlib.contextmanager
 def aws_endpoint(*, long_queues: bool = False) -> Iterator[aws.MotoServer]:
     """A moto server child process; the standard AWS variables point at it for the block.
 
-    ``long_queues``: a :class:`LongQueueMoto`, for benchmarks that keep long backlogs.
+    ``long_queues``: moto made to keep up with long backlogs (see :class:`aws.MotoServer`).
     """
     with (
-        LongQueueMoto() if long_queues else aws.MotoServer() as server,
+        aws.MotoServer(long_queues=long_queues) as server,
         aws.environment(server.environment()),
     ):
         for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_DYNAMODB"):
@@ -324,98 +270,6 @@ async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
     await runner.cleanup()
 
 
-# ------------------------------------------------------------------------ rate-limited webhook
-@dataclasses.dataclass(frozen=True)
-class WebhookStats:
-    """What a :class:`WebhookProcess` saw (times are ``time.monotonic()``, system-wide on Linux)."""
-
-    requests: int
-    throttled: int
-    """Answered 429 (the rate limit; the outage answers 503)."""
-    unique: int
-    first_request: float | None
-    first_accepted: dict[str, float]
-    """Event id (``Idempotency-Key``) → when it was first accepted (only with ``full``)."""
-    accepted: int
-
-
-class WebhookProcess(Child):
-    """A :class:`~fanout_lab.simulators.webhook.WebhookSimulator` in its own process.
-
-    The downstream must see requests when they arrive: in the consumers' event loop, a
-    stall of the loop would hand it a whole second of requests at once and its rate limit
-    would refuse a burst that never was on the wire. ``GET /_stats`` and
-    ``GET /_outage?on=1|0`` are its controls.
-    """
-
-    def __init__(self, *, rate: float, burst: int, latency: float) -> None:
-        command = [sys.executable, str(pathlib.Path(__file__)), "webhook"]
-        command += ["--rate", str(rate), "--burst", str(burst), "--latency", str(latency)]
-        super().__init__(command, log_name="webhook")
-        word, _, port = self.read_line().partition(" ")
-        if word != "ready":
-            raise RuntimeError(f"webhook simulator did not start; see {self.log_path}")
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stats(self, client: Any, *, full: bool = False) -> WebhookStats:
-        reply = await client.get(f"{self.url}/_stats", params={"full": "1" if full else "0"})
-        document = reply.json()
-        return WebhookStats(
-            requests=document["requests"],
-            throttled=document["throttled"],
-            unique=document["unique"],
-            first_request=document["first_request"],
-            first_accepted=document["first_accepted"],
-            accepted=document["accepted"],
-        )
-
-    async def set_outage(self, client: Any, on: bool) -> None:
-        await client.get(f"{self.url}/_outage", params={"on": "1" if on else "0"})
-
-
-async def _serve_webhook(rate: float, burst: int, latency: float) -> None:
-    from fanout_lab.simulators import webhook
-
-    class Observed(webhook.WebhookSimulator):
-        def __init__(self) -> None:
-            super().__init__(rate=rate, burst=burst, latency=latency, seed=3)
-            self.first: dict[str, float] = {}
-            self._seen = 0
-
-        def routes(self) -> list[web.RouteDef]:
-            return [
-                web.get("/_stats", self._answer_stats),
-                web.get("/_outage", self._switch_outage),
-                *super().routes(),
-            ]
-
-        async def _answer_stats(self, request: web.Request) -> web.Response:
-            for item in self.accepted[self._seen :]:
-                if item.event_id is not None:
-                    self.first.setdefault(item.event_id, item.received_at)
-            self._seen = len(self.accepted)
-            return web.json_response(
-                {
-                    "requests": self.requests_total,
-                    "throttled": self.status_counts[429],
-                    "unique": len(self.first),
-                    "accepted": len(self.accepted),
-                    "first_request": self.request_times[0] if self.request_times else None,
-                    "first_accepted": self.first if request.query.get("full") == "1" else {},
-                }
-            )
-
-        async def _switch_outage(self, request: web.Request) -> web.Response:
-            self.set_outage(request.query.get("on") == "1")
-            return web.json_response({"outage": self.outage})
-
-    async with Observed() as simulator:
-        print(f"ready {simulator.url.rsplit(':', 1)[1]}", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-
-
 # -------------------------------------------------------------------------------- output
 def ratio_line(label: str, value: float, *, target: str | None = None) -> str:
     suffix = f"   (target {target})" if target else ""
@@ -433,9 +287,6 @@ def mib(value: float) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Helper processes; without arguments (``make bench`` runs every ``bench/*.py``) nothing."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["moto"]:
-        _serve_moto(arguments[1:])
-        return
     if not arguments:
         print("bench/_common.py: shared helpers of the other benchmarks (nothing to measure)")
         return
@@ -445,15 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     receiver.add_argument("--port", type=int, required=True)
     receiver.add_argument("--hold", action="store_true")
     receiver.add_argument("--latency", type=float, default=0.0)
-    simulator = commands.add_parser("webhook")
-    simulator.add_argument("--rate", type=float, required=True)
-    simulator.add_argument("--burst", type=int, required=True)
-    simulator.add_argument("--latency", type=float, default=0.0)
     args = parser.parse_args(arguments)
     if args.command == "receiver":
         asyncio.run(_serve_receiver(args.port, args.hold, args.latency))
-    elif args.command == "webhook":
-        asyncio.run(_serve_webhook(args.rate, args.burst, args.latency))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,12 @@
-"""Issue 3's acceptance with real workers: three replicas share one CRM's limit and ride out an outage.
+"""Fleets of real workers sharing one downstream's limit.
+
+Issue 11's acceptance (:func:`test_a_fleet_with_default_settings_uses_the_grant_over_the_whole_busy_period`):
+three replicas with DEFAULT settings — the manifest names the queue, the webhook and its
+``rateLimit``, nothing else — use at least 90% of what a webhook that answers 429 above its
+limit grants over the whole busy period, tail included, with at most 1% of their requests
+throttled (bench/fleet*.py carries the 95% figure, on a machine of its own).
+
+Issue 3's acceptance, below: three replicas share one CRM's limit and ride out an outage.
 
 Three :class:`workers.running.Worker` replicas run in this process, each with its own ``crm``
 sink told ``replicas=3`` (so each takes a third of the fleet-wide ``rateLimit``), consuming
@@ -37,16 +45,19 @@ import dataclasses
 import pathlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiobotocore.session
 import httpx
 import prometheus_client
 import pytest
 from prometheus_client import parser
 
+from fanout_core import spec as spec_model
 from fanout_lab import harness
-from fanout_lab.simulators import crm
-from workers import fleet, running, throttling
+from fanout_lab.simulators import aws, crm, genesys, remote
+from workers import events, fleet, running, sinks, throttling
 from workers.sinks import crm as crm_sink
 
 REPLICAS = 3
@@ -70,7 +81,7 @@ class Scenario:
     length: int
     outage_seconds: float
     open_seconds: float
-    """``circuitOpenSeconds``: the first open period; it doubles after each failed probe."""
+    """``circuitOpenSeconds``: how long an open circuit waits before each probe."""
     recovery_timeout: float
 
 
@@ -305,7 +316,8 @@ def _check_outage(run: Run, scenario: Scenario) -> None:
     sim = run.sim
     assert all(state is not throttling.CircuitState.CLOSED for state in run.circuits_in_outage), run.summary()
     assert sim.outage_count >= REPLICAS, "every replica met the outage"
-    # at most one probe per replica per open period (the first one, then twice as long each)
+    # at most one probe per replica per open period (never shorter than open_seconds), plus the
+    # probes of periods that began before the measured part of the outage
     probe_ceiling = REPLICAS / scenario.open_seconds + REPLICAS / (scenario.outage_seconds - 1.0)
     assert run.probes_per_second <= probe_ceiling, run.summary()
     assert run.received_in_outage <= run.may_receive, run.summary()
@@ -332,7 +344,7 @@ async def test_three_replicas_share_the_limit_and_ride_out_an_outage(
     sqs: Any, dynamodb: Any, tmp_path: pathlib.Path
 ) -> None:
     scenario = Scenario(
-        fifo=False, conversations=40, length=10, outage_seconds=3.0, open_seconds=1.0, recovery_timeout=40.0
+        fifo=False, conversations=40, length=10, outage_seconds=3.0, open_seconds=2.0, recovery_timeout=40.0
     )
     run = await _run_fleet(sqs, dynamodb, tmp_path, scenario)
     print(run.summary())
@@ -368,3 +380,87 @@ async def test_a_fifo_fleet_keeps_each_conversation_in_order_through_an_outage(
     assert run.throttled_share <= 0.01, run.summary()
     _check_outage(run, scenario)
     _check_recovery(run, ordered=True)
+
+
+# --------------------------------------------------------------------------- issue 11
+DEFAULT_RATE = 30.0
+DEFAULT_BURST = 10
+DEFAULT_EVENTS = 360
+
+
+@pytest.fixture(scope="module")
+def long_queue_moto(moto_server: aws.MotoServer) -> Iterator[aws.MotoServer]:
+    """A moto that keeps up with a queue of hundreds of messages (the session's scans the whole
+    queue several times per message: 360 queued would make moto, not the fleet, set the pace)."""
+    with aws.MotoServer(long_queues=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def long_queue_sqs(long_queue_moto: aws.MotoServer) -> AsyncIterator[Any]:
+    """An SQS client on it; the workers the test starts meanwhile use it too (the environment)."""
+    with aws.environment({"AWS_ENDPOINT_URL": long_queue_moto.endpoint_url}):
+        async with aiobotocore.session.get_session().create_client("sqs") as client:
+            yield client
+
+
+async def test_a_fleet_with_default_settings_uses_the_grant_over_the_whole_busy_period(
+    long_queue_sqs: Any,
+) -> None:
+    """360 events already queued; three replicas told nothing but the queue, the webhook and its
+    rateLimit: goodput over the whole busy period (first request to last acceptance, tail
+    included) >= 0.90 of the grant, <= 1% of the requests throttled.
+
+    The webhook runs in its own process, so that a stall of this process (three workers
+    share it) does not hand the webhook's rate limit a burst that never was on the wire.
+    """
+    sqs = long_queue_sqs
+    source = await harness.make_queue(sqs, f"fleet-default-{uuid.uuid4().hex[:8]}")
+    generator = genesys.Generator(11)
+    conversations = DEFAULT_EVENTS // 8
+    flows = [generator.conversation(start_ms=1_741_964_966_000 + n, length=8) for n in range(conversations)]
+    queued = [flow[index] for index in range(8) for flow in flows]
+    bodies = [generator.body(event, events.EnvelopeKind.EVENTBRIDGE) for event in queued]
+    await harness.send_bodies(sqs, source, bodies, max_backlog=DEFAULT_EVENTS + 1)
+    with remote.WebhookProcess(rate=DEFAULT_RATE, burst=DEFAULT_BURST, latency=0.01) as sim:
+        consumer = spec_model.parse_manifest(
+            harness.wrap_spec(
+                "fleet-default",
+                {
+                    "queue": {"url": source},
+                    "sink": {
+                        "type": "webhook",
+                        "url": sim.url + "/events",
+                        "rateLimit": {"requestsPerSecond": DEFAULT_RATE, "burst": DEFAULT_BURST},
+                    },
+                },
+            )
+        )
+        told = fleet.FixedReplicas(REPLICAS)
+        fleet_sinks = [sinks.build_sink(consumer.spec.sink, replicas=told) for _ in range(REPLICAS)]
+        stop = asyncio.Event()
+        workers = [running.Worker(consumer, sink=sink, http_port=None) for sink in fleet_sinks]
+        tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
+        async with httpx.AsyncClient(timeout=10) as control:
+
+            async def all_done() -> bool:
+                return (await sim.stats(control)).unique >= DEFAULT_EVENTS
+
+            try:
+                finished = await harness.wait_until(all_done, timeout=60, interval=0.1)
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+                for sink in fleet_sinks:
+                    await sink.aclose()
+            stats = await sim.stats(control, full=True)
+    goodput = stats.unique / (DEFAULT_RATE * stats.busy_seconds)
+    throttled = stats.throttled / stats.requests
+    summary = (
+        f"goodput {goodput:.3f} over {stats.busy_seconds:.1f} s,"
+        f" {throttled:.1%} of {stats.requests} requests throttled"
+    )
+    print(summary)
+    assert finished, summary
+    assert goodput >= SUITE_MIN_GOODPUT, summary
+    assert throttled <= 0.01, summary

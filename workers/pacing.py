@@ -74,7 +74,7 @@ import math
 
 BURST_HEADROOM = 0.5
 """Share of the fleet's burst the replicas' buckets hold together."""
-CATCH_UP_SECONDS = 0.1
+CATCH_UP_SECONDS = 0.5
 """A replica's bucket holds at least this long of its pace (plus the token it sends)."""
 PROBE_SHARE = 0.01
 """Requests a full fleet spends on probes that find nothing, at most about (the default)."""

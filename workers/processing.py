@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -230,7 +231,7 @@ class Processor:
             self._holds[record] = _IN_PROGRESS_RETRY_SECONDS + self._redelivery_grace
             return ordering.Result.FAILED
 
-        outcome = await self._sink.deliver(event)
+        outcome = await self._deliver_riding_out_short_throttles(event)
         if isinstance(outcome, events.Delivered):
             await self._complete(event)
             self._telemetry.delivered(record.message, event, self._clock() - started)
@@ -245,6 +246,22 @@ class Processor:
             return self._retry(record, outcome.delay_seconds, reason_class, outcome.reason)
         await self._dead_letter(record, telemetry.ReasonClass.PERMANENT, outcome.reason)
         return ordering.Result.DEAD
+
+    async def _deliver_riding_out_short_throttles(self, event: events.Event) -> events.Outcome:
+        """Deliver; a throttle asking for a second or two is waited out here (its lane, its
+        claim and its message kept), unless the sink stopped taking work meanwhile."""
+        outcome = await self._sink.deliver(event)
+        for tries in itertools.count(1):
+            if not isinstance(outcome, events.Retry):
+                return outcome
+            wait = retrying.wait_in_place(outcome.throttled, outcome.delay_seconds, tries)
+            if wait is None:
+                return outcome
+            await asyncio.sleep(wait)
+            if not (self._accepting and self._sink.accepting):
+                return outcome
+            outcome = await self._sink.deliver(event)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- settling decisions ----------------------------------------------------------------
 

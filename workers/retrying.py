@@ -9,6 +9,12 @@ retry costs nothing while it waits: SQS holds it.
 The attempt number is SQS's ``ApproximateReceiveCount`` — the count survives worker
 restarts and replicas, which an in-process counter would not.
 
+One retry never goes through SQS: a throttle that asks for a second or two
+(:func:`wait_in_place`) is waited out where the event is, in its lane. Through SQS it
+would come back after its delay plus a receive, most likely to another replica, while
+the later events of its conversation wait here for it (bench/fleet.py: the last
+throttled events of a backlog stretched its tail by seconds).
+
 Jitter is "equal jitter": the delay is drawn from ``[step/2, step]`` where ``step`` is
 the capped exponential ``base * 2**(attempt-1)``. Full jitter (``[0, step]``) spreads
 retries a little wider but may draw a delay near zero, and a near-zero visibility means
@@ -30,6 +36,18 @@ from fanout_core import spec
 SQS_MAX_VISIBILITY_SECONDS = float(spec.SQS_MAX_VISIBILITY_SECONDS)
 
 _DELTA_SECONDS = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,9})?$")
+IN_PLACE_SECONDS = 2.0
+"""The longest Retry-After a throttled event waits out in place."""
+IN_PLACE_TRIES = 3
+"""How many throttles in a row one event waits out in place before it goes back to SQS."""
+
+
+def wait_in_place(throttled: bool, delay: float | None, tries: int) -> float | None:
+    """Seconds to wait before sending an event again right here after its ``tries``-th
+    throttle in a row, or None: retry through SQS as usual."""
+    if not throttled or delay is None or not 0 < delay <= IN_PLACE_SECONDS or tries > IN_PLACE_TRIES:
+        return None
+    return delay
 
 
 def backoff_ceiling(receive_count: int, policy: spec.RetrySpec) -> float:
