@@ -14,6 +14,7 @@ import asyncio
 import json
 from typing import Any
 
+import prometheus_client
 import pytest
 
 from fanout_lab import harness
@@ -133,6 +134,36 @@ async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_convers
             await asyncio.wait_for(task, timeout=30)
         assert sim.accepted == []
         assert sim.signature_failures == len(feeding.events)
+
+
+async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs: Any) -> None:
+    """A webhook granting one request per second answers the others 429 with Retry-After: 1.
+    Each throttled event waits that second where it is and goes again: all three are
+    delivered with no retry scheduled through SQS (none received twice)."""
+    source = await harness.make_queue(sqs, "e2e-in-place")
+    async with webhook.WebhookSimulator(rate=1.0, burst=1) as sim:
+        document = harness.manifest(queue_url=source, sink_url=sim.url)
+        consumer = harness.consumer(document)
+        worker = running.Worker(consumer)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            traffic = await harness.feed(
+                sqs, source, conversations=3, length=1, duplicate_ratio=0, poison_ratio=0
+            )
+
+            async def delivered() -> bool:
+                return traffic.correlation_ids <= set(harness.accepted_correlation_ids(sim.accepted))
+
+            assert await harness.wait_until(delivered, timeout=30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+    assert sim.status_counts[429] >= 2
+    retried = prometheus_client.REGISTRY.get_sample_value(
+        "fanout_retries_total", {"queue": consumer.spec.queue.name, "reason_class": "throttled"}
+    )
+    assert not retried, f"{retried} throttled events went back to SQS"
 
 
 async def test_probes_and_metrics_are_served(sqs: Any) -> None:
