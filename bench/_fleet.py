@@ -600,6 +600,8 @@ def main(group: str) -> None:
         f"fleet: webhook grants R={RATE:g} req/s burst B={BURST} (429 above), {LATENCY_SECONDS * 1000:.0f} ms"
         f" latency; N={args.events} events queued; replicas are processes with DEFAULT settings"
     )
+    # SIGTERM ends the run like ^C: the replicas, the webhook and moto are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with _common.aws_endpoint(long_queues=True):
         asyncio.run(run(args))
     print(f" (run took {time.monotonic() - started:.0f} s)")

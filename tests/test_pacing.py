@@ -115,11 +115,12 @@ def test_fewer_replicas_raise_the_pace_at_once_more_lower_it() -> None:
     assert pace.rate(2.0) == pytest.approx(5.0)
 
 
-def test_the_bucket_is_half_its_share_of_the_burst_or_a_tenth_of_a_second_within_its_share() -> None:
-    assert _pace(1, burst=10).bucket(0.0) == pytest.approx(5.0)
-    assert _pace(3, burst=10).bucket(0.0) == pytest.approx(2.0)  # 1 + 10/s x 0.1 s
-    assert _pace(10, burst=10).bucket(0.0) == pytest.approx(1.0)  # its share of the burst
+def test_the_bucket_is_its_share_of_the_burst_at_most_half_a_second_of_its_pace() -> None:
+    assert _pace(1, burst=10).bucket(0.0) == pytest.approx(10.0)
+    assert _pace(3, burst=10).bucket(0.0) == pytest.approx(10.0 / 3)
+    assert _pace(10, burst=10).bucket(0.0) == pytest.approx(1.0)
     assert _pace(1, burst=1).bucket(0.0) == pytest.approx(1.0)
+    assert _pace(1, burst=60).bucket(0.0) == pytest.approx(1.0 + RATE * pacing.CATCH_UP_SECONDS)
 
 
 def test_an_outage_freezes_the_pace() -> None:

@@ -254,6 +254,26 @@ def test_an_isolated_short_throttle_skips_a_beat_and_a_second_one_pauses_the_sin
     assert fresh.accepting_in(0.01) == pytest.approx(30.0)
 
 
+def test_throttles_of_one_burst_are_one_event() -> None:
+    """A replica catching up after a stall sends a few requests at once; their 429s arrive
+    together and describe the same moment: one dip, no pause."""
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
+    permits = []
+    while isinstance(permit := limiter.try_acquire(1.0), throttling.Permit):
+        permits.append(permit)
+    assert len(permits) >= 5
+    before = limiter.effective_rate(1.0)
+    assert before is not None
+    limiter.release(permits[0], throttling.Result.THROTTLED, 1.01, retry_after=1.0)
+    once = limiter.effective_rate(1.01)
+    for permit in permits[1:]:
+        limiter.release(permit, throttling.Result.THROTTLED, 1.01, retry_after=1.0)
+    assert not limiter.paused(1.01)
+    assert limiter.effective_rate(1.01) == pytest.approx(once)
+    assert once is not None and once < before
+    assert limiter.concurrency_limit == throttling.LimiterSettings().max_concurrency
+
+
 def test_replicas_that_met_an_outage_together_do_not_probe_together() -> None:
     """An open period lasts up to half as long again, at random (never shorter)."""
     limits = throttling.LimiterSettings(failure_threshold=1, open_seconds=2, max_open_seconds=2)

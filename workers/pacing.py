@@ -16,6 +16,11 @@ The rules, and why:
   noisy measure). Replicas that together send twice the grant see half their requests
   refused and halve at once, instead of shaving a few percent per round trip while the
   downstream keeps refusing.
+* **One reaction per round trip.** Requests sent before the pace reacted to a throttle
+  describe the old pace: their throttles are counted (:meth:`Pace.echoed`) but change
+  nothing more, as TCP halves its window once per round trip, not per lost packet (a
+  replica catching up after a stall sends a few requests at once, and their 429s arrive
+  together).
 * **An isolated throttle is phase, not excess.** When the configured rate equals the
   downstream's real limit, our token bucket and the downstream's drift against each other
   and an occasional 429 is unavoidable (a late wake-up, two requests crossing on the
@@ -55,14 +60,14 @@ The rules, and why:
   every ``slow_start_seconds`` of wanting more, until the first throttle or the full rate: a
   fleet whose replicas each think they are alone learns the truth from a few throttles,
   not from a flood, and a replica that is alone reaches the rate within a couple of seconds.
-* **The burst is half the fleet's, shared, and starts unspent.** Each replica may save up
-  ``burst`` x its part of the rate x ``BURST_HEADROOM`` (or ``CATCH_UP_SECONDS`` of its
-  pace, if more — a late wake-up is made up, not lost — but never more than its part of
-  the burst, or one token), and starts with one token: the
-  fleet never spends the downstream's whole burst at once, so its bucket keeps the slack
-  that absorbs two buckets drifting in phase. (Starting full with the whole burst split
-  among the replicas left the downstream one token of slack: one replica alone at the
-  configured rate was throttled every few seconds.)
+* **The burst is shared, and starts unspent.** Each replica may save up its part of the
+  fleet's burst (its share of the rate; one token at least), but no more than
+  ``CATCH_UP_SECONDS`` of its pace: a stall (a loaded node, CPU throttling) is made up,
+  not lost, and the fleet's buckets together never hold more than the downstream's. Each
+  starts with one token, so the fleet never spends the downstream's initial burst: its
+  bucket keeps the slack that absorbs two buckets drifting in phase. (Starting full, the
+  whole burst split among the replicas, left it one token of slack: one replica alone at
+  the configured rate was throttled every few seconds.)
 * **An outage is not a throttle.** While the circuit is open the pace is frozen; when it
   closes, the pace is what it was before the outage began.
 """
@@ -72,10 +77,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-BURST_HEADROOM = 0.5
-"""Share of the fleet's burst the replicas' buckets hold together."""
 CATCH_UP_SECONDS = 0.5
-"""A replica's bucket holds at least this long of its pace (plus the token it sends)."""
+"""A replica's bucket holds at most this long of its pace (plus the token it sends)."""
 PROBE_SHARE = 0.01
 """Requests a full fleet spends on probes that find nothing, at most about (the default)."""
 PROBE_COST = 4.0
@@ -198,11 +201,11 @@ class Pace:
         return self._rate
 
     def bucket(self, now: float) -> float:
-        """Tokens this replica may save up: at least one, never more than its share of the
-        burst (or one), so that the fleet's buckets together never hold more than the burst."""
+        """Tokens this replica may save up: its share of the burst (at least one), at most
+        ``CATCH_UP_SECONDS`` of its pace more than one."""
         rate = self.rate(now)
         share = self._settings.burst * rate / self._settings.rate
-        return min(max(1.0, share), max(1.0 + rate * CATCH_UP_SECONDS, share * BURST_HEADROOM))
+        return min(max(1.0, share), 1.0 + rate * CATCH_UP_SECONDS)
 
     # -- what happened -----------------------------------------------------------------
 
@@ -214,6 +217,11 @@ class Pace:
     def accepted(self, now: float) -> None:
         """A request went through (counted towards the throttled share)."""
         self._count(now, refused=False)
+
+    def echoed(self, now: float) -> None:
+        """A throttle answering a request sent before the pace last reacted: the same news
+        again (a burst meets an empty bucket all at once). Counted, not reacted to."""
+        self._count(now, refused=True)
 
     def throttled(self, now: float) -> bool:
         """The downstream refused a request for its rate; True when that was excess (dense)."""

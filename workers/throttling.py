@@ -180,6 +180,8 @@ class Limiter:
         self._serial = 0
         self._paused_until = -math.inf
         self._decreased_after = 0
+        self._reacted_after = 0
+        """Serial of the last permit granted before the pace last reacted to a throttle."""
         """Serial of the last permit granted before the last decrease."""
         self._circuit = CircuitState.CLOSED
         self._failures = 0
@@ -370,6 +372,10 @@ class Limiter:
     def _throttled(self, permit: Permit, now: float) -> bool:
         """The downstream refused for its rate or load; True when that was excess."""
         self._refill(now)
+        if self._pace is not None and permit.serial <= self._reacted_after:
+            self._pace.echoed(now)  # sent before the pace reacted: the same news again
+            return False
+        self._reacted_after = self._serial
         excess = self._pace.throttled(now) if self._pace is not None else True
         # One decrease per window: answers to requests sent before the last decrease
         # describe the old limit and must not shrink it again.
