@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers import pacing, throttling
+from workers import throttling
 
 EPS = 1e-6
 RESULTS = list(throttling.Result)
@@ -28,7 +28,8 @@ class Trace:
     pauses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     """(number of grants before it, until) of each Retry-After the whole sink owes."""
     skips: list[tuple[int, float]] = dataclasses.field(default_factory=list)
-    """(number of grants before it, when) of each isolated short throttle (a skipped beat)."""
+    """(number of grants before it, when) of each short throttle: the limiter may skip a beat
+    instead of pausing (when it is not excess), never less."""
     states: list[tuple[float, throttling.CircuitState, int, int]] = dataclasses.field(default_factory=list)
     """(now, circuit, concurrency limit, in flight) after every step."""
     rate_changes: list[tuple[float, float]] = dataclasses.field(default_factory=list)
@@ -64,7 +65,6 @@ def run(
     limiter = throttling.Limiter(limits, now)
     trace = Trace()
     outstanding: list[throttling.Permit] = []
-    last_throttle = -math.inf
     for index, (dt, asks, answers, result, retry_after) in enumerate(steps):
         now += dt
         if rate_schedule and index in rate_schedule:
@@ -86,12 +86,10 @@ def run(
                 and result in (throttling.Result.THROTTLED, throttling.Result.OVERLOADED)
                 and limiter.circuit(now) is throttling.CircuitState.CLOSED
             )
-            isolated = throttle and now - last_throttle >= pacing.PaceSettings(rate=1.0).dense_window
-            last_throttle = now if throttle else last_throttle
             limiter.release(permit, result, now, retry_after=retry_after)
             trace.results[permit.serial] = result
             if retry_after is not None and retry_after > 0:
-                if isolated and retry_after <= throttling.SHORT_RETRY_AFTER:
+                if throttle and retry_after <= throttling.SHORT_RETRY_AFTER:
                     trace.skips.append((len(trace.grants), now))
                 else:
                     trace.pauses.append((len(trace.grants), now + retry_after))
@@ -129,7 +127,7 @@ def test_never_exceeds_the_bucket_over_any_window(
 
 @settings(max_examples=200)
 @given(limits=any_limiter_settings, steps=st.lists(step, max_size=120))
-def test_honours_retry_after_except_a_short_isolated_throttle_which_skips_a_beat(
+def test_honours_retry_after_and_a_short_throttle_at_least_skips_a_beat(
     limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
 ) -> None:
     trace = run(limits, steps)
@@ -233,8 +231,8 @@ def test_probe_success_closes_and_probe_failure_backs_off() -> None:
 
 def test_an_isolated_short_throttle_skips_a_beat_and_a_second_one_pauses_the_sink() -> None:
     """At the configured rate an occasional 429 (Retry-After: 1) is the two buckets drifting
-    in phase: one interval of silence, not a whole second of it; throttles in a row are
-    excess and get the whole Retry-After."""
+    in phase: one interval of silence, not a whole second of it; throttles that are a real
+    share of what was sent are excess and get the whole Retry-After."""
     limiter = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
     permit = limiter.try_acquire(0.0)
     assert isinstance(permit, throttling.Permit)
@@ -252,6 +250,23 @@ def test_an_isolated_short_throttle_skips_a_beat_and_a_second_one_pauses_the_sin
     assert isinstance(permit, throttling.Permit)
     fresh.release(permit, throttling.Result.THROTTLED, 0.01, retry_after=30.0)
     assert fresh.accepting_in(0.01) == pytest.approx(30.0)
+
+
+def test_throttles_that_are_a_sliver_of_what_was_sent_never_pause_the_sink() -> None:
+    """Phase drift on a loaded machine: a throttle every second or so among thirty accepted
+    requests a second is not excess (pausing a second for each cost a third of the grant)."""
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
+    now = 0.0
+    for second in range(6):
+        for _ in range(30):
+            now += 1 / 30
+            decision = limiter.try_acquire(now)
+            if isinstance(decision, throttling.Permit):
+                limiter.release(decision, throttling.Result.OK, now + 0.01)
+        permit = limiter.try_acquire(now + 0.02)
+        if isinstance(permit, throttling.Permit):
+            limiter.release(permit, throttling.Result.THROTTLED, now + 0.03, retry_after=1.0)
+            assert not limiter.paused(now + 0.03), f"paused after the throttle of second {second}"
 
 
 def test_throttles_of_one_burst_are_one_event() -> None:

@@ -166,6 +166,33 @@ async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs
     assert not retried, f"{retried} throttled events went back to SQS"
 
 
+async def test_a_receive_under_way_at_shutdown_strands_nothing(sqs: Any) -> None:
+    """SIGTERM in the middle of a backlog, receives going on all the time (the budget holds a
+    second of a 20/s grant): what a receive under way brings goes back to the queue at once,
+    instead of staying invisible for the visibility timeout."""
+    source = await harness.make_queue(sqs, "e2e-drain-receive", visibility=30)
+    async with webhook.WebhookSimulator(rate=20.0, burst=5) as sim:
+        document = harness.manifest(
+            queue_url=source,
+            sink_url=sim.url,
+            queue={"visibilityTimeoutSeconds": 30, "maxMessages": 1, "pollers": 8},
+            sink={"rateLimit": {"requestsPerSecond": 20, "burst": 5}},
+        )
+        worker = running.Worker(harness.consumer(document))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        traffic = await harness.feed(
+            sqs, source, conversations=60, length=1, duplicate_ratio=0, poison_ratio=0, max_backlog=200
+        )
+        await harness.wait_until(lambda: len(sim.accepted) >= 20, timeout=20, interval=0.02)
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+        delivered = len(set(harness.accepted_correlation_ids(sim.accepted)))
+    visible, in_flight = await harness.queue_counts(sqs, source)
+    assert in_flight == 0, f"{in_flight} messages stranded until their visibility timeout"
+    assert visible + delivered == len(traffic.events)
+
+
 async def test_probes_and_metrics_are_served(sqs: Any) -> None:
     import httpx
 

@@ -26,8 +26,11 @@ The rules, and why:
   and an occasional 429 is unavoidable (a late wake-up, two requests crossing on the
   wire): ``f`` is then a few percent, the pace dips by as much and is back within
   ``return_seconds``, and the limiter skips a beat instead of stopping the sink (see
-  ``throttling``). A second throttle within ``dense_window`` seconds is *excess*: the
-  limiter then honours the whole Retry-After.
+  ``throttling``). Throttles are *excess* when they are a real share of what was sent
+  (``f`` at least ``excess_share``, and more than one): the limiter then honours the whole
+  Retry-After. Telling them apart by time alone (a second throttle within three seconds)
+  paused one replica at the configured rate for a whole second every few seconds on a
+  loaded machine, where phase drift is frequent.
 * **Back quickly, beyond slowly, and only when wanted** (the shape of TCP CUBIC's window).
   After a throttle the pace climbs back towards the rate where it was throttled (its
   *peak*), fast at first and flattening as it gets there, within ``return_seconds``;
@@ -98,8 +101,8 @@ class PaceSettings:
     """Fleet-wide burst."""
     memory_seconds: float = 2.0
     """Time constant of the accepted/throttled counts."""
-    dense_window: float = 3.0
-    """Seconds after a throttle in which the next one counts as excess."""
+    excess_share: float = 0.1
+    """Share of recent requests refused from which throttles are excess, not phase."""
     dip: float = 0.95
     """A little lower still right after a throttle, so the downstream's bucket refills a little."""
     return_seconds: float = 2.0
@@ -131,7 +134,7 @@ class PaceSettings:
             raise ValueError("rate must be > 0 and burst >= 1")
         if not 0 < self.dip <= 1 or not 0 < self.floor_share <= 1 or not 0 < self.probe_repay <= 1:
             raise ValueError("dip, probe_repay and floor_share must be in (0, 1]")
-        seconds = (self.memory_seconds, self.dense_window, self.return_seconds, self.growth_seconds)
+        seconds = (self.memory_seconds, self.return_seconds, self.growth_seconds)
         if min(*seconds, self.probe_doubling_seconds, self.slow_start_seconds) <= 0:
             raise ValueError("time constants must be > 0")
         if not 0 < self.probe_share <= 1 or self.probe_max_seconds < self.probe_min_seconds:
@@ -161,7 +164,6 @@ class Pace:
         """Where the pace returns to after a throttle (the rate it was throttled at)."""
         self._low = self._rate
         """The pace right after the last throttle."""
-        self._event_at = -math.inf
         self._moved_at = now
         self._frozen_at: float | None = None
         self._accepted = 0.0
@@ -170,6 +172,8 @@ class Pace:
         self._wanted_at = -math.inf
         self._wanting = 0.0
         """Seconds spent wanting more than the pace since the last throttle (the growth clock)."""
+        self._rate_bound = 0.0
+        """Seconds spent wanting more than the pace, ever."""
         self._probe_every = self._first_probe()
         self._probe: _Probe | None = None
 
@@ -189,6 +193,12 @@ class Pace:
     @property
     def probing(self) -> bool:
         return self._probe is not None
+
+    def rate_bound_seconds(self, now: float) -> float:
+        """Seconds in which requests waited for the pace, since the start (what held it back
+        was the downstream's grant, not the traffic)."""
+        self._advance(now)
+        return self._rate_bound
 
     @property
     def probe_every(self) -> float:
@@ -228,10 +238,10 @@ class Pace:
         self._advance(now)
         self._count(now, refused=True)
         settings = self._settings
-        dense = now - self._event_at < settings.dense_window
+        counted = self._accepted + self._refused
+        dense = self._refused > 1.0 and self._refused >= settings.excess_share * counted
         probe, self._probe = self._probe, None
         self._slow_start = False
-        self._event_at = now
         self._wanting = 0.0
         if probe is not None and not probe.proven:
             # The fleet was full: back to where the probe began, a little below for a moment
@@ -282,7 +292,6 @@ class Pace:
     def thaw(self, now: float) -> None:
         """The circuit closed: carry on from where the pace was when the outage began."""
         if self._frozen_at is not None:
-            self._event_at += now - self._frozen_at
             self._moved_at = now
             self._wanted_at = now
             self._counted_at = now
@@ -320,6 +329,7 @@ class Pace:
         idle = now - self._wanted_at > settings.forget_seconds
         self._moved_at = now
         self._wanting += elapsed
+        self._rate_bound += elapsed
         if self._slow_start:
             start = self.slice * settings.slow_start_share
             self._rate = min(self.slice, start * 1.5 ** (self._wanting / settings.slow_start_seconds))

@@ -21,6 +21,13 @@ Received messages are tracked by the settler (which heartbeats them and frees th
 budget when they are settled) and handed to the processor. An empty receive costs
 the long poll only. Receive errors never end the loop: they mark the worker unready
 and back off.
+
+On shutdown (:meth:`Poller.stop`) a receive under way is let finish, for up to
+``STOP_WAIT_SECONDS``, and what it brings goes straight back to the queue: cancelled, it
+would still have taken its messages out of the queue for a whole visibility timeout
+(60 s by default), unseen — the tail of a backlog waited for them after every SIGTERM
+in ``bench/fleet_changes.py``. A receive still under way after that is a long poll on an
+empty queue, and is cancelled.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ HORIZON_SECONDS = 1.0
 this long for their turn (plus the SQS round trip)."""
 _RECHECK_SECONDS = 0.1
 """While full, how often a poller looks whether the target grew (the sink sped up)."""
+STOP_WAIT_SECONDS = 2.0
+"""On shutdown, how long a receive under way may still take (SQS answers at once when it
+has messages; one that takes longer was waiting on an empty queue)."""
 
 
 def budget_target(capacity: float | None, held_back: int, *, ceiling: int) -> int:
@@ -123,13 +133,22 @@ class Poller:
         self._submit = submit
         self._telemetry = telemetry
         self._on_health = on_health
+        self._stopping = False
+        self._receiving = False
+
+    def stop(self) -> bool:
+        """Receive no more; True when a receive is under way (the caller waits for it, and what
+        it brings goes back to the queue at once)."""
+        self._stopping = True
+        return self._receiving
 
     async def run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             await self._sink.wait_accepting()
             granted = await self._budget.reserve(self._queue.max_messages)
             try:
+                self._receiving = True
                 messages = await self._receive(granted)
             except sqs.SqsError as error:
                 self._budget.release(granted)
@@ -142,11 +161,17 @@ class Poller:
             except BaseException:
                 self._budget.release(granted)
                 raise
+            finally:
+                self._receiving = False
             failures = 0
             self._on_health(True)
             self._budget.release(granted - len(messages))
-            for message in messages:
-                self._submit(self._settler.track(message))
+            records = [self._settler.track(message) for message in messages]
+            if self._stopping:
+                self._settler.give_back(records)
+                return
+            for record in records:
+                self._submit(record)
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         with self._telemetry.receive_span() as span:

@@ -126,22 +126,21 @@ class Worker:
             settler.start()
             dispatcher = asyncio.create_task(self._supervise("dispatcher", processor.run))
             pollers = [
-                asyncio.create_task(
-                    self._supervise(
-                        f"poller-{index}",
-                        polling.Poller(
-                            client=client,
-                            queue=queue,
-                            budget=budget,
-                            sink=sink,
-                            settler=settler,
-                            submit=processor.submit,
-                            telemetry=self.telemetry,
-                            on_health=self._set_receiving,
-                        ).run,
-                    )
+                polling.Poller(
+                    client=client,
+                    queue=queue,
+                    budget=budget,
+                    sink=sink,
+                    settler=settler,
+                    submit=processor.submit,
+                    telemetry=self.telemetry,
+                    on_health=self._set_receiving,
                 )
-                for index in range(queue.pollers)
+                for _ in range(queue.pollers)
+            ]
+            polling_tasks = [
+                asyncio.create_task(self._supervise(f"poller-{index}", poller.run))
+                for index, poller in enumerate(pollers)
             ]
             await stack.enter_async_context(self._probes())
             self._started.set()
@@ -151,7 +150,7 @@ class Worker:
             self._stopping = True
             self.telemetry.set_ready(False)
             log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
-            await _cancel(*pollers)
+            await _stop_polling(pollers, polling_tasks)
             await processor.drain(self.spec.shutdown.grace_period_seconds)
             await _cancel(dispatcher)
             await settler.aclose()
@@ -223,6 +222,15 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
 
 def _queue_url(url: str | None) -> events.QueueUrl | None:
     return None if url is None else events.QueueUrl(url)
+
+
+async def _stop_polling(pollers: list[polling.Poller], tasks: list[asyncio.Task[None]]) -> None:
+    """Receive no more: let a receive under way finish (briefly), cancel the rest."""
+    receiving = [task for poller, task in zip(pollers, tasks, strict=True) if poller.stop()]
+    await _cancel(*(task for task in tasks if task not in receiving))
+    if receiving:
+        _, late = await asyncio.wait(receiving, timeout=polling.STOP_WAIT_SECONDS)
+        await _cancel(*late)
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:

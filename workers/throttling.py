@@ -211,6 +211,10 @@ class Limiter:
     def pace(self) -> pacing.Pace | None:
         return self._pace
 
+    def rate_bound_seconds(self, now: float) -> float:
+        """Seconds in which requests waited for the rate (0 without a rate limit)."""
+        return self._pace.rate_bound_seconds(now) if self._pace is not None else 0.0
+
     def effective_rate(self, now: float) -> float | None:
         self._refill(now)
         return self._effective_rate(now)
@@ -504,6 +508,9 @@ class AsyncLimiter:
     def capacity(self) -> float | None:
         """Permits per second this limiter can grant now (see :meth:`Limiter.capacity`)."""
         return self._core.capacity(self._clock())
+
+    def rate_bound_seconds(self) -> float:
+        return self._core.rate_bound_seconds(self._clock())
 
     def set_scale(self, scale: float) -> None:
         self._core.set_scale(scale, self._clock())

@@ -42,7 +42,8 @@ import prometheus_client
 from fanout_core import spec as spec_model
 from fanout_lab.demo import consumers, referee, traffic
 from fanout_lab.simulators import aws, crm, downstream, hec, webhook
-from workers import fleet, running, sinks
+from workers import fleet, running, sinks, throttling
+from workers.sinks import exchange
 from workers.telemetry import logs
 
 TOPIC = "genesys-interactions"
@@ -76,6 +77,8 @@ class ConsumerState:
     dead: int = 0
     samples: list[referee.Sample] = dataclasses.field(default_factory=list)
     delivered: set[str] = dataclasses.field(default_factory=set)
+    limiters: list[throttling.AsyncLimiter] = dataclasses.field(default_factory=list)
+    """Its replicas' sink limiters (to tell when the downstream's grant held it back)."""
     _seen: int = 0
     _metric_base: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -89,6 +92,13 @@ class ConsumerState:
     @property
     def requests_ok(self) -> int:
         return sum(count for status, count in self.simulator.status_counts.items() if 200 <= status < 300)
+
+    @property
+    def rate_bound_seconds(self) -> float:
+        """Seconds its replicas' requests waited for their rate, per replica (so far)."""
+        if not self.limiters:
+            return 0.0
+        return sum(limiter.rate_bound_seconds() for limiter in self.limiters) / len(self.limiters)
 
     @property
     def refused(self) -> int:
@@ -275,7 +285,12 @@ class _Run:
             state.dead = sum(await aws.queue_counts(self.sqs, state.dead_letter_url))
             state.catch_up()
             state.samples.append(
-                referee.Sample(time.monotonic(), state.visible + state.in_flight, state.requests_ok)
+                referee.Sample(
+                    time.monotonic(),
+                    state.visible + state.in_flight,
+                    state.requests_ok,
+                    rate_bound_seconds=state.rate_bound_seconds,
+                )
             )
 
     def snapshot(self) -> Snapshot:
@@ -433,6 +448,8 @@ async def _run_workers(
         state.remember_metric_base()
         for _ in range(plan.replicas):
             sink = sinks.build_sink(consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas))
+            if isinstance(sink, exchange.ExchangeSink):
+                state.limiters.append(sink.limiter)
             stack.push_async_callback(sink.aclose)
             worker = running.Worker(consumer, sink=sink)
             tasks.append(asyncio.create_task(worker.run(stop)))
