@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml lab/pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml lab/pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 # promtool (rule unit tests, exposition check): unpacked from Debian's package by .ci/get-promtool
 PROMTOOL := .tools/bin/promtool
@@ -14,7 +14,7 @@ HELM := .tools/bin/helm
 # Python 3.12/3.13 found on the machine by .ci/get-localstack; without one the LocalStack tests skip
 LOCALSTACK := .tools/localstack/.installed-$(shell cksum < .ci/localstack-requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit soak bench clean install
+.PHONY: demo test lint typecheck unit soak bench clean install lock
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -22,13 +22,21 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Two distributions, both editable: production (with its dev tools), then the lab (stand-ins,
-# demo, test helpers; lab/pyproject.toml), which depends on the first.
-$(STAMP): $(BIN)/python pyproject.toml lab/pyproject.toml
-	$(BIN)/python -m pip install --quiet --editable '.[dev]'
-	$(BIN)/python -m pip install --quiet --editable ./lab
+# demo, test helpers; lab/pyproject.toml), which depends on the first. Every third-party
+# package is pinned by constraints.txt: pip installs a known set instead of searching for one.
+$(STAMP): $(BIN)/python pyproject.toml lab/pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]' --editable ./lab
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+## lock: re-pin constraints.txt to what a fresh resolve of both distributions picks today
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet --editable '.[dev]' --editable ./lab
+	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i '^fanout'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 $(PROMTOOL):
 	.ci/get-promtool

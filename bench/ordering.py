@@ -313,7 +313,7 @@ async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResul
             settler.changed.clear()
             await settler.changed.wait()
         for message in batch:
-            processor.submit(settler.track(message))
+            processor.submit([settler.track(message)])
         await asyncio.sleep(0)  # a receive is an await
     deadline = time.monotonic() + 120
     while settler.in_hand > 0:

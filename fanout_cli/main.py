@@ -1,4 +1,4 @@
-"""The ``fanout`` command line: ``fanout validate`` built in, ``fanout demo`` where the lab is.
+"""The ``fanout`` command line: ``validate`` and ``dlq`` built in, ``demo`` where the lab is.
 
 ``main`` discovers the commands this installation has (``commands.discover``), lists only
 those in ``--help``, and dispatches. A command this installation lacks (``fanout demo`` in the
@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 
-from fanout_cli import commands, validate
+from fanout_cli import commands, dlq, validate
 
 EXIT_USAGE = 2
 
-BUILT_IN: Mapping[str, commands.Command] = {"validate": validate.COMMAND}
+BUILT_IN: Mapping[str, commands.Command] = {"dlq": dlq.COMMAND, "validate": validate.COMMAND}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,6 +191,11 @@ class SinkSpec(SpecModel):
     headers: dict[str, str] = pydantic.Field(
         default_factory=dict, description="Extra non-secret request headers."
     )
+    secret_headers: dict[str, SecretRef] = pydantic.Field(
+        default_factory=dict,
+        description="Webhook: request headers whose values come from secrets (e.g. Authorization); "
+        "re-read before every probe after the downstream refused our credential.",
+    )
     circuit_failure_threshold: int = pydantic.Field(
         5, ge=1, description="Consecutive failures that open the circuit."
     )
@@ -281,13 +286,16 @@ class WorkloadSpec(SpecModel):
     image: str | None = pydantic.Field(None, description="Worker image; default = the operator's.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     service_account_name: str | None = pydantic.Field(
-        None, description="Service account (IRSA role) of the workers."
+        None,
+        description="Service account of the workers (its IAM role comes with it: IRSA or EKS Pod Identity).",
     )
     iam_role_arn: str | None = pydantic.Field(
         None,
         pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
-        description="IRSA: the operator creates a service account for this consumer annotated "
-        "eks.amazonaws.com/role-arn (ignored when serviceAccountName is set).",
+        description="This consumer's own IAM role: the operator creates the service account "
+        "<name>-worker for it, annotated eks.amazonaws.com/role-arn with IRSA; with EKS Pod Identity "
+        "the cluster admin associates that account with the role (ignored when serviceAccountName "
+        "is set).",
     )
     resources: dict[str, dict[str, str]] | None = pydantic.Field(
         None, description="Container resources (requests / limits)."
@@ -298,6 +306,115 @@ class WorkloadSpec(SpecModel):
     pod_annotations: dict[str, str] | None = None
     node_selector: dict[str, str] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class DeletionPolicy(enum.StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class FilterPolicyScope(enum.StrEnum):
+    MESSAGE_ATTRIBUTES = "MessageAttributes"
+    MESSAGE_BODY = "MessageBody"
+
+
+class EventTypeField(enum.StrEnum):
+    """Where an event's type sits in a message body, for a filter policy on the body."""
+
+    DETAIL_TYPE = "detail-type"  # EventBridge events: the topic template, `{id}` literal
+    TOPIC_NAME = "topicName"  # Genesys notifications: the concrete topic
+
+
+SQS_MAX_RETENTION_SECONDS = 1_209_600
+SQS_DEFAULT_RETENTION_SECONDS = 345_600
+REDRIVE_HEADROOM_RECEIVES = 2
+"""Receives SQS's redrive waits beyond ``retry.maxAttempts`` by default: the worker, which
+writes the reason, dead-letters first; the redrive policy is the backstop."""
+
+
+class SubscriptionSpec(SpecModel):
+    """The SNS subscription that feeds the queue."""
+
+    raw_message_delivery: bool = pydantic.Field(
+        True,
+        description="Deliver the published message as the SQS body (attributes become SQS message "
+        "attributes, at most 10) instead of inside an SNS JSON envelope. The worker decodes both.",
+    )
+    event_type_attribute: str | None = pydantic.Field(
+        None,
+        min_length=1,
+        description="Message attribute the publisher sets to the event type (the topic template); "
+        "the derived filter policy then filters on it (FilterPolicyScope MessageAttributes). "
+        "Absent: it filters on the body field eventTypeField (FilterPolicyScope MessageBody).",
+    )
+    event_type_field: EventTypeField = pydantic.Field(
+        EventTypeField.DETAIL_TYPE,
+        description="Body field holding the event type when no attribute does: detail-type "
+        "(EventBridge events) or topicName (Genesys notifications).",
+    )
+    filter_policy: dict[str, Any] | None = pydantic.Field(
+        None,
+        description="An explicit SNS filter policy, used instead of the one derived from "
+        "spec.filter (for attributes the derivation does not know, e.g. eventCategory); {} = none: "
+        "every event reaches the queue and spec.filter alone decides.",
+    )
+    filter_policy_scope: FilterPolicyScope = pydantic.Field(
+        FilterPolicyScope.MESSAGE_ATTRIBUTES, description="Scope of filterPolicy."
+    )
+
+
+class TopologyQueueSpec(SpecModel):
+    """Attributes of the queue when the operator creates it."""
+
+    retention_seconds: int = pydantic.Field(
+        SQS_DEFAULT_RETENTION_SECONDS, ge=60, le=SQS_MAX_RETENTION_SECONDS
+    )
+    kms_master_key_id: str | None = pydantic.Field(
+        None,
+        description="SSE-KMS key (id, ARN or alias) for the queue and its dead-letter queue; its key "
+        "policy must let sns.amazonaws.com use it. Absent: SSE-SQS.",
+    )
+
+
+class TopologyDeadLetterSpec(SpecModel):
+    """The dead-letter queue and the redrive policy that feeds it."""
+
+    max_receive_count: int | None = pydantic.Field(
+        None,
+        ge=1,
+        le=1000,
+        description="RedrivePolicy maxReceiveCount; default retry.maxAttempts + 2. Below "
+        "retry.maxAttempts SQS would move events before the worker has used its attempts.",
+    )
+    retention_seconds: int = pydantic.Field(
+        SQS_MAX_RETENTION_SECONDS,
+        ge=60,
+        le=SQS_MAX_RETENTION_SECONDS,
+        description="Retention of the dead-letter queue; must exceed the source queue's.",
+    )
+
+
+class TopologySpec(SpecModel):
+    """The consumer's AWS topology: always verified; created or adopted when ``manage`` is on."""
+
+    manage: bool = pydantic.Field(
+        False,
+        description="Create or adopt the queue, dead-letter queue, redrive and queue policies, the "
+        "SNS subscription and the idempotency table. Off: only verify them.",
+    )
+    topic_arn: str | None = pydantic.Field(
+        None,
+        pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+(\.fifo)?$",
+        description="The SNS topic that feeds the queue; absent: the subscriptions found are checked.",
+    )
+    subscription: SubscriptionSpec = pydantic.Field(default_factory=SubscriptionSpec)
+    queue: TopologyQueueSpec = pydantic.Field(default_factory=TopologyQueueSpec)
+    dead_letter: TopologyDeadLetterSpec = pydantic.Field(default_factory=TopologyDeadLetterSpec)
+    deletion_policy: DeletionPolicy = pydantic.Field(
+        DeletionPolicy.RETAIN,
+        description="Retain: deleting the FanoutConsumer leaves its AWS resources. Delete: it deletes "
+        "the ones the operator created (never the ones it adopted).",
+    )
 
 
 class FanoutConsumerSpec(SpecModel):
@@ -313,6 +430,7 @@ class FanoutConsumerSpec(SpecModel):
     scaling: ScalingSpec = pydantic.Field(default_factory=ScalingSpec)
     shutdown: ShutdownSpec = pydantic.Field(default_factory=ShutdownSpec)
     workload: WorkloadSpec = pydantic.Field(default_factory=WorkloadSpec)
+    topology: TopologySpec = pydantic.Field(default_factory=TopologySpec)
     replicas: int | None = pydantic.Field(
         None,
         ge=0,

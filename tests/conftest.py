@@ -12,6 +12,7 @@ import pytest
 
 from fanout_lab.simulators import aws
 from tests import sqs_backends
+from tests.operator_harness import kube_api, kube_client, kube_namespace  # noqa: F401  (operator e2e fixtures)
 
 
 @pytest.fixture(scope="session")

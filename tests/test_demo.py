@@ -174,6 +174,14 @@ def test_judge_names_what_broke(override: dict[str, object], named: str) -> None
     assert any(named in problem for problem in verdict.broken), verdict.broken
 
 
+def test_a_redriven_event_arrives_after_its_conversation_and_is_no_ordering_violation() -> None:
+    late = [referee.Accepted("b", 1.0), referee.Accepted("a", 30.0)]  # a was dead-lettered, then redriven
+    assert _judge(accepted=late).order_violations == 1
+    verdict = _judge(accepted=late, redriven=frozenset({"a"}))
+    assert verdict.ok and verdict.order_violations == 0 and verdict.redriven == 1
+    assert verdict.latency_p99 == pytest.approx(0.5)  # the redriven event's wait is the incident's
+
+
 def test_goodput_counts_only_saturated_intervals_outside_outages() -> None:
     samples = [
         referee.Sample(0.0, 0, 0, rate_bound_seconds=0.0),
@@ -248,9 +256,18 @@ async def test_a_small_demo_keeps_every_invariant(tmp_path: pathlib.Path) -> Non
     assert snapshots and snapshots[-1].published == len(day.publications)
     assert '"delivered"' in log_path.read_text()
 
+    # The CRM refused the events of its duplicated records; after the fix they came back.
+    redrive = outcome.redrives["crm-sync"]
+    # Messages, not events: a Genesys redelivery of a refused event was dead-lettered too, and
+    # the idempotency store delivers the pair once.
+    assert redrive.complete and redrive.moved >= len(redrive.refused) > 0
+    assert outcome.verdicts["crm-sync"].redriven == len(redrive.refused)
+    assert set(outcome.redrives) == {"crm-sync"}
+
     printed = io.StringIO()
     display.report(outcome, stream=printed, color=False)
     text = printed.getvalue()
+    assert "fanout dlq redrive --config crm-sync.yaml --reason-class permanent" in text
     assert "every invariant held" in text
     assert "BROKEN" not in text
 

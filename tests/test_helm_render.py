@@ -286,27 +286,33 @@ def test_grafana_dashboard_configmap_is_picked_up_by_the_sidecar(everything: lis
     assert json.loads(text) == source
 
 
-def test_notes_tell_the_user_what_to_do_next() -> None:
-    result = h.helm("install", h.RELEASE, str(h.CHART), "--namespace", h.NAMESPACE, "--dry-run=client")
-    assert result.returncode == 0, result.output
-    notes = result.stdout.split("NOTES:", 1)[1]
-    assert "kubectl apply" in notes
-    assert "rollout status deployment/" in notes
-    assert "operator.serviceAccount.roleArn is empty" in notes
-    quiet = h.helm(
+def _install_notes(sets: list[str]) -> str:
+    """The NOTES `helm install` prints (a client-side dry run)."""
+    result = h.helm(
         "install",
         h.RELEASE,
         str(h.CHART),
         "--namespace",
         h.NAMESPACE,
         "--dry-run=client",
-        "--set",
-        "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/op",
-        "--set",
-        f"worker.serviceAccount.roleArn={ROLE_ARN}",
+        *h.value_args(sets=sets),
     )
-    assert quiet.returncode == 0, quiet.output
-    assert "WARNING" not in quiet.stdout.split("NOTES:", 1)[1]
+    assert result.returncode == 0, result.output
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_user_what_to_do_next() -> None:
+    notes = _install_notes([])
+    assert "kubectl apply" in notes
+    assert "rollout status deployment/" in notes
+    assert "operator.serviceAccount.roleArn is empty" in notes
+    quiet = _install_notes(
+        [
+            "operator.serviceAccount.roleArn=arn:aws:iam::123456789012:role/op",
+            f"worker.serviceAccount.roleArn={ROLE_ARN}",
+        ]
+    )
+    assert "WARNING" not in quiet
 
 
 # --- the operator's own contracts: RBAC rules and command-line flags ---------------------------
@@ -360,42 +366,107 @@ def test_rbac_can_be_left_to_the_cluster_administrator() -> None:
     assert not {d["kind"] for d in documents} & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 
+def _operator_settings(documents: list[dict[str, Any]]) -> Any:
+    """The settings the operator runs with: its container's args and literal env, parsed by its CLI."""
+    from fanout_operator import cli
+
+    (container,) = _operator_pod(documents)["containers"]
+    env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    return cli.parse(container["args"], {**env, "POD_ID": "operator-pod"})
+
+
 @pytest.mark.parametrize(
-    ("sets", "expected"),
+    ("sets", "namespaces", "peering_name", "verbose"),
     [
-        ([], ["--all-namespaces", "--peering", "fanout-fanout-consumer"]),
-        (
-            ["operator.peering.name=ops", "operator.logLevel=DEBUG"],
-            ["--all-namespaces", "--peering", "ops", "--verbose"],
-        ),
-        (["operator.watchNamespaces={a,b}"], ["--namespace", "a", "--namespace", "b"]),
+        ([], (), "fanout-fanout-consumer", False),
+        (["operator.peering.name=ops", "operator.logLevel=DEBUG"], (), "ops", True),
+        (["operator.watchNamespaces={a,b}"], ("a", "b"), "fanout-fanout-consumer", False),
     ],
 )
 def test_operator_args_mean_what_the_chart_intends_to_the_operators_cli(
-    sets: list[str], expected: list[str]
+    sets: list[str], namespaces: tuple[str, ...], peering_name: str, verbose: bool
 ) -> None:
-    from fanout_operator import cli, handlers
+    from fanout_operator import settings
 
-    (container,) = _operator_pod(h.render(sets=sets))["containers"]
-    kopf_args = cli.kopf_arguments(container["args"], priority=7)
-    assert kopf_args[:3] == ["run", "-m", handlers.__name__]
-    for flag in expected:
-        assert flag in kopf_args
-    assert "--standalone" not in kopf_args, "two replicas need peering"
+    documents = h.render(sets=sets)
+    config = _operator_settings(documents)
+    assert config.namespaces == namespaces
+    # Two replicas need peering, and must never fall back to running unsupervised side by side.
+    assert config.peering.mode is settings.PeeringMode.REQUIRED
+    assert config.peering.name == peering_name
+    assert config.peering.priority is None  # each process picks its own: older wins
+    assert config.verbose is verbose
+    (container,) = _operator_pod(documents)["containers"]
     port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
-    assert kopf_args[kopf_args.index("--liveness") + 1] == f"http://0.0.0.0:{port}/healthz"
-    env = _env(container)
-    assert handlers.ENV_WORKER_IMAGE in env
-    assert handlers.ENV_WORKER_SERVICE_ACCOUNT in env
-    assert handlers.ENV_SCRAPE_WORKERS not in cli.environment(container["args"])
-    assert "POD_ID" in env  # kopf's peer identity
+    assert config.liveness == f"http://0.0.0.0:{port}/healthz"
+    assert config.workers.image == container["image"]
+    assert config.workers.service_account_name
+    assert config.scrape_workers
+    assert "POD_ID" in _env(container)  # kopf's peer identity
+    # The operator finds the peering object(s) the chart renders: one per watched namespace.
+    objects = h.by_kind(documents, "ClusterKopfPeering" if not namespaces else "KopfPeering")
+    assert {(o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects} == (
+        {(peering_name, namespace) for namespace in namespaces} or {(peering_name, None)}
+    )
 
 
-def test_scrape_workers_off_reaches_the_handlers() -> None:
-    from fanout_operator import cli, handlers
+def test_scrape_workers_off_reaches_the_operator() -> None:
+    assert _operator_settings(h.render(sets=["operator.scrapeWorkers=false"])).scrape_workers is False
 
-    (container,) = _operator_pod(h.render(sets=["operator.scrapeWorkers=false"]))["containers"]
-    assert cli.environment(container["args"]) == {
-        handlers.ENV_SCRAPE_WORKERS: "false",
-        handlers.ENV_METRICS_PORT: "8082",  # the chart's operator.metricsPort
-    }
+
+def test_guardrails_by_default_allow_only_the_operators_own_image_repository() -> None:
+    from fanout_operator import guardrails
+
+    config = _operator_settings(h.render(sets=["image.repository=r.example/fc", "image.tag=1.0"]))
+    assert config.guardrails == guardrails.Guardrails()
+    assert guardrails.allowed_repositories(config.guardrails, config.workers) == ("r.example/fc",)
+
+
+def test_guardrail_values_reach_the_operators_settings(everything: list[dict[str, Any]]) -> None:
+    from fanout_operator import guardrails
+
+    config = _operator_settings(everything)
+    assert config.guardrails == guardrails.Guardrails(
+        image_repositories=("123456789012.dkr.ecr.us-east-1.amazonaws.com/fanout-*",),
+        allow_service_account_name=False,
+        allow_iam_role_arn=True,
+        identity_namespaces=("contact-center", "security"),
+    )
+    assert config.resync_seconds == 120
+    assert config.peering.lifetime_seconds == 30
+
+
+def test_pod_identity_drops_the_irsa_annotations_and_prints_the_associations() -> None:
+    from fanout_operator import rendering
+
+    operator_arn = "arn:aws:iam::123456789012:role/fanout-operator"
+    sets = [
+        "awsIdentity=podIdentity",
+        f"operator.serviceAccount.roleArn={operator_arn}",
+        f"worker.serviceAccount.roleArn={ROLE_ARN}",
+        "worker.serviceAccount.namespaces={contact-center,security}",
+    ]
+    documents = h.render(sets=sets)
+    for account in h.by_kind(documents, "ServiceAccount"):
+        assert "eks.amazonaws.com/role-arn" not in (account["metadata"].get("annotations") or {})
+    assert _operator_settings(documents).workers.aws_identity is rendering.AwsIdentity.POD_IDENTITY
+    notes = _install_notes(sets)
+    accounts = h.by_kind(documents, "ServiceAccount")
+    operator_account = next(
+        a["metadata"]["name"]
+        for a in accounts
+        if a["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    )
+    worker_account = next(
+        a["metadata"]["name"]
+        for a in accounts
+        if a["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    )
+    association = "aws eks create-pod-identity-association --cluster-name $CLUSTER"
+    operator_line = (
+        f"--namespace {h.NAMESPACE} --service-account {operator_account} --role-arn {operator_arn}"
+    )
+    assert f"{association} {operator_line}" in notes
+    for namespace in ("contact-center", "security"):
+        assert f"--namespace {namespace} --service-account {worker_account} --role-arn {ROLE_ARN}" in notes
+    assert "--service-account <its name>-worker" in notes

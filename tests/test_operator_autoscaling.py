@@ -8,7 +8,7 @@ pacing of rounds (backoff, cancellation) is checked on fake loop time with loopt
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kmock
@@ -16,7 +16,17 @@ import kopf
 import pytest
 
 from fanout_core import spec
-from fanout_operator import autoscaling, kube, metrics, queues, reconciling, rendering, scaling
+from fanout_operator import (
+    autoscaling,
+    kube,
+    looping,
+    metrics,
+    queues,
+    reconciling,
+    rendering,
+    scaling,
+    settings,
+)
 
 NAMESPACE = "ns"
 NAME = "crm"
@@ -73,6 +83,23 @@ async def _setup(client: kube.KubeClient, body: dict[str, Any], replicas: int) -
     await reconciling.reconcile(client, OWNER, consumer, rendering.Defaults(), replicas)
 
 
+def _autoscaler(
+    client: kube.KubeClient,
+    reader: queues.DepthReader,
+    clock: Callable[[], float],
+    *,
+    recorder: metrics.ConsumerMetrics | None = None,
+) -> autoscaling.Autoscaler:
+    return autoscaling.Autoscaler(
+        client=client,
+        depth_reader=reader,
+        observer=None,
+        settings=settings.OperatorSettings(),
+        clock=clock,
+        recorder=recorder,
+    )
+
+
 async def _replicas(client: kube.KubeClient) -> int:
     found = await client.get(reconciling.deployment_path(OWNER))
     assert found is not None
@@ -86,13 +113,7 @@ async def test_missing_queue_keeps_replicas_degrades_and_backs_off(client: kube.
     await _setup(client, body, replicas=3)
     clock = iter([1_000.0, 1_020.0, 1_060.0])
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=autoscaling.Settings(),
-            clock=lambda: next(clock),
-        )
+        autoscaler = _autoscaler(client, reader, lambda: next(clock))
         first = await autoscaler.poll(body)
         body["status"] = await _status(client)
         second = await autoscaler.poll(body)
@@ -133,13 +154,7 @@ async def test_scale_up_writes_file_before_deployment_and_posts_event(
         entries = [{"Id": str(i), "MessageBody": "x"} for i in range(start, start + 7)]
         await sqs.send_message_batch(QueueUrl=url, Entries=entries)
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=autoscaling.Settings(),
-            clock=lambda: 50.0,
-        )
+        autoscaler = _autoscaler(client, reader, lambda: 50.0)
         assert await autoscaler.poll(body) == 10.0
     assert await _replicas(client) == 4
     config_map = await client.get(kube.object_path("v1", "configmaps", NAMESPACE, f"{NAME}-config"))
@@ -154,9 +169,7 @@ async def test_scale_up_writes_file_before_deployment_and_posts_event(
 
 async def test_invalid_spec_is_not_scaled(client: kube.KubeClient) -> None:
     body = _body("https://sqs.us-east-1.amazonaws.com/1/q", minReplicas=5, maxReplicas=2)
-    autoscaler = autoscaling.Autoscaler(
-        client=client, depth_reader=queues.SqsDepthReader(), observer=None, settings=autoscaling.Settings()
-    )
+    autoscaler = _autoscaler(client, queues.SqsDepthReader(), lambda: 50.0)
     assert await autoscaler.poll(body) == autoscaling.INVALID_SPEC_RETRY_SECONDS
     assert await client.get(reconciling.deployment_path(OWNER)) is None
 
@@ -174,7 +187,7 @@ async def test_run_paces_rounds_by_their_delays_until_cancelled() -> None:
             raise RuntimeError("a round that blows up must not end the loop")
         return next(delays)
 
-    task = asyncio.create_task(autoscaling.run(poll))
+    task = asyncio.create_task(looping.run(poll))
     await asyncio.sleep(200)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -197,14 +210,7 @@ async def test_a_poll_records_depth_decision_and_dead_letters(client: kube.KubeC
         return families.registry.get_sample_value(name, {"namespace": NAMESPACE, "consumer": NAME, **labels})
 
     async with queues.SqsDepthReader() as reader:
-        autoscaler = autoscaling.Autoscaler(
-            client=client,
-            depth_reader=reader,
-            observer=None,
-            settings=autoscaling.Settings(),
-            clock=lambda: 50.0,
-            recorder=families.consumer(NAMESPACE, NAME),
-        )
+        autoscaler = _autoscaler(client, reader, lambda: 50.0, recorder=families.consumer(NAMESPACE, NAME))
         await autoscaler.poll(body)
         assert value("fanout_operator_backlog_messages") == 5
         assert value("fanout_operator_dead_letter_messages") == 2
@@ -230,3 +236,56 @@ async def test_a_poll_records_depth_decision_and_dead_letters(client: kube.KubeC
         assert value(errors, queue_role="source", reason="QueueNotFound") == 1
         assert value("fanout_operator_backlog_messages") is None
         assert value("fanout_operator_desired_replicas") == 3
+
+
+@pytest.mark.parametrize("blind", [True, False], ids=["with-read-errors", "readings-only"])
+async def test_the_cooldown_starts_at_the_first_empty_reading_after_messages(
+    client: kube.KubeClient, sqs: Any, blind: bool
+) -> None:
+    """The scaler keeps one history, whatever happens between readings.
+
+    Empty at 1000; 10 messages at 1020 (with read errors at 1010, 1030, 1040, or clean
+    readings); drained by 1410. The reading before 1410 had messages, so at 1410 the cooldown
+    starts: not "empty for 410s" (an older empty time brought back by a read error, or left in
+    the status by a write that did not remove it), and never a scale to zero.
+    """
+    url = (await sqs.create_queue(QueueName=f"autoscaling-memory-{blind}"))["QueueUrl"]
+    missing = url.replace("autoscaling-memory", "autoscaling-memory-missing")
+    body = _body(url, cooldownSeconds=300, scaleDownStabilizationSeconds=0)
+    await _setup(client, body, replicas=1)
+    times = iter([1_000.0, 1_010.0, 1_020.0, 1_030.0, 1_040.0, 1_410.0])
+    async with queues.SqsDepthReader() as reader:
+        autoscaler = _autoscaler(client, reader, lambda: next(times))
+
+        async def poll(queue_url: str) -> None:
+            body["spec"]["queue"]["url"] = queue_url if blind else url
+            await autoscaler.poll(body)
+            body["status"] = await _status(client)
+
+        await poll(url)  # empty
+        await poll(missing)
+        await sqs.send_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "x"} for i in range(10)]
+        )
+        await poll(url)  # messages
+        assert "emptySince" not in body["status"]["scaler"]
+        await poll(missing)
+        await poll(missing)
+        await _drain_queue(sqs, url)
+        await poll(url)  # empty again, for the first time since it had messages
+    assert await _replicas(client) == 1
+    status = await _status(client)
+    assert "empty for 0s" in status["reason"], status["reason"]
+    assert status["scaler"]["emptySince"] == 1_410.0
+
+
+async def _drain_queue(sqs: Any, url: str) -> None:
+    for _ in range(20):
+        got = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        messages = got.get("Messages", [])
+        if not messages:
+            return
+        await sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )

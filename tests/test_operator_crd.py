@@ -127,7 +127,7 @@ def test_preserve_unknown_fields_only_on_free_form_objects() -> None:
                 walk(node[key], f"{where}.{key}")
 
     walk(_openapi(), "")
-    assert found == [".spec.workload.env.items"]
+    assert found == [".spec.workload.env.items", ".spec.topology.subscription.filterPolicy"]
 
 
 def test_every_spec_field_of_the_model_is_in_the_schema() -> None:
@@ -139,9 +139,13 @@ def test_every_spec_field_of_the_model_is_in_the_schema() -> None:
         assert set(properties) == expected, where
         for name, field in model.model_fields.items():
             annotation = field.annotation
+            field_schema = properties[field.alias or name]
+            if getattr(annotation, "__origin__", None) is dict:  # a map: its values' schema
+                field_schema = field_schema["additionalProperties"]
+                annotation = annotation.__args__[1]
             for candidate in getattr(annotation, "__args__", (annotation,)):
                 if isinstance(candidate, type) and issubclass(candidate, spec.SpecModel):
-                    walk(candidate, properties[field.alias or name], f"{where}.{field.alias}")
+                    walk(candidate, field_schema, f"{where}.{field.alias}")
 
     walk(spec.FanoutConsumerSpec, _openapi()["properties"]["spec"], "spec")
 

@@ -13,11 +13,10 @@ import socket
 import aiohttp
 import hypothesis
 import hypothesis.strategies as st
-import kopf
 import prometheus_client.parser
 import pytest
 
-from fanout_operator import cli, handlers, metrics, queues, scaling
+from fanout_operator import cli, metrics, queues, scaling, settings
 
 NAMESPACE = "calls"
 NAME = "crm-sync"
@@ -197,22 +196,18 @@ async def test_a_port_in_use_is_an_error_not_a_silent_operator_without_metrics()
         await server.stop()
 
 
-def test_metrics_port_flag_reaches_the_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cli.environment([])[handlers.ENV_METRICS_PORT] == "8082"
-    env = cli.environment(["--metrics-port", "9100", "--metrics-address", "127.0.0.1"])
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert handlers.metrics_endpoint_from_environment() == handlers.MetricsEndpoint("127.0.0.1", 9100)
-    monkeypatch.setenv(
-        handlers.ENV_METRICS_PORT, cli.environment(["--metrics-port", "0"])[handlers.ENV_METRICS_PORT]
-    )
-    assert handlers.metrics_endpoint_from_environment() is None
-    monkeypatch.delenv(handlers.ENV_METRICS_PORT)
-    assert handlers.metrics_endpoint_from_environment() is None  # in-process runs grab no port
-    monkeypatch.setenv(handlers.ENV_METRICS_PORT, "http")
-    with pytest.raises(kopf.PermanentError):
-        handlers.metrics_endpoint_from_environment()
+def test_metrics_endpoint_from_flags_then_environment() -> None:
+    assert cli.parse([], {}).metrics == settings.MetricsEndpoint("0.0.0.0", 8082)
+    flagged = cli.parse(["--metrics-port", "9100", "--metrics-address", "127.0.0.1"], {})
+    assert flagged.metrics == settings.MetricsEndpoint("127.0.0.1", 9100)
+    assert cli.parse(["--metrics-port", "0"], {}).metrics is None
+    from_env = {"FANOUT_METRICS_PORT": "9000", "FANOUT_METRICS_ADDRESS": "::1"}
+    assert cli.parse([], from_env).metrics == settings.MetricsEndpoint("::1", 9000)
+    assert cli.parse([], {"FANOUT_METRICS_PORT": "0"}).metrics is None
+    flag_wins = cli.parse(["--metrics-port", "9100"], from_env).metrics
+    assert flag_wins is not None
+    assert flag_wins.port == 9100
     with pytest.raises(SystemExit):
-        cli.environment(["--metrics-port", "70000"])
-    # Not a kopf flag: kopf's own command line is unchanged by it.
-    assert cli.kopf_arguments(["--metrics-port", "9100"], priority=1) == cli.kopf_arguments([], priority=1)
+        cli.parse(["--metrics-port", "70000"], {})
+    with pytest.raises(SystemExit):
+        cli.parse([], {"FANOUT_METRICS_PORT": "http"})

@@ -349,3 +349,63 @@ def test_remember_holds_the_window_while_blind() -> None:
     assert decision.replicas == 6  # readings are back, but the drop waits out the window
     pruned = scaling.remember(state, 6, now=1_051, window_seconds=100)
     assert [r.at for r in pruned.recommendations] == [1_000, 1_051]
+
+
+# --- delayed messages: they keep the fleet alive and wake it, they do not size it ----------------
+
+
+def test_delayed_messages_wake_a_fleet_at_zero() -> None:
+    observation = scaling.Observation(visible=0, in_flight=0, current_replicas=0, delayed=5)
+    decision = scaling.decide(POLICY, observation, scaling.State(), 1_000.0)
+    assert decision.replicas == 1
+    assert "5 delayed" in decision.reason
+
+
+def test_delayed_messages_keep_a_fleet_from_zero_after_the_cooldown() -> None:
+    policy = dataclasses.replace(POLICY, cooldown_seconds=60, scale_down_stabilization_seconds=0)
+    state = scaling.State(empty_since=0.0)
+    observation = scaling.Observation(visible=0, in_flight=0, current_replicas=1, delayed=3)
+    decision = scaling.decide(policy, observation, state, now=1_000.0)
+    assert decision.replicas == 1
+    assert decision.state.empty_since is None  # the cooldown starts again once they are gone
+
+
+def test_delayed_messages_do_not_size_the_fleet() -> None:
+    # A queue-level delivery delay: thousands wait in the delay, the visible backlog is small.
+    observation = scaling.Observation(visible=150, in_flight=0, current_replicas=1, delayed=6_000)
+    assert scaling.decide(POLICY, observation, scaling.State(), 1_000.0).replicas == 2
+
+
+@hypothesis.given(
+    policy=policies,
+    state=states,
+    sink=sinks,
+    current=st.integers(1, 60),
+    depth=st.tuples(st.integers(0, 500), st.integers(0, 500), st.integers(0, 500)),
+)
+def test_never_to_zero_while_the_queue_holds_a_message(
+    policy: scaling.Policy,
+    state: scaling.State,
+    sink: scaling.SinkReport | None,
+    current: int,
+    depth: tuple[int, int, int],
+) -> None:
+    visible, in_flight, delayed = depth
+    hypothesis.assume(visible + in_flight + delayed > 0)
+    observation = scaling.Observation(visible, in_flight, current, delayed=delayed, sink=sink)
+    policy = dataclasses.replace(policy, min_replicas=0)
+    assert scaling.decide(policy, observation, state, NOW).replicas > 0
+
+
+@hypothesis.given(policy=policies, sink=sinks, current=st.integers(1, 60), last_backlog=st.integers(1, 500))
+def test_never_to_zero_right_after_a_reading_with_messages(
+    policy: scaling.Policy, sink: scaling.SinkReport | None, current: int, last_backlog: int
+) -> None:
+    """The cooldown counts from the first empty reading after one with messages, never earlier."""
+    policy = dataclasses.replace(policy, min_replicas=0)
+    hypothesis.assume(policy.cooldown_seconds > 0)
+    busy = scaling.decide(
+        policy, scaling.Observation(last_backlog, 0, current, sink=sink), scaling.State(), 0.0
+    )
+    empty = scaling.decide(policy, scaling.Observation(0, 0, max(busy.replicas, 1)), busy.state, NOW)
+    assert empty.replicas > 0

@@ -2,58 +2,77 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from fanout_core import spec
-from fanout_operator import cli, handlers, peering, rbac, reconciling, rendering, status
+from fanout_operator import cli, guardrails, peering, rbac, rendering, settings, status
 
 
-def test_cli_defaults_are_cluster_wide_with_mandatory_peering_and_liveness() -> None:
-    arguments = cli.kopf_arguments([], priority=42)
-    assert arguments[:3] == ["run", "-m", "fanout_operator.handlers"]
-    assert "--all-namespaces" in arguments
-    assert arguments[arguments.index("--peering") + 1] == "fanout-operator"
-    assert arguments[arguments.index("--priority") + 1] == "42"
-    assert arguments[arguments.index("--liveness") + 1] == cli.DEFAULT_LIVENESS
-    assert "--standalone" not in arguments
+def test_cli_defaults_watch_everything_peer_automatically_and_probe() -> None:
+    config = cli.parse([], {"POD_ID": "operator-0"})
+    assert config.clusterwide
+    assert config.peering == settings.Peering(mode=settings.PeeringMode.AUTO, name="fanout-operator")
+    assert config.liveness == settings.DEFAULT_LIVENESS
+    assert config.metrics == settings.MetricsEndpoint("0.0.0.0", 8082)
+    assert config.identity == "operator-0"
+    assert config.workers == rendering.Defaults(image=cli.DEFAULT_WORKER_IMAGE)
+    assert config.guardrails == guardrails.Guardrails()
+    assert config.scrape_workers
+    assert cli.parse([], {}).identity  # hostname-pid without POD_ID
 
 
-def test_cli_namespaces_standalone_and_no_liveness() -> None:
-    arguments = cli.kopf_arguments(["-n", "a", "--namespace", "b", "--standalone", "--liveness", ""])
-    assert arguments == [
-        "run",
-        "-m",
-        "fanout_operator.handlers",
-        "--namespace",
-        "a",
-        "--namespace",
-        "b",
-        "--standalone",
-    ]
+def test_cli_namespaces_standalone_required_peering_and_no_liveness() -> None:
+    config = cli.parse(["-n", "a", "--namespace", "b", "--standalone", "--liveness", ""], {})
+    assert config.namespaces == ("a", "b")
+    assert not config.clusterwide
+    assert config.peering.mode is settings.PeeringMode.STANDALONE
+    assert config.liveness is None
+    required = cli.parse(["--peering", "ops", "--priority", "5", "--peering-lifetime", "7"], {}).peering
+    assert required == settings.Peering(settings.PeeringMode.REQUIRED, "ops", 5, 7)
 
 
-def test_cli_rejects_namespace_and_all_namespaces_together() -> None:
-    with pytest.raises(SystemExit):
-        cli.kopf_arguments(["-n", "a", "-A"])
+def test_cli_rejects_contradictions_in_one_line() -> None:
+    for argv in (["-n", "a", "-A"], ["--standalone", "--peering", "x"], ["--resync-seconds", "0"]):
+        with pytest.raises(SystemExit):
+            cli.parse(argv, {})
 
 
-def test_cli_worker_settings_go_to_the_environment_the_handlers_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = cli.environment(
-        ["--worker-image", "img:1", "--worker-service-account", "sa", "--no-scrape-workers"]
-    )
-    assert env == {
-        handlers.ENV_WORKER_IMAGE: "img:1",
-        handlers.ENV_WORKER_SERVICE_ACCOUNT: "sa",
-        handlers.ENV_SCRAPE_WORKERS: "false",
-        handlers.ENV_METRICS_PORT: "8082",  # always set: the handlers' own default is off
+def test_cli_worker_settings_flags_win_over_the_environment() -> None:
+    environ = {
+        cli.ENV_WORKER_IMAGE: "env-img:1",
+        cli.ENV_WORKER_SERVICE_ACCOUNT: "env-sa",
+        cli.ENV_SCRAPE_WORKERS: "false",
     }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings = handlers.settings_from_environment()
-    assert settings.defaults == rendering.Defaults(image="img:1", service_account_name="sa")
-    assert settings.scrape_workers is False
+    from_env = cli.parse([], environ)
+    assert from_env.workers == rendering.Defaults(image="env-img:1", service_account_name="env-sa")
+    assert from_env.scrape_workers is False
+    flags = ["--worker-image", "img:2", "--worker-service-account", "sa", "--aws-identity", "pod-identity"]
+    from_flags = cli.parse(flags, environ)
+    assert from_flags.workers == rendering.Defaults(
+        image="img:2", service_account_name="sa", aws_identity=rendering.AwsIdentity.POD_IDENTITY
+    )
+    assert cli.parse(["--no-scrape-workers"], {}).scrape_workers is False
+
+
+def test_cli_guardrail_flags() -> None:
+    config = cli.parse(
+        [
+            "--allowed-image-repository",
+            "registry.example/fanout-*",
+            "--allowed-image-repository",
+            "registry.example/tools/worker",
+            "--no-allow-service-account-name",
+            "--identity-namespace",
+            "contact-center",
+        ],
+        {},
+    )
+    assert config.guardrails == guardrails.Guardrails(
+        image_repositories=("registry.example/fanout-*", "registry.example/tools/worker"),
+        allow_service_account_name=False,
+        allow_iam_role_arn=True,
+        identity_namespaces=("contact-center",),
+    )
 
 
 def test_default_priority_prefers_older_processes() -> None:
@@ -82,31 +101,6 @@ def test_rbac_rules_as_policy_rules() -> None:
     assert not rbac.allows("apps", "deployments", "delete")
 
 
-def _deployment(annotations: dict[str, str], node_selector: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "kind": "Deployment",
-        "metadata": {"name": "d", "namespace": "ns", "labels": {"a": "b"}, "ownerReferences": []},
-        "spec": {
-            "replicas": 9,
-            "template": {
-                "metadata": {"annotations": annotations},
-                "spec": {"nodeSelector": node_selector} if node_selector is not None else {},
-            },
-        },
-    }
-
-
-def test_deployment_patch_leaves_replicas_and_removes_dropped_keys() -> None:
-    existing = _deployment(
-        {"team": "crm", "kubectl.kubernetes.io/restartedAt": "now", "keep": "1"}, {"pool": "old"}
-    )
-    desired = _deployment({"keep": "2"})
-    patch = reconciling.deployment_patch(existing, desired)
-    assert "replicas" not in patch["spec"]
-    assert patch["spec"]["template"]["metadata"]["annotations"] == {"keep": "2", "team": None}
-    assert patch["spec"]["template"]["spec"]["nodeSelector"] == {"pool": None}
-
-
 def test_set_condition_moves_transition_time_only_on_flips() -> None:
     kind = status.ConditionType.DEGRADED
     first = status.set_condition([], kind, True, "QueueNotFound", "m", now=100, generation=1)
@@ -119,6 +113,21 @@ def test_set_condition_moves_transition_time_only_on_flips() -> None:
         flipped, status.ConditionType.READY, True, "Polling", "", now=1, generation=1
     )
     assert [c.type for c in ordered] == [status.ConditionType.READY, status.ConditionType.DEGRADED]
+
+
+def test_status_merge_patch_removes_what_is_no_longer_set() -> None:
+    current = status.FanoutConsumerStatus(
+        replicas=1,
+        scaler=status.ScalerMemory(empty_since=None),
+        conditions=status.set_condition(
+            [], status.ConditionType.READY, True, "Polling", "", now=1, generation=None
+        ),
+    )
+    patch = status.merge_patch(current)["status"]
+    assert isinstance(patch, dict)
+    assert patch["reason"] is None
+    assert patch["scaler"]["emptySince"] is None  # type: ignore[index]
+    assert "observedGeneration" not in patch["conditions"][0]  # type: ignore[index]
 
 
 def test_status_round_trip_and_garbage() -> None:

@@ -151,12 +151,3 @@ def test_http_date_round_trips(now: datetime.datetime, offset: int) -> None:
 def test_garbage_never_raises(value: str) -> None:
     result = retrying.retry_after_delay(value, now=NOW)
     assert result is None or 0 <= result <= SQS_CAP
-
-
-def test_only_a_short_throttle_is_waited_out_in_place_and_not_forever() -> None:
-    assert retrying.wait_in_place(True, 1.0, 1) == 1.0
-    assert retrying.wait_in_place(True, retrying.IN_PLACE_SECONDS, retrying.IN_PLACE_TRIES) == 2.0
-    assert retrying.wait_in_place(True, 1.0, retrying.IN_PLACE_TRIES + 1) is None  # then through SQS
-    assert retrying.wait_in_place(True, 30.0, 1) is None  # a long Retry-After: SQS holds it
-    assert retrying.wait_in_place(True, None, 1) is None  # no Retry-After: the backoff, via SQS
-    assert retrying.wait_in_place(False, 1.0, 1) is None  # a 500 is not a throttle

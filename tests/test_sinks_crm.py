@@ -4,6 +4,7 @@ request-limit throttle, the outage, and the proactive slow-down from Sforce-Limi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import pathlib
@@ -152,20 +153,25 @@ async def test_401_refreshes_through_oauth_client_credentials(monkeypatch: pytes
     assert sim.requests_total == 3  # the refused try, and one upsert per event
 
 
-async def test_a_401_that_survives_the_refresh_is_a_loud_retry(
+async def test_a_401_that_survives_the_refresh_is_refused_and_a_rotated_token_recovers(
     token_file: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with crm.CrmSimulator() as sim:
         _write(token_file, "not-a-valid-token")
         sink = crm_sink.CrmSink(
-            _spec(sim.url, {"token": {"file": str(token_file)}}), replicas=fleet.FixedReplicas(1)
+            _spec(sim.url, {"token": {"file": str(token_file)}}, circuitOpenSeconds=0.2),
+            replicas=fleet.FixedReplicas(1),
         )
         outcome = await sink.deliver(_event())
+        assert isinstance(outcome, events.Refused)  # our credential: never dead-lettered
+        assert "INVALID_SESSION_ID" in outcome.reason
+        assert sim.unauthorized_count == 2  # one refresh, not a loop
+        assert not sink.accepting
+        _write(token_file, sim.token)
+        await asyncio.wait_for(sink.wait_accepting(), 5)
+        assert isinstance(await sink.deliver(_event()), events.Delivered)  # the probe re-read it
         await sink.aclose()
-    assert isinstance(outcome, events.Retry)
-    assert "INVALID_SESSION_ID" in outcome.reason
-    assert sim.unauthorized_count == 2  # one retry, not a loop
     assert any(record.levelno == logging.ERROR for record in caplog.records)
     assert "not-a-valid-token" not in caplog.text
 

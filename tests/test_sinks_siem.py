@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pathlib
 from typing import Any
 
 import pytest
@@ -47,6 +48,19 @@ def _sink(url: str, *, env: str = "HEC_TOKEN", **siem_spec: Any) -> siem.HecSink
 @pytest.fixture(autouse=True)
 def _token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEC_TOKEN", TOKEN)
+
+
+def _sink_with(url: str, siem_spec: dict[str, Any]) -> siem.HecSink:
+    sink_spec = spec.SinkSpec.model_validate(
+        {
+            "type": "siem",
+            "url": url,
+            "siem": siem_spec,
+            "circuitFailureThreshold": 3,
+            "circuitOpenSeconds": 0.3,
+        }
+    )
+    return siem.HecSink(sink_spec, replicas=fleet.FixedReplicas(1))
 
 
 async def _deliver_all(sink: siem.HecSink, batch: list[events.Event]) -> list[events.Outcome]:
@@ -136,18 +150,26 @@ async def test_busy_503_9_throttles_every_event_of_the_batch() -> None:
     assert not sim.accepted
 
 
-async def test_an_invalid_token_is_a_loud_permanent_configuration_error(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_refused_token_dead_letters_nothing_and_a_rotated_token_is_picked_up_by_the_probe(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setenv("HEC_TOKEN", "wrong-token-value-0000")
+    token_file = tmp_path / "hec-token"
+    token_file.write_text("wrong-token-value-0000")
     async with hec.HecSimulator(token=TOKEN) as sim:
-        sink = _sink(sim.url, max_batch_events=2, linger_seconds=5)
+        sink = _sink_with(
+            sim.url, {"token": {"file": str(token_file)}, "maxBatchEvents": 2, "lingerSeconds": 5}
+        )
         outcomes = await _deliver_all(sink, [_event(n) for n in range(2)])
+        for outcome in outcomes:
+            assert isinstance(outcome, events.Refused)  # the token's fault, never the events'
+            assert "403 code 4" in outcome.reason
+        assert not sink.accepting  # one refusal opens the circuit: the pollers stop
+        token_file.write_text(TOKEN)
+        await asyncio.wait_for(sink.wait_accepting(), 5)
+        again = await _deliver_all(sink, [_event(n) for n in range(2)])
         await sink.aclose()
-    for outcome in outcomes:
-        assert isinstance(outcome, events.Permanent)
-        assert "403 code 4" in outcome.reason
+    assert all(isinstance(outcome, events.Delivered) for outcome in again)
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert errors
     assert "spec.sink.siem.token" in errors[0].getMessage()

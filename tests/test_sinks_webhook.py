@@ -54,17 +54,29 @@ async def test_wire_format_and_signature_verified_by_the_receiver(monkeypatch: p
     assert accepted.headers["X-Fanout-Signature"] == f"sha256={expected}"
 
 
-async def test_a_wrong_key_is_refused_by_the_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WEBHOOK_KEY", "another-key")
+async def test_a_refused_key_is_the_sinks_failure_and_a_rotated_key_is_picked_up_by_the_probe(
+    tmp_path: pathlib.Path,
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("another-key")
     async with webhook.WebhookSimulator(signing_secret=SECRET) as sim:
         sink = webhook_sink.WebhookSink(
-            _spec(sim.url, signing_secret={"env": "WEBHOOK_KEY"}), replicas=fleet.FixedReplicas(1)
+            _spec(sim.url, signing_secret={"file": str(key_file)}, circuitOpenSeconds=0.2),
+            replicas=fleet.FixedReplicas(1),
         )
         outcome = await sink.deliver(_event(1))
+        # Our credential, not the event: nothing to dead-letter, the whole sink stops.
+        assert isinstance(outcome, events.Refused)
+        assert "401" in outcome.reason
+        assert not sink.accepting
+        assert sink.limiter.snapshot().circuit is throttling.CircuitState.OPEN
+        key_file.write_text(SECRET)  # the Secret is rotated in its mounted file
+        await asyncio.wait_for(sink.wait_accepting(), 5)
+        assert isinstance(await sink.deliver(_event(2)), events.Delivered)  # the probe re-read it
+        assert sink.accepting
         await sink.aclose()
-    assert isinstance(outcome, events.Permanent)
-    assert "401" in outcome.reason
     assert sim.signature_failures == 1
+    assert [request.event_id for request in sim.accepted] == ["evt-2"]
 
 
 async def test_traceparent_of_the_current_span_is_sent() -> None:
@@ -90,7 +102,14 @@ async def test_traceparent_of_the_current_span_is_sent() -> None:
         (502, events.Retry),
         (400, events.Permanent),
         (404, events.Permanent),
+        (409, events.Permanent),
         (410, events.Permanent),
+        (413, events.Permanent),
+        (422, events.Permanent),
+        (401, events.Refused),
+        (403, events.Refused),
+        (407, events.Refused),
+        (408, events.Retry),
     ],
 )
 async def test_status_classes(status: int, expected: type) -> None:
@@ -113,11 +132,12 @@ async def test_status_classes(status: int, expected: type) -> None:
     finally:
         await runner.cleanup()
     assert isinstance(outcome, expected)
-    if isinstance(outcome, events.Permanent):
+    if isinstance(outcome, events.Permanent | events.Refused):
         assert str(status) in outcome.reason
     else:
         assert isinstance(outcome, events.Retry)
-        assert not outcome.throttled
+        assert outcome.throttled is (status == 408)
+    assert sink.accepting is not isinstance(outcome, events.Refused)
 
 
 @pytest.mark.parametrize("retry_after_format", ["seconds", "http-date"])

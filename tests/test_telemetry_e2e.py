@@ -68,11 +68,11 @@ def _settled(samples: Samples) -> float:
 
 
 def _accounted(samples: Samples) -> float:
-    return (
-        _settled(samples)
-        + _sum(samples, "fanout_retries_total")
-        + _sum(samples, "fanout_messages_returned_total")
-    )
+    # Each receive ends at most once: settled, or handed back to SQS. Retries are not counted
+    # here: one receive may be retried several times in place (a FIFO conversation's event
+    # waits out its backoff in our hands; a sink-wide failure keeps the message until the
+    # sink takes work), so fanout_retries_total may exceed the receives.
+    return _settled(samples) + _sum(samples, "fanout_messages_returned_total")
 
 
 async def test_counters_add_up_during_and_after_an_end_to_end_run(sqs: object) -> None:
@@ -150,7 +150,9 @@ async def test_counters_add_up_during_and_after_an_end_to_end_run(sqs: object) -
 
     received = _sum(final, "fanout_messages_received_total")
     delivered = _sum(final, "fanout_events_delivered_total")
-    assert received == _accounted(final)
+    # Every receive was settled, handed back, or retried through SQS (the rest of the retries
+    # happened in place): no receive is unaccounted for, and none counted twice.
+    assert _accounted(final) <= received <= _accounted(final) + _sum(final, "fanout_retries_total")
     assert delivered == len(traffic.correlation_ids) == len(sim.accepted)
     assert _sum(final, "fanout_events_filtered_total") == 0
     # A message redelivered after its event was delivered is a duplicate too, so at least.

@@ -150,7 +150,7 @@ def test_state_lines_carry_identifiers_and_the_current_trace(log_stream: io.Stri
     message, event = next(c for c in _examples() if c[1].event_time_ms is not None)
 
     with worker.process_span(message, event) as span:
-        worker.retried(message, event, 2.5, telemetry.ReasonClass.TIMEOUT, "sink timed out")
+        worker.retried(message, event, 2.5, telemetry.ReasonClass.TRANSIENT, "sink timed out")
     worker.received(3)
 
     retried, received = _lines(log_stream)
@@ -166,7 +166,7 @@ def test_state_lines_carry_identifiers_and_the_current_trace(log_stream: io.Stri
         "ordering_key": event.ordering_key,
         "event_type": event.event_type,
         "delay_seconds": 2.5,
-        "reason_class": "timeout",
+        "reason_class": "transient",
         "reason": "sink timed out",
         "receive_count": 2,
         "trace_id": trace.format_trace_id(context.trace_id),

@@ -90,6 +90,7 @@ def _operator_exposition() -> bytes:
     recorder.dead_letters(2)
     recorder.queue_error(queues.QueueAccessDenied("denied"), operator_metrics.QueueRole.SOURCE)
     recorder.queue_error(queues.QueueNotFound("gone"), operator_metrics.QueueRole.DEAD_LETTER)
+    recorder.topology({("SnsCannotSendToQueue", "error"): 1})
     return families.exposition()
 
 

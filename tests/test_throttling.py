@@ -119,7 +119,10 @@ def test_never_exceeds_the_bucket_over_any_window(
     limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
 ) -> None:
     assert limits.rate is not None
-    times = [moment for moment, _ in run(limits, steps).grants]
+    trace = run(limits, steps)
+    # A permit handed back unused gives its token back: only the sent requests count.
+    unused = throttling.Result.UNUSED
+    times = [moment for moment, permit in trace.grants if trace.results.get(permit.serial) is not unused]
     for i, start in enumerate(times):
         for j in range(i, len(times)):
             assert j - i + 1 <= limits.burst + limits.rate * (times[j] - start) + EPS
@@ -161,8 +164,8 @@ def test_an_open_circuit_lets_one_probe_through_per_open_period(
     for (earlier, first), (later, _) in itertools.pairwise(probes):
         # a failed probe re-opens the circuit for a whole period; a successful one closes
         # it, and the next opening starts a new period; only an abandoned probe
-        # (cancelled: no answer) lets the next one through at once
-        if trace.results[first.serial] is not throttling.Result.CANCELLED:
+        # (cancelled: no answer) or one never sent (unused) lets the next one through at once
+        if trace.results[first.serial] not in (throttling.Result.CANCELLED, throttling.Result.UNUSED):
             assert later - earlier >= limits.open_seconds - EPS
 
 
@@ -359,7 +362,10 @@ def test_converges_after_a_rate_change(
 
 
 @settings(max_examples=100)
-@given(steps=st.lists(st.sampled_from(RESULTS), max_size=200), max_concurrency=st.integers(1, 16))
+@given(
+    steps=st.lists(st.sampled_from([r for r in RESULTS if r is not throttling.Result.REFUSED]), max_size=200),
+    max_concurrency=st.integers(1, 16),
+)
 def test_aimd_grows_only_when_saturated_and_shrinks_on_throttle(
     steps: list[throttling.Result], max_concurrency: int
 ) -> None:
@@ -383,6 +389,36 @@ def test_aimd_grows_only_when_saturated_and_shrinks_on_throttle(
             assert result is throttling.Result.OK
             assert permit.saturated
         assert 1 <= after <= max_concurrency
+
+
+def test_a_refused_credential_opens_the_circuit_at_once_and_only_a_probe_closes_it() -> None:
+    limiter = throttling.Limiter(
+        throttling.LimiterSettings(failure_threshold=1000, open_seconds=2.0, max_open_seconds=8.0),
+        0.0,
+        random_source=lambda: 0.0,  # no jitter on the open period
+    )
+    permit = limiter.try_acquire(0.0)
+    assert isinstance(permit, throttling.Permit)
+    limiter.release(permit, throttling.Result.REFUSED, 0.0)
+    assert limiter.circuit(0.0) is throttling.CircuitState.OPEN
+    assert limiter.accepting_in(0.0) == 2.0
+    probe = limiter.try_acquire(2.0)
+    assert isinstance(probe, throttling.Permit) and probe.probe
+    limiter.release(probe, throttling.Result.REFUSED, 2.0)  # still refused: open twice as long
+    assert limiter.accepting_in(2.0) == 4.0
+    probe = limiter.try_acquire(6.0)
+    assert isinstance(probe, throttling.Permit) and probe.probe
+    limiter.release(probe, throttling.Result.OK, 6.0)
+    assert limiter.circuit(6.0) is throttling.CircuitState.CLOSED
+
+
+def test_an_unused_permit_gives_its_token_back() -> None:
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=1.0, burst=1), 0.0)
+    permit = limiter.try_acquire(0.0)
+    assert isinstance(permit, throttling.Permit)
+    assert isinstance(limiter.try_acquire(0.0), throttling.Wait)
+    limiter.release(permit, throttling.Result.UNUSED, 0.0)
+    assert isinstance(limiter.try_acquire(0.0), throttling.Permit)  # no wait for the next token
 
 
 def test_additive_increase_reaches_the_maximum_and_one_throttle_halves_it() -> None:

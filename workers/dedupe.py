@@ -1,14 +1,25 @@
 """Idempotency stores: claim an event before delivering it, complete it after, release on failure.
 
-``processing`` calls, per decoded event::
+``processing`` calls, per decoded event, when the sink's limiter admits it::
 
     claim(event_id, lease_seconds=...)  → CLAIMED      deliver it; then complete() or release()
                                         → IN_PROGRESS  someone holds a live lease: look again later
                                         → COMPLETED    already delivered: ack it as a duplicate
+    renew(event_id, lease_seconds=...)  while the event is still in the sink (a long request)
+    release(event_id, failed=...)       after a failure; ``failed`` counts a delivery attempt and
+                                        the call returns the attempts recorded so far
+    forget(event_id)                    after dead-lettering: a redrive starts from zero attempts
 
 A record moves ``IN_PROGRESS`` (until its lease runs out, so a crashed worker's claim
-does not block the event for long) → ``COMPLETED`` (kept ``ttl_seconds``). Expired
-records of either kind count as absent, even before anything has removed them.
+does not block the event for long) → ``COMPLETED`` (kept ``ttl_seconds``), or back to
+``RELEASED`` (claimable again, carrying its count of failed attempts: the count of real
+delivery attempts survives restarts and, with DynamoDB, replicas — SQS's receive count
+cannot tell a failed delivery from a throttled one or a shutdown). Expired records of
+either kind count as absent, even before anything has removed them.
+
+The settler also keeps one record per dead-lettered *message* here (key
+:func:`dead_letter_key`): copied once, never again, even if the delete that follows is
+lost to a crash.
 
 Two stores behind one :class:`IdempotencyStore` protocol:
 
@@ -16,9 +27,10 @@ Two stores behind one :class:`IdempotencyStore` protocol:
   runs on every call costs O(records expired), and memory stays bounded by what
   completed within the TTL.
 - :class:`DynamoDbStore` — the fleet; one conditional ``PutItem`` decides each claim, so a
-  restarted replica sees what every replica completed. The table is the user's (docs/contracts.md):
-  partition key ``id`` (S), TTL attribute ``expiration`` (epoch seconds); ``status``,
-  ``in_progress_expiration`` and ``owner`` are ours.
+  restarted replica sees what every replica completed. The table is the user's (as with
+  AWS Lambda Powertools; docs/contracts.md): partition key ``id`` (S), TTL attribute
+  ``expiration`` (epoch seconds); ``status``, ``in_progress_expiration``, ``owner`` and
+  ``attempts`` are ours.
 
 Errors (the AWS ones translated where they enter, ``raise ... from``)::
 
@@ -29,7 +41,6 @@ Errors (the AWS ones translated where they enter, ``raise ... from``)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import heapq
@@ -57,6 +68,15 @@ class ClaimState(enum.StrEnum):
     """Already delivered: suppress this one as a duplicate."""
 
 
+_RELEASED = "RELEASED"
+"""Stored status of a record whose claim was given up; claimable, keeps ``attempts``."""
+
+
+def dead_letter_key(message_id: events.MessageId) -> events.EventId:
+    """The record that says "this SQS message was copied to the dead-letter queue"."""
+    return events.EventId(f"dead-letter:{message_id}")
+
+
 class StoreError(Exception):
     """The store could not answer; ``retryable`` says whether trying later may help."""
 
@@ -78,12 +98,21 @@ class IdempotencyStore(Protocol):
         """Take the event unless a live claim or a completion exists."""
         ...
 
+    async def renew(self, event_id: events.EventId, *, lease_seconds: float) -> bool:
+        """Extend our live claim to ``lease_seconds`` from now; False if it is no longer ours."""
+        ...
+
     async def complete(self, event_id: events.EventId) -> None:
         """Record the event as delivered, for ``ttl_seconds``."""
         ...
 
-    async def release(self, event_id: events.EventId) -> None:
-        """Give up our in-progress claim after a failure, so a retry can claim it."""
+    async def release(self, event_id: events.EventId, *, failed: bool = False) -> int:
+        """Give up our in-progress claim so a retry can claim it; ``failed`` counts one
+        failed delivery attempt. Returns the failed attempts recorded for the event."""
+        ...
+
+    async def forget(self, event_id: events.EventId) -> None:
+        """Drop whatever is recorded for the event (it was dead-lettered)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -103,9 +132,11 @@ def build_store(spec: spec_model.IdempotencySpec, *, dynamodb_client: Any | None
 
 @dataclasses.dataclass(slots=True)
 class _Record:
-    state: ClaimState
+    state: ClaimState | None
+    """None: released (claimable), keeping ``attempts``."""
     until: float
-    """Live while ``now <= until``: the lease end (IN_PROGRESS) or the TTL end (COMPLETED)."""
+    """Live while ``now <= until``: the lease end (IN_PROGRESS), else the TTL end."""
+    attempts: int = 0
 
 
 class MemoryStore:
@@ -125,27 +156,45 @@ class MemoryStore:
     async def claim(self, event_id: events.EventId, *, lease_seconds: float) -> ClaimState:
         now = self._sweep()
         record = self._records.get(event_id)
-        if record is not None and now <= record.until:
+        live = record is not None and now <= record.until
+        if record is not None and live and record.state is not None:
             return record.state
-        self._put(event_id, ClaimState.IN_PROGRESS, now + lease_seconds)
+        attempts = record.attempts if record is not None and live else 0
+        self._put(event_id, ClaimState.IN_PROGRESS, now + lease_seconds, attempts)
         return ClaimState.CLAIMED
+
+    async def renew(self, event_id: events.EventId, *, lease_seconds: float) -> bool:
+        now = self._sweep()
+        record = self._records.get(event_id)
+        if record is None or record.state is not ClaimState.IN_PROGRESS:
+            return False
+        self._put(event_id, ClaimState.IN_PROGRESS, max(record.until, now + lease_seconds), record.attempts)
+        return True
 
     async def complete(self, event_id: events.EventId) -> None:
         now = self._sweep()
         self._put(event_id, ClaimState.COMPLETED, now + self._ttl_seconds)
 
-    async def release(self, event_id: events.EventId) -> None:
-        self._sweep()
+    async def release(self, event_id: events.EventId, *, failed: bool = False) -> int:
+        now = self._sweep()
         record = self._records.get(event_id)
-        if record is not None and record.state is ClaimState.IN_PROGRESS:
-            del self._records[event_id]
+        if record is None or record.state is not ClaimState.IN_PROGRESS:
+            return 0 if record is None else record.attempts
+        attempts = record.attempts + (1 if failed else 0)
+        self._put(event_id, None, now + self._ttl_seconds, attempts)
+        return attempts
+
+    async def forget(self, event_id: events.EventId) -> None:
+        self._records.pop(event_id, None)
 
     async def aclose(self) -> None:
         self._records.clear()
         self._expiries.clear()
 
-    def _put(self, event_id: events.EventId, state: ClaimState, until: float) -> None:
-        self._records[event_id] = _Record(state, until)
+    def _put(
+        self, event_id: events.EventId, state: ClaimState | None, until: float, attempts: int = 0
+    ) -> None:
+        self._records[event_id] = _Record(state, until, attempts)
         heapq.heappush(self._expiries, (until, next(self._sequence), event_id))
 
     def _sweep(self) -> float:
@@ -182,14 +231,17 @@ _NAMES = {
     "#status": "status",
     "#lease": "in_progress_expiration",
     "#owner": "owner",
+    "#attempts": "attempts",
 }
 
 
 class DynamoDbStore:
     """The fleet's store: one item per event in the user's table (key ``id``, TTL ``expiration``).
 
-    ``owner`` (one random token per store) makes :meth:`release` delete only a claim this
-    store made, never one another replica took after our lease ran out.
+    ``owner`` (one random token per store) makes :meth:`release` and :meth:`renew` touch
+    only a claim this store made, never one another replica took after our lease ran out.
+    Claims are conditional ``UpdateItem`` calls (not ``PutItem``), so a released record
+    keeps its ``attempts`` across claims.
     """
 
     def __init__(
@@ -212,23 +264,25 @@ class DynamoDbStore:
             now = self._clock()
             try:
                 await self._call(
-                    "PutItem",
-                    self._client.put_item,
-                    Item={
-                        "id": {"S": event_id},
-                        "status": {"S": ClaimState.IN_PROGRESS.value},
-                        "expiration": _number(math.ceil(now + self._ttl_seconds)),
-                        "in_progress_expiration": _number(now + lease_seconds),
-                        "owner": {"S": self.owner},
-                    },
+                    "UpdateItem",
+                    self._client.update_item,
+                    Key={"id": {"S": event_id}},
+                    UpdateExpression=(
+                        "SET #status = :in_progress, #expiration = :expiration,"
+                        " #lease = :lease, #owner = :owner"
+                    ),
                     ConditionExpression=(
-                        "attribute_not_exists(#id) OR #expiration < :now"
+                        "attribute_not_exists(#id) OR #expiration < :now OR #status = :released"
                         " OR (#status = :in_progress AND #lease < :now)"
                     ),
-                    ExpressionAttributeNames=_names("#id", "#expiration", "#status", "#lease"),
+                    ExpressionAttributeNames=_names("#id", "#expiration", "#status", "#lease", "#owner"),
                     ExpressionAttributeValues={
                         ":now": _number(now),
                         ":in_progress": {"S": ClaimState.IN_PROGRESS.value},
+                        ":released": {"S": _RELEASED},
+                        ":expiration": _number(math.ceil(now + self._ttl_seconds)),
+                        ":lease": _number(now + lease_seconds),
+                        ":owner": {"S": self.owner},
                     },
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
@@ -240,34 +294,72 @@ class DynamoDbStore:
             return ClaimState.CLAIMED
         return ClaimState.IN_PROGRESS
 
+    async def renew(self, event_id: events.EventId, *, lease_seconds: float) -> bool:
+        try:
+            await self._call(
+                "UpdateItem",
+                self._client.update_item,
+                Key={"id": {"S": event_id}},
+                UpdateExpression="SET #lease = :lease",
+                ConditionExpression="#status = :in_progress AND #owner = :owner",
+                ExpressionAttributeNames=_names("#lease", "#status", "#owner"),
+                ExpressionAttributeValues={
+                    ":lease": _number(self._clock() + lease_seconds),
+                    ":in_progress": {"S": ClaimState.IN_PROGRESS.value},
+                    ":owner": {"S": self.owner},
+                },
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
     async def complete(self, event_id: events.EventId) -> None:
         now = self._clock()
         await self._call(
             "UpdateItem",
             self._client.update_item,
             Key={"id": {"S": event_id}},
-            UpdateExpression="SET #status = :completed, #expiration = :expiration REMOVE #lease, #owner",
-            ExpressionAttributeNames=_names("#status", "#expiration", "#lease", "#owner"),
+            UpdateExpression=(
+                "SET #status = :completed, #expiration = :expiration REMOVE #lease, #owner, #attempts"
+            ),
+            ExpressionAttributeNames=_names("#status", "#expiration", "#lease", "#owner", "#attempts"),
             ExpressionAttributeValues={
                 ":completed": {"S": ClaimState.COMPLETED.value},
                 ":expiration": _number(math.ceil(now + self._ttl_seconds)),
             },
         )
 
-    async def release(self, event_id: events.EventId) -> None:
+    async def release(self, event_id: events.EventId, *, failed: bool = False) -> int:
         # A failed condition: completed, gone, or another replica's claim now — nothing of ours.
-        with contextlib.suppress(_ConditionFailed):
-            await self._call(
-                "DeleteItem",
-                self._client.delete_item,
+        update = "SET #status = :released REMOVE #lease, #owner"
+        values: dict[str, Any] = {
+            ":released": {"S": _RELEASED},
+            ":in_progress": {"S": ClaimState.IN_PROGRESS.value},
+            ":owner": {"S": self.owner},
+        }
+        if failed:
+            update = "SET #status = :released ADD #attempts :one REMOVE #lease, #owner"
+            values[":one"] = {"N": "1"}
+        try:
+            response = await self._call(
+                "UpdateItem",
+                self._client.update_item,
                 Key={"id": {"S": event_id}},
+                UpdateExpression=update,
                 ConditionExpression="#status = :in_progress AND #owner = :owner",
-                ExpressionAttributeNames=_names("#status", "#owner"),
-                ExpressionAttributeValues={
-                    ":in_progress": {"S": ClaimState.IN_PROGRESS.value},
-                    ":owner": {"S": self.owner},
-                },
+                ExpressionAttributeNames=_names("#status", "#lease", "#owner", "#attempts")
+                if failed
+                else _names("#status", "#lease", "#owner"),
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
+        except _ConditionFailed as condition:
+            return _attempts_of(condition.item)
+        return _attempts_of(response.get("Attributes"))
+
+    async def forget(self, event_id: events.EventId) -> None:
+        await self._call("DeleteItem", self._client.delete_item, Key={"id": {"S": event_id}})
 
     async def aclose(self) -> None:
         """Nothing to do: the client belongs to the caller."""
@@ -334,6 +426,13 @@ def _number(value: float) -> dict[str, str]:
     if isinstance(value, int):
         return {"N": str(value)}
     return {"N": f"{value:.3f}"}
+
+
+def _attempts_of(item: dict[str, Any] | None) -> int:
+    try:
+        return int((item or {}).get("attempts", {}).get("N", "0"))
+    except (TypeError, ValueError, AttributeError):
+        return 0
 
 
 def _state_of(item: dict[str, Any]) -> ClaimState:

@@ -1,8 +1,10 @@
 """The values that travel the data path: identifiers, decoded events, sink outcomes.
 
 ``envelopes`` makes :class:`Event` from message bytes; every later stage reads it.
-A sink answers each delivery with one :data:`Outcome`; ``settling`` turns that answer
-into an SQS action (delete, change visibility, dead-letter). Nothing here does I/O.
+A sink answers each delivery with one :data:`Outcome`; ``processing`` turns that answer
+into an SQS action (delete, change visibility, dead-letter) or, when the failure is the
+sink's rather than the event's (a refused credential, throttling, an open circuit), keeps
+the message and tries again once the sink takes work. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class Event:
 class OutcomeKind(enum.StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"
+    REFUSED = "refused"
     PERMANENT = "permanent"
+    NOT_SENT = "not_sent"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +75,28 @@ class Retry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Refused:
+    """The downstream refused OUR credential (HTTP 401/403/407, a HEC token error, a CRM
+    session still invalid after a refresh).
+
+    A failure of the sink, not of the event: the event is never dead-lettered for it and no
+    attempt is counted. The sink's circuit opens, the pollers stop, and the event is tried
+    again once a probe with the re-read credential gets through.
+    """
+
+    reason: str
+    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.REFUSED, init=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotSent:
+    """The event was not sent: when its turn came, its admission (the idempotency claim)
+    said no — already delivered, or being delivered elsewhere, or the store failed."""
+
+    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.NOT_SENT, init=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Permanent:
     """The downstream will never accept this event; dead-letter it with ``reason``."""
 
@@ -78,4 +104,4 @@ class Permanent:
     kind: OutcomeKind = dataclasses.field(default=OutcomeKind.PERMANENT, init=False)
 
 
-Outcome = Delivered | Retry | Permanent
+Outcome = Delivered | Retry | Refused | Permanent | NotSent

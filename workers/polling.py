@@ -121,7 +121,7 @@ class Poller:
         budget: Budget,
         sink: base.Sink,
         settler: settling.Settler,
-        submit: Callable[[settling.Received], None],
+        submit: Callable[[list[settling.Received]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
     ) -> None:
@@ -170,8 +170,8 @@ class Poller:
             if self._stopping:
                 self._settler.give_back(records)
                 return
-            for record in records:
-                self._submit(record)
+            if records:
+                self._submit(records)
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         with self._telemetry.receive_span() as span:

@@ -6,14 +6,12 @@ invisible (:func:`backoff_delay`, or the downstream's own answer parsed by
 :func:`retry_after_delay`)? Settling then sets that visibility on the message, so a
 retry costs nothing while it waits: SQS holds it.
 
-The attempt number is SQS's ``ApproximateReceiveCount`` — the count survives worker
-restarts and replicas, which an in-process counter would not.
-
-One retry never goes through SQS: a throttle that asks for a second or two
-(:func:`wait_in_place`) is waited out where the event is, in its lane. Through SQS it
-would come back after its delay plus a receive, most likely to another replica, while
-the later events of its conversation wait here for it (bench/fleet.py: the last
-throttled events of a backlog stretched its tail by seconds).
+The attempt number is the event's count of failed deliveries, kept in the idempotency
+store beside its claim (so it survives restarts, and with DynamoDB replicas) — not SQS's
+``ApproximateReceiveCount``, which also counts the receives that were not attempts: a
+throttled event, a refused credential, an open circuit, a shutdown. Whether the queue's own
+redrive policy would cut the retries short is one rule shared with the operator and
+``fanout validate``: :func:`fanout_core.findings.redrive_conflict`.
 
 Jitter is "equal jitter": the delay is drawn from ``[step/2, step]`` where ``step`` is
 the capped exponential ``base * 2**(attempt-1)``. Full jitter (``[0, step]``) spreads
@@ -36,18 +34,6 @@ from fanout_core import spec
 SQS_MAX_VISIBILITY_SECONDS = float(spec.SQS_MAX_VISIBILITY_SECONDS)
 
 _DELTA_SECONDS = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,9})?$")
-IN_PLACE_SECONDS = 2.0
-"""The longest Retry-After a throttled event waits out in place."""
-IN_PLACE_TRIES = 3
-"""How many throttles in a row one event waits out in place before it goes back to SQS."""
-
-
-def wait_in_place(throttled: bool, delay: float | None, tries: int) -> float | None:
-    """Seconds to wait before sending an event again right here after its ``tries``-th
-    throttle in a row, or None: retry through SQS as usual."""
-    if not throttled or delay is None or not 0 < delay <= IN_PLACE_SECONDS or tries > IN_PLACE_TRIES:
-        return None
-    return delay
 
 
 def backoff_ceiling(receive_count: int, policy: spec.RetrySpec) -> float:
@@ -75,7 +61,15 @@ def backoff_delay(
     """
     step = backoff_ceiling(receive_count, policy)
     fraction = min(max(random(), 0.0), 1.0)
-    return step / 2 + fraction * step / 2
+    # Written so that fraction 1 gives the step itself, even for the tiniest floats.
+    return step - (1.0 - fraction) * (step / 2)
+
+
+def exponential_delay(failures: int, *, base: float, cap: float) -> float:
+    """``base * 2**(failures-1)``, capped: the pause after the ``failures``-th failure in a
+    row of something that is not a message (an SQS call, a crashed task, a store write)."""
+    doublings = min(max(failures, 1) - 1, 60)
+    return min(cap, base * 2.0**doublings)
 
 
 def visibility_seconds(delay: float) -> int:
@@ -85,13 +79,14 @@ def visibility_seconds(delay: float) -> int:
     return int(min(max(math.ceil(delay), 0), SQS_MAX_VISIBILITY_SECONDS))
 
 
-def attempts_exhausted(receive_count: int, policy: spec.RetrySpec) -> bool:
+def attempts_exhausted(attempts: int, policy: spec.RetrySpec) -> bool:
     """True when the attempt that just failed was the last one ``policy`` allows.
 
-    ``receive_count`` is the failed message's ``ApproximateReceiveCount``: with
-    ``maxAttempts: 5`` the fifth failed receive dead-letters the message.
+    ``attempts`` counts the event's failed deliveries (the idempotency store keeps the
+    count): with ``maxAttempts: 5`` the fifth failed delivery dead-letters the message.
+    Throttling, a refused credential, an open circuit and shutdowns are not attempts.
     """
-    return receive_count >= policy.max_attempts
+    return attempts >= policy.max_attempts
 
 
 def retry_after_delay(value: str | None, *, now: datetime.datetime | float) -> float | None:

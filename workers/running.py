@@ -7,17 +7,29 @@ stop event (SIGTERM/SIGINT). The worker owns the clients and the stages:
        │                    │
        └──── settler ◄──────┘   (deletes, visibility, dead-letters, heartbeat)
 
-Every long-running task is supervised: an unexpected exception is logged and the task
-restarted after a pause; nothing a message or a downstream does ends the process.
+Every long-running task is supervised (:mod:`workers.supervision`): an unexpected
+exception is logged and the task restarted after an exponential backoff; nothing a
+message or a downstream does ends the process.
 
-Shutdown, in order: stop receiving; give back what has not started (visibility 0);
-let running deliveries finish within ``spec.shutdown.gracePeriodSeconds``; flush the
-delete batches; close the sink (flushes its batches) and the stores. A SIGKILL at any
-point loses nothing: un-deleted messages reappear after their visibility timeout, and
-the idempotency store keeps what was completed from being delivered twice.
+At start the worker reads the source queue's ``RedrivePolicy``: a ``maxReceiveCount`` that
+would move events to the queue's dead-letter queue before ``spec.retry.maxAttempts`` are
+used up is reported (a WARNING line, ``fanout_redrive_policy_conflict``); a queue it may
+not read is noted and the worker goes on.
+
+Shutdown, in order, bounded by ``spec.shutdown.gracePeriodSeconds`` plus a few seconds
+whatever the sink is doing: stop receiving (a receive under way may finish within
+:data:`workers.polling.STOP_WAIT_SECONDS`, and what it brings goes straight back); give
+back what has not started (visibility 0); flush the sink's buffered batches; let running
+deliveries finish within the grace period, then cancel them and give their messages back;
+flush the delete and visibility batches (at most
+:data:`workers.settling.CLOSE_TIMEOUT_SECONDS`); close the sink — which sends nothing
+more — and the stores. A SIGKILL at any point loses nothing:
+un-deleted messages reappear after their visibility timeout, and the idempotency store
+keeps what was completed from being delivered twice.
 
 Probes on ``--http-port``: ``/healthz`` (the event loop answers), ``/readyz`` (SQS
-answered the last receive and we are not shutting down) and ``/metrics``.
+answered the last receive, no task keeps crashing, and we are not shutting down) and
+``/metrics``.
 """
 
 from __future__ import annotations
@@ -33,13 +45,23 @@ import aiobotocore.session
 import aiohttp.web
 import prometheus_client
 
+from fanout_core import findings
 from fanout_core import spec as spec_model
-from workers import dedupe, events, fleet, polling, processing, settling, sinks, sqs, telemetry
+from workers import (
+    dedupe,
+    events,
+    fleet,
+    polling,
+    processing,
+    settling,
+    sinks,
+    sqs,
+    supervision,
+    telemetry,
+)
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
-
-_RESTART_PAUSE_SECONDS = 1.0
 
 
 class Worker:
@@ -64,13 +86,14 @@ class Worker:
         self.telemetry = telemetry.WorkerTelemetry(
             queue_url=self.spec.queue.url, sink_name=str(self.spec.sink.type)
         )
+        self.health = supervision.Health(on_change=lambda _: self.telemetry.set_ready(self.ready))
         self.http_url: str | None = None
 
     # -- state -----------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._started.is_set() and self._receiving_ok and not self._stopping
+        return self._started.is_set() and self._receiving_ok and self.health.healthy and not self._stopping
 
     def _set_receiving(self, ok: bool) -> None:
         self._receiving_ok = ok
@@ -104,10 +127,11 @@ class Worker:
                 sqs.client(region=region, max_connections=queue.pollers + 10)
             )
             store = await stack.enter_async_context(self._store(region))
+            await self._check_redrive_policy(client)
 
             def target() -> int:  # called by the pollers, which start after both exist
                 # held but not waiting for the sink: what is being deleted or put back, and
-                # what waits in lanes blocked by a failure
+                # what waits in lanes for a message that is away
                 held_back = settler.settling + processor.held_back
                 return polling.budget_target(sink.capacity(), held_back, ceiling=queue.max_in_flight)
 
@@ -119,6 +143,7 @@ class Worker:
                 dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
                 budget=budget,
                 telemetry=self.telemetry,
+                health=self.health,
             )
             processor = processing.Processor(
                 spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
@@ -157,15 +182,22 @@ class Worker:
             log.info("worker stopped")
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s crashed; restarting", name)
-                await asyncio.sleep(_RESTART_PAUSE_SECONDS)
+        await supervision.supervise(name, run, health=self.health, on_restart=self.telemetry.task_restarted)
+
+    async def _check_redrive_policy(self, client: sqs.SqsApi) -> None:
+        """Warn when the queue's redrive policy would cut the retries short (never fatal)."""
+        try:
+            reply = await sqs.call(
+                client.get_queue_attributes, QueueUrl=self.spec.queue.url, AttributeNames=["RedrivePolicy"]
+            )
+        except sqs.SqsError as error:
+            log.warning("could not read the queue's RedrivePolicy (%s); not checked", error.code or error)
+            return
+        max_receive_count = sqs.max_receive_count(reply.get("Attributes", {}).get("RedrivePolicy"))
+        if max_receive_count is not None:
+            self.telemetry.redrive_conflict(findings.redrive_conflict(max_receive_count, self.spec.retry))
+        else:
+            self.telemetry.redrive_conflict(None)
 
     @contextlib.asynccontextmanager
     async def _store(self, region: str) -> AsyncIterator[dedupe.IdempotencyStore]:

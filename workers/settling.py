@@ -8,15 +8,22 @@ been carried out for it:
   ``DeleteMessageBatch``, flushed at 10 entries or after a short linger;
 * :meth:`Settler.retry_later` — make it visible again after a delay (backoff or
   Retry-After); batched ``ChangeMessageVisibilityBatch``;
-* :meth:`Settler.give_back` — visible again now (FIFO group return, shutdown);
+* :meth:`Settler.give_back` — visible again now (shutdown), or after a given delay (a
+  FIFO group handed back behind its failed head);
 * :meth:`Settler.dead_letter` — ``SendMessage`` to the dead-letter queue with the
   reason in message attributes, then delete; without a dead-letter queue the message
-  is left to the source queue's redrive policy (made visible after a backoff).
+  is left to the source queue's redrive policy (made visible after a backoff). It says
+  whether the message is gone for good: a failed copy keeps it (retried later), and the
+  caller must not let its conversation or group move on. The caller records each copy
+  in the idempotency store, so a redelivered message that was already copied is only
+  deleted (:meth:`Settler.dead_lettered_before`), never copied twice.
 
 Meanwhile the heartbeat extends the visibility of every tracked message before it
 expires, never beyond SQS's 12-hour cap. Failures of these calls never crash the
 worker: an expired receipt handle is counted and logged; anything else is retried a
-few times and then left to the visibility timeout, which loses nothing.
+few times and then left to the visibility timeout, which loses nothing. The batchers and
+the heartbeat run under :func:`workers.supervision.supervise`; :meth:`Settler.aclose`
+waits a bounded time for the last batches, so a dead endpoint cannot hold up a shutdown.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from workers import events, sqs, telemetry
+from workers import events, retrying, sqs, supervision, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ VISIBILITY_CAP_SECONDS = 43_200
 _CAP_SAFETY_SECONDS = 30.0
 _ATTEMPTS_PER_CALL = 3
 _MAX_DLQ_REASON = 1000
+CLOSE_TIMEOUT_SECONDS = 5.0
+"""How long :meth:`Settler.aclose` waits for the last deletes and visibility changes."""
 
 
 class State(enum.Enum):
@@ -58,6 +67,8 @@ class Received:
     received_at: float  # monotonic
     visible_until: float  # monotonic
     group_id: str | None
+    sequence_number: int | None = None
+    """FIFO only: the group's order, whatever order the messages arrive in."""
     event: events.Event | None = None
     state: State = State.HELD
 
@@ -70,6 +81,7 @@ class Received:
     def from_message(cls, message: Mapping[str, Any], *, now: float, visibility: float) -> Received:
         attributes = message.get("Attributes", {})
         count = str(attributes.get("ApproximateReceiveCount", "1"))
+        sequence = str(attributes.get("SequenceNumber", ""))
         return cls(
             message=message,
             message_id=events.MessageId(str(message["MessageId"])),
@@ -78,6 +90,7 @@ class Received:
             received_at=now,
             visible_until=now + visibility,
             group_id=attributes.get("MessageGroupId"),
+            sequence_number=int(sequence) if sequence.isdigit() else None,
         )
 
 
@@ -104,8 +117,10 @@ class _Batcher:
     def put(self, entry: _Entry) -> None:
         self._queue.put_nowait(entry)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="settling-batcher")
+    def start(self, health: supervision.Health) -> None:
+        self._task = asyncio.create_task(
+            supervision.supervise("settling-batcher", self._run, health=health), name="settling-batcher"
+        )
 
     async def _run(self) -> None:
         while True:
@@ -149,6 +164,7 @@ class Settler:
         dead_letter_url: events.QueueUrl | None,
         budget: Budget,
         telemetry: telemetry.WorkerTelemetry,
+        health: supervision.Health | None = None,
         linger: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,18 +179,29 @@ class Settler:
         self._deletes = _Batcher(self._send_deletes, linger)
         self._changes = _Batcher(self._send_changes, linger)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._health = health or supervision.Health()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._deletes.start()
-        self._changes.start()
-        self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="visibility-heartbeat")
+        self._deletes.start(self._health)
+        self._changes.start(self._health)
+        self._heartbeat = asyncio.create_task(
+            supervision.supervise("visibility-heartbeat", self._heartbeat_forever, health=self._health),
+            name="visibility-heartbeat",
+        )
 
-    async def aclose(self) -> None:
-        """Flush every queued action, then stop (after the in-flight work has ended)."""
-        await self._deletes.flush()
-        await self._changes.flush()
+    async def aclose(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Flush every queued action (for at most ``timeout`` seconds), then stop.
+
+        Called after the in-flight work has ended. What cannot be sent in time is left to
+        the visibility timeout: those messages reappear, which loses nothing.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            log.warning("settling did not finish before shutdown; the rest reappears after its visibility")
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -209,29 +236,35 @@ class Settler:
         if self._begin(record):
             self._changes.put(_Entry(record, visibility=self._cap(record, delay_seconds)))
 
-    def give_back(self, records: Sequence[Received]) -> None:
-        """Make messages visible again at once; SQS redelivers them (FIFO: in group order)."""
+    def give_back(self, records: Sequence[Received], *, delay_seconds: float = 0.0) -> None:
+        """Make messages visible again, now or after ``delay_seconds``; SQS redelivers them."""
         given = [record for record in records if self._begin(record)]
         for record in given:
-            self._changes.put(_Entry(record, visibility=0))
+            self._changes.put(_Entry(record, visibility=self._cap(record, delay_seconds)))
         if given:
             self._telemetry.returned(len(given))
 
+    @property
+    def has_dead_letter_queue(self) -> bool:
+        return self._dead_letter_url is not None
+
     async def dead_letter(
         self, record: Received, *, reason_class: telemetry.ReasonClass, reason: str, backoff: float
-    ) -> None:
+    ) -> bool:
         """Move the message to the dead-letter queue with its reason, then delete it.
 
         Without a dead-letter queue the message is made visible again after ``backoff``
         and the source queue's redrive policy decides. If the dead-letter queue cannot
-        be written, the same: nothing is deleted that was not copied.
+        be written, the message is retried after ``backoff`` (nothing is deleted that was
+        not copied) and the answer is False: it is not gone, and its conversation (FIFO:
+        its group) must wait for it. True: it is out of our hands for good.
         """
         if record.state is not State.HELD:
-            return
+            return True
         if self._dead_letter_url is None:
             self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
             self.retry_later(record, backoff)
-            return
+            return True
         record.state = State.SETTLING
         try:
             await sqs.call(
@@ -248,9 +281,21 @@ class Settler:
             log.warning("dead-letter queue write failed (%s); message retried later", error)
             record.state = State.HELD
             self.retry_later(record, backoff)
-            return
-        self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
+            return False
+        # The delete first: nothing after the copy may stand between it and the delete.
         self._deletes.put(_Entry(record))
+        self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
+        return True
+
+    def dead_lettered_before(self, record: Received, *, backoff: float) -> None:
+        """A message this worker (or another replica) already copied to the dead-letter
+        queue, back because its delete was lost: delete it without a second copy (or,
+        without a dead-letter queue, leave it to the redrive policy without counting it
+        again)."""
+        if self._dead_letter_url is None:
+            self.retry_later(record, backoff)
+        else:
+            self.delete(record)
 
     async def flush(self) -> None:
         await self._deletes.flush()
@@ -274,9 +319,11 @@ class Settler:
         self._telemetry.set_in_flight(len(self._held))
 
     def _cap(self, record: Received, seconds: float) -> int:
+        """``seconds`` as a VisibilityTimeout (rounded up) within what SQS still allows:
+        12 hours from the receive, not from now."""
         held_for = self._clock() - record.received_at
         room = VISIBILITY_CAP_SECONDS - held_for - _CAP_SAFETY_SECONDS
-        return max(0, min(round(seconds), int(room), VISIBILITY_CAP_SECONDS))
+        return max(0, min(retrying.visibility_seconds(seconds), int(room)))
 
     async def _send_deletes(self, batch: list[_Entry]) -> None:
         failed = await self._send_batch(
@@ -332,7 +379,7 @@ class Settler:
                 log.warning("%s failed (attempt %d): %s", operation.__name__, attempt + 1, error)
                 if not error.retryable:
                     break
-                await asyncio.sleep(0.2 * 2**attempt)
+                await asyncio.sleep(retrying.exponential_delay(attempt + 1, base=0.2, cap=2.0))
                 continue
             retry: dict[int, _Entry] = {}
             for failure in reply.get("Failed", []):
@@ -348,7 +395,7 @@ class Settler:
             pending = retry
             if not pending:
                 return []
-            await asyncio.sleep(0.2 * 2**attempt)
+            await asyncio.sleep(retrying.exponential_delay(attempt + 1, base=0.2, cap=2.0))
         return list(pending.values())
 
     async def _heartbeat_forever(self) -> None:

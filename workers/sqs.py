@@ -13,6 +13,7 @@ they enter (:func:`call`), so the rest of the worker sees one small tree::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -85,6 +86,20 @@ async def call(operation: Callable[..., Awaitable[dict[str, Any]]], **kwargs: An
         raise SqsError(str(error), code=code, retryable=code not in _NOT_RETRYABLE_CODES) from error
     except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
         raise SqsError(f"{type(error).__name__}: {error}", code=type(error).__name__) from error
+
+
+def max_receive_count(redrive_policy: object) -> int | None:
+    """``maxReceiveCount`` of a queue's ``RedrivePolicy`` attribute (a JSON string), or None."""
+    if not isinstance(redrive_policy, str):
+        return None
+    try:
+        value = json.loads(redrive_policy).get("maxReceiveCount")
+    except (ValueError, AttributeError):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 _URL_REGION = re.compile(

@@ -19,9 +19,10 @@ answering a different failure of the downstream:
   unavoidable now and then; stopping the sink for a whole second each time cost 5-30%
   of the grant in ``bench/fleet.py``. The limiter skips a beat instead (its bucket
   empties) and the throttled request alone waits its Retry-After;
-* a **circuit breaker**: ``failure_threshold`` consecutive failures open it; after
-  ``open_seconds`` (plus up to ``OPEN_JITTER`` of it again, at random: replicas that met
-  an outage together do not probe together) exactly one probe goes through (half-open);
+* a **circuit breaker**: ``failure_threshold`` consecutive failures open it — a refused
+  credential opens it at once; after ``open_seconds`` (plus up to ``OPEN_JITTER`` of it
+  again, at random: replicas that met an outage together do not probe together) exactly
+  one probe goes through (half-open);
   its success closes the circuit, its failure re-opens it for twice as long (capped at
   ``max_open_seconds``; the sinks cap it at ``open_seconds``: a downstream that is back
   is found within a period, and the first replica to find it spares the others nothing).
@@ -73,6 +74,11 @@ class Result(enum.StrEnum):
     """Other 5xx, connection errors: a circuit failure only."""
     CANCELLED = "cancelled"
     """Abandoned before an answer: no signal either way."""
+    UNUSED = "unused"
+    """Granted but never sent (the event's admission said no): the token is given back."""
+    REFUSED = "refused"
+    """Our credential was refused (401/403/407): the sink cannot work at all, so the circuit
+    opens at once, whatever the failure count; only a probe (with re-read secrets) closes it."""
 
 
 class CircuitState(enum.IntEnum):
@@ -293,7 +299,10 @@ class Limiter:
         """Hand a permit back with what happened; ``retry_after`` pauses the whole sink
         (unless it is short and the throttle isolated: then the limiter skips a beat)."""
         self._in_flight = max(0, self._in_flight - 1)
-        if result is not Result.CANCELLED:
+        if result is Result.UNUSED and self._pace is not None:
+            self._refill(now)
+            self._tokens = min(self._capacity(now), self._tokens + 1.0)
+        if result not in (Result.CANCELLED, Result.UNUSED, Result.REFUSED):
             took = max(0.0, now - permit.issued_at)
             self._duration = took if self._duration is None else 0.8 * self._duration + 0.2 * took
         excess = True
@@ -394,10 +403,10 @@ class Limiter:
         self._tokens = min(self._tokens, 0.0)
 
     def _update_circuit(self, permit: Permit, result: Result, now: float) -> None:
-        failure = result in (Result.OVERLOADED, Result.FAILED)
+        failure = result in (Result.OVERLOADED, Result.FAILED, Result.REFUSED)
         if permit.probe:
             self._probe_in_flight = False
-            if result is Result.CANCELLED:
+            if result in (Result.CANCELLED, Result.UNUSED):
                 return
             if failure:
                 self._open_for = min(self._settings.max_open_seconds, self._open_for * 2)
@@ -411,7 +420,9 @@ class Limiter:
             return
         if self._circuit is not CircuitState.CLOSED:
             return  # only the probe decides while open or half-open
-        if failure:
+        if result is Result.REFUSED:
+            self._open(now)
+        elif failure:
             self._failures += 1
             if self._failures >= self._settings.failure_threshold:
                 self._open(now)

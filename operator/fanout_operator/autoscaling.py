@@ -1,12 +1,18 @@
 """One FanoutConsumer's scaling loop: observe, decide (``scaling``), apply, report.
 
-``handlers`` runs :func:`run` in a kopf daemon per resource; each round is
-:meth:`Autoscaler.poll`, which reads the live object, the queue's depth (``queues``), the
-Deployment and, when asked to, the workers' metrics (``workers_state``); asks
-``scaling.decide``; scales through ``reconciling.scale``; posts an Event when the size changes;
-and writes the status (figures, reason, conditions, and the scaler's memory so a restarted or
-peer operator continues the windows). It returns how long to wait before the next round:
-the polling interval, or an exponential backoff after failures.
+``handlers`` runs ``looping.run`` over :meth:`Autoscaler.poll` in a kopf daemon per resource.
+Each round reads the live object's spec (through ``guardrails.admit``), the queue's depth
+(``queues``), the Deployment and, when asked to, the workers' metrics (``workers_state``); asks
+``scaling.decide``; scales through ``reconciling.scale``; and reports the outcome to the
+consumer's ``reporting.StatusWriter`` (status figures, conditions, the scaler's memory, and a
+ScaledUp / ScaledDown Event when the size changes). It returns how long to wait before the next
+round: the polling interval, or an exponential backoff after failures.
+
+The scaler's memory (:class:`Memory`: the stabilization window, when the queue became empty,
+the last measured throughput, failures in a row) has one source of truth: this object, for as
+long as this process speaks for the consumer. Every round — read or failed — updates it, and
+every status write carries it. It is read back from the status only once, when the loop starts
+(after a restart or a peer's takeover), so a failed round can never bring back an older copy.
 
 When given a ``metrics.ConsumerMetrics`` it records each round there too: the depth (removed
 while unreadable), the decision and the ready replicas, the workers' sink report, queue read
@@ -15,7 +21,8 @@ else needs it, and a DLQ that cannot be read is reported, never a reason to degr
 
 Failure rules: a queue that cannot be read, or a cluster call that fails, keeps the current
 replicas (never scale to zero on an error), marks ``Degraded`` with the cause, posts a Warning
-Event when it starts, and backs off. An invalid spec is marked in the status and not scaled.
+Event when it starts, and backs off. A spec the guardrails reject is not scaled (the reconcile
+handler has marked it).
 
 The wall clock (``clock``) is injected: persisted times must survive restarts, and tests pass
 their own.
@@ -23,16 +30,28 @@ their own.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fanout_core import spec
-from fanout_operator import kube, metrics, queues, reconciling, rendering, scaling, status, workers_state
+from fanout_operator import (
+    conditions,
+    guardrails,
+    kube,
+    metrics,
+    queues,
+    reconciling,
+    rendering,
+    reporting,
+    scaling,
+    settings,
+    status,
+    workers_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,53 +59,47 @@ INVALID_SPEC_RETRY_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    defaults: rendering.Defaults = dataclasses.field(default_factory=rendering.Defaults)
-    scrape_workers: bool = True
+class Memory:
+    """What the scaling loop carries from one round to the next."""
+
+    state: scaling.State = dataclasses.field(default_factory=scaling.State)
+    failures: int = 0
+
+    @classmethod
+    def from_status(cls, saved: status.ScalerMemory | None) -> Memory:
+        if saved is None:
+            return cls()
+        state = scaling.State(
+            empty_since=saved.empty_since,
+            recommendations=tuple(
+                scaling.Recommendation(at=r.at, replicas=r.replicas) for r in saved.recommendations
+            ),
+            per_replica_throughput=saved.per_replica_throughput,
+        )
+        return cls(state=state, failures=saved.consecutive_failures)
+
+    def to_status(self) -> status.ScalerMemory:
+        return status.ScalerMemory(
+            empty_since=self.state.empty_since,
+            recommendations=[
+                status.RecommendationRecord(at=r.at, replicas=r.replicas) for r in self.state.recommendations
+            ],
+            consecutive_failures=self.failures,
+            per_replica_throughput=self.state.per_replica_throughput,
+        )
 
 
-def owner_of(body: Mapping[str, Any]) -> rendering.Owner:
-    metadata = body.get("metadata", {})
-    return rendering.Owner(
-        name=str(metadata.get("name")),
-        namespace=str(metadata.get("namespace")),
-        uid=str(metadata.get("uid", "")),
-    )
+@dataclasses.dataclass(frozen=True)
+class Fleet:
+    """The worker Deployment as this round found it."""
 
-
-def memory_to_state(memory: status.ScalerMemory | None) -> scaling.State:
-    if memory is None:
-        return scaling.State()
-    return scaling.State(
-        empty_since=memory.empty_since,
-        recommendations=tuple(
-            scaling.Recommendation(at=r.at, replicas=r.replicas) for r in memory.recommendations
-        ),
-        per_replica_throughput=memory.per_replica_throughput,
-    )
-
-
-def state_to_memory(state: scaling.State, failures: int = 0) -> status.ScalerMemory:
-    return status.ScalerMemory(
-        empty_since=state.empty_since,
-        recommendations=[
-            status.RecommendationRecord(at=r.at, replicas=r.replicas) for r in state.recommendations
-        ],
-        consecutive_failures=failures,
-        per_replica_throughput=state.per_replica_throughput,
-    )
-
-
-def initial_replicas(consumer: spec.FanoutConsumerSpec, previous: status.FanoutConsumerStatus) -> int:
-    """Where a (re)created Deployment starts: the pin, else the last known size within bounds."""
-    if consumer.replicas is not None:
-        return consumer.replicas
-    scaling_spec = consumer.scaling
-    return min(max(previous.replicas, scaling_spec.min_replicas), scaling_spec.max_replicas)
+    current: int
+    ready: int
+    sink: scaling.SinkReport | None
 
 
 class Autoscaler:
-    """The scaling loop's state and I/O for one FanoutConsumer."""
+    """The scaling loop's memory and I/O for one FanoutConsumer."""
 
     def __init__(
         self,
@@ -94,7 +107,8 @@ class Autoscaler:
         client: kube.KubeClient,
         depth_reader: queues.DepthReader,
         observer: workers_state.FleetObserver | None,
-        settings: Settings,
+        settings: settings.OperatorSettings,
+        writer: reporting.StatusWriter | None = None,
         clock: Callable[[], float] = time.time,
         recorder: metrics.ConsumerMetrics | None = None,
     ) -> None:
@@ -103,83 +117,67 @@ class Autoscaler:
         self._depth_reader = depth_reader
         self._observer = observer
         self._settings = settings
+        self._writer = writer
         self._clock = clock
-        # The scaler's memory lives here while this process runs; the status copy only seeds it
-        # after a restart or a peer takeover (the live body may lag behind our own writes).
-        self._state: scaling.State | None = None
-        self._failures: int | None = None
+        self._memory: Memory | None = None
 
-    async def _write_status(self, owner: rendering.Owner, new: status.FanoutConsumerStatus) -> None:
-        await self._client.merge_patch(
-            reconciling.consumer_path(owner, "status"), {"status": status.dump(new)}
-        )
-
-    async def _degrade(
-        self,
-        owner: rendering.Owner,
-        previous: status.FanoutConsumerStatus,
-        generation: int | None,
-        reason: str,
-        message: str,
-        now: float,
-        consumer: spec.FanoutConsumerSpec,
-    ) -> float:
-        interval = consumer.scaling.polling_interval_seconds
-        held = previous.replicas
-        with contextlib.suppress(kube.KubeError):
-            deployment = await self._client.get(reconciling.deployment_path(owner))
-            if deployment is not None:
-                held = int(deployment.get("spec", {}).get("replicas", held))
-        state = self._state if self._state is not None else memory_to_state(previous.scaler)
-        self._state = scaling.remember(state, held, now, consumer.scaling.scale_down_stabilization_seconds)
-        if self._failures is None:
-            self._failures = previous.scaler.consecutive_failures if previous.scaler else 0
-        self._failures += 1
-        failures = self._failures
-        was_degraded = status.condition(previous, status.ConditionType.DEGRADED)
-        conditions = status.set_condition(
-            previous.conditions,
-            status.ConditionType.DEGRADED,
-            True,
-            reason,
-            message,
-            now=now,
-            generation=generation,
-        )
-        conditions = status.set_condition(
-            conditions, status.ConditionType.READY, False, reason, message, now=now, generation=generation
-        )
-        memory = state_to_memory(self._state)
-        new = previous.model_copy(
-            update={
-                "conditions": conditions,
-                "last_poll_time": status.rfc3339(now),
-                "scaler": memory.model_copy(update={"consecutive_failures": failures}),
-            }
-        )
-        logger.warning("%s/%s degraded: %s: %s", owner.namespace, owner.name, reason, message)
+    async def poll(self, body: Mapping[str, Any]) -> float:
+        """One round; returns the seconds to wait before the next."""
+        now = self._clock()
+        owner = rendering.owner_of(body)
         try:
-            if was_degraded is None or was_degraded.status != "True" or was_degraded.reason != reason:
-                await reconciling.post_event(
-                    self._client, owner, reason=reason, message=message, warning=True
-                )
-            await self._write_status(owner, new)
-        except kube.KubeError as error:
-            logger.warning("%s/%s: cannot record degradation: %s", owner.namespace, owner.name, error)
-        return scaling.next_poll_delay(interval, failures)
-
-    async def _sink_report(
-        self, owner: rendering.Owner, current: int, now: float
-    ) -> scaling.SinkReport | None:
-        if self._observer is None or current == 0:
-            return None
-        pods_path = kube.collection_path(*reconciling.PODS, owner.namespace)
+            consumer = guardrails.admit(
+                body.get("spec"), owner.namespace, self._settings.guardrails, self._settings.workers
+            )
+        except guardrails.Rejected as error:
+            # The reconcile handler has marked it; a fixed spec arrives in the live body.
+            logger.info("%s/%s: not scaling: %s", owner.namespace, owner.name, error)
+            return INVALID_SPEC_RETRY_SECONDS
+        memory = self._recall(body)
         try:
-            pods = await self._client.list(pods_path, label_selector=rendering.selector_string(owner))
+            depth = await self._read_depth(consumer)
+        except queues.QueueError as error:
+            return await self._hold(body, consumer, memory, error.reason, str(error), now)
+        try:
+            fleet = await self._observe_fleet(owner, consumer, body, now)
+            observation = scaling.Observation(
+                visible=depth.visible,
+                in_flight=depth.in_flight,
+                delayed=depth.delayed,
+                current_replicas=fleet.current,
+                sink=fleet.sink,
+            )
+            decision = scaling.decide(scaling.Policy.from_spec(consumer), observation, memory.state, now)
+            if decision.replicas != fleet.current:
+                await reconciling.scale(self._client, owner, fleet.current, decision.replicas)
         except kube.KubeError as error:
-            logger.info("%s/%s: cannot list worker pods: %s", owner.namespace, owner.name, error)
-            return None
-        return await self._observer.report(workers_state.targets(pods), now)
+            return await self._hold(body, consumer, memory, "KubernetesError", str(error), now)
+        self._memory = Memory(state=decision.state)
+        if self._recorder is not None:
+            self._recorder.decided(fleet.current, decision, fleet.ready)
+            self._recorder.sink(fleet.sink)
+        polled = self._polled(owner, consumer, observation, fleet.ready, decision, self._memory)
+        await self._report(body, polled, now)
+        return consumer.scaling.polling_interval_seconds
+
+    def _recall(self, body: Mapping[str, Any]) -> Memory:
+        """The one copy of the memory; read from the status only on the loop's first round."""
+        if self._memory is None:
+            self._memory = Memory.from_status(status.parse(body.get("status")).scaler)
+        return self._memory
+
+    async def _read_depth(self, consumer: spec.FanoutConsumerSpec) -> queues.Depth:
+        try:
+            depth = await self._depth_reader.depth(consumer.queue.url, consumer.queue.region)
+        except queues.QueueError as error:
+            if self._recorder is not None:
+                self._recorder.queue_error(error, metrics.QueueRole.SOURCE)
+                self._recorder.queue_depth(None)
+            raise
+        if self._recorder is not None:
+            self._recorder.queue_depth(depth)
+        await self._record_dead_letters(consumer)
+        return depth
 
     async def _record_dead_letters(self, consumer: spec.FanoutConsumerSpec) -> None:
         if self._recorder is None:
@@ -194,122 +192,98 @@ class Autoscaler:
                 self._recorder.queue_error(error, metrics.QueueRole.DEAD_LETTER)
         self._recorder.dead_letters(visible)
 
-    async def poll(self, body: Mapping[str, Any]) -> float:
-        """One round; returns the seconds to wait before the next."""
-        now = self._clock()
-        owner = owner_of(body)
-        generation = body.get("metadata", {}).get("generation")
-        previous = status.parse(body.get("status"))
-        try:
-            consumer = spec.parse_spec(body.get("spec"))
-        except spec.ConfigError as error:
-            # The reconcile handler has marked it; a fixed spec arrives in the live body.
-            logger.info("%s/%s: invalid spec, not scaling: %s", owner.namespace, owner.name, error)
-            return INVALID_SPEC_RETRY_SECONDS
-        interval = consumer.scaling.polling_interval_seconds
-
-        try:
-            depth = await self._depth_reader.depth(consumer.queue.url, consumer.queue.region)
-        except queues.QueueError as error:
-            if self._recorder is not None:
-                self._recorder.queue_error(error, metrics.QueueRole.SOURCE)
-                self._recorder.queue_depth(None)
-            return await self._degrade(owner, previous, generation, error.reason, str(error), now, consumer)
-        if self._recorder is not None:
-            self._recorder.queue_depth(depth)
-        await self._record_dead_letters(consumer)
-
-        try:
-            deployment = await self._client.get(reconciling.deployment_path(owner))
-            if deployment is None:
-                applied = await reconciling.reconcile(
-                    self._client,
-                    owner,
-                    consumer,
-                    self._settings.defaults,
-                    initial_replicas(consumer, previous),
-                )
-                current, ready = applied.deployment_replicas, 0
-            else:
-                current = int(deployment.get("spec", {}).get("replicas", 1))
-                ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-            sink = await self._sink_report(owner, current, now)
-            observation = scaling.Observation(
-                visible=depth.visible,
-                in_flight=depth.in_flight,
-                delayed=depth.delayed,
-                current_replicas=current,
-                sink=sink,
+    async def _observe_fleet(
+        self, owner: rendering.Owner, consumer: spec.FanoutConsumerSpec, body: Mapping[str, Any], now: float
+    ) -> Fleet:
+        """The Deployment's size and readiness (recreating it when it is gone), and the sink's state."""
+        deployment = await self._client.get(reconciling.deployment_path(owner))
+        if deployment is None:
+            last_known = status.parse(body.get("status")).replicas
+            applied = await reconciling.reconcile(
+                self._client, owner, consumer, self._settings.workers, last_known
             )
-            decision = scaling.decide(
-                scaling.Policy.from_spec(consumer), observation, memory_to_state(previous.scaler), now
-            )
-            if decision.replicas != current:
-                await reconciling.scale(self._client, owner, current, decision.replicas)
-                direction = "ScaledUp" if decision.replicas > current else "ScaledDown"
-                await reconciling.post_event(
-                    self._client, owner, reason=direction, message=decision.reason, now=now
-                )
+            current, ready = applied.deployment_replicas, 0
+        else:
+            current = int(deployment.get("spec", {}).get("replicas", 1))
+            ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        return Fleet(current=current, ready=ready, sink=await self._sink_report(owner, current, now))
+
+    async def _sink_report(
+        self, owner: rendering.Owner, current: int, now: float
+    ) -> scaling.SinkReport | None:
+        if self._observer is None or current == 0:
+            return None
+        pods_path = kube.collection_path(*reconciling.PODS, owner.namespace)
+        try:
+            pods = await self._client.list(pods_path, label_selector=rendering.selector_string(owner))
         except kube.KubeError as error:
-            return await self._degrade(
-                owner, previous, generation, "KubernetesError", str(error), now, consumer
-            )
+            logger.info("%s/%s: cannot list worker pods: %s", owner.namespace, owner.name, error)
+            return None
+        return await self._observer.report(workers_state.targets(pods), now)
 
-        self._failures = 0
-        if self._recorder is not None:
-            self._recorder.decided(current, decision, ready)
-            self._recorder.sink(sink)
-        changed = decision.replicas != current
-        conditions = previous.conditions
-        for kind, state, reason, message in (
-            (status.ConditionType.READY, True, "Polling", "queue readable, children reconciled"),
-            (status.ConditionType.SCALING, changed, str(decision.limit), decision.reason),
-            (status.ConditionType.DEGRADED, False, "Healthy", ""),
-        ):
-            conditions = status.set_condition(
-                conditions, kind, state, reason, message, now=now, generation=generation
-            )
-        new = previous.model_copy(
-            update={
-                "queue": consumer.queue.name,
-                "replicas": decision.replicas,
-                "desired_replicas": decision.recommendation,
-                "ready_replicas": ready,
-                "selector": rendering.selector_string(owner),
-                "backlog": status.Backlog(
-                    visible=depth.visible,
-                    in_flight=depth.in_flight,
-                    delayed=depth.delayed,
-                    total=observation.backlog,
-                ),
-                "last_poll_time": status.rfc3339(now),
-                "last_scale_time": status.rfc3339(now) if changed else previous.last_scale_time,
-                "reason": decision.reason,
-                "conditions": conditions,
-                "scaler": state_to_memory(decision.state),
-            }
+    @staticmethod
+    def _polled(
+        owner: rendering.Owner,
+        consumer: spec.FanoutConsumerSpec,
+        observation: scaling.Observation,
+        ready: int,
+        decision: scaling.Decision,
+        memory: Memory,
+    ) -> conditions.Polled:
+        return conditions.Polled(
+            queue=consumer.queue.name,
+            selector=rendering.selector_string(owner),
+            previous_replicas=observation.current_replicas,
+            replicas=decision.replicas,
+            desired_replicas=decision.recommendation,
+            ready_replicas=ready,
+            backlog=status.Backlog(
+                visible=observation.visible,
+                in_flight=observation.in_flight,
+                delayed=observation.delayed,
+                total=observation.backlog,
+            ),
+            limit=str(decision.limit),
+            reason=decision.reason,
+            memory=memory.to_status(),
         )
+
+    async def _hold(
+        self,
+        body: Mapping[str, Any],
+        consumer: spec.FanoutConsumerSpec,
+        memory: Memory,
+        reason: str,
+        message: str,
+        now: float,
+    ) -> float:
+        """A round that could not see: keep the fleet, remember holding it, degrade, back off."""
+        owner = rendering.owner_of(body)
+        held = status.parse(body.get("status")).replicas
+        with contextlib.suppress(kube.KubeError):
+            deployment = await self._client.get(reconciling.deployment_path(owner))
+            if deployment is not None:
+                held = int(deployment.get("spec", {}).get("replicas", held))
+        window = consumer.scaling.scale_down_stabilization_seconds
+        self._memory = Memory(
+            state=scaling.remember(memory.state, held, now, window), failures=memory.failures + 1
+        )
+        logger.warning("%s/%s degraded: %s: %s", owner.namespace, owner.name, reason, message)
+        blind = conditions.Blind(reason=reason, message=message, memory=self._memory.to_status())
+        await self._report(body, blind, now)
+        return scaling.next_poll_delay(consumer.scaling.polling_interval_seconds, self._memory.failures)
+
+    async def _report(self, body: Mapping[str, Any], outcome: conditions.Outcome, now: float) -> None:
+        writer = self._writer_for(rendering.owner_of(body))
         try:
-            await self._write_status(owner, new)
+            await writer.report(
+                outcome, current=body.get("status"), generation=status.generation_of(body), now=now
+            )
         except kube.KubeError as error:
+            owner = rendering.owner_of(body)
             logger.warning("%s/%s: status not written: %s", owner.namespace, owner.name, error)
-        return interval
 
-
-async def run(
-    poll: Callable[[], Awaitable[float]], *, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
-) -> None:
-    """Poll forever, sleeping what each round asks for; the daemon's cancellation ends it.
-
-    An unexpected error in a round is logged and retried after a minute rather than ending the
-    loop: a dead scaling loop would freeze the fleet at whatever size it had.
-    """
-    while True:
-        try:
-            delay = await poll()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("scaling round failed")
-            delay = INVALID_SPEC_RETRY_SECONDS
-        await sleep(delay)
+    def _writer_for(self, owner: rendering.Owner) -> reporting.StatusWriter:
+        if self._writer is None:
+            self._writer = reporting.StatusWriter(self._client, owner, instance=self._settings.identity)
+        return self._writer

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import socket
+from collections.abc import Mapping
 
 import aiohttp.web
 import prometheus_client
@@ -56,6 +57,15 @@ class Direction(enum.StrEnum):
         if replicas < current:
             return cls.DOWN
         return cls.HOLD
+
+
+class RedriveOutcome(enum.StrEnum):
+    """What a declarative redrive did with a dead letter."""
+
+    MOVED = "moved"
+    SKIPPED = "skipped"
+    HELD = "held"
+    FAILED = "failed"
 
 
 class QueueRole(enum.StrEnum):
@@ -126,6 +136,25 @@ class OperatorMetrics:
             LABELS,
             registry=r,
         )
+        self.topology_findings = gauge(
+            "fanout_operator_topology_findings",
+            "Problems the last check found in the consumer's AWS topology, by reason and severity "
+            "(status.topology.findings; 0 series: none).",
+            [*LABELS, "reason", "severity"],
+            registry=r,
+        )
+        self.redrive_messages = counter(
+            "fanout_operator_redrive_messages",
+            "Dead letters handled by declarative redrives, by outcome (moved, skipped, held, failed).",
+            [*LABELS, "outcome"],
+            registry=r,
+        )
+        self.redrive_running = gauge(
+            "fanout_operator_redrive_running",
+            "1 while a declarative redrive of the consumer's dead-letter queue runs, else 0.",
+            LABELS,
+            registry=r,
+        )
         # The operator process itself: memory, CPU, open files, GC.
         prometheus_client.ProcessCollector(registry=r)
         prometheus_client.PlatformCollector(registry=r)
@@ -147,6 +176,7 @@ class ConsumerMetrics:
         self._labels = (namespace, name)
         # Which (queue_role, reason) error series exist, so forget() can remove them.
         self._error_labels: set[tuple[str, str]] = set()
+        self._topology_labels: set[tuple[str, str]] = set()
 
     def queue_depth(self, depth: queues.Depth | None) -> None:
         """The source queue's depth as just read; ``None`` (unreadable) removes the gauges."""
@@ -179,6 +209,22 @@ class ConsumerMetrics:
         self._error_labels.add(labels)
         self._families.queue_errors.labels(*self._labels, *labels).inc()
 
+    def topology(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """The last topology check: findings per (reason, severity); the others are removed."""
+        family = self._families.topology_findings
+        for labels in self._topology_labels - set(counts):
+            self._remove(family, *self._labels, *labels)
+        for labels, count in counts.items():
+            family.labels(*self._labels, *labels).set(count)
+        self._topology_labels = set(counts)
+
+    def redriven(self, outcome: RedriveOutcome, count: int) -> None:
+        """A declarative redrive handled ``count`` more dead letters with ``outcome``."""
+        self._families.redrive_messages.labels(*self._labels, outcome.value).inc(count)
+
+    def redrive_running(self, running: bool) -> None:
+        self._families.redrive_running.labels(*self._labels).set(int(running))
+
     def forget(self) -> None:
         """Remove every series of this consumer (its resource is gone, or no longer ours)."""
         f = self._families
@@ -190,13 +236,17 @@ class ConsumerMetrics:
             f.actual_replicas,
             f.dead_letter,
             f.sink_throttled,
+            f.redrive_running,
         ):
             self._remove(gauge, *self._labels)
+        for outcome in RedriveOutcome:
+            self._remove(f.redrive_messages, *self._labels, outcome.value)
         for direction in Direction:
             self._remove(f.scaling_decisions, *self._labels, direction.value)
         for labels in self._error_labels:
             self._remove(f.queue_errors, *self._labels, *labels)
         self._error_labels.clear()
+        self.topology({})
 
     def _set_or_remove(self, gauge: prometheus_client.Gauge, value: float | None) -> None:
         if value is None:

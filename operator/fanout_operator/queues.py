@@ -9,9 +9,17 @@ botocore's exceptions are translated where they enter, into this tree, so the sc
 say *why* it is degraded without knowing botocore::
 
     QueueError
-    ├── QueueUnreachable   endpoint down, DNS, timeouts, throttled API
-    ├── QueueAccessDenied  no / wrong / expired credentials, missing IAM permission
-    └── QueueNotFound      the URL names no queue
+    ├── QueueUnreachable          endpoint down, DNS, timeouts, throttled API, a refused request
+    ├── QueueAccessDenied         no credentials at all, missing IAM permission
+    ├── QueueCredentialsRejected  ExpiredToken, RequestExpired, InvalidClientTokenId, ...
+    └── QueueNotFound             the URL names no queue
+
+What an AWS error code means is decided once, for the whole project, by
+``fanout_core.awserrors.classify``; this module only maps its kinds onto the tree. A credential
+the service does not accept (expired above all) is a credential problem, never "denied" and
+never "no such queue": the reader drops its client, so the next one re-reads the credentials
+(an IRSA or Pod Identity token, a rotated file), and retries once at once; if they are still
+refused the round is degraded and retried with the scaling loop's backoff.
 """
 
 from __future__ import annotations
@@ -24,27 +32,12 @@ import aiobotocore.config
 import aiobotocore.session
 import botocore.exceptions
 
+from fanout_core import awserrors
+
 ATTRIBUTES = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
-)
-_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "MissingAuthenticationToken",
-        "InvalidSecurity",
-        "KMS.AccessDeniedException",
-    }
-)
-_NOT_FOUND_CODES = frozenset(
-    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
 )
 
 
@@ -66,6 +59,10 @@ class QueueNotFound(QueueError):
     reason = "QueueNotFound"
 
 
+class QueueCredentialsRejected(QueueError):
+    reason = "QueueCredentialsRejected"
+
+
 @dataclasses.dataclass(frozen=True)
 class Depth:
     visible: int
@@ -79,11 +76,14 @@ class DepthReader(Protocol):
 
 def _translate(error: Exception, queue_url: str) -> QueueError:
     if isinstance(error, botocore.exceptions.ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
+        code, status = awserrors.code_and_status(error.response)
         message = str(error.response.get("Error", {}).get("Message", "")) or code
-        if code in _NOT_FOUND_CODES:
+        kind = awserrors.classify(code, status)
+        if kind is awserrors.Kind.NOT_FOUND:
             return QueueNotFound(f"{queue_url}: no such queue ({code})")
-        if code in _DENIED_CODES or "AccessDenied" in code:
+        if kind is awserrors.Kind.CREDENTIALS:
+            return QueueCredentialsRejected(f"{queue_url}: AWS credentials not accepted ({code}: {message})")
+        if kind is awserrors.Kind.DENIED:
             return QueueAccessDenied(f"{queue_url}: {code}: {message}")
         return QueueUnreachable(f"{queue_url}: {code}: {message}")
     if isinstance(
@@ -99,15 +99,14 @@ class SqsDepthReader:
     """``async with SqsDepthReader() as reader: await reader.depth(url, region)``."""
 
     def __init__(self, *, connect_timeout: float = 5.0, read_timeout: float = 10.0) -> None:
-        self._session = aiobotocore.session.get_session()
         self._config = aiobotocore.config.AioConfig(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # The scaling loop has its own backoff; one retry covers a dropped connection.
             retries={"max_attempts": 2, "mode": "standard"},
         )
-        self._stack = contextlib.AsyncExitStack()
-        self._clients: dict[str | None, Any] = {}
+        # Per region: the client and what closes it (so one can be dropped on its own).
+        self._clients: dict[str | None, tuple[Any, contextlib.AsyncExitStack]] = {}
 
     async def __aenter__(self) -> SqsDepthReader:
         return self
@@ -116,23 +115,44 @@ class SqsDepthReader:
         await self.close()
 
     async def close(self) -> None:
-        self._clients.clear()
-        await self._stack.aclose()
+        for region in list(self._clients):
+            await self._drop(region)
 
     async def _client(self, region: str | None) -> Any:
         if region not in self._clients:
-            creator = self._session.create_client("sqs", region_name=region, config=self._config)
-            self._clients[region] = await self._stack.enter_async_context(creator)
-        return self._clients[region]
+            # A session of its own reads the credentials afresh (env, files, web identity).
+            creator = aiobotocore.session.get_session().create_client(
+                "sqs", region_name=region, config=self._config
+            )
+            stack = contextlib.AsyncExitStack()
+            client = await stack.enter_async_context(creator)
+            self._clients[region] = (client, stack)
+        return self._clients[region][0]
 
-    async def depth(self, queue_url: str, region: str | None) -> Depth:
+    async def _drop(self, region: str | None) -> None:
+        _, stack = self._clients.pop(region, (None, None))
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+    async def _read(self, queue_url: str, region: str | None) -> dict[str, Any]:
         try:
             client = await self._client(region)
-            reply = await client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(ATTRIBUTES))
+            reply: dict[str, Any] = await client.get_queue_attributes(
+                QueueUrl=queue_url, AttributeNames=list(ATTRIBUTES)
+            )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise _translate(error, queue_url) from error
         except OSError as error:
             raise QueueUnreachable(f"{queue_url}: {error}") from error
+        return reply
+
+    async def depth(self, queue_url: str, region: str | None) -> Depth:
+        try:
+            reply = await self._read(queue_url, region)
+        except QueueCredentialsRejected:
+            await self._drop(region)  # the next client re-reads the credentials
+            reply = await self._read(queue_url, region)
         attributes = reply.get("Attributes", {})
         try:
             return Depth(

@@ -6,6 +6,11 @@ covered by a rule here. Keep it exact: what ``kube`` / ``reconciling`` / ``autos
 plus what kopf itself needs (peering, CRD discovery, namespaces, Events). kopf lists and watches
 namespaces even when restricted to ``--namespace`` (to follow their creation and deletion); it
 falls back to assuming they exist when forbidden, so a namespaced install may drop that rule.
+
+Not here, on purpose: ``create`` on the peering objects. The chart creates them; an operator run
+by hand tries to create a missing one (``peering.prepare``) and, when refused, runs standalone
+and says so. Nor anything on Pod Identity associations: they are the cluster admin's (README,
+"Install on EKS").
 """
 
 from __future__ import annotations

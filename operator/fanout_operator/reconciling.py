@@ -1,14 +1,14 @@
 """Bring a FanoutConsumer's children in line with its spec, and scale them. The I/O around
-``rendering``.
+``rendering`` and ``ownership``.
 
-``handlers`` calls :func:`reconcile` on create / update / resume; ``autoscaling`` calls it when
-the Deployment has gone missing and :func:`scale` when the decision changes the fleet size.
+``handlers`` calls :func:`reconcile` on create / update / resume; ``resyncing`` calls it on
+every drift resync; ``autoscaling`` calls it when the Deployment has gone missing and
+:func:`scale` when the decision changes the fleet size.
 
-Children are created when absent and JSON-merge-patched when present. The Deployment's
-``spec.replicas`` is only ever set at creation and through the ``scale`` subresource, so a spec
-change never fights the autoscaler (nor an operator's ``kubectl scale`` of the Deployment).
-Map keys the operator set before and no longer renders (pod annotations, node selector) are
-removed explicitly, because a merge patch alone would keep them.
+Each child is created when absent; when present it is patched only if a field the operator owns
+has drifted from what the spec renders (``ownership.repair``: deleted, or edited by hand), so a
+resync of an unchanged cluster writes nothing, and fields others own (the Deployment's
+``spec.replicas``, annotations and labels others add) are never fought over.
 
 Scaling order protects the downstream: going up, the replica-count file changes first so the
 running replicas lower their share of the fleet-wide rate before new ones join; going down,
@@ -18,12 +18,12 @@ the Deployment shrinks first and the survivors raise their share afterwards.
 from __future__ import annotations
 
 import dataclasses
-import time
+import enum
 from collections.abc import Mapping
 from typing import Any
 
 from fanout_core import spec
-from fanout_operator import kube, rendering, status
+from fanout_operator import kube, ownership, rendering
 
 KINDS: dict[str, tuple[str, str]] = {
     "ConfigMap": ("v1", "configmaps"),
@@ -33,19 +33,21 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 CONSUMERS = (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.PLURAL)
 PODS = ("v1", "pods")
-EVENTS = ("v1", "events")
-# Maps inside the Deployment that the operator owns entirely: keys it no longer renders are
-# deleted (None in a merge patch). kubectl's own annotations (rollout restart) are left alone.
-_OWNED_MAPS = (("spec", "template", "metadata", "annotations"), ("spec", "template", "spec", "nodeSelector"))
-_FOREIGN_PREFIXES = ("kubectl.kubernetes.io/", "deployment.kubernetes.io/")
 
 
 @dataclasses.dataclass(frozen=True)
 class Applied:
-    """What :func:`reconcile` left in the cluster."""
+    """What :func:`reconcile` did: the fleet size, and which children it created or repaired."""
 
     deployment_replicas: int
     created: tuple[str, ...]
+    repaired: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        parts = [f"created {', '.join(self.created)}"] if self.created else []
+        if self.repaired:
+            parts.append(f"repaired {', '.join(self.repaired)}")
+        return "; ".join(parts)
 
 
 def path_of(manifest: Mapping[str, Any]) -> str:
@@ -64,54 +66,30 @@ def deployment_path(owner: rendering.Owner, subresource: str = "") -> str:
     )
 
 
-def _dig(document: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
-    node: Any = document
-    for key in keys:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    return node if isinstance(node, Mapping) else {}
+class Change(enum.Enum):
+    NONE = "none"
+    CREATED = "created"
+    REPAIRED = "repaired"
 
 
-def _set(document: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
-    node = document
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = value
-
-
-def deployment_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch turning ``existing`` into ``desired``, leaving ``spec.replicas`` alone."""
-    patch: dict[str, Any] = {
-        "metadata": {key: desired["metadata"][key] for key in ("labels", "ownerReferences")},
-        "spec": {key: value for key, value in desired["spec"].items() if key != "replicas"},
-    }
-    patch["spec"] = dict(patch["spec"])
-    for keys in _OWNED_MAPS:
-        wanted = dict(_dig(desired, keys))
-        for key in _dig(existing, keys):
-            if key not in wanted and not key.startswith(_FOREIGN_PREFIXES):
-                wanted[key] = None
-        if wanted:
-            _set(patch, keys, wanted)
-    return patch
-
-
-async def _apply(client: kube.KubeClient, manifest: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+async def _apply(client: kube.KubeClient, manifest: Mapping[str, Any]) -> Change:
     path = path_of(manifest)
     existing = await client.get(path)
     if existing is None:
         api_version, plural = KINDS[str(manifest["kind"])]
         collection = kube.collection_path(api_version, plural, manifest["metadata"]["namespace"])
         try:
-            return await client.create(collection, manifest), True
+            await client.create(collection, manifest)
+            return Change.CREATED
         except kube.Conflict:
             existing = await client.get(path)
             if existing is None:
                 raise
-    if manifest["kind"] == "Deployment":
-        body = deployment_patch(existing, manifest)
-    else:
-        body = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind")}
-    return await client.merge_patch(path, body), False
+    patch = ownership.repair(existing, manifest)
+    if patch is None:
+        return Change.NONE
+    await client.merge_patch(path, patch)
+    return Change.REPAIRED
 
 
 async def reconcile(
@@ -119,20 +97,26 @@ async def reconcile(
     owner: rendering.Owner,
     consumer: spec.FanoutConsumerSpec,
     defaults: rendering.Defaults,
-    initial_replicas: int,
+    last_known_replicas: int,
 ) -> Applied:
-    """Create or update every child; a new Deployment starts at ``initial_replicas``."""
+    """Create missing children and repair drifted ones.
+
+    A new Deployment starts at the pin, else at ``last_known_replicas`` (the status's) within
+    the scaling bounds; an existing one keeps its size (the scaler's).
+    """
     existing = await client.get(deployment_path(owner))
-    replicas = initial_replicas
+    replicas = rendering.initial_replicas(consumer, last_known_replicas)
     if existing is not None:
         replicas = int(existing.get("spec", {}).get("replicas", 1))
     children = rendering.render(owner, consumer, defaults, replicas)
-    created: list[str] = []
+    done: dict[Change, list[str]] = {change: [] for change in Change}
     for manifest in children.all():
-        _, was_created = await _apply(client, manifest)
-        if was_created:
-            created.append(str(manifest["kind"]))
-    return Applied(deployment_replicas=replicas, created=tuple(created))
+        done[await _apply(client, manifest)].append(str(manifest["kind"]))
+    return Applied(
+        deployment_replicas=replicas,
+        created=tuple(done[Change.CREATED]),
+        repaired=tuple(done[Change.REPAIRED]),
+    )
 
 
 async def scale(client: kube.KubeClient, owner: rendering.Owner, current: int, replicas: int) -> None:
@@ -143,38 +127,3 @@ async def scale(client: kube.KubeClient, owner: rendering.Owner, current: int, r
     await client.merge_patch(deployment_path(owner, "scale"), {"spec": {"replicas": replicas}})
     if replicas <= current:
         await client.merge_patch(file_path, rendering.replicas_patch(replicas))
-
-
-async def post_event(
-    client: kube.KubeClient,
-    owner: rendering.Owner,
-    *,
-    reason: str,
-    message: str,
-    warning: bool = False,
-    now: float | None = None,
-) -> None:
-    """A core/v1 Event about the FanoutConsumer (named like client-go does: ``<name>.<hex ns>``)."""
-    stamp = now if now is not None else time.time()
-    moment = status.rfc3339(stamp)
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{owner.name}.{time.time_ns():x}", "namespace": owner.namespace},
-        "involvedObject": {
-            "apiVersion": f"{spec.API_GROUP}/{spec.API_VERSION}",
-            "kind": spec.KIND,
-            "name": owner.name,
-            "namespace": owner.namespace,
-            "uid": owner.uid,
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": "Warning" if warning else "Normal",
-        "source": {"component": rendering.MANAGER_NAME},
-        "reportingComponent": rendering.MANAGER_NAME,
-        "firstTimestamp": moment,
-        "lastTimestamp": moment,
-        "count": 1,
-    }
-    await client.create(kube.collection_path(*EVENTS, owner.namespace), event)

@@ -12,8 +12,13 @@ garbage collector removes them with it):
   rate limit by it, read through ``FANOUT_REPLICAS_FILE``).
 - Deployment ``<name>``: the workers. Its pod template carries a hash of ``consumer.yaml``, so a
   spec change rolls the pods while a replica-count change (the other key) does not.
-- ServiceAccount ``<name>-worker``: only when ``workload.iamRoleArn`` asks for IRSA and no
-  ``serviceAccountName`` is given.
+- ServiceAccount ``<name>-worker`` (:func:`worker_service_account_name`, deterministic so an admin
+  can bind a role to it ahead of time): only when ``workload.iamRoleArn`` is set and no
+  ``serviceAccountName`` is given. How the role reaches the pods depends on the cluster
+  (:class:`AwsIdentity`): with IRSA the account carries ``eks.amazonaws.com/role-arn``; with EKS
+  Pod Identity the binding is a Pod Identity association on (namespace, ``<name>-worker``) that
+  the cluster admin creates, and the account only records the intended role in
+  ``fanout.dev/iam-role-arn`` (for the admin's script and for ``kubectl describe``).
 - PodDisruptionBudget ``<name>``: only when ``maxReplicas > 1``.
 
 ``spec.replicas`` (the pin) is left out of ``consumer.yaml`` so ``kubectl scale`` never rolls pods.
@@ -23,8 +28,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import hashlib
+import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -52,6 +60,10 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_CONSUMER = f"{spec.API_GROUP}/consumer"
 ANNOTATION_CONFIG_HASH = f"{spec.API_GROUP}/config-hash"
 ANNOTATION_IRSA_ROLE = "eks.amazonaws.com/role-arn"
+ANNOTATION_INTENDED_ROLE = f"{spec.API_GROUP}/iam-role-arn"
+# On the Deployment: which pod-template annotation and nodeSelector keys the operator put there,
+# so a key dropped from the spec is removed while keys others add are left alone.
+ANNOTATION_MANAGED_KEYS = f"{spec.API_GROUP}/managed-template-keys"
 WORKER_APP_NAME = "fanout-worker"
 MANAGER_NAME = "fanout-operator"
 
@@ -70,12 +82,20 @@ class Owner:
     uid: str
 
 
+class AwsIdentity(enum.StrEnum):
+    """How a pod's ServiceAccount gets its IAM role on this cluster."""
+
+    IRSA = "irsa"  # IAM roles for service accounts: an annotation and the cluster's OIDC provider
+    POD_IDENTITY = "pod-identity"  # EKS Pod Identity: an association the admin creates in EKS
+
+
 @dataclasses.dataclass(frozen=True)
 class Defaults:
-    """Operator-wide settings a spec may override (from the operator's environment)."""
+    """Operator-wide worker settings a spec may override (from the operator's settings)."""
 
     image: str = "fanout-consumer:latest"
     service_account_name: str | None = None
+    aws_identity: AwsIdentity = AwsIdentity.IRSA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +110,23 @@ class Children:
     def all(self) -> list[Manifest]:
         optional = [self.service_account, self.pod_disruption_budget]
         return [self.config_map, self.deployment, *[m for m in optional if m is not None]]
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    """The FanoutConsumer a kopf body (or any object dict) describes."""
+    metadata = body.get("metadata", {})
+    return Owner(
+        name=str(metadata.get("name")),
+        namespace=str(metadata.get("namespace")),
+        uid=str(metadata.get("uid", "")),
+    )
+
+
+def initial_replicas(consumer: spec.FanoutConsumerSpec, last_known: int) -> int:
+    """Where a (re)created Deployment starts: the pin, else the last known size within bounds."""
+    if consumer.replicas is not None:
+        return consumer.replicas
+    return min(max(last_known, consumer.scaling.min_replicas), consumer.scaling.max_replicas)
 
 
 def _label_value(value: str) -> str:
@@ -187,26 +224,34 @@ def replicas_patch(replicas: int) -> Manifest:
     return {"data": {REPLICAS_KEY: str(replicas)}}
 
 
+def worker_service_account_name(owner: Owner) -> str:
+    """The ServiceAccount the operator creates for a consumer's own IAM role: ``<name>-worker``."""
+    return child_name(owner.name, "worker")
+
+
 def service_account_name(owner: Owner, consumer: spec.FanoutConsumerSpec, defaults: Defaults) -> str | None:
     workload = consumer.workload
     if workload.service_account_name:
         return workload.service_account_name
     if workload.iam_role_arn:
-        return child_name(owner.name, "worker")
+        return worker_service_account_name(owner)
     return defaults.service_account_name
 
 
-def service_account(owner: Owner, consumer: spec.FanoutConsumerSpec) -> Manifest | None:
+def service_account(owner: Owner, consumer: spec.FanoutConsumerSpec, defaults: Defaults) -> Manifest | None:
     workload = consumer.workload
     if workload.service_account_name or not workload.iam_role_arn:
         return None
-    metadata = _metadata(owner, child_name(owner.name, "worker"))
-    metadata["annotations"] = {ANNOTATION_IRSA_ROLE: workload.iam_role_arn}
+    metadata = _metadata(owner, worker_service_account_name(owner))
+    role_annotation = (
+        ANNOTATION_IRSA_ROLE if defaults.aws_identity is AwsIdentity.IRSA else ANNOTATION_INTENDED_ROLE
+    )
+    metadata["annotations"] = {role_annotation: workload.iam_role_arn}
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": metadata,
-        # Workers never call the Kubernetes API; IRSA mounts its own projected token.
+        # Workers never call the Kubernetes API; IRSA and Pod Identity mount their own tokens.
         "automountServiceAccountToken": False,
     }
 
@@ -294,10 +339,13 @@ def deployment(
         pod_spec["serviceAccountName"] = account
     if consumer.workload.node_selector:
         pod_spec["nodeSelector"] = dict(consumer.workload.node_selector)
+    metadata = _metadata(owner, deployment_name(owner))
+    managed = {"annotations": sorted(annotations), "nodeSelector": sorted(pod_spec.get("nodeSelector", {}))}
+    metadata["annotations"] = {ANNOTATION_MANAGED_KEYS: json.dumps(managed, sort_keys=True)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, deployment_name(owner)),
+        "metadata": metadata,
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 3,
@@ -333,6 +381,6 @@ def render(owner: Owner, consumer: spec.FanoutConsumerSpec, defaults: Defaults, 
     return Children(
         config_map=config_map(owner, consumer, replicas),
         deployment=deployment(owner, consumer, defaults, replicas),
-        service_account=service_account(owner, consumer),
+        service_account=service_account(owner, consumer, defaults),
         pod_disruption_budget=pod_disruption_budget(owner, consumer),
     )

@@ -8,8 +8,9 @@ The decision, in order (each step's effect is named in the reason string):
 
 1. ``spec.replicas`` set → that number, nothing else applies (a manual pin / ``kubectl scale``).
 2. backlog = visible + in flight; raw = ceil(backlog / targetBacklogPerReplica).
-3. Zero is special, as in KEDA: from zero, start only when backlog ≥ activationBacklog; to zero,
-   only after the queue has been empty (visible + in flight = 0) for ``cooldownSeconds``; in
+3. Zero is special, as in KEDA, and decided on *pending* = backlog + delayed: from zero, start
+   only when pending ≥ activationBacklog; to zero, only after pending has been 0 for
+   ``cooldownSeconds`` (counted from the first empty reading after one with messages); in
    between, never below one replica.
 4. Clamp to [minReplicas, maxReplicas].
 5. Throttle hold: when workers report the sink throttled or its circuit open, never scale up.
@@ -22,6 +23,14 @@ The decision, in order (each step's effect is named in the reason string):
    every timeoutSeconds). More replicas than that would only wait on the shared token bucket
    (or, for a naive fleet, hammer an API that says 429), so they are shed without waiting for
    the window. minReplicas still wins over the cap.
+
+Delayed messages (``ApproximateNumberOfMessagesDelayed``: sent with a delivery delay, visible
+within 15 minutes at most) are work that is certain to arrive, but not work a replica can do
+yet. So they keep a fleet alive and wake a sleeping one (step 3: a fleet never goes to zero
+while the queue holds any message, and does not flap between 0 and 1 while delayed messages wait),
+but they do not size it (step 2): with a queue-level delay, the delayed count is the arrival rate
+times the delay, and sizing on it would start replicas that sit idle until the messages surface,
+when the visible backlog sizes the fleet anyway.
 """
 
 from __future__ import annotations
@@ -112,7 +121,13 @@ class Observation:
 
     @property
     def backlog(self) -> int:
+        """What sizes the fleet: messages a replica can work on now, or is working on."""
         return self.visible + self.in_flight
+
+    @property
+    def pending(self) -> int:
+        """What keeps the fleet from zero: every message in the queue, delayed ones included."""
+        return self.backlog + self.delayed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,89 +171,134 @@ def downstream_cap(policy: Policy, sink: SinkReport | None) -> tuple[int, str] |
     return cap, f"{_num(rate)} req/s ÷ {_num(per_replica)} req/s per replica ({source})"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Shaping:
+    """A decision in the making: the recommendation, what shaped it last, and the reason so far."""
+
+    recommendation: int
+    limit: Limit
+    notes: tuple[str, ...]
+    to_zero: bool = False
+
+    def shaped(self, recommendation: int, limit: Limit, note: str) -> _Shaping:
+        return dataclasses.replace(
+            self, recommendation=recommendation, limit=limit, notes=(*self.notes, note)
+        )
+
+
+def _remembered_throughput(observation: Observation, state: State) -> float | None:
+    measured = observation.sink.per_replica_throughput if observation.sink is not None else None
+    return (
+        measured if measured is not None and measured >= MIN_MEASURED_RATE else state.per_replica_throughput
+    )
+
+
+def _empty_since(observation: Observation, state: State, now: float) -> float | None:
+    """When the queue became empty; ``None`` while it holds messages (delayed ones included)."""
+    if observation.pending > 0:
+        return None
+    return state.empty_since if state.empty_since is not None else now
+
+
+def _recommend(policy: Policy, observation: Observation, empty_since: float | None, now: float) -> _Shaping:
+    """Steps 2-4: from the backlog, with zero's special rules, within bounds."""
+    backlog, pending, current = observation.backlog, observation.pending, observation.current_replicas
+    raw = math.ceil(backlog / policy.target_backlog_per_replica)
+    start = _Shaping(
+        raw, Limit.BACKLOG, (f"backlog {backlog} / target {policy.target_backlog_per_replica} → {raw}",)
+    )
+    if observation.delayed:
+        start = dataclasses.replace(start, notes=(*start.notes, f"{observation.delayed} delayed"))
+    idle = now - empty_since if empty_since is not None else 0.0
+    threshold = max(1, policy.activation_backlog)
+    may_sleep = policy.min_replicas == 0
+    if may_sleep and current == 0 and pending < threshold:
+        if pending == 0:
+            return dataclasses.replace(start, recommendation=0)
+        return start.shaped(0, Limit.ACTIVATION, f"below activation {threshold}, stays at 0")
+    if may_sleep and empty_since is not None and idle >= policy.cooldown_seconds:
+        cooled = f"empty for {_num(idle)}s ≥ cooldown {_num(policy.cooldown_seconds)}s"
+        return dataclasses.replace(start.shaped(0, Limit.IDLE, cooled), to_zero=True)
+    # Between activation and cooldown a running fleet never drops below one replica.
+    recommendation = min(max(raw, policy.min_replicas, 1), policy.max_replicas)
+    if may_sleep and pending == 0:
+        cooling = f"empty for {_num(idle)}s of {_num(policy.cooldown_seconds)}s cooldown, keeps 1"
+        return start.shaped(recommendation, Limit.COOLDOWN, cooling)
+    if recommendation != raw:
+        bounds = f"bounded to [{policy.min_replicas}, {policy.max_replicas}] → {recommendation}"
+        return start.shaped(recommendation, Limit.BOUNDS, bounds)
+    return dataclasses.replace(start, recommendation=recommendation)
+
+
+def _hold_while_throttled(policy: Policy, observation: Observation, shaping: _Shaping) -> _Shaping:
+    """Step 5: a throttled sink or an open circuit holds the fleet instead of growing it."""
+    sink, current = observation.sink, observation.current_replicas
+    if sink is None or not sink.throttled or current == 0 or shaping.recommendation <= current:
+        return shaping
+    held = max(current, policy.min_replicas)
+    if held >= shaping.recommendation:
+        return shaping
+    return shaping.shaped(held, Limit.THROTTLED, f"sink throttled or circuit open: holding at {held}")
+
+
+def _stabilize(
+    policy: Policy, current: int, state: State, shaping: _Shaping, now: float
+) -> tuple[int, tuple[Recommendation, ...], _Shaping]:
+    """Step 6: up at once, down no lower than the window's highest recommendation."""
+    if shaping.to_zero:
+        return 0, (), shaping
+    window_start = now - policy.scale_down_stabilization_seconds
+    kept = (
+        *(r for r in state.recommendations if r.at > window_start),
+        Recommendation(now, shaping.recommendation),
+    )
+    if shaping.recommendation >= current:
+        return shaping.recommendation, kept, shaping
+    highest = min(max(r.replicas for r in kept), policy.max_replicas)
+    replicas = max(min(current, highest), policy.min_replicas)
+    if replicas > shaping.recommendation:
+        window = _num(policy.scale_down_stabilization_seconds)
+        note = f"scale-down held at {replicas} by the {window}s stabilization window"
+        shaping = dataclasses.replace(shaping, limit=Limit.STABILIZING, notes=(*shaping.notes, note))
+    return replicas, kept, shaping
+
+
+def _cap(policy: Policy, replicas: int, sink: SinkReport, shaping: _Shaping) -> tuple[int, _Shaping]:
+    """Step 7: replicas the sink cannot keep busy are shed at once, window or not."""
+    cap = downstream_cap(policy, sink)
+    if cap is None or replicas <= max(cap[0], policy.min_replicas):
+        return replicas, shaping
+    capped = max(cap[0], policy.min_replicas)
+    shaping = shaping.shaped(
+        min(shaping.recommendation, capped), Limit.SINK_CAP, f"capped at {capped} by sink rate ({cap[1]})"
+    )
+    return capped, shaping
+
+
 def decide(policy: Policy, observation: Observation, state: State, now: float) -> Decision:
     """The replica count for this poll, why, and the state for the next one."""
     current = observation.current_replicas
-    backlog = observation.backlog
-    measured = observation.sink.per_replica_throughput if observation.sink is not None else None
-    if measured is None or measured < MIN_MEASURED_RATE:
-        measured = state.per_replica_throughput
-    sink_view = dataclasses.replace(observation.sink or SinkReport(), per_replica_throughput=measured)
-    empty_since = (state.empty_since if state.empty_since is not None else now) if backlog == 0 else None
-
+    measured = _remembered_throughput(observation, state)
+    empty_since = _empty_since(observation, state, now)
     if policy.pinned_replicas is not None:
+        pinned = policy.pinned_replicas
         return Decision(
-            replicas=policy.pinned_replicas,
-            recommendation=policy.pinned_replicas,
+            replicas=pinned,
+            recommendation=pinned,
             limit=Limit.PINNED,
-            reason=f"pinned by spec.replicas → {policy.pinned_replicas}",
+            reason=f"pinned by spec.replicas → {pinned}",
             state=State(empty_since=empty_since, per_replica_throughput=measured),
         )
-
-    target = policy.target_backlog_per_replica
-    raw = math.ceil(backlog / target)
-    notes = [f"backlog {backlog} / target {target} → {raw}"]
-    limit = Limit.BACKLOG
-    to_zero = False
-    idle = now - empty_since if empty_since is not None else 0.0
-    threshold = max(1, policy.activation_backlog)
-    if policy.min_replicas == 0 and current == 0 and backlog < threshold:
-        recommendation = 0
-        if backlog > 0:
-            limit = Limit.ACTIVATION
-            notes.append(f"below activation {threshold}, stays at 0")
-    elif policy.min_replicas == 0 and backlog == 0 and idle >= policy.cooldown_seconds:
-        recommendation, to_zero, limit = 0, True, Limit.IDLE
-        notes.append(f"empty for {_num(idle)}s ≥ cooldown {_num(policy.cooldown_seconds)}s")
-    else:
-        # Between activation and cooldown a running fleet never drops below one replica.
-        recommendation = min(max(raw, policy.min_replicas, 1), policy.max_replicas)
-        if policy.min_replicas == 0 and backlog == 0:
-            limit = Limit.COOLDOWN
-            notes.append(f"empty for {_num(idle)}s of {_num(policy.cooldown_seconds)}s cooldown, keeps 1")
-        elif recommendation != raw:
-            limit = Limit.BOUNDS
-            notes.append(f"bounded to [{policy.min_replicas}, {policy.max_replicas}] → {recommendation}")
-
-    sink = observation.sink
-    if sink is not None and sink.throttled and current > 0 and recommendation > current:
-        held = max(current, policy.min_replicas)
-        if held < recommendation:
-            limit = Limit.THROTTLED
-            notes.append(f"sink throttled or circuit open: holding at {held}")
-            recommendation = held
-
-    window_start = now - policy.scale_down_stabilization_seconds
-    kept = tuple(r for r in state.recommendations if r.at > window_start)
-    if to_zero:
-        replicas, kept = 0, ()
-    else:
-        kept = (*kept, Recommendation(at=now, replicas=recommendation))
-        if recommendation >= current:
-            replicas = recommendation
-        else:
-            highest = min(max(r.replicas for r in kept), policy.max_replicas)
-            replicas = max(min(current, highest), policy.min_replicas)
-            if replicas > recommendation:
-                limit = Limit.STABILIZING
-                notes.append(
-                    f"scale-down held at {replicas} by the "
-                    f"{_num(policy.scale_down_stabilization_seconds)}s stabilization window"
-                )
-
-    # The cap comes last: replicas the sink cannot keep busy are shed at once, window or not.
-    cap = downstream_cap(policy, sink_view)
-    if cap is not None and replicas > max(cap[0], policy.min_replicas):
-        replicas = max(cap[0], policy.min_replicas)
-        limit = Limit.SINK_CAP
-        notes.append(f"capped at {replicas} by sink rate ({cap[1]})")
-        recommendation = min(recommendation, replicas)
-    notes.append(f"replicas {current} → {replicas}" if replicas != current else f"stays at {replicas}")
+    shaping = _hold_while_throttled(policy, observation, _recommend(policy, observation, empty_since, now))
+    replicas, kept, shaping = _stabilize(policy, current, state, shaping, now)
+    sink_view = dataclasses.replace(observation.sink or SinkReport(), per_replica_throughput=measured)
+    replicas, shaping = _cap(policy, replicas, sink_view, shaping)
+    outcome = f"replicas {current} → {replicas}" if replicas != current else f"stays at {replicas}"
     return Decision(
         replicas=replicas,
-        recommendation=recommendation,
-        limit=limit,
-        reason=", ".join(notes),
+        recommendation=shaping.recommendation,
+        limit=shaping.limit,
+        reason=", ".join((*shaping.notes, outcome)),
         state=State(empty_since=empty_since, recommendations=kept, per_replica_throughput=measured),
     )
 

@@ -13,9 +13,10 @@ along (Salesforce ignores it; proxies and the simulator use it).
 Answers: 201/200/204 → Delivered. 403 ``REQUEST_LIMIT_EXCEEDED``, 429 and 503 → throttle
 (Retry, limiter shrinks, Retry-After pauses). 401 ``INVALID_SESSION_ID`` → refresh the
 token (OAuth client-credentials ``POST tokenUrl``, else re-read the token's SecretRef) and
-retry once; still 401 → Retry, logged at ERROR, counted as a circuit failure (bad
-credentials open the circuit instead of burning every message's attempts). 300, 400, 404
-and other 4xx → Permanent with the status, error code and message. Every reply's
+retry once; still 401, any other 403 and 407 → Refused: our credential, a failure of the
+sink and never of the event (logged at ERROR; the circuit opens, nothing is dead-lettered,
+and each probe through the half-open circuit fetches or re-reads the token first). 300,
+400, 404 and other 4xx → Permanent with the status, error code and message. Every reply's
 ``Sforce-Limit-Info: api-usage=used/limit`` feeds the limiter's scale: past
 ``slowDownAtUsage`` of the daily limit the sink slows down linearly, to 5% at the limit.
 """
@@ -23,6 +24,7 @@ and other 4xx → Permanent with the status, error code and message. Every reply
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import functools
 import json
@@ -36,7 +38,7 @@ import httpx
 
 from fanout_core import spec
 from workers import events, fleet, telemetry, throttling
-from workers.sinks import exchange, secrets
+from workers.sinks import base, exchange, secrets
 
 NAME = "crm"
 MIN_SCALE = 0.05
@@ -49,6 +51,15 @@ log = logging.getLogger(__name__)
 
 class CrmAuthError(Exception):
     """No usable access token (token endpoint refused, or no way to get one)."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Attempt:
+    """What one delivery's tries share: whether it was admitted, which token it last sent."""
+
+    admitted: bool = False
+    refresh: bool = False
+    token: str | None = None
 
 
 class CrmSink(exchange.ExchangeSink):
@@ -89,36 +100,51 @@ class CrmSink(exchange.ExchangeSink):
         """The last ``Sforce-Limit-Info`` usage share seen (0..1), if any."""
         return self._usage
 
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         if not event.ordering_key:
             return events.Permanent("no external id: the event has no ordering key")
         url = self.upsert_url(event.ordering_key)
         body = json.dumps(map_fields(self._crm, event), separators=(",", ":"), ensure_ascii=False).encode()
-        for attempt in range(2):
+        attempt = _Attempt()
+
+        async def prepare(
+            permit: throttling.Permit,
+        ) -> exchange.Request | exchange.Judgement[events.Outcome | None] | None:
+            if not attempt.admitted:
+                if admit is not None and not await admit():
+                    return None
+                attempt.admitted = True
             try:
-                token = await self._current_token()
+                if permit.probe or attempt.refresh:
+                    # A probe after refusals, or the second try after a 401: a new token first.
+                    await self._refresh(stale=attempt.token or self._token)
+                attempt.token = await self._current_token()
             except CrmAuthError as error:
-                return events.Retry(f"no CRM access token: {error}")
+                log.error("crm access token unavailable", extra={"sink": NAME, "reason": str(error)})
+                return exchange.Judgement(
+                    events.Refused(f"no CRM access token: {error}"),
+                    throttling.Result.REFUSED,
+                    telemetry.SinkOutcome.REFUSED,
+                )
             headers = {
-                "Authorization": f"Bearer {token}",
+                "Authorization": f"Bearer {attempt.token}",
                 "Content-Type": "application/json",
                 "Idempotency-Key": event.event_id,
             }
-            refreshed = attempt > 0
+            return exchange.Request(body, headers)
+
+        unsent: events.Outcome | None = events.NotSent()
+        for refresh in (False, True):
+            attempt.refresh = refresh
             outcome = await self._exchange.send(
                 "PATCH",
                 url,
-                content=body,
-                headers=headers,
-                judge=functools.partial(self._judge, refreshed=refreshed),
+                prepare=prepare,
+                judge=functools.partial(self._judge, refreshed=refresh),
+                unsent=unsent,
             )
             if outcome is not None:
                 return outcome
-            try:
-                await self._refresh(stale=token)
-            except CrmAuthError as error:
-                log.error("crm token refresh failed", extra={"sink": NAME, "reason": str(error)})
-                return events.Retry(f"HTTP 401 INVALID_SESSION_ID; token refresh failed: {error}")
         raise AssertionError("unreachable: the answer after a refresh is always an outcome")
 
     def upsert_url(self, key: str) -> str:
@@ -144,13 +170,7 @@ class CrmSink(exchange.ExchangeSink):
             return Judgement(events.Delivered(), Result.OK, Outcome.DELIVERED)
         code, message = _error(answer)
         reason = f"HTTP {status} {code}: {message}".strip()[:_REASON_LIMIT]
-        if status == 401:
-            if refreshed:
-                log.error(
-                    "crm session still invalid after a token refresh: check the credentials",
-                    extra={"sink": NAME},
-                )
-                return Judgement(events.Retry(reason), Result.FAILED, Outcome.ERROR)
+        if status == 401 and not refreshed:
             return Judgement(None, Result.REJECTED, Outcome.RETRY)
         if status in (429, 503) or (status == 403 and code in _THROTTLE_CODES):
             delay = answer.retry_after()
@@ -161,6 +181,9 @@ class CrmSink(exchange.ExchangeSink):
                 Outcome.THROTTLED,
                 pause=delay,
             )
+        if status in (401, 403, 407):
+            log.error("crm refused our credentials: check them", extra={"sink": NAME, "status": status})
+            return Judgement(events.Refused(reason), Result.REFUSED, Outcome.REFUSED)
         if status >= 500:
             return Judgement(events.Retry(reason), Result.FAILED, Outcome.RETRY)
         return Judgement(events.Permanent(reason), Result.REJECTED, Outcome.PERMANENT)

@@ -5,15 +5,20 @@ its downstream's answers; :class:`Exchanger` does the rest, the same way for all
 
 1. tells the limiter when the replica count sharing the rate changed (:mod:`workers.fleet`);
 2. waits for a permit (:class:`workers.throttling.AsyncLimiter`);
-3. sends the request inside a CLIENT span with a W3C ``traceparent`` injected, through
+3. once the permit is granted, lets the sink ``prepare`` the request: that is when the
+   event is *admitted* (its idempotency claim is taken, see :class:`~workers.sinks.base.Admission`)
+   and when a probe through a half-open circuit re-reads the sink's secrets; a prepare that
+   declines hands the permit back unused;
+4. sends the request inside a CLIENT span with a W3C ``traceparent`` injected, through
    httpx on :class:`~workers.sinks.transport.PooledTransport` (httpx's own pool and wire
    format on plain asyncio sockets: about 40% less CPU per request) unless a transport is
    passed in;
-4. translates httpx's exceptions into an :class:`Answer` (``timed_out`` / ``error``) —
+5. translates httpx's exceptions into an :class:`Answer` (``timed_out`` / ``error``) —
    nothing from httpx escapes a sink;
-5. lets the sink's ``judge`` turn the answer into a :class:`Judgement` (the sink's value,
+6. lets the sink's ``judge`` turn the answer into a :class:`Judgement` (the sink's value,
    the limiter :class:`~workers.throttling.Result`, the Retry-After pause, the metric
-   label) and reports it to the limiter and the telemetry.
+   label) and reports it to the limiter and the telemetry (a refused credential also
+   raises the ``fanout_sink_credentials_refused`` gauge until an answer is accepted).
 
 Secrets never reach a log line from here: request headers are not logged, and errors
 are described by their type only.
@@ -22,15 +27,19 @@ are described by their type only.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 import httpx
 
 from fanout_core import spec
 from workers import fleet, retrying, telemetry, throttling
+from workers.sinks import secrets
 from workers.sinks import transport as http_transport
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -72,6 +81,14 @@ class Judgement(Generic[T]):
     outcome: telemetry.SinkOutcome
     pause: float | None = None
     """Seconds the whole sink waits (Retry-After)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """What a sink sends once its permit is granted."""
+
+    content: bytes
+    headers: Mapping[str, str]
 
 
 def limiter_settings(sink: spec.SinkSpec, replicas: int, *, known: bool = True) -> throttling.LimiterSettings:
@@ -156,17 +173,34 @@ class Exchanger:
         method: str,
         url: str,
         *,
-        content: bytes,
-        headers: Mapping[str, str],
+        prepare: Callable[[throttling.Permit], Awaitable[Request | Judgement[T] | None]],
         judge: Callable[[Answer], Judgement[T]],
+        unsent: T,
     ) -> T:
-        """One request under the limiter; ``judge`` reads the answer."""
+        """One request under the limiter.
+
+        ``prepare`` runs when the permit is granted and returns the request to send; or
+        None — do not send: the permit goes back unused and ``unsent`` is returned; or a
+        :class:`Judgement` — the request cannot be made (no usable credential): it counts
+        with the limiter as if the downstream had answered so. ``judge`` reads the answer.
+        """
         self.sync_replicas()
         async with self.limiter.slot() as slot:
-            answer = await self.request(method, url, content=content, headers=headers)
-            judgement = judge(answer)
+            prepared = await prepare(slot.permit)
+            if prepared is None:
+                slot.report(throttling.Result.UNUSED)
+                return unsent
+            if isinstance(prepared, Judgement):
+                judgement = prepared
+            else:
+                answer = await self.request(method, url, content=prepared.content, headers=prepared.headers)
+                judgement = judge(answer)
+                self.telemetry.request(judgement.outcome.value, answer.seconds)
             slot.report(judgement.result, retry_after=judgement.pause)
-        self.telemetry.request(judgement.outcome.value, answer.seconds)
+        if judgement.result is throttling.Result.REFUSED:
+            self.telemetry.credentials_refused(True)
+        elif judgement.result is throttling.Result.OK:
+            self.telemetry.credentials_refused(False)
         return judgement.value
 
     async def request(self, method: str, url: str, *, content: bytes, headers: Mapping[str, str]) -> Answer:
@@ -206,6 +240,8 @@ class ExchangeSink:
 
     kind: str = ""
     _exchange: Exchanger
+    _secrets: tuple[secrets.Secret, ...] = ()
+    """What :meth:`refresh_secrets` re-reads before a probe (a rotated credential)."""
 
     def _open_exchange(
         self,
@@ -241,5 +277,26 @@ class ExchangeSink:
         """Events one request carries (1; a batching sink says how many, lately)."""
         return 1.0
 
+    async def flush(self) -> None:
+        """Nothing is buffered by a one-request-per-event sink."""
+
     async def aclose(self) -> None:
         await self._exchange.aclose()
+
+    def refresh_secrets(self) -> None:
+        """Re-read every secret from its source; a source that fails keeps the last value.
+
+        Called before each probe through a half-open circuit, so a credential rotated in a
+        mounted Secret is picked up without a restart.
+        """
+        refresh_all(self._secrets, sink=self.kind)
+
+
+def refresh_all(sources: Iterable[secrets.Secret], *, sink: str) -> None:
+    """Re-read ``sources``; a source that cannot be read keeps its last value (logged)."""
+    for secret in sources:
+        try:
+            secret.refresh()
+        except secrets.SecretError as error:
+            reason = str(error)
+            log.warning("secret not re-read; keeping the last value", extra={"sink": sink, "reason": reason})

@@ -10,33 +10,39 @@ as one ``POST {url}/services/collector/event`` of concatenated event objects::
 
 with ``Authorization: Splunk <token>``. Each batch takes one limiter permit; batches run
 concurrently up to the limiter's concurrency (a conversation never has two events in
-one batch: the runtime delivers one event per conversation at a time).
+one batch: the runtime delivers one event per conversation at a time). When the permit
+is granted, every event of the batch is admitted (claimed) at once; the ones refused
+leave the batch before its body is built.
 
-Answers (docs/formats.md), per event: 200/0 → all Delivered; 503 (code 9, busy) and 429 →
-all Retry(throttled) after Retry-After; 400 with ``invalid-event-number`` k → events
-before k Delivered (HEC indexed them), event k Permanent, the rest Retry (not indexed);
-400 without a number, and 413, → the batch is split in halves and each half sent again
-(a single event that is still refused is Permanent); 401/403 (codes 2, 3, 4: bad token)
-→ Permanent, logged at ERROR as a configuration error, and a circuit failure so a wrong
-token does not drain the queue into the dead-letter queue at full speed; other 5xx,
-timeouts, connection errors → Retry.
+Answers (docs/formats.md, "Splunk HEC"), per event: 200/0 → all Delivered; 503 (code 9,
+busy) and 429 → all Retry(throttled) after Retry-After; 400 with ``invalid-event-number``
+k → events before k Delivered (HEC indexed them), event k Permanent, the rest Retry (not
+indexed); 400 without a number, and 413, → the batch is split in halves and each half
+sent again (a single event that is still refused is Permanent); 401/403 (codes 2, 3, 4:
+the token) → Refused: a failure of the sink, never of the events — logged at ERROR, the
+circuit opens, nothing is dead-lettered, and the token is re-read from its SecretRef
+before each probe; other 5xx, timeouts, connection errors → Retry.
+
+Shutdown: :meth:`HecSink.flush` sends the open batch at once; :meth:`HecSink.aclose`
+abandons batches still waiting for a permit (their events answer Retry and go back to
+the queue) instead of waiting behind an open circuit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from fanout_core import spec
 from workers import events, fleet, telemetry, throttling
-from workers.sinks import exchange, secrets
+from workers.sinks import base, exchange, secrets
 
 NAME = "siem"
 COLLECTOR_PATH = "/services/collector/event"
@@ -49,6 +55,8 @@ log = logging.getLogger(__name__)
 class _Item:
     raw: bytes
     done: asyncio.Future[events.Outcome]
+    admit: base.Admission | None
+    admitted: bool = False
 
 
 class HecSink(exchange.ExchangeSink):
@@ -69,6 +77,7 @@ class HecSink(exchange.ExchangeSink):
             raise spec.ConfigError("spec.sink.siem.token: a HEC token (SecretRef) is required")
         self._token = secrets.Secret(self._hec.token, field="spec.sink.siem.token")
         self._token.reveal()  # fail at start-up, not on the first batch
+        self._secrets = (self._token,)
         base = sink.url.rstrip("/")
         self._url = base if base.endswith(COLLECTOR_PATH) else base + COLLECTOR_PATH
         self._host = self._hec.host or socket.gethostname()
@@ -81,11 +90,11 @@ class HecSink(exchange.ExchangeSink):
 
     # -- the Sink protocol ------------------------------------------------------------------
 
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         if self._closed:
             return events.Retry("sink closed")
         raw = self.encode(event)
-        item = _Item(raw, asyncio.get_running_loop().create_future())
+        item = _Item(raw, asyncio.get_running_loop().create_future(), admit)
         if self._pending and self._pending_bytes + len(raw) > self._hec.max_batch_bytes:
             self._flush()
         self._pending.append(item)
@@ -100,11 +109,27 @@ class HecSink(exchange.ExchangeSink):
         """A full batch: what a request can carry is what the budget should make room for."""
         return float(self._hec.max_batch_events)
 
-    async def aclose(self) -> None:
-        """Send what is buffered, wait for every batch's answer, close the client."""
-        self._closed = True
+    async def flush(self) -> None:
+        """Send the open batch now."""
         self._flush()
-        while self._sending:
+
+    async def aclose(self) -> None:
+        """Abandon what is not sent yet (its events answer Retry), close the client.
+
+        Nothing new is sent from here: the runtime calls this after its delete path closed,
+        and an event delivered then could never be deleted. A batch already on the wire is
+        cancelled too; its events come back from the queue (the downstream may see them
+        twice, which a grace period longer than ``timeoutSeconds`` avoids).
+        """
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        _settle(pending, [events.Retry("sink closed")] * len(pending))
+        for task in list(self._sending):
+            task.cancel()
+        if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
         await super().aclose()
 
@@ -142,28 +167,60 @@ class HecSink(exchange.ExchangeSink):
 
     async def _send(self, items: list[_Item]) -> None:
         try:
-            outcomes = await self._post(items)
-        except BaseException:
+            await self._post(items)
+        finally:
+            # Whatever did not get an answer (cancelled, or a bug) goes back to the queue.
             _settle(items, [events.Retry("batch not sent")] * len(items))
-            raise
-        _settle(items, outcomes)
 
-    async def _post(self, items: list[_Item]) -> list[events.Outcome]:
-        body = b"".join(item.raw for item in items)
-        headers = {"Authorization": f"Splunk {self._token.reveal()}", "Content-Type": "application/json"}
+    async def _post(self, items: list[_Item]) -> None:
+        """Send ``items`` as one batch and settle each item's future with its outcome."""
+        sent: list[_Item] = []
+
+        async def prepare(permit: throttling.Permit) -> exchange.Request | None:
+            sent.extend(await _admitted(items))
+            if not sent:
+                return None
+            if permit.probe:
+                self.refresh_secrets()
+            headers = {"Authorization": f"Splunk {self._token.reveal()}", "Content-Type": "application/json"}
+            return exchange.Request(b"".join(item.raw for item in sent), headers)
+
+        def judge_sent(answer: exchange.Answer) -> exchange.Judgement[list[events.Outcome] | None]:
+            return judge(answer, count=len(sent))
+
+        unsent: list[events.Outcome] | None = [events.NotSent()] * len(items)
         outcomes = await self._exchange.send(
-            "POST", self._url, content=body, headers=headers, judge=functools.partial(judge, count=len(items))
+            "POST", self._url, prepare=prepare, judge=judge_sent, unsent=unsent
         )
+        if not sent:
+            _settle(items, [events.NotSent()] * len(items))
+            return
         if outcomes is not None:
-            return outcomes
-        if len(items) == 1:
-            return [events.Permanent("HEC refused the event even alone (HTTP 400/413)")]
-        half = len(items) // 2
-        first, second = await asyncio.gather(self._post(items[:half]), self._post(items[half:]))
-        return first + second
+            _settle(sent, outcomes)
+            return
+        if len(sent) == 1:
+            _settle(sent, [events.Permanent("HEC refused the event even alone (HTTP 400/413)")])
+            return
+        half = len(sent) // 2
+        await asyncio.gather(self._post(sent[:half]), self._post(sent[half:]))
 
 
-def _settle(items: list[_Item], outcomes: list[events.Outcome]) -> None:
+async def _admitted(items: list[_Item]) -> list[_Item]:
+    """The items whose admission says send; the others answer NotSent now."""
+    waiting = [item for item in items if not item.admitted]
+    answers = await asyncio.gather(*(_admit(item) for item in waiting))
+    for item, admitted in zip(waiting, answers, strict=True):
+        item.admitted = admitted
+        if not admitted:
+            _settle([item], [events.NotSent()])
+    return [item for item in items if item.admitted]
+
+
+async def _admit(item: _Item) -> bool:
+    return True if item.admit is None else await item.admit()
+
+
+def _settle(items: list[_Item], outcomes: Sequence[events.Outcome]) -> None:
     for item, outcome in zip(items, outcomes, strict=True):
         if not item.done.done():
             item.done.set_result(outcome)
@@ -219,12 +276,10 @@ def judge(answer: exchange.Answer, *, count: int) -> exchange.Judgement[list[eve
         return Judgement(None, Result.REJECTED, Outcome.RETRY)
     if status in (401, 403):
         log.error(
-            "HEC refused the token: configuration error, check spec.sink.siem.token",
+            "HEC refused the token: check spec.sink.siem.token (re-read before each probe)",
             extra={"sink": NAME, "status": status, "hec_code": code},
         )
-        return Judgement(
-            every(events.Permanent(f"{reason} (configuration)")), Result.FAILED, Outcome.PERMANENT
-        )
+        return Judgement(every(events.Refused(f"{reason} (token refused)")), Result.REFUSED, Outcome.REFUSED)
     if status >= 500:
         return Judgement(every(events.Retry(reason)), Result.FAILED, Outcome.RETRY)
     return Judgement(every(events.Permanent(reason)), Result.REJECTED, Outcome.PERMANENT)

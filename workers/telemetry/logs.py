@@ -3,7 +3,8 @@
 :func:`configure_logging` makes every record in the process one JSON object per line;
 :mod:`workers.telemetry.recorders` writes the state-change lines through :data:`STATE_LOGGER`
 with identifiers only. Free text that may quote a downstream reply (retry and dead-letter
-reasons) passes :func:`redact_payload` and :func:`scrub` first.
+reasons) passes :func:`redact_payload` and :func:`scrub` first; both are bounded in time
+and memory whatever they are given (a poison body nested 5,000 deep included).
 
 A worker writes a line or more per event, so the path is kept short: :func:`emit` makes the
 record without the logging module's caller lookup (the format has no file or line), the
@@ -13,7 +14,6 @@ JSON encoder and formats the timestamp's date and time once per second.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -58,44 +58,75 @@ def scrub(text: str) -> str:
 
 _MIN_REDACTED_VALUE = 4
 _MAX_REDACTED_VALUES = 2000
+_MAX_NODES = 20_000
+"""Payload nodes looked at to find values to redact: the walk is bounded whatever the shape."""
+_MAX_EMBEDDED_JSON = 64 * 1024
+"""A string that looks like JSON is parsed for its values only up to this size."""
 
 
-def _payload_strings(value: Any, found: set[str], depth: int = 0) -> None:
-    """Collect the string (and number) leaves of a payload, JSON-in-strings included."""
-    if depth > 32 or len(found) >= _MAX_REDACTED_VALUES:
-        return
-    if isinstance(value, Mapping):
-        for item in value.values():
-            _payload_strings(item, found, depth + 1)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _payload_strings(item, found, depth + 1)
-    elif isinstance(value, str):
-        if value[:1] in ("{", "["):
-            with contextlib.suppress(ValueError):
-                _payload_strings(json.loads(value), found, depth + 1)
-                return
-        if len(value) >= _MIN_REDACTED_VALUE:
-            found.add(value)
-            found.add(json.dumps(value)[1:-1])  # as quoted inside an echoed JSON document
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        text = str(value)
-        if len(text) >= _MIN_REDACTED_VALUE:
-            found.add(text)
+def _payload_strings(payload: Any) -> set[str]:
+    """The string (and number) leaves of a payload, JSON-in-strings included.
+
+    Iterative and bounded: at most :data:`_MAX_NODES` nodes and :data:`_MAX_REDACTED_VALUES`
+    values, embedded JSON parsed only when small, and a parse that fails for any reason
+    (deep nesting raises RecursionError, not ValueError) leaves the string as it is.
+    Whatever the payload's shape, this returns, and quickly.
+    """
+    found: set[str] = set()
+    stack: list[Any] = [payload]
+    visited = 0
+    while stack and visited < _MAX_NODES and len(found) < _MAX_REDACTED_VALUES:
+        value = stack.pop()
+        visited += 1
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if value[:1] in ("{", "[") and len(value) <= _MAX_EMBEDDED_JSON:
+                try:
+                    stack.append(json.loads(value))
+                    continue
+                except (ValueError, RecursionError):
+                    pass
+            if len(value) >= _MIN_REDACTED_VALUE:
+                found.add(value)
+                found.add(json.dumps(value)[1:-1])  # as quoted inside an echoed JSON document
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            text = str(value) if not isinstance(value, int) or value.bit_length() < 256 else ""
+            if len(text) >= _MIN_REDACTED_VALUE:
+                found.add(text)
+    return found
 
 
 def redact_payload(text: str, payload: Any) -> str:
     """Replace every payload value quoted in ``text`` (a reason echoing a downstream reply).
 
     Free text such as wrap-up notes has no recognisable shape, so the only sure way to keep
-    it out of a log line is to know it: the values come from the payload itself.
+    it out of a log line is to know it: the values come from the payload itself. ``text`` is
+    cut to what a log line keeps before anything else, so the cost is bounded too.
     """
-    values: set[str] = set()
-    _payload_strings(payload, values)
-    for value in sorted(values, key=len, reverse=True):
+    text = text[: _MAX_REASON * 2]
+    for value in sorted(_payload_strings(payload), key=len, reverse=True):
         if value in text:
             text = text.replace(value, "<redacted>")
     return text
+
+
+def redact_body(text: str, body: Any) -> str:
+    """:func:`redact_payload` for a message whose event could not be decoded: the values come
+    from the raw body, parsed here if it is JSON of a size SQS allows (deep nesting and
+    garbage leave it a plain string, redacted as a whole)."""
+    payload: Any = body
+    if isinstance(body, str) and len(body) <= _MAX_BODY_JSON:
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            payload = body
+    return redact_payload(text, payload)
+
+
+_MAX_BODY_JSON = 1024 * 1024
 
 
 STATE_LOGGER = logging.getLogger("fanout.worker")

@@ -16,16 +16,25 @@ import prometheus_client
 
 
 class ReasonClass(enum.StrEnum):
-    """Why a message was retried or dead-lettered; a bounded label value."""
+    """Why a message was retried or dead-lettered; a bounded label value.
+
+    Dead-lettered: ``poison``, ``permanent``, ``exhausted``. Retried: ``transient`` (the
+    event's own failure: it counts as an attempt), and the sink-wide ones, which never
+    count — ``throttled`` (429/503, Retry-After), ``refused`` (our credential),
+    ``circuit_open`` (the sink failed for everyone), ``in_progress`` (another replica
+    holds the event's claim) and ``store_unavailable`` (the idempotency store could not
+    be asked).
+    """
 
     POISON = "poison"
     PERMANENT = "permanent"
     EXHAUSTED = "exhausted"
-    THROTTLED = "throttled"
     TRANSIENT = "transient"
-    TIMEOUT = "timeout"
-    HOLD_LIMIT = "hold_limit"
-    SHUTDOWN = "shutdown"
+    THROTTLED = "throttled"
+    REFUSED = "refused"
+    CIRCUIT_OPEN = "circuit_open"
+    IN_PROGRESS = "in_progress"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 class SinkOutcome(enum.StrEnum):
@@ -34,6 +43,7 @@ class SinkOutcome(enum.StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"
     THROTTLED = "throttled"
+    REFUSED = "refused"
     PERMANENT = "permanent"
     ERROR = "error"
 
@@ -108,7 +118,24 @@ SINK_CIRCUIT_STATE = _g(
     "fanout_sink_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", ["sink"]
 )
 SINK_REQUESTS = _c("fanout_sink_requests", "Sink requests by outcome.", ["sink", "outcome"])
+SINK_CREDENTIALS_REFUSED = _g(
+    "fanout_sink_credentials_refused",
+    "1 while the downstream refuses our credential (401/403/407) and no request has been accepted since.",
+    ["sink"],
+)
 WORKER_READY = _g("fanout_worker_ready", "1 when the worker is polling and its sink is usable.", ["queue"])
+TASK_RESTARTS = _c(
+    "fanout_task_restarts", "Worker tasks restarted after an unexpected error.", ["queue", "task"]
+)
+TELEMETRY_ERRORS = _c(
+    "fanout_telemetry_errors", "Telemetry calls that failed (the data path went on regardless).", ["queue"]
+)
+REDRIVE_POLICY_CONFLICT = _g(
+    "fanout_redrive_policy_conflict",
+    "1 when the source queue's RedrivePolicy maxReceiveCount leaves fewer receives than "
+    "spec.retry.maxAttempts needs: SQS would dead-letter events the worker still retries.",
+    ["queue"],
+)
 
 _CODE_RE = re.compile(r"[^A-Za-z0-9_.]")
 

@@ -11,6 +11,11 @@ They run once or more per event, so they keep their cost down: label children ar
 once, gauges are set only when their value changes, and while no SDK records spans
 (:func:`~workers.telemetry.tracing.recording`) the span methods only carry the context on —
 what the no-op API would do, without building attributes and links nobody reads.
+
+They observe; they never raise into, block or change the data path. Every state-change
+method is wrapped by :func:`_never_raises` and every span by :class:`_SafeSpan`: a failure
+inside telemetry (a payload of an unexpected shape, an exporter bug) is counted in
+``fanout_telemetry_errors_total`` and logged by type only, and the caller goes on.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import functools
 import logging
 import math
 import time
+import types
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, ParamSpec
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -34,6 +40,67 @@ from workers.telemetry import logs, metrics, tracing
 # Child span names the runtime uses; ACK is a messaging "settle" operation.
 DEDUPE: Final = "dedupe"
 ACK: Final = "ack"
+
+_P = ParamSpec("_P")
+_log = logging.getLogger(__name__)
+
+
+def _telemetry_failed(owner: object, what: str, error: BaseException) -> None:
+    """Count and note a failure inside telemetry; never raises itself."""
+    try:
+        metrics.TELEMETRY_ERRORS.labels(str(getattr(owner, "queue", "") or "-")).inc()
+        _log.warning("telemetry call failed; ignored", extra={"call": what, "error": type(error).__name__})
+    except Exception:  # the last line of defence must not raise either
+        return
+
+
+def _never_raises(method: Callable[_P, None]) -> Callable[_P, None]:
+    """A recorder method whose failures are counted and swallowed (see the module doc)."""
+
+    @functools.wraps(method)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as error:
+            _telemetry_failed(args[0] if args else None, method.__name__, error)
+
+    return guarded
+
+
+class _SafeSpan(contextlib.AbstractContextManager[Span]):
+    """A span context that falls back to the current (non-recording) span when telemetry fails."""
+
+    __slots__ = ("_inner", "_make", "_owner")
+
+    def __init__(self, owner: object, make: Callable[[], contextlib.AbstractContextManager[Span]]) -> None:
+        self._owner = owner
+        self._make = make
+        self._inner: contextlib.AbstractContextManager[Span] | None = None
+
+    def __enter__(self) -> Span:
+        try:
+            inner = self._make()
+            span = inner.__enter__()
+        except Exception as error:
+            _telemetry_failed(self._owner, "span", error)
+            return trace.INVALID_SPAN
+        self._inner = inner
+        return span
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        inner, self._inner = self._inner, None
+        if inner is None:
+            return
+        try:
+            inner.__exit__(kind, error, traceback)
+        except Exception as failure:
+            if failure is not error:
+                _telemetry_failed(self._owner, "span", failure)
 
 
 def _message_id(message: Mapping[str, Any]) -> str | None:
@@ -102,6 +169,9 @@ class WorkerTelemetry:
 
     def receive_span(self) -> contextlib.AbstractContextManager[Span]:
         """``receive <queue>`` CLIENT span around one ReceiveMessage call."""
+        return _SafeSpan(self, self._receive_span)
+
+    def _receive_span(self) -> contextlib.AbstractContextManager[Span]:
         if not tracing.recording(self._tracer_provider):
             return _current_span()
         attributes = self._base_attributes()
@@ -111,6 +181,7 @@ class WorkerTelemetry:
             f"receive {self.queue}", kind=SpanKind.CLIENT, attributes=attributes
         )
 
+    @_never_raises
     def record_batch(self, span: Span, messages: Sequence[Mapping[str, Any]]) -> None:
         """Put the batch size and one link per message producer context on a receive span."""
         if not span.is_recording():
@@ -121,8 +192,14 @@ class WorkerTelemetry:
             for span_context in tracing.producer_contexts(message):
                 span.add_link(span_context, {"messaging.message.id": message_id} if message_id else None)
 
+    def process_span(
+        self, message: Mapping[str, Any], event: events.Event | None
+    ) -> contextlib.AbstractContextManager[Span]:
+        """``process <queue>`` CONSUMER span for one message (see :meth:`_process_span`)."""
+        return _SafeSpan(self, functools.partial(self._process_span, message, event))
+
     @contextlib.contextmanager
-    def process_span(self, message: Mapping[str, Any], event: events.Event | None) -> Iterator[Span]:
+    def _process_span(self, message: Mapping[str, Any], event: events.Event | None) -> Iterator[Span]:
         """``process <queue>`` CONSUMER span for one message.
 
         The first producer context becomes the parent (one trace from producer to the
@@ -166,6 +243,9 @@ class WorkerTelemetry:
 
     def child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
         """An INTERNAL child of the current span: :data:`DEDUPE`, :data:`ACK` (a settle)."""
+        return _SafeSpan(self, functools.partial(self._child_span, name))
+
+    def _child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
         if not tracing.recording(self._tracer_provider):
             return _current_span()
         attributes: dict[str, str] = {}
@@ -188,14 +268,16 @@ class WorkerTelemetry:
 
     @staticmethod
     def _reason(reason: str, message: Mapping[str, Any], event: events.Event | None) -> str:
-        payload: Any = event.payload if event is not None else message.get("Body")
-        return logs.scrub(logs.redact_payload(reason, payload))
+        if event is None:
+            return logs.scrub(logs.redact_body(reason, message.get("Body")))
+        return logs.scrub(logs.redact_payload(reason, event.payload))
 
     @staticmethod
     def _log(level: int, state: str, fields: dict[str, Any]) -> None:
         if logs.STATE_LOGGER.isEnabledFor(level):
             logs.emit(logs.STATE_LOGGER, level, state, fields)
 
+    @_never_raises
     def received(self, count: int) -> None:
         if count == 0:
             self._empty.inc()
@@ -207,6 +289,7 @@ class WorkerTelemetry:
         fields["count"] = count
         self._log(logging.INFO, "received", fields)
 
+    @_never_raises
     def delivered(self, message: Mapping[str, Any], event: events.Event, processing_seconds: float) -> None:
         self._delivered.inc()
         self._processing.observe(max(0.0, processing_seconds))
@@ -226,14 +309,17 @@ class WorkerTelemetry:
             fields["end_to_end_seconds"] = round(end_to_end, 3)
         self._log(logging.INFO, "delivered", fields)
 
+    @_never_raises
     def filtered(self, message: Mapping[str, Any], event: events.Event) -> None:
         self._filtered.inc()
         self._log(logging.INFO, "filtered", self._fields(message, event))
 
+    @_never_raises
     def duplicate(self, message: Mapping[str, Any], event: events.Event) -> None:
         self._duplicates.inc()
         self._log(logging.INFO, "duplicate", self._fields(message, event))
 
+    @_never_raises
     def retried(
         self,
         message: Mapping[str, Any],
@@ -253,6 +339,7 @@ class WorkerTelemetry:
             fields["receive_count"] = receive_count
         self._log(logging.WARNING, "retried", fields)
 
+    @_never_raises
     def dead_lettered(
         self,
         message: Mapping[str, Any],
@@ -274,15 +361,18 @@ class WorkerTelemetry:
         fields["count"] = count
         self._log(level, state, fields)
 
+    @_never_raises
     def returned(self, count: int) -> None:
         """Messages given back with visibility 0 (e.g. at shutdown, or held too long)."""
         self._returned.inc(count)
         self._count(logging.INFO, "returned", count)
 
+    @_never_raises
     def deleted(self, count: int) -> None:
         self._deleted.inc(count)
         self._count(logging.DEBUG, "deleted", count)
 
+    @_never_raises
     def delete_failed(self, count: int, code: str) -> None:
         code = metrics.bounded_code(code)
         metrics.DELETE_FAILURES.labels(self.queue, code).inc(count)
@@ -291,24 +381,42 @@ class WorkerTelemetry:
         fields["code"] = code
         self._log(logging.WARNING, "delete_failed", fields)
 
+    @_never_raises
     def visibility_extended(self, count: int) -> None:
         self._extended.inc(count)
         self._count(logging.DEBUG, "visibility_extended", count)
 
+    @_never_raises
     def receipt_expired(self, count: int) -> None:
         self._expired.inc(count)
         self._count(logging.WARNING, "receipt_expired", count)
 
+    @_never_raises
     def set_in_flight(self, count: int) -> None:
         if count != self._in_flight_value:
             self._in_flight_value = count
             self._in_flight.set(count)
 
+    @_never_raises
     def set_lanes(self, count: int) -> None:
         if count != self._lanes_value:
             self._lanes_value = count
             self._lanes.set(count)
 
+    @_never_raises
+    def task_restarted(self, task: str) -> None:
+        metrics.TASK_RESTARTS.labels(self.queue, task).inc()
+
+    @_never_raises
+    def redrive_conflict(self, problem: str | None) -> None:
+        """The source queue's redrive policy would cut retries short (``problem``), or not."""
+        metrics.REDRIVE_POLICY_CONFLICT.labels(self.queue).set(1 if problem else 0)
+        if problem:
+            fields = self._fields(None, None)
+            fields["problem"] = problem
+            self._log(logging.WARNING, "redrive_policy_conflict", fields)
+
+    @_never_raises
     def set_ready(self, ready: bool) -> None:
         self._ready_gauge.set(1 if ready else 0)
         if ready != self._ready:
@@ -337,7 +445,11 @@ class SinkTelemetry:
         self._concurrency_gauge = metrics.SINK_CONCURRENCY_LIMIT.labels(sink_name)
         self._paused_gauge = metrics.SINK_PAUSED.labels(sink_name)
         self._circuit_gauge = metrics.SINK_CIRCUIT_STATE.labels(sink_name)
+        self._refused_gauge = metrics.SINK_CREDENTIALS_REFUSED.labels(sink_name)
+        self._refused_gauge.set(0)
+        self._refused = False
 
+    @_never_raises
     def request(self, outcome: str, seconds: float) -> None:
         """Count one request; ``outcome`` must be a :class:`metrics.SinkOutcome` value (ValueError)."""
         children = self._requests.get(outcome)
@@ -347,6 +459,7 @@ class SinkTelemetry:
         counter.inc()
         histogram.observe(max(0.0, seconds))
 
+    @_never_raises
     def limiter_state(self, *, rate: float | None, concurrency: int, paused: bool, circuit: int) -> None:
         """Publish the limiter's view; ``rate=None`` means unlimited (+Inf).
 
@@ -375,11 +488,27 @@ class SinkTelemetry:
         self._circuit = state
         self._paused = paused
 
+    @_never_raises
+    def credentials_refused(self, refused: bool) -> None:
+        """Raise or clear ``fanout_sink_credentials_refused``; one log line per change."""
+        if refused == self._refused:
+            return
+        self._refused = refused
+        self._refused_gauge.set(1 if refused else 0)
+        logs.SINK_LOGGER.log(
+            logging.ERROR if refused else logging.INFO,
+            "credentials_refused" if refused else "credentials_accepted",
+            extra={"fanout": {"sink": self.sink_name}},
+        )
+
     def http_span(self, method: str, url: str) -> contextlib.AbstractContextManager[Span]:
         """A CLIENT span for one downstream HTTP request; call :func:`inject_headers` inside it.
 
         The URL is recorded without userinfo, query or fragment: those can carry secrets.
         """
+        return _SafeSpan(self, functools.partial(self._http_span, method, url))
+
+    def _http_span(self, method: str, url: str) -> contextlib.AbstractContextManager[Span]:
         if not tracing.recording(self._tracer_provider):
             return _current_span()
         attributes = dict(_http_attributes(method.upper(), url, self.sink_name))

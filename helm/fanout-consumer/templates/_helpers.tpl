@@ -116,3 +116,12 @@ Name of the ClusterKopfPeering object the operator replicas coordinate through.
 {{- define "fanout-consumer.peeringName" -}}
 {{- default (include "fanout-consumer.fullname" .) .Values.operator.peering.name }}
 {{- end }}
+
+{{/*
+The IRSA role annotation's value: the given roleArn when awsIdentity is irsa, else empty (with
+EKS Pod Identity the role is bound by an association, not by an annotation).
+Call with (dict "root" $ "roleArn" .Values.operator.serviceAccount.roleArn).
+*/}}
+{{- define "fanout-consumer.irsaRoleArn" -}}
+{{- if eq .root.Values.awsIdentity "irsa" }}{{ .roleArn }}{{- end }}
+{{- end }}

@@ -139,9 +139,10 @@ def plans(day: traffic.Day) -> list[Plan]:
 
 
 def manifest(
-    plan: Plan, *, queue_url: str, dead_letter_url: str, sink_url: str, region: str
+    plan: Plan, *, queue_url: str, dead_letter_url: str, sink_url: str, region: str, topic_arn: str
 ) -> dict[str, Any]:
-    """The FanoutConsumer manifest the plan's workers run."""
+    """The FanoutConsumer manifest the plan's workers run; its ``spec.topology`` (``manage:
+    true``) is what the demo's AWS resources are built from, as the operator builds them."""
     spec: dict[str, Any] = {
         "queue": {
             "url": queue_url,
@@ -162,6 +163,17 @@ def manifest(
         "deadLetter": {"queueUrl": dead_letter_url},
         "idempotency": {"store": "memory", "ttlSeconds": 3600},
         "shutdown": {"gracePeriodSeconds": 10},
+        "topology": {
+            "manage": True,
+            "topicArn": topic_arn,
+            "subscription": {
+                # The referee recognises a dead letter by the SNS MessageId in its envelope.
+                "rawMessageDelivery": False,
+                # The CRM's queue takes conversation events only, by the category attribute the
+                # publisher sets; the others take everything and their spec.filter decides.
+                "filterPolicy": plan.filter_policy or {},
+            },
+        },
     }
     if plan.keep is not None:
         spec["filter"] = {"eventTypes": list(plan.keep)}

@@ -64,7 +64,9 @@ def _headline(snapshot: session.Snapshot) -> str:
         parts.append("SIEM BUSY (503)")
     if snapshot.paused_seconds >= 0.5:
         parts.append(f"publishing paused {snapshot.paused_seconds:.1f}s for backlog")
-    if snapshot.published >= snapshot.total:
+    if snapshot.redrive:
+        parts.append(snapshot.redrive)
+    elif snapshot.published >= snapshot.total:
         parts.append("draining")
     return " · ".join(parts)
 
@@ -150,7 +152,8 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
     row("delivered twice / missing", [f"{v.delivered_twice} / {v.missing}" for v in verdicts])
     row("duplicates suppressed", [str(outcome.duplicates_suppressed[p.name]) for p in outcome.plans])
     row("filtered by spec.filter", [str(outcome.filtered[p.name]) for p in outcome.plans])
-    row("dead-lettered", [_dead_summary(dict(v.dead_letters)) for v in verdicts])
+    row("dead-lettered (left at the end)", [_dead_summary(dict(v.dead_letters)) for v in verdicts])
+    row("redriven after the fix", [str(v.redriven) for v in verdicts])
     row("ordering violations", [str(v.order_violations) for v in verdicts])
     row(
         "reordered at source (back in event order)",
@@ -182,6 +185,13 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
         f"(the moto server sets the pace; {outcome.paused_seconds:.1f} s paused to keep queues short); "
         f"{outcome.elapsed:.1f} s in all."
     )
+    for figures in outcome.redrives.values():
+        console.print(
+            f"{figures.consumer}: the CRM held two records for a few conversations (a botched import), so "
+            f"{len(figures.refused)} of their events were refused (300 Multiple Choices) and dead-lettered "
+            f"as permanent; with the duplicates merged, `{figures.command}` moved {figures.moved} back in "
+            f"{figures.seconds:.1f} s at {figures.rate_why}; the poison stayed."
+        )
     if outcome.log_path is not None:
         console.print(f"worker logs (JSON lines): {outcome.log_path}")
     problems = [
@@ -194,8 +204,8 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
             console.print(f"BROKEN: {problem}", style="bold red")
     else:
         console.print(
-            "every invariant held: each event delivered exactly once, no ordering violation, "
-            "every poison message dead-lettered with its reason, every queue empty",
+            "every invariant held: each event delivered exactly once (the redriven ones too), "
+            "no ordering violation, every poison message dead-lettered with its reason, every queue empty",
             style="bold green",
         )
 

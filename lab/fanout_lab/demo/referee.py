@@ -11,9 +11,12 @@ The invariants, each named in the output when it breaks:
   source itself reorders some events (as Genesys does); a standard queue's worker puts
   back in event-time order what it holds at once, a FIFO queue keeps the source's order,
   so a source-reordered pair may arrive either way — but an in-order pair must never be
-  turned around (by a retry, two replicas, a lane that did not hold);
+  turned around (by a retry, two replicas, a lane that did not hold). Events brought back
+  by a redrive are left out: they arrive after their conversation's later events by
+  construction (on a standard queue as with any redrive), and the report counts them;
 * **dead letters** — every poison message the consumer received is in its dead-letter
-  queue with a ``fanout.reason``, and nothing else is;
+  queue with a ``fanout.reason``, and nothing else is (what was dead-lettered for a cause
+  since fixed has been redriven, and counts under exactly once);
 * **drained** — the source queue is empty (nothing visible, nothing in flight).
 """
 
@@ -96,6 +99,8 @@ class Verdict:
     """Successful requests per second while saturated / the downstream's limit."""
     saturated_seconds: float
     broken: tuple[str, ...]
+    redriven: int = 0
+    """Events delivered after a redrive brought them back from the dead-letter queue."""
 
     @property
     def ok(self) -> bool:
@@ -139,6 +144,7 @@ def judge(
     samples: Sequence[Sample],
     rate_limit: float | None,
     saturation_backlog: int,
+    redriven: frozenset[str] = frozenset(),
 ) -> Verdict:
     broken: list[str] = []
     first: dict[str, float] = {}
@@ -157,7 +163,7 @@ def judge(
     if unexpected:
         broken.append(f"{len(unexpected)} events delivered that this consumer should not get")
 
-    order = [cid for cid in first if cid in expected.ordered]
+    order = [cid for cid in first if cid in expected.ordered and cid not in redriven]
     violations, reordered, repaired = order_check(order, day.events)
     if violations:
         broken.append(f"{violations} ordering violations")
@@ -179,7 +185,10 @@ def judge(
     if queue_left:
         broken.append(f"{queue_left} messages left in the queue")
 
-    latencies = sorted(at - published_at[cid] for cid, at in first.items() if cid in published_at)
+    # A redriven event's latency is the incident's, not the pipeline's: left out.
+    latencies = sorted(
+        at - published_at[cid] for cid, at in first.items() if cid in published_at and cid not in redriven
+    )
     share, saturated = goodput(samples, rate_limit, saturation_backlog)
     return Verdict(
         delivered=len(first),
@@ -195,6 +204,7 @@ def judge(
         goodput_share=share,
         saturated_seconds=saturated,
         broken=tuple(broken),
+        redriven=len(redriven & first.keys()),
     )
 
 

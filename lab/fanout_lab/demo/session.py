@@ -6,11 +6,14 @@ one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) 
 :class:`Snapshot` to ``on_progress`` twice a second while it runs. In order:
 
 1. a moto server child process on a free loopback port (the standard ``AWS_*`` variables
-   point at it for the run); one FIFO SNS topic; per consumer a queue with a dead-letter
-   queue and a redrive policy, subscribed to the topic (with its filter policy); the CRM's
-   DynamoDB idempotency table;
-2. the CRM, Splunk HEC and webhook simulators on loopback ports, with rate limits and
-   latency; their credentials reach the sinks through environment variables, as secrets do;
+   point at it for the run) and one SNS topic; the CRM, Splunk HEC and webhook simulators on
+   loopback ports, with rate limits and latency (their credentials reach the sinks through
+   environment variables, as secrets do);
+2. per consumer, its topology built from its manifest's ``spec.topology`` by
+   ``fanout_core.provisioning`` — the code the operator runs: the queue, its dead-letter
+   queue and redrive policy, the queue policy for the topic, the subscription with its filter
+   policy, the dashboard's DynamoDB idempotency table — then verified by
+   ``fanout_core.findings``: the run stops if anything is found;
 3. the workers, in this process (``running.Worker``, the runtime ``fanout-worker`` runs),
    each replica with its own sink told the replica count, so it takes its share of the
    fleet-wide rate limit;
@@ -18,8 +21,11 @@ one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) 
    ``backlog_cap`` messages (the moto server scans a whole queue for every message it
    moves, so a long queue would make it, not the workers, the bottleneck): a pause
    stretches the day, and the report says by how much;
-5. the wait until every consumer has everything (or ``drain_timeout``), the workers'
-   drain (SIGTERM's path), the dead-letter queues read, the verdicts.
+5. the wait until every consumer has everything (or ``drain_timeout``) — except the events
+   of the conversations whose CRM records are duplicated (:mod:`recovery`), which are in the
+   CRM's dead-letter queue; then the fix and the redrive of those, with the workers still
+   running, and the wait until they are delivered too;
+6. the workers' drain (SIGTERM's path), the dead-letter queues read, the verdicts.
 """
 
 from __future__ import annotations
@@ -27,27 +33,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
-import logging
 import os
 import pathlib
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import aiobotocore.session
 import prometheus_client
 
+from fanout_core import awsclients, findings, inspecting, provisioning, topology
 from fanout_core import spec as spec_model
-from fanout_lab.demo import consumers, referee, traffic
-from fanout_lab.simulators import aws, crm, downstream, hec, webhook
+from fanout_lab.demo import consumers, recovery, referee, stage, traffic
+from fanout_lab.simulators import aws, crm, downstream
 from workers import fleet, running, sinks, throttling
 from workers.sinks import exchange
-from workers.telemetry import logs
 
 TOPIC = "genesys-interactions"
-REDRIVE_MAX_RECEIVES = 15
+ACCOUNT = "123456789012"
+"""moto's account."""
 MONITOR_INTERVAL = 0.5
 OUTAGE_AT = 0.55  # share of the day when the SIEM is busy for a while
 
@@ -70,6 +73,7 @@ class ConsumerState:
     plan: consumers.Plan
     simulator: downstream.DownstreamSimulator
     expected_events: frozenset[str]
+    consumer: spec_model.FanoutConsumer | None = None
     queue_url: str = ""
     dead_letter_url: str = ""
     visible: int = 0
@@ -113,6 +117,24 @@ class ConsumerState:
         for name in ("fanout_duplicates_suppressed_total", "fanout_events_filtered_total"):
             value = prometheus_client.REGISTRY.get_sample_value(name, {"queue": self.plan.queue})
             self._metric_base[name + repr([])] = value or 0.0
+        labels = {"queue": self.plan.queue, "reason_class": "permanent"}
+        value = prometheus_client.REGISTRY.get_sample_value("fanout_dead_lettered_total", labels)
+        self._metric_base["fanout_dead_lettered_total" + repr([("reason_class", "permanent")])] = value or 0.0
+
+    @property
+    def refused_for_good(self) -> int:
+        """Events this consumer's workers dead-lettered as permanent (the CRM's missing column)."""
+        return int(self.metric("fanout_dead_lettered_total", reason_class="permanent"))
+
+    def drained(self, poison: int) -> bool:
+        """Queue empty; every expected event delivered or dead-lettered as permanent."""
+        permanent = self.refused_for_good
+        return (
+            self.visible == 0
+            and self.in_flight == 0
+            and len(self.delivered & self.expected_events) + permanent >= len(self.expected_events)
+            and self.dead >= poison + permanent
+        )
 
     @property
     def done(self) -> bool:
@@ -131,6 +153,8 @@ class Snapshot:
     outage: bool
     paused_seconds: float
     consumers: list[ConsumerState]
+    redrive: str | None = None
+    """The redrive under way, as the headline shows it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +171,7 @@ class Outcome:
     publishing_seconds: float
     timed_out: bool
     log_path: pathlib.Path | None
+    redrives: dict[str, recovery.Figures] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -159,7 +184,6 @@ class _Run:
         self.day = day
         self.sns = clients["sns"]
         self.sqs = clients["sqs"]
-        self.dynamodb = clients["dynamodb"]
         self.states: list[ConsumerState] = []
         self.published = 0
         self.published_at: dict[str, float] = {}
@@ -170,48 +194,39 @@ class _Run:
         self.outage = False
         self.publishing_done = False
         self.publishing_seconds = 0.0
+        self.redrive_line: str | None = None
+        self.redrives: dict[str, recovery.Figures] = {}
 
     # -- AWS resources -------------------------------------------------------------------
 
-    async def create_resources(self) -> str:
+    async def create_resources(self, endpoint_url: str) -> str:
+        """The topic, then each consumer's topology as its manifest declares it (see step 2)."""
         topic = await self.sns.create_topic(Name=TOPIC)
         topic_arn = str(topic["TopicArn"])
-        for state in self.states:
-            plan = state.plan
-            fifo = {"FifoQueue": "true"} if plan.fifo else {}
-            dlq = await self.sqs.create_queue(QueueName=plan.dead_letter_queue, Attributes=fifo)
-            state.dead_letter_url = str(dlq["QueueUrl"])
-            redrive = {
-                "deadLetterTargetArn": await self._arn(state.dead_letter_url),
-                "maxReceiveCount": REDRIVE_MAX_RECEIVES,
-            }
-            queue = await self.sqs.create_queue(
-                QueueName=plan.queue,
-                Attributes={**fifo, "VisibilityTimeout": "30", "RedrivePolicy": json.dumps(redrive)},
-            )
-            state.queue_url = str(queue["QueueUrl"])
-            attributes = {"FilterPolicy": json.dumps(plan.filter_policy)} if plan.filter_policy else {}
-            await self.sns.subscribe(
-                TopicArn=topic_arn,
-                Protocol="sqs",
-                Endpoint=await self._arn(state.queue_url),
-                Attributes=attributes,
-            )
-        await self.dynamodb.create_table(
-            TableName=consumers.IDEMPOTENCY_TABLE,
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        await self.dynamodb.update_time_to_live(
-            TableName=consumers.IDEMPOTENCY_TABLE,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"},
-        )
+        async with awsclients.open_clients(aws.DEFAULT_REGION) as clients:
+            for state in self.states:
+                plan = state.plan
+                queue_url = f"{endpoint_url}/{ACCOUNT}/{plan.queue}"
+                document = consumers.manifest(
+                    plan,
+                    queue_url=queue_url,
+                    dead_letter_url=f"{endpoint_url}/{ACCOUNT}/{plan.dead_letter_queue}",
+                    sink_url=state.simulator.url,
+                    region=aws.DEFAULT_REGION,
+                    topic_arn=topic_arn,
+                )
+                consumer = spec_model.parse_manifest(document)
+                owner = f"{consumer.metadata.namespace}/{consumer.metadata.name}"
+                desired = topology.desired(consumer.spec, owner=owner, place=clients.place)
+                await provisioning.provision(clients, desired)
+                report = findings.check(consumer.spec, desired, await inspecting.inspect(clients, desired))
+                if not report.ok:
+                    problems = "; ".join(finding.line() for finding in report.findings)
+                    raise RuntimeError(f"{plan.name}: the topology just built has problems: {problems}")
+                state.consumer = consumer
+                state.queue_url = desired.queue.url
+                state.dead_letter_url = desired.dead_letter.url
         return topic_arn
-
-    async def _arn(self, queue_url: str) -> str:
-        reply = await self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
-        return str(reply["Attributes"]["QueueArn"])
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -304,117 +319,25 @@ class _Run:
             outage=self.outage,
             paused_seconds=self.paused_seconds,
             consumers=self.states,
+            redrive=self.redrive_line,
         )
-
-    async def read_dead_letters(self, state: ConsumerState) -> list[referee.DeadLetter]:
-        found: list[referee.DeadLetter] = []
-        for _ in range(1000):
-            reply = await self.sqs.receive_message(
-                QueueUrl=state.dead_letter_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=0,
-                VisibilityTimeout=60,
-                MessageAttributeNames=["All"],
-            )
-            messages = reply.get("Messages", [])
-            if not messages:
-                break
-            for message in messages:
-                found.append(_dead_letter(message))
-            await self.sqs.delete_message_batch(
-                QueueUrl=state.dead_letter_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-            )
-        return found
-
-
-def _dead_letter(message: dict[str, Any]) -> referee.DeadLetter:
-    attributes = message.get("MessageAttributes", {})
-
-    def attribute(name: str) -> str | None:
-        value = attributes.get(name, {}).get("StringValue")
-        return str(value) if value is not None else None
-
-    sns_id: str | None = None
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        sns_id = json.loads(message.get("Body", "")).get("MessageId")
-    return referee.DeadLetter(sns_id, attribute("fanout.reason-class"), attribute("fanout.reason"))
-
-
-@contextlib.asynccontextmanager
-async def _clients() -> AsyncIterator[dict[str, Any]]:
-    session = aiobotocore.session.get_session()
-    async with (
-        session.create_client("sns") as sns,
-        session.create_client("sqs") as sqs,
-        session.create_client("dynamodb") as dynamodb,
-    ):
-        yield {"sns": sns, "sqs": sqs, "dynamodb": dynamodb}
-
-
-@contextlib.contextmanager
-def _worker_logs(path: pathlib.Path | None) -> Any:
-    """The workers' JSON log lines go to ``path`` for the run (never onto the screen)."""
-    root = logging.getLogger()
-    saved_level = root.level
-    handler: logging.Handler = logging.FileHandler(path, encoding="utf-8") if path else logging.NullHandler()
-    handler.setFormatter(logs.JsonFormatter())
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    saved = {name: logging.getLogger(name).level for name in logs.WIRE_LOGGERS}
-    for name, floor in logs.WIRE_LOGGERS.items():
-        logging.getLogger(name).setLevel(max(floor, logging.INFO))
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        root.setLevel(saved_level)
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def _simulator(plan: consumers.Plan, seed: int) -> downstream.DownstreamSimulator:
-    if plan.name == "crm-sync":
-        return crm.CrmSimulator(rate=plan.rate, burst=plan.burst, latency=plan.latency, seed=seed)
-    if plan.name == "siem-audit":
-        return hec.HecSimulator(
-            token=secrets.token_hex(16), rate=plan.rate, burst=plan.burst, latency=plan.latency, seed=seed
-        )
-    return webhook.WebhookSimulator(
-        rate=plan.rate,
-        burst=plan.burst,
-        latency=plan.latency,
-        seed=seed,
-        signing_secret=secrets.token_hex(16),
-    )
-
-
-def _secrets(states: list[ConsumerState]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for state in states:
-        sim = state.simulator
-        if isinstance(sim, crm.CrmSimulator):
-            values[consumers.CRM_CLIENT_ID_ENV] = sim.client_id
-            values[consumers.CRM_CLIENT_SECRET_ENV] = sim.client_secret
-        elif isinstance(sim, hec.HecSimulator):
-            values[consumers.HEC_TOKEN_ENV] = sim.token
-        elif isinstance(sim, webhook.WebhookSimulator) and sim.signing_secret:
-            values[consumers.WEBHOOK_KEY_ENV] = sim.signing_secret
-    return values
 
 
 async def run(options: Options, on_progress: Callable[[Snapshot], None]) -> Outcome:
     """The whole demo; see the module docstring."""
     day = traffic.build(conversations=options.conversations, seconds=options.seconds, seed=options.seed)
     plans = consumers.plans(day)
-    with aws.MotoServer() as server, aws.environment(server.environment()), _worker_logs(options.log_path):
+    with (
+        aws.MotoServer() as server,
+        aws.environment(server.environment()),
+        stage.worker_logs(options.log_path),
+    ):
         for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_DYNAMODB"):
             os.environ.pop(name, None)
-        async with _clients() as clients, contextlib.AsyncExitStack() as stack:
+        async with stage.clients() as clients, contextlib.AsyncExitStack() as stack:
             run_ = _Run(options, day, clients)
             for plan in plans:
-                simulator = await stack.enter_async_context(_simulator(plan, options.seed))
+                simulator = await stack.enter_async_context(stage.simulator(plan, options.seed))
                 keep = plan.keep
                 expected = {
                     event.correlation_id
@@ -423,8 +346,8 @@ async def run(options: Options, on_progress: Callable[[Snapshot], None]) -> Outc
                     and (keep is None or referee.type_matches(event.event_type, keep))
                 }
                 run_.states.append(ConsumerState(plan, simulator, frozenset(expected)))
-            topic_arn = await run_.create_resources()
-            stack.enter_context(aws.environment(_secrets(run_.states)))
+            topic_arn = await run_.create_resources(server.endpoint_url)
+            stack.enter_context(aws.environment(stage.secrets_of(state.simulator for state in run_.states)))
             return await _run_workers(run_, stack, topic_arn, on_progress)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -435,16 +358,13 @@ async def _run_workers(
     options, day = run_.options, run_.day
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    manifests: dict[str, spec_model.FanoutConsumer] = {}
+    crm_simulator = next(s.simulator for s in run_.states if isinstance(s.simulator, crm.CrmSimulator))
+    recovery.break_crm(crm_simulator, recovery.affected_conversations(day))
     for state in run_.states:
-        plan = state.plan
-        document = consumers.manifest(
-            plan,
-            queue_url=state.queue_url,
-            dead_letter_url=state.dead_letter_url,
-            sink_url=state.simulator.url,
-            region=aws.DEFAULT_REGION,
-        )
-        consumer = spec_model.parse_manifest(document)
+        plan, consumer = state.plan, state.consumer
+        assert consumer is not None, "create_resources() sets it"
+        manifests[plan.name] = consumer
         state.remember_metric_base()
         for _ in range(plan.replicas):
             sink = sinks.build_sink(consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas))
@@ -455,30 +375,59 @@ async def _run_workers(
             tasks.append(asyncio.create_task(worker.run(stop)))
     siem = next(state.simulator for state in run_.states if state.plan.name == "siem-audit")
     helpers = [asyncio.create_task(run_.publish(topic_arn)), asyncio.create_task(run_.siem_outage(siem))]
+    redriving: asyncio.Task[None] | None = None
     timed_out = False
     try:
         deadline: float | None = None
         while True:
             await run_.observe()
             on_progress(run_.snapshot())
-            for helper in helpers:
-                if helper.done() and helper.exception() is not None:
+            for helper in [*helpers, *([redriving] if redriving else [])]:
+                if helper.done() and not helper.cancelled() and helper.exception() is not None:
                     raise helper.exception()  # type: ignore[misc]
             if run_.publishing_done:
                 deadline = deadline or time.monotonic() + options.drain_timeout
-                if all(state.done and state.dead >= _poison_for(state, day) for state in run_.states):
+                if redriving is None:
+                    if all(state.drained(_poison_for(state, day)) for state in run_.states):
+                        redriving = asyncio.create_task(_redrive(run_, manifests))
+                        deadline = time.monotonic() + options.drain_timeout
+                elif redriving.done() and all(
+                    state.done and state.dead >= _poison_for(state, day) for state in run_.states
+                ):
                     break
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
             await asyncio.sleep(MONITOR_INTERVAL)
     finally:
+        if redriving is not None:
+            helpers.append(redriving)
         for helper in helpers:
             helper.cancel()
         stop.set()
         await asyncio.gather(*tasks, *helpers, return_exceptions=True)
     await run_.observe()
     return await _judge(run_, timed_out)
+
+
+async def _redrive(run_: _Run, manifests: dict[str, spec_model.FanoutConsumer]) -> None:
+    """Fix the cause, then redrive every consumer whose workers dead-lettered events as permanent."""
+    for state in run_.states:
+        if isinstance(state.simulator, crm.CrmSimulator):
+            recovery.fix_crm(state.simulator)
+    for state in run_.states:
+        if state.refused_for_good == 0:
+            continue
+        name = state.plan.name
+
+        def show(progress: Any, name: str = name) -> None:
+            run_.redrive_line = f"REDRIVE {name}: {progress.moved} moved at {progress.rate:g}/s"
+
+        figures = await recovery.redrive(
+            run_.sqs, manifests[name], config_name=f"{name}.yaml", on_progress=show
+        )
+        run_.redrives[name] = figures
+        run_.redrive_line = f"redriven {name}: {figures.moved} back, draining"
 
 
 def _poison_for(state: ConsumerState, day: traffic.Day) -> int:
@@ -507,11 +456,12 @@ async def _judge(run_: _Run, timed_out: bool) -> Outcome:
             expected=expected,
             accepted=accepted,
             published_at=run_.published_at,
-            dead_letters=await run_.read_dead_letters(state),
+            dead_letters=await stage.read_dead_letters(run_.sqs, state.dead_letter_url),
             queue_left=state.visible + state.in_flight,
             samples=state.samples,
             rate_limit=plan.rate,
             saturation_backlog=plan.saturation_backlog,
+            redriven=run_.redrives[plan.name].refused if plan.name in run_.redrives else frozenset(),
         )
     return Outcome(
         day=day,
@@ -528,4 +478,5 @@ async def _judge(run_: _Run, timed_out: bool) -> Outcome:
         publishing_seconds=run_.publishing_seconds,
         timed_out=timed_out,
         log_path=run_.options.log_path,
+        redrives=dict(run_.redrives),
     )

@@ -1,0 +1,101 @@
+"""The AWS clients the topology code talks through, and the one place their errors enter.
+
+``inspecting`` (reads) and ``provisioning`` (writes) take a :class:`Clients` bundle; the
+operator, ``fanout validate --aws`` and the demo open one with :func:`open_clients` from the
+standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``, credentials). Tests pass
+clients to moto's server the same way.
+
+Every call goes through :func:`call`, which translates botocore's exceptions into
+:class:`AwsError` with the meaning ``fanout_core.awserrors`` gives the error code, the IAM
+action refused and the resource, so a caller decides on ``kind`` and a user reads which
+permission is missing::
+
+    TopologyError
+     ├── AwsError          a call failed: kind (denied, not_found, throttled, ...), action, resource
+     └── ProvisioningError a write that cannot be done as asked (wrong account, a conflict)
+
+The fields are named ``*_client`` on purpose: tests/test_helm_iam.py finds the AWS calls of
+the code by the ``client`` in the name of the object they are made on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiobotocore.session
+import botocore.exceptions
+
+from fanout_core import awserrors, topology
+
+
+class TopologyError(Exception):
+    """Base of what the topology's I/O raises."""
+
+
+class AwsError(TopologyError):
+    """An AWS call failed; ``kind`` says what that means (``awserrors.Kind``)."""
+
+    def __init__(self, kind: awserrors.Kind, code: str, action: str, resource: str, detail: str = "") -> None:
+        self.kind = kind
+        self.code = code
+        self.action = action
+        self.resource = resource
+        super().__init__(f"{action} on {resource} failed: {code or kind}{': ' + detail if detail else ''}")
+
+    @property
+    def retryable(self) -> bool:
+        return awserrors.retryable(self.kind)
+
+    def denied(self) -> topology.Denied:
+        return topology.Denied(action=self.action, resource=self.resource, code=self.code or str(self.kind))
+
+
+class ProvisioningError(TopologyError):
+    """A write that cannot be done as the spec asks; the message says why and what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Clients:
+    """One client per service the topology spans, and where their ARNs point."""
+
+    sqs_client: Any
+    sns_client: Any
+    kms_client: Any
+    dynamodb_client: Any
+    place: topology.Place
+
+
+@contextlib.asynccontextmanager
+async def open_clients(region: str | None = None) -> AsyncIterator[Clients]:
+    """Clients from the standard AWS configuration (``region`` overrides the default one)."""
+    session = aiobotocore.session.get_session()
+    async with (
+        session.create_client("sqs", region_name=region) as sqs,
+        session.create_client("sns", region_name=region) as sns,
+        session.create_client("kms", region_name=region) as kms,
+        session.create_client("dynamodb", region_name=region) as dynamodb,
+    ):
+        place = topology.Place(region=sqs.meta.region_name, partition=sqs.meta.partition)
+        yield Clients(sqs_client=sqs, sns_client=sns, kms_client=kms, dynamodb_client=dynamodb, place=place)
+
+
+async def call(method: Callable[..., Awaitable[Any]], action: str, resource: str, **kwargs: Any) -> Any:
+    """``await method(**kwargs)``, its failures as :class:`AwsError` naming ``action`` and ``resource``."""
+    try:
+        return await method(**kwargs)
+    except botocore.exceptions.ClientError as error:
+        code, status = awserrors.code_and_status(error.response)
+        message = str(error.response.get("Error", {}).get("Message", ""))
+        raise AwsError(awserrors.classify(code, status), code, action, resource, message) from error
+    except botocore.exceptions.BotoCoreError as error:
+        kind = awserrors.Kind.CREDENTIALS if _is_credentials(error) else awserrors.Kind.UNAVAILABLE
+        raise AwsError(kind, type(error).__name__, action, resource, str(error)) from error
+
+
+def _is_credentials(error: botocore.exceptions.BotoCoreError) -> bool:
+    return isinstance(
+        error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)
+    )
