@@ -10,12 +10,16 @@ the README's Sinks section says why, with their numbers):
   that nobody moved it meanwhile (else it re-reads and tries again). Exact, whatever the
   replica count, at the cost of DynamoDB requests (counted, per second of the run) and a
   table (many consumers have the idempotency table already; the memory store has none).
-* **probe-N%** — the shipped pace with a probe budget of N% instead of 1%: it finds an
-  unused slice sooner and pays in 429s.
+* **probe-N%** — the shipped pace deaf to what the fleet holds (its slice is
+  ``rate / replicas``, from the count alone), which finds an unused slice by probing beyond
+  it, with a probe budget of N% of its requests (1% is the default: what ``fanout-worker``
+  did before it read the queue's in-flight count; 10% finds an unused slice sooner and
+  pays in 429s).
 * **shares-Ns** — what the operator could do: every N seconds read each replica's
   ``/metrics`` and rewrite every replica's count file with the number of replicas that
   hold messages (so the replicas with work share the whole grant). It runs in the bench's
-  own process (:func:`coordinate`); the replicas are the shipped ``fanout-worker``.
+  own process (:func:`coordinate`); the replicas are probe-1% replicas (the count is all
+  they go by).
 
 Run by ``make bench`` too, this file only says what it is.
 """
@@ -39,7 +43,7 @@ from botocore.exceptions import ClientError
 
 from fanout_core import spec
 from workers import events, fleet, throttling
-from workers.sinks import exchange
+from workers.sinks import base, exchange
 from workers.sinks import webhook as webhook_sink
 
 LEASE_TABLE = "fanout-bench-rate"
@@ -203,10 +207,16 @@ class LeaseSink:
         leased = self._lease.rate() if self._lease is not None else 0.0
         return max(self._limit.requests_per_second / self._told, 1.5 * leased)
 
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         lease = await self._open()
         await lease.take()
-        return await self._inner.deliver(event)
+        return await self._inner.deliver(event, admit)
+
+    async def flush(self) -> None:
+        await self._inner.flush()
 
     async def _open(self) -> Lease:
         if self._lease is None:
@@ -239,7 +249,8 @@ class LeaseSink:
 
 # ------------------------------------------------------------------------------ probing
 def probing(share: float) -> Callable[[spec.SinkSpec, fleet.Replicas], webhook_sink.WebhookSink]:
-    """The shipped webhook sink with another probe budget."""
+    """The shipped webhook sink deaf to what the fleet holds (its slice is ``rate / count``),
+    finding unused grant by probes alone, with a probe budget of ``share``."""
 
     class Probing(webhook_sink.WebhookSink):
         def _open_exchange(self, sink: spec.SinkSpec, **rest: Any) -> None:
@@ -247,6 +258,9 @@ def probing(share: float) -> Callable[[spec.SinkSpec, fleet.Replicas], webhook_s
             replicas: fleet.Replicas = rest["replicas"]
             settings = exchange.limiter_settings(sink, replicas.current(), known=replicas.known())
             self._exchange.limiter = throttling.AsyncLimiter(dataclasses.replace(settings, probe_share=share))
+
+        def set_fleet_share(self, share: float | None) -> None:
+            return None  # the count alone
 
     def build(sink: spec.SinkSpec, replicas: fleet.Replicas) -> webhook_sink.WebhookSink:
         return Probing(sink, replicas=replicas)

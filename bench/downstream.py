@@ -95,9 +95,14 @@ class NaiveSink:
     def capacity(self) -> float | None:
         return None
 
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         if not event.ordering_key:
             return events.Permanent("no external id")
+        if admit is not None and not await admit():
+            return events.NotSent()
         url = self._shape.upsert_url(event.ordering_key)
         body = json.dumps(crm_sink.map_fields(self._fields, event)).encode()
         headers = {
@@ -120,6 +125,9 @@ class NaiveSink:
                 self._random.uniform(0, min(NAIVE_CAP_SECONDS, NAIVE_BASE_SECONDS * 2**attempt))
             )
         return events.Retry("gave up after backoff")
+
+    async def flush(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         await self._client.aclose()

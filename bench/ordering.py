@@ -52,6 +52,7 @@ import _common
 from fanout_core import spec as spec_model
 from fanout_lab.simulators import genesys, webhook
 from workers import dedupe, events, processing, settling, telemetry
+from workers.sinks import base
 
 LATENCY = 0.020
 CONCURRENCY = 64
@@ -204,7 +205,12 @@ class SleepingSink:
     def capacity(self) -> float | None:
         return None
 
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
+        if admit is not None and not await admit():
+            return events.NotSent()
         key = event.ordering_key or event.event_id
         if key in self.running:
             self.overlaps += 1
@@ -226,6 +232,9 @@ class SleepingSink:
                 self.last_time[key] = moment
         self.delivered += 1
         return events.Delivered()
+
+    async def flush(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import math
 import random
 
 import pytest
@@ -132,13 +133,62 @@ def test_an_outage_freezes_the_pace() -> None:
     assert pace.rate(30.0) <= 10.0
 
 
+def test_a_share_is_what_this_replica_held_lately_of_what_the_fleet_holds() -> None:
+    assert pacing.demand_share(10.0, 10, 30) == pytest.approx(1 / 3)  # 20 held by the others
+    assert pacing.demand_share(6.0, 10, 10) == pytest.approx(1.0)  # nobody else holds anything
+    assert pacing.demand_share(10.0, 10, 4) == pytest.approx(1.0)  # a late count: never above one
+    assert pacing.demand_share(0.0, 0, 50) is None  # holds nothing: no demand to weigh
+
+
+def test_the_pace_takes_its_share_of_the_fleet_rate_as_read() -> None:
+    pace = _pace(3)
+    pace.observe_share(1 / 3, 0.0)  # a first read: at half, until the others count this replica in
+    assert pace.rate(0.0) == pytest.approx(5.0)
+    pace.observe_share(1 / 3, 0.5)
+    assert pace.rate(0.5) == pytest.approx(10.0)
+    pace.observe_share(0.2, 1.0)  # a replica joined
+    assert pace.rate(1.0) == pytest.approx(6.0)
+    pace.observe_share(0.5, 1.5)  # one left: its room is taken at once
+    assert pace.rate(1.5) == pytest.approx(15.0)
+    pace.observe_share(None, 2.0)  # holds nothing: the count decides again
+    assert pace.slice == pytest.approx(10.0)
+    pace.observe_share(1.0, 2.5)  # a first read again
+    assert pace.rate(2.5) == pytest.approx(5.0)
+
+
+def test_a_replica_that_starts_alone_takes_the_whole_rate_from_its_second_read() -> None:
+    pace = _pace(3)  # told three, the two others not started yet
+    pace.observe_share(1.0, 0.0)
+    assert pace.rate(0.0) == pytest.approx(10.0 * pacing.JOIN_SHARE)  # no higher than its slice, halved
+    pace.observe_share(1.0, 0.5)
+    assert pace.rate(0.5) == pytest.approx(RATE)
+
+
+def test_after_excess_throttles_a_larger_share_is_not_taken_at_once() -> None:
+    pace = _pace(3)
+    pace.observe_share(1 / 3, 0.0)
+    pace.observe_share(1 / 3, 0.5)
+    assert pace.rate(0.5) == pytest.approx(10.0)
+    for tick in range(6):  # a third of the requests refused: excess
+        pace.accepted(0.6 + tick * 0.01)
+        pace.throttled(0.6 + tick * 0.01 + 0.001)
+    assert pace.rate(0.7) < 10.0
+    pace.observe_share(0.5, 1.0)
+    pace.observe_share(0.5, 1.5)
+    assert pace.rate(1.5) < 15.0  # the downstream disagreed lately: climb by the pace's own rules
+    pace.observe_share(0.5, 5.0)  # trusted again
+    assert pace.rate(5.0) == pytest.approx(15.0)
+
+
 @settings(max_examples=200)
 @given(
     replicas=st.integers(1, 12),
     known=st.booleans(),
     steps=st.lists(
         st.tuples(
-            st.floats(0, 2), st.sampled_from(["ok", "throttled", "wanted", "count"]), st.integers(1, 12)
+            st.floats(0, 2),
+            st.sampled_from(["ok", "throttled", "wanted", "count", "share"]),
+            st.integers(1, 12),
         ),
         max_size=80,
     ),
@@ -158,8 +208,10 @@ def test_the_pace_stays_within_the_floor_and_the_fleet_rate(
             assert pace.rate(now) <= before + 1e-9
         elif what == "wanted":
             pace.wanted(now)
-        else:
+        elif what == "count":
             pace.set_replicas(count, now)
+        else:
+            pace.observe_share(None if count == 12 else count / 11, now)
         rate = pace.rate(now)
         assert pace.slice * pace.settings.floor_share - 1e-9 <= rate <= RATE + 1e-9
         assert pace.bucket(now) >= 1.0
@@ -180,6 +232,17 @@ class FleetRun:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Reads:
+    """How replicas read what the fleet holds (:func:`workers.fleet.watch_share`, simulated):
+    every ``every`` seconds, the in-flight count as it was ``lag`` seconds ago, off by up
+    to ``noise`` of itself either way (real SQS says "approximate")."""
+
+    every: float = 0.5
+    lag: float = 0.0
+    noise: float = 0.0
+
+
 def run_fleet(
     counts: list[int | None],
     *,
@@ -189,15 +252,21 @@ def run_fleet(
     seed: int,
     rate: float = RATE,
     burst: int = 10,
+    busy: list[tuple[float, float]] | None = None,
+    reads: Reads | None = None,
 ) -> FleetRun:
-    """Replicas with unbounded demand (``None``: no count known) against GCRA(rate, burst).
+    """Replicas (``None``: no count known) against GCRA(rate, burst).
 
-    Each replica asks for a permit exactly when its limiter says, sends it, and hears the
-    answer (429 with ``Retry-After: 1`` above the grant) one ``latency`` (+ jitter each way)
-    later — as ``AsyncLimiter`` and a sink do, on a fake clock.
+    Each replica, while it has work (``busy[i]``: from, until; default always), asks for a
+    permit exactly when its limiter says, sends it, and hears the answer (429 with
+    ``Retry-After: 1`` above the grant) one ``latency`` (+ jitter each way) later — as
+    ``AsyncLimiter`` and a sink do, on a fake clock. While busy it holds about a second of
+    its capacity (``polling.budget_target``); with ``reads`` it learns its share of what the
+    fleet holds, as ``workers.fleet`` tells its sink.
     """
     rng = random.Random(seed)
     downstream = ratelimit.Gcra(rate, burst)
+    windows = busy or [(0.0, math.inf)] * len(counts)
     limiters = [
         throttling.Limiter(
             throttling.LimiterSettings(
@@ -212,12 +281,27 @@ def run_fleet(
         )
         for count in counts
     ]
+    history: list[tuple[float, int]] = [(0.0, 0)]
+    """(when, what the fleet held): the reads see it ``lag`` late."""
+
+    def holding(index: int, now: float) -> int:
+        start, end = windows[index]
+        if not start <= now < end:
+            return 0
+        return max(1, math.ceil(limiters[index].capacity(now) or 0.0))
+
     run = FleetRun()
     order = itertools.count()
     # (time, seq, kind, replica, permit, throttled)
     agenda: list[tuple[float, int, str, int, throttling.Permit | None, bool]] = [
-        (0.0, next(order), "ask", index, None, False) for index in range(len(limiters))
+        (windows[index][0], next(order), "ask", index, None, False) for index in range(len(limiters))
     ]
+    if reads is not None:
+        agenda += [
+            (rng.random() * reads.every, next(order), "read", index, None, False)
+            for index in range(len(limiters))
+        ]
+    heapq.heapify(agenda)
     while agenda:
         now, _, kind, index, permit, refused = heapq.heappop(agenda)
         if now > seconds:
@@ -228,6 +312,17 @@ def run_fleet(
             result = throttling.Result.THROTTLED if refused else throttling.Result.OK
             limiter.release(permit, result, now, retry_after=1.0 if refused else None)
             continue
+        if kind == "read":
+            assert reads is not None
+            held = [holding(other, now) for other in range(len(limiters))]
+            history.append((now, sum(held)))
+            seen = next(total for when, total in reversed(history) if when <= now - reads.lag or when == 0.0)
+            seen = round(seen * (1.0 + reads.noise * (2.0 * rng.random() - 1.0)))
+            limiter.set_share(pacing.demand_share(held[index], held[index], max(seen, held[index])), now)
+            heapq.heappush(agenda, (now + reads.every, next(order), "read", index, None, False))
+            continue
+        if now >= windows[index][1]:
+            continue  # its work is done
         decision = limiter.try_acquire(now)
         if isinstance(decision, throttling.Permit):
             arrive = now + latency + rng.random() * jitter
@@ -283,3 +378,57 @@ def test_a_fleet_told_anything_never_floods_and_finds_an_unused_grant(
     assert throttled <= 0.1 * requests, (throttled, requests)
     requests, throttled = run.between(seconds - 15.0, seconds)
     assert requests - throttled >= 0.8 * RATE * 15.0, (requests, throttled)
+
+
+def test_a_fleet_reading_what_it_holds_uses_the_grant_however_the_work_is_spread() -> None:
+    """Three replicas told "3": one busy throughout, one that leaves at 10 s (its slice idle
+    from then on, the count never corrected), one that joins at 15 s. Reading what the fleet
+    holds, the busy ones use the whole grant; told the count alone, they would leave a third
+    of it unused between 10 and 15 s (a probe takes longer than that to find it)."""
+    busy = [(0.0, math.inf), (0.0, 10.0), (15.0, math.inf)]
+    for seed in range(5):
+        run = run_fleet(
+            [3, 3, 3], seconds=30.0, latency=0.01, jitter=0.01, seed=seed, busy=busy, reads=Reads()
+        )
+        requests, throttled = run.between(2.0, 30.0)
+        assert throttled <= 0.01 * requests, (seed, throttled, requests)
+        assert requests - throttled >= 0.97 * RATE * 28.0, (seed, requests, throttled)
+        blind = run_fleet([3, 3, 3], seconds=30.0, latency=0.01, jitter=0.01, seed=seed, busy=busy)
+        requests, throttled = blind.between(10.5, 15.0)
+        assert requests - throttled < 0.75 * RATE * 4.5  # the count alone: a third unused
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    counts=st.lists(st.one_of(st.none(), st.integers(1, 6)), min_size=1, max_size=6),
+    starts=st.lists(st.floats(0, 10), min_size=6, max_size=6),
+    lengths=st.lists(st.floats(2, 40), min_size=6, max_size=6),
+    lag=st.floats(0, 1.5),
+    noise=st.floats(0, 0.3),
+    seed=st.integers(0, 1000),
+)
+def test_a_fleet_reading_late_and_wrong_counts_never_floods(
+    counts: list[int | None],
+    starts: list[float],
+    lengths: list[float],
+    lag: float,
+    noise: float,
+    seed: int,
+) -> None:
+    """Reads up to 1.5 s late and 30% off (what an approximate in-flight count may do), any
+    replica count, replicas coming and going: after the first seconds the fleet is never
+    refused more than a tenth of its requests over any ten seconds."""
+    busy = [(start, start + length) for start, length in zip(starts, lengths, strict=False)][: len(counts)]
+    seconds = 50.0
+    run = run_fleet(
+        counts,
+        seconds=seconds,
+        latency=0.01,
+        jitter=0.01,
+        seed=seed,
+        busy=busy,
+        reads=Reads(lag=lag, noise=noise),
+    )
+    for start in range(5, int(seconds) - 10, 5):
+        requests, throttled = run.between(float(start), start + 10.0)
+        assert throttled <= max(3, 0.1 * requests), (start, throttled, requests)

@@ -78,6 +78,9 @@ class BreakingSink:
     def capacity(self) -> float | None:
         return None
 
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
     async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         return events.Delivered()
 

@@ -1,28 +1,49 @@
-"""How many replicas share the fleet-wide rate limit, as this replica last heard.
+"""How a fleet's replicas share its rate limit: the replica count, and each one's share of the work.
 
-``rateLimit`` in a FanoutConsumer is for the whole fleet; each replica's pace starts at
-``rate / replicas`` (:mod:`workers.pacing`). The operator keeps the replica count in
-the ``replicas`` key of the consumer's ConfigMap, mounted at ``FANOUT_REPLICAS_FILE``
-(default ``/etc/fanout/replicas``); a replica count change is not a pod roll, so the file
-is re-read while running — when its modification time changes, checked at most every
-``check_interval`` seconds (a ``stat`` per check, no watch). Without the file the count
-is ``FANOUT_REPLICAS``; without either it is 1 but *not known* (:meth:`Replicas.known`),
-and the pace starts low and climbs (a fleet whose replicas each think they are alone must
-not open with a flood). A stale count errs in a bounded way: the pace follows the
-downstream's answers (too low a count costs a few throttles, never a flood).
+``rateLimit`` in a FanoutConsumer is for the whole fleet. Two things divide it here; the
+pace (:mod:`workers.pacing`) turns them into this replica's rate and corrects both from the
+downstream's answers.
 
-Sinks call :meth:`ReplicaCount.current` before asking their limiter for a permit and
-tell the limiter when the count changed. ``running`` builds one from the environment.
+**The replica count** is the prior: ``rate / replicas``. The operator keeps it in the
+``replicas`` key of the consumer's ConfigMap, mounted at ``FANOUT_REPLICAS_FILE`` (default
+``/etc/fanout/replicas``); a replica count change is not a pod roll, so the file is re-read
+while running — when its modification time changes, checked at most every
+``check_interval`` seconds (a ``stat`` per check, no watch). Without the file the count is
+``FANOUT_REPLICAS``; without either it is 1 but *not known* (:meth:`Replicas.known`), and
+the pace starts low and climbs (a fleet whose replicas each think they are alone must not
+open with a flood). Sinks call :meth:`ReplicaCount.current` before asking their limiter for
+a permit and tell the limiter when the count changed. ``running`` builds one from the
+environment.
+
+**The share follows the work.** A count says how many replicas there are, not which of
+them have work: a replica that is starting, draining, idle at the tail of a backlog or
+just scaled in leaves its slice unused while the others queue behind theirs, and the
+downstream says nothing about a limit the fleet stays under. The one thing every replica
+already shares is the queue, and SQS counts what the whole fleet holds (the queue's
+``ApproximateNumberOfMessagesNotVisible``). :func:`watch_share` reads it every
+``SHARE_INTERVAL_SECONDS`` while this replica holds messages (at once when a receive brings
+the first ones, never while it holds none) and tells the sink this replica's part of it
+(:func:`workers.pacing.demand_share`); the pace takes that part of the fleet's rate
+(:meth:`workers.pacing.Pace.observe_share`). The replicas with work hold about the same
+(``polling.budget_target``), so their parts add up to one and the fleet's rate goes where
+the messages are: two GetQueueAttributes per second per replica that holds messages, no
+store, no operator. The count is approximate and may be late (AWS says so of every queue
+count); a share read too high costs a few throttles, which the pace answers, never a
+flood (``tests/test_pacing.py`` reads 30% off and 1.5 s late).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
+
+from workers import events, pacing, sqs
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +51,14 @@ REPLICAS_FILE_ENV = "FANOUT_REPLICAS_FILE"
 REPLICAS_ENV = "FANOUT_REPLICAS"
 DEFAULT_REPLICAS_FILE = "/etc/fanout/replicas"
 DEFAULT_CHECK_INTERVAL_SECONDS = 3.0
+SHARE_INTERVAL_SECONDS = 0.5
+"""How often a replica reads what the fleet holds."""
+SAMPLE_SECONDS = 0.05
+"""How often a replica looks at what it holds (averaged between reads; and while it holds
+nothing, to read at once when a receive brings something)."""
+SHARE_RETRY_SECONDS = 30.0
+"""After a failed read, how long the replica count alone decides."""
+_IN_FLIGHT = "ApproximateNumberOfMessagesNotVisible"
 
 
 class Replicas(Protocol):
@@ -150,3 +179,65 @@ def _parse(text: str, *, source: str) -> int | None:
         log.warning("replica count is not an integer; ignored", extra={"source": source})
         return None
     return max(1, value)
+
+
+async def watch_share(
+    client: sqs.SqsApi,
+    queue_url: events.QueueUrl,
+    *,
+    held: Callable[[], int],
+    tell: Callable[[float | None], None],
+    interval: float = SHARE_INTERVAL_SECONDS,
+) -> None:
+    """Every ``interval`` seconds while this replica holds messages (and at once when a
+    receive brings the first ones): its share of what the fleet holds, to ``tell``; ``None``
+    when it holds nothing.
+
+    What this replica holds is averaged over the interval (sampled every
+    ``SAMPLE_SECONDS``; no more than it holds at the read): it moves by a whole receive at a
+    time, and the shares the replicas take should add up to one however their reads fall.
+    A read that fails (no ``sqs:GetQueueAttributes``, SQS unreachable) tells ``None`` — the
+    replica count alone shares the rate — and is tried again after ``SHARE_RETRY_SECONDS``.
+    Runs until cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    warned = False
+    samples: list[int] = []
+    read_at = -math.inf
+    while True:
+        holding = held()
+        if holding <= 0:
+            if samples or read_at > -math.inf:
+                tell(None)  # nothing held, nothing to weigh (and nothing to ask SQS)
+            samples.clear()
+            read_at = -math.inf
+            await asyncio.sleep(SAMPLE_SECONDS)
+            continue
+        samples.append(holding)
+        if loop.time() - read_at < interval:
+            await asyncio.sleep(SAMPLE_SECONDS)
+            continue
+        try:
+            reply = await sqs.call(
+                client.get_queue_attributes, QueueUrl=queue_url, AttributeNames=[_IN_FLIGHT]
+            )
+            in_flight = int(reply.get("Attributes", {}).get(_IN_FLIGHT, "0"))
+        except (sqs.SqsError, ValueError) as error:
+            if not warned:
+                log.warning(
+                    "could not read what the fleet holds (%s); the replica count alone shares the rate limit",
+                    getattr(error, "code", "") or type(error).__name__,
+                )
+                warned = True
+            tell(None)
+            samples.clear()
+            await asyncio.sleep(SHARE_RETRY_SECONDS)
+            continue
+        warned = False
+        read_at = loop.time()
+        now_held = held()
+        # The average, but no more than now: what the others hold is read now, and at the
+        # end of a backlog every replica's average lags above what it still holds.
+        tell(pacing.demand_share(min(sum(samples) / len(samples), now_held), now_held, in_flight))
+        samples.clear()
+        await asyncio.sleep(SAMPLE_SECONDS)

@@ -1,13 +1,26 @@
 """This replica's pace: how many requests per second it sends of a rate limit the fleet shares.
 
-``rateLimit`` is fleet-wide; every replica's :class:`Pace` starts at its slice,
-``rate / replicas``, and then follows what the downstream answers. Pure: the caller
-(:class:`workers.throttling.Limiter`) passes ``now`` and reports what happened; nothing
-here sleeps or sends. The only thing the replicas share is the downstream itself, so
-the only news a replica gets about the others is the downstream's 429: the pace reads it
-carefully and asks for it sparingly.
+``rateLimit`` is fleet-wide; every replica's :class:`Pace` takes its slice of it — its
+share of the messages the fleet holds, as :mod:`workers.fleet` reads it from SQS, or
+``rate / replicas`` before a read — and then follows what the downstream answers. Pure:
+the caller (:class:`workers.throttling.Limiter`) passes ``now`` and reports what happened;
+nothing here sleeps or sends. The replicas never talk to each other: what a replica learns
+of the others is what the queue says they hold, and the downstream's 429s; the pace reads
+both carefully and asks for 429s sparingly.
 
 The rules, and why:
+
+* **The slice follows the work** (:meth:`Pace.observe_share`). A read that this replica
+  holds a larger part of what the fleet holds is room the others left (a replica gone,
+  starting, idle, or a count that is too high): the pace takes it at once. A smaller part
+  lowers it at once (a replica joined, or this one is at its tail). The first read after
+  holding nothing counts at ``JOIN_SHARE`` of itself, and no higher than the pace was: the
+  others read every half second and have not counted this replica in yet (a replica that
+  joined a busy fleet at its full part cost the downstream a few 429s), and replicas that
+  start together each see themselves alone for a moment, before the others' first receive.
+  After excess throttles, a larger part waits until the downstream has been quiet for
+  ``distrust_seconds``: the read disagrees with the downstream, which wins. While this
+  replica holds nothing, the count decides again.
 
 * **A throttle says how much is too much.** The pace keeps a short memory (time constant
   ``memory_seconds``) of how many of its requests were accepted and how many throttled.
@@ -42,9 +55,9 @@ The rules, and why:
   (below) when it idles. A single replica throttled four times in a stall is back at
   its rate within two seconds; three replicas that each think they are alone settle at
   a third in a few throttles.
-* **Borrow what nobody uses, on a budget.** A slice nobody uses — a replica that left
-  while the count still counts it, one still starting, a fleet whose count is too high —
-  is invisible: the downstream says nothing while the fleet is under its limit. So a
+* **Borrow what nobody uses, on a budget.** Where the reads cannot say (SQS refuses the
+  read; the others hold messages they cannot send) a slice nobody uses is invisible: the
+  downstream says nothing while the fleet is under its limit. So a
   replica that has wanted more than its slice for ``probe seconds`` without a throttle
   *probes*: it borrows beyond its slice, a fifth of it at first, doubling every
   ``probe_doubling_seconds``. Once it has borrowed more than the downstream's whole
@@ -86,9 +99,28 @@ PROBE_SHARE = 0.01
 """Requests a full fleet spends on probes that find nothing, at most about (the default)."""
 PROBE_COST = 4.0
 """Throttled requests a probe that finds nothing costs, about (measured in ``tests/test_pacing.py``)."""
+JOIN_SHARE = 0.5
+"""The first measurement after holding nothing counts at this much of itself: until the
+others' next reads, they send as if this replica were not there."""
+MIN_SHARE = 0.001
+"""The smallest measured share a pace takes (it stays above zero)."""
 PRIOR_ACCEPTED = 4.0
 """Accepted requests assumed beside those counted when a throttle is isolated: one throttle
 among the first requests (or after a quiet spell) is not read as "everything is refused"."""
+
+
+def demand_share(held: float, held_now: int, fleet_in_flight: int) -> float | None:
+    """This replica's share of the messages the whole fleet holds.
+
+    ``held`` is what this replica held lately (an average), ``held_now`` what it holds as
+    ``fleet_in_flight`` (the queue's in-flight count: everyone's, this replica's included)
+    was read; the others hold the difference. ``None`` while it holds nothing: it sends
+    nothing, and has no demand to weigh.
+    """
+    if held <= 0:
+        return None
+    others = max(0, fleet_in_flight - held_now)
+    return held / (held + others)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,6 +160,8 @@ class PaceSettings:
     """... every this many seconds of wanting more."""
     probe_repay: float = 0.85
     """After a probe found nothing, the pace dips to this share of where it was."""
+    distrust_seconds: float = 2.0
+    """After excess throttles, a larger measured share does not raise the pace at once."""
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1:
@@ -158,6 +192,12 @@ class Pace:
     def __init__(self, settings: PaceSettings, replicas: int, now: float, *, known: bool = True) -> None:
         self._settings = settings
         self._replicas = max(1, replicas)
+        self._share: float | None = None
+        """This replica's share of what the fleet holds, as the pace takes it (:meth:`observe_share`)."""
+        self._measured: float | None = None
+        """The last share measured (None: none since the replica last held nothing)."""
+        self._excess_at = -math.inf
+        """When throttles were last excess (a real share of the requests refused)."""
         self._slow_start = not known
         self._rate = self.slice * (settings.slow_start_share if self._slow_start else 1.0)
         self._peak = self._rate
@@ -187,8 +227,15 @@ class Pace:
 
     @property
     def slice(self) -> float:
-        """``rate / replicas``: where this replica starts and what it grows back to."""
+        """Where this replica's pace starts and what it grows back to: ``rate x share``, its
+        measured share of what the fleet holds, or ``rate / replicas`` before a measurement."""
+        if self._share is not None:
+            return self._settings.rate * self._share
         return self._settings.rate / self._replicas
+
+    @property
+    def share(self) -> float | None:
+        return self._share
 
     @property
     def probing(self) -> bool:
@@ -240,6 +287,8 @@ class Pace:
         settings = self._settings
         counted = self._accepted + self._refused
         dense = self._refused > 1.0 and self._refused >= settings.excess_share * counted
+        if dense:
+            self._excess_at = now
         probe, self._probe = self._probe, None
         self._slow_start = False
         self._wanting = 0.0
@@ -254,7 +303,8 @@ class Pace:
         refused_share = self._refused / (self._accepted + self._refused + prior)
         keep = max(0.5, 1.0 - refused_share)
         throttled_at = self._rate
-        self._peak = throttled_at if throttled_at >= self._peak else throttled_at * (1.0 + keep) / 2.0
+        peak = throttled_at if throttled_at >= self._peak else throttled_at * (1.0 + keep) / 2.0
+        self._peak = max(self._floor(), peak)
         self._rate = self._low = max(self._floor(), throttled_at * keep * settings.dip)
         return dense
 
@@ -273,6 +323,43 @@ class Pace:
         self._wanting = 0.0
         self._rate = max(self._rate, self.slice) if fewer else min(self._rate, self.slice)
         self._peak = self._low = self._rate
+
+    def observe_share(self, share: float | None, now: float) -> None:
+        """This replica's share of the messages the fleet holds, as just measured (``None``:
+        it holds nothing; the replica count decides again).
+
+        A smaller share lowers the pace at once. A larger one counts once two measurements in
+        a row say so (the smaller of the two is taken), and the first measurement after
+        holding nothing counts no higher than where the pace is: replicas that start or wake
+        together each see themselves alone for a moment, before the others' first receive.
+        Then it raises the pace at once — room the others left — unless throttles were excess
+        within ``distrust_seconds``: the measurement disagrees with the downstream, and the
+        rise waits until the downstream has been quiet that long (meanwhile the pace climbs
+        by its own rules, throttle by throttle)."""
+        self._advance(now)
+        if share is None:
+            self._measured = None
+        else:
+            measured = min(1.0, max(MIN_SHARE, share))
+            if self._measured is None:  # a first receive: the others have not counted it in yet
+                share = JOIN_SHARE * min(measured, self._rate / self._settings.rate)
+            else:
+                share = measured
+            self._measured = measured
+            self._slow_start = False  # measured: no need to guess from below any more
+        before, previous = self.slice, self._share
+        self._share = share
+        after = self.slice
+        if after < before:
+            self._rate = min(self._rate, after)
+            self._peak = min(self._peak, after)
+            self._low = min(self._low, self._rate)
+        elif after > before:
+            if now - self._excess_at <= self._settings.distrust_seconds:
+                self._share = previous  # not yet: taken at a read once the downstream was quiet
+            elif after > self._rate:
+                self._probe = None
+                self._rate = self._peak = self._low = after
 
     def set_limit(self, rate: float, burst: int, now: float) -> None:
         """The fleet's limit itself changed: keep the pace's share of it."""

@@ -8,14 +8,18 @@
 2. reserves room in the in-flight budget (received, not yet settled) and asks for no
    more than that, so the worker never holds more than it can send soon.
 
-The budget follows what the sink can actually send (:func:`budget_target`): about
-``HORIZON_SECONDS`` of its current capacity (its rate, or what its concurrency allows at
-the answers' latency) plus what waits in blocked lanes, never more than
-``queue.maxInFlight``, which is an upper bound, not a setting to get right. A replica
-that held ``maxInFlight`` messages its limiter would let it send over many seconds kept
-them from the replicas with room to send them: in ``bench/fleet.py`` three replicas
-holding 200 each used 0.52 of the grant; with the budget following capacity, what a
-replica cannot send within a second stays in SQS for the others.
+The budget follows what the sink can send (:func:`budget_target`): about
+``HORIZON_SECONDS`` of its capacity — its slice of the fleet's rate, or what its
+concurrency allows at the answers' latency, whichever is less — plus what waits in
+lanes for a message that is away, never more than ``queue.maxInFlight``, which is an upper
+bound, not a setting to get right. A replica that held ``maxInFlight`` messages its
+limiter would let it send over many seconds kept them from the replicas with room to send
+them: in ``bench/fleet.py`` three replicas holding 200 each used 0.52 of the grant. The
+slice is the fleet's rate divided by the replica count, not the replica's current pace:
+what a replica holds is what its share of the fleet's rate is measured by
+(:mod:`workers.fleet`), and a budget that followed the pace would feed the share back into
+itself (with reads a second late the shares swung and the fleet was refused a tenth of its
+requests, in ``tests/test_pacing.py``'s fleet).
 
 Received messages are tracked by the settler (which heartbeats them and frees their
 budget when they are settled) and handed to the processor. An empty receive costs
@@ -58,9 +62,9 @@ has messages; one that takes longer was waiting on an empty queue)."""
 
 def budget_target(capacity: float | None, held_back: int, *, ceiling: int) -> int:
     """Messages a replica may hold: ``HORIZON_SECONDS`` of ``capacity`` (messages per second
-    the sink can send now; None: unknown, take the ceiling) plus ``held_back`` (held, but not
-    waiting for the sink: being deleted, or waiting for a failed event of their lane),
-    within [1, ceiling]."""
+    the sink makes room for, :meth:`workers.sinks.base.Sink.capacity`; None: unknown, take
+    the ceiling) plus ``held_back`` (held, but not waiting for the sink: being deleted, or
+    waiting for a message of their lane that is away), within [1, ceiling]."""
     if capacity is None:
         return ceiling
     return max(1, min(ceiling, math.ceil(capacity * HORIZON_SECONDS - 1e-9) + held_back))

@@ -359,7 +359,8 @@ class Processor:
             await self._release(event, failed=False)
             waits += 1
             self._telemetry.retried(record.message, event, 0.0, sink_wide, outcome.reason)
-            if not await self._wait_for_sink(sink_wide, waits):
+            asked = outcome.delay_seconds if isinstance(outcome, events.Retry) else None
+            if not await self._wait_for_sink(sink_wide, waits, asked=asked):
                 self._settler.give_back([record])  # shutting down
                 return self._failed_ending(0.0)
 
@@ -390,16 +391,24 @@ class Processor:
             delay = retrying.backoff_delay(attempts, self._spec.retry, random=self._jitter)
         return delay if delay <= _IN_PLACE_RETRY_LIMIT_SECONDS else None
 
-    async def _wait_for_sink(self, reason: ReasonClass, waits: int, *, pause: float = 0.0) -> bool:
+    async def _wait_for_sink(
+        self, reason: ReasonClass, waits: int, *, pause: float = 0.0, asked: float | None = None
+    ) -> bool:
         """Wait until the sink takes work again; False when the worker started draining.
 
         A paused sink (Retry-After) or an open circuit says itself when it takes work again.
-        Throttling without a Retry-After leaves the sink accepting at a lower rate; the
-        event then also waits a backoff, so a downstream that keeps answering 429 is never
-        hammered by one event.
+        A throttle that leaves the sink accepting — one without a Retry-After (the limiter
+        slowed down), or an isolated short one (the limiter skipped a beat, see
+        ``throttling``) — makes the event wait on its own: the Retry-After it was ``asked``
+        for, or else a backoff, so a downstream that keeps answering 429 is never hammered by
+        one event. (The backoff, ``retry.baseDelaySeconds`` and up, would hold the last
+        events of a backlog for seconds after a one-second Retry-After.)
         """
         if reason is ReasonClass.THROTTLED and self._sink.accepting:
-            pause = retrying.backoff_delay(waits, self._spec.retry, random=self._jitter)
+            if asked is not None and asked > 0:
+                pause = asked
+            else:
+                pause = retrying.backoff_delay(waits, self._spec.retry, random=self._jitter)
 
         async def ready() -> None:
             await asyncio.sleep(pause)

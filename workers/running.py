@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -150,6 +151,16 @@ class Worker:
             )
             settler.start()
             dispatcher = asyncio.create_task(self._supervise("dispatcher", processor.run))
+            sharing: list[asyncio.Task[None]] = []
+            if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
+                share = functools.partial(
+                    fleet.watch_share,
+                    client,
+                    events.QueueUrl(queue.url),
+                    held=lambda: settler.in_flight,
+                    tell=sink.set_fleet_share,
+                )
+                sharing.append(asyncio.create_task(self._supervise("fleet-share", share)))
             pollers = [
                 polling.Poller(
                     client=client,
@@ -177,7 +188,7 @@ class Worker:
             log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
             await _stop_polling(pollers, polling_tasks)
             await processor.drain(self.spec.shutdown.grace_period_seconds)
-            await _cancel(dispatcher)
+            await _cancel(dispatcher, *sharing)
             await settler.aclose()
             log.info("worker stopped")
 

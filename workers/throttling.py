@@ -226,10 +226,23 @@ class Limiter:
         return self._effective_rate(now)
 
     def capacity(self, now: float) -> float | None:
-        """Permits per second this limiter can grant now: its rate, or what its concurrency
-        limit allows at the answers' recent duration, whichever is less; ``None`` while
-        neither bounds it (no rate limit and no answer yet)."""
+        """Permits per second this replica makes room for: the geometric mean of its pace and
+        its slice of the fleet's rate by the replica count, or what its concurrency limit
+        allows at the answers' recent duration, whichever is less; ``None`` while neither
+        bounds it (no rate limit and no answer yet).
+
+        Not the pace alone: a replica's share of the fleet is measured from what it holds
+        (:mod:`workers.fleet`), and a hold proportional to the pace feeds the share back into
+        itself — any split is then where the shares stay, and reads a second late made them
+        swing (a tenth of the requests refused in ``tests/test_pacing.py``'s fleets). Through
+        the mean, a replica above its slice holds less than its pace and the shares settle
+        towards the slices of the replicas that have work; a replica alone in a fleet whose
+        count is three, sending at the whole rate, still holds more than a second of its
+        slice (it refills from SQS three times less often than at its slice, not never).
+        """
         rate = self._effective_rate(now)
+        if rate is not None and self._pace is not None:
+            rate = math.sqrt(rate * self._pace.settings.rate / self._pace.replicas * self._scale)
         if self._duration is not None and self._duration > 0:
             by_concurrency = self.concurrency_limit / self._duration
             rate = by_concurrency if rate is None else min(rate, by_concurrency)
@@ -350,6 +363,13 @@ class Limiter:
         self._refill(now)
         if self._pace is not None:
             self._pace.set_replicas(replicas, now)
+            self._tokens = min(self._tokens, self._capacity(now))
+
+    def set_share(self, share: float | None, now: float) -> None:
+        """This replica's measured share of what the fleet holds (see ``pacing``)."""
+        self._refill(now)
+        if self._pace is not None:
+            self._pace.observe_share(share, now)
             self._tokens = min(self._tokens, self._capacity(now))
 
     def set_scale(self, scale: float, now: float) -> None:
@@ -514,6 +534,10 @@ class AsyncLimiter:
 
     def set_replicas(self, replicas: int) -> None:
         self._core.set_replicas(replicas, self._clock())
+        self._notify()
+
+    def set_share(self, share: float | None) -> None:
+        self._core.set_share(share, self._clock())
         self._notify()
 
     def capacity(self) -> float | None:

@@ -273,6 +273,10 @@ class ExchangeSink:
         permits = self._exchange.limiter.capacity()
         return None if permits is None else permits * self.events_per_request()
 
+    def set_fleet_share(self, share: float | None) -> None:
+        """Passed on to the limiter's pace (a fleet-wide rate limit follows the work)."""
+        self._exchange.limiter.set_share(share)
+
     def events_per_request(self) -> float:
         """Events one request carries (1; a batching sink says how many, lately)."""
         return 1.0
