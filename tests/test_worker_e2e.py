@@ -168,6 +168,36 @@ async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs
     assert received == 3, f"{received} receives of 3 messages: throttled events went back to SQS"
 
 
+async def test_an_isolated_throttle_makes_its_event_wait_its_retry_after_not_a_backoff(sqs: Any) -> None:
+    """A rate-limited sink met by one throttle now and then (Retry-After: 1) skips a beat and
+    keeps taking work; the throttled event waits its Retry-After where it is. With a retry
+    backoff of 30 s, an event that waited the backoff instead would still be waiting."""
+    source = await harness.make_queue(sqs, "e2e-isolated-throttle")
+    async with webhook.WebhookSimulator(throttle_ratio=0.1, retry_after=1.0, seed=3) as sim:
+        document = harness.manifest(
+            queue_url=source,
+            sink_url=sim.url,
+            sink={"rateLimit": {"requestsPerSecond": 20, "burst": 2}},
+            retry={"baseDelaySeconds": 30, "maxDelaySeconds": 60},
+        )
+        worker = running.Worker(harness.consumer(document))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            traffic = await harness.feed(
+                sqs, source, conversations=30, length=1, duplicate_ratio=0, poison_ratio=0
+            )
+
+            async def delivered() -> bool:
+                return traffic.correlation_ids <= set(harness.accepted_correlation_ids(sim.accepted))
+
+            assert await harness.wait_until(delivered, timeout=12)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+    assert sim.status_counts[429] >= 1
+
+
 async def test_a_receive_under_way_at_shutdown_strands_nothing(sqs: Any) -> None:
     """SIGTERM in the middle of a backlog, receives going on all the time (the budget holds a
     second of a 20/s grant): what a receive under way brings goes back to the queue at once,
