@@ -97,11 +97,12 @@ async def test_the_share_is_what_this_replica_holds_of_what_sqs_says_the_fleet_h
         fleet.watch_share(sqs, events.QueueUrl(url), held=lambda: 2, tell=told.append, interval=0.1)
     )
     try:
-        assert await harness.wait_until(lambda: len(told) >= 2, timeout=10, interval=0.05)
+        assert await harness.wait_until(lambda: len(told) >= 3, timeout=10, interval=0.05)
     finally:
         watcher.cancel()
-    assert told[0] == pytest.approx(2 / 8)
+    assert told[0] is None  # nothing held when it started: the count, at first at half
     assert told[1] == pytest.approx(2 / 8)
+    assert told[2] == pytest.approx(2 / 8)
 
 
 async def test_a_replica_that_holds_nothing_asks_sqs_nothing_and_lets_the_count_decide(sqs: Any) -> None:
@@ -112,7 +113,7 @@ async def test_a_replica_that_holds_nothing_asks_sqs_nothing_and_lets_the_count_
         fleet.watch_share(sqs, events.QueueUrl(url), held=lambda: holding[0], tell=told.append, interval=0.1)
     )
     try:
-        assert await harness.wait_until(lambda: len(told) >= 1, timeout=10, interval=0.05)
+        assert await harness.wait_until(lambda: len(told) >= 2, timeout=10, interval=0.05)
         assert told[-1] == pytest.approx(1.0)  # nothing in flight in SQS: it holds everything
         holding[0] = 0
         assert await harness.wait_until(lambda: told[-1] is None, timeout=10, interval=0.05)
@@ -128,6 +129,6 @@ async def test_a_share_that_cannot_be_read_leaves_the_count_to_decide(sqs: Any) 
     missing = events.QueueUrl("http://127.0.0.1:9/000000000000/no-such-queue")
     watcher = asyncio.create_task(fleet.watch_share(sqs, missing, held=lambda: 5, tell=told.append))
     try:
-        assert await harness.wait_until(lambda: told == [None], timeout=30, interval=0.05)
+        assert await harness.wait_until(lambda: told == [None, None], timeout=30, interval=0.05)
     finally:
         watcher.cancel()

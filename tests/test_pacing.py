@@ -26,8 +26,19 @@ from workers import pacing, throttling
 RATE = 30.0
 
 
-def _pace(replicas: int = 3, *, known: bool = True, burst: int = 10) -> pacing.Pace:
-    return pacing.Pace(pacing.PaceSettings(rate=RATE, burst=burst), replicas, 0.0, known=known)
+def _pace(
+    replicas: int = 3, *, known: bool = True, burst: int = 10, join_seconds: float = 0.0
+) -> pacing.Pace:
+    """A pace; without reads of the fleet's share (``join_seconds`` 0) unless asked."""
+    settings = pacing.PaceSettings(rate=RATE, burst=burst, join_seconds=join_seconds)
+    return pacing.Pace(settings, replicas, 0.0, known=known)
+
+
+def _joining_pace(replicas: int = 3) -> pacing.Pace:
+    """A pace told it holds nothing yet, as the share reader tells it when it starts."""
+    pace = _pace(replicas, join_seconds=pacing.PaceSettings(rate=RATE).join_seconds)
+    pace.observe_share(None, 0.0)
+    return pace
 
 
 def _want(pace: pacing.Pace, start: float, end: float, step: float = 0.05) -> float:
@@ -141,32 +152,28 @@ def test_a_share_is_what_this_replica_held_lately_of_what_the_fleet_holds() -> N
 
 
 def test_the_pace_takes_its_share_of_the_fleet_rate_as_read() -> None:
-    pace = _pace(3)
-    pace.observe_share(1 / 3, 0.0)  # a first read: at half, until the others count this replica in
-    assert pace.rate(0.0) == pytest.approx(5.0)
+    pace = _joining_pace(3)
+    assert pace.rate(0.0) == pytest.approx(10.0 * pacing.JOIN_SHARE)  # until its first read
     pace.observe_share(1 / 3, 0.5)
     assert pace.rate(0.5) == pytest.approx(10.0)
     pace.observe_share(0.2, 1.0)  # a replica joined
     assert pace.rate(1.0) == pytest.approx(6.0)
     pace.observe_share(0.5, 1.5)  # one left: its room is taken at once
     assert pace.rate(1.5) == pytest.approx(15.0)
-    pace.observe_share(None, 2.0)  # holds nothing: the count decides again
-    assert pace.slice == pytest.approx(10.0)
-    pace.observe_share(1.0, 2.5)  # a first read again
-    assert pace.rate(2.5) == pytest.approx(5.0)
+    pace.observe_share(None, 2.0)  # holds nothing: the count decides again, at first at half
+    assert pace.slice == pytest.approx(10.0 * pacing.JOIN_SHARE)
+    pace.observe_share(1.0, 2.5)
+    assert pace.rate(2.5) == pytest.approx(RATE)
 
 
-def test_a_replica_that_starts_alone_takes_the_whole_rate_from_its_second_read() -> None:
-    pace = _pace(3)  # told three, the two others not started yet
-    pace.observe_share(1.0, 0.0)
-    assert pace.rate(0.0) == pytest.approx(10.0 * pacing.JOIN_SHARE)  # no higher than its slice, halved
+def test_a_replica_that_starts_alone_takes_the_whole_rate_at_its_first_read() -> None:
+    pace = _joining_pace(3)  # told three, the two others not started yet
     pace.observe_share(1.0, 0.5)
     assert pace.rate(0.5) == pytest.approx(RATE)
 
 
 def test_after_excess_throttles_a_larger_share_is_not_taken_at_once() -> None:
-    pace = _pace(3)
-    pace.observe_share(1 / 3, 0.0)
+    pace = _joining_pace(3)
     pace.observe_share(1 / 3, 0.5)
     assert pace.rate(0.5) == pytest.approx(10.0)
     for tick in range(6):  # a third of the requests refused: excess
@@ -215,6 +222,14 @@ def test_the_pace_stays_within_the_floor_and_the_fleet_rate(
         rate = pace.rate(now)
         assert pace.slice * pace.settings.floor_share - 1e-9 <= rate <= RATE + 1e-9
         assert pace.bucket(now) >= 1.0
+
+
+def test_without_reads_the_count_decides_after_a_second_of_wanting_more() -> None:
+    pace = _joining_pace(3)
+    assert pace.rate(0.0) == pytest.approx(10.0 * pacing.JOIN_SHARE)
+    assert pace.rate(5.0) == pytest.approx(10.0 * pacing.JOIN_SHARE)  # idle: it waits for a read
+    now = _want(pace, 5.0, 5.0 + pace.settings.join_seconds + 0.1)
+    assert pace.rate(now) == pytest.approx(10.0)
 
 
 # ------------------------------------------------------------------------------ fleets
@@ -297,6 +312,8 @@ def run_fleet(
         (windows[index][0], next(order), "ask", index, None, False) for index in range(len(limiters))
     ]
     if reads is not None:
+        for limiter in limiters:
+            limiter.set_share(None, 0.0)  # as the share reader says when it starts
         agenda += [
             (rng.random() * reads.every, next(order), "read", index, None, False)
             for index in range(len(limiters))
@@ -345,7 +362,9 @@ def test_a_fleet_told_the_truth_uses_the_grant_and_is_almost_never_throttled(
     replicas: int, seed: int, jitter: float
 ) -> None:
     seconds = 30.0
-    run = run_fleet([replicas] * replicas, seconds=seconds, latency=0.01, jitter=jitter, seed=seed)
+    run = run_fleet(
+        [replicas] * replicas, seconds=seconds, latency=0.01, jitter=jitter, seed=seed, reads=Reads()
+    )
     requests, throttled = run.between(0.0, seconds)
     accepted = requests - throttled
     assert throttled <= 0.01 * requests, (throttled, requests)

@@ -21,8 +21,8 @@ just scaled in leaves its slice unused while the others queue behind theirs, and
 downstream says nothing about a limit the fleet stays under. The one thing every replica
 already shares is the queue, and SQS counts what the whole fleet holds (the queue's
 ``ApproximateNumberOfMessagesNotVisible``). :func:`watch_share` reads it every
-``SHARE_INTERVAL_SECONDS`` while this replica holds messages (at once when a receive brings
-the first ones, never while it holds none) and tells the sink this replica's part of it
+``SHARE_INTERVAL_SECONDS`` while this replica holds messages (never while it holds none)
+and tells the sink this replica's part of it
 (:func:`workers.pacing.demand_share`); the pace takes that part of the fleet's rate
 (:meth:`workers.pacing.Pace.observe_share`). The replicas with work hold about the same
 (``polling.budget_target``), so their parts add up to one and the fleet's rate goes where
@@ -189,9 +189,9 @@ async def watch_share(
     tell: Callable[[float | None], None],
     interval: float = SHARE_INTERVAL_SECONDS,
 ) -> None:
-    """Every ``interval`` seconds while this replica holds messages (and at once when a
-    receive brings the first ones): its share of what the fleet holds, to ``tell``; ``None``
-    when it holds nothing.
+    """Every ``interval`` seconds while this replica holds messages (the first time one
+    interval after a receive brings the first ones): its share of what the fleet holds, to
+    ``tell``; ``None`` when it holds nothing.
 
     What this replica holds is averaged over the interval (sampled every
     ``SAMPLE_SECONDS``; no more than it holds at the read): it moves by a whole receive at a
@@ -204,6 +204,7 @@ async def watch_share(
     warned = False
     samples: list[int] = []
     read_at = -math.inf
+    tell(None)  # nothing held yet
     while True:
         holding = held()
         if holding <= 0:
@@ -213,6 +214,8 @@ async def watch_share(
             read_at = -math.inf
             await asyncio.sleep(SAMPLE_SECONDS)
             continue
+        if not samples and read_at == -math.inf:
+            read_at = loop.time()  # a first receive: read once it is half a second old
         samples.append(holding)
         if loop.time() - read_at < interval:
             await asyncio.sleep(SAMPLE_SECONDS)

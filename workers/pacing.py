@@ -13,14 +13,13 @@ The rules, and why:
 * **The slice follows the work** (:meth:`Pace.observe_share`). A read that this replica
   holds a larger part of what the fleet holds is room the others left (a replica gone,
   starting, idle, or a count that is too high): the pace takes it at once. A smaller part
-  lowers it at once (a replica joined, or this one is at its tail). The first read after
-  holding nothing counts at ``JOIN_SHARE`` of itself, and no higher than the pace was: the
-  others read every half second and have not counted this replica in yet (a replica that
-  joined a busy fleet at its full part cost the downstream a few 429s), and replicas that
-  start together each see themselves alone for a moment, before the others' first receive.
-  After excess throttles, a larger part waits until the downstream has been quiet for
-  ``distrust_seconds``: the read disagrees with the downstream, which wins. While this
-  replica holds nothing, the count decides again.
+  lowers it at once (a replica joined, or this one is at its tail). After excess throttles,
+  a larger part waits until the downstream has been quiet for ``distrust_seconds``: the read
+  disagrees with the downstream, which wins. A replica that starts, or held nothing, takes
+  ``JOIN_SHARE`` of the count's slice until its first read, half a second after its first
+  receive: meanwhile the others, which read every half second, send as if it were not
+  there (a replica that joined a busy fleet at its whole slice cost the downstream a few
+  429s), and a read at its first receive would say little (the fleet is still receiving).
 
 * **A throttle says how much is too much.** The pace keeps a short memory (time constant
   ``memory_seconds``) of how many of its requests were accepted and how many throttled.
@@ -100,8 +99,9 @@ PROBE_SHARE = 0.01
 PROBE_COST = 4.0
 """Throttled requests a probe that finds nothing costs, about (measured in ``tests/test_pacing.py``)."""
 JOIN_SHARE = 0.5
-"""The first measurement after holding nothing counts at this much of itself: until the
-others' next reads, they send as if this replica were not there."""
+"""Told it holds nothing (at its start, and whenever it runs dry), a replica takes this much of
+the count's slice until its next read: for up to a read interval the others send as if it were
+not there. (At most for ``join_seconds`` of wanting more: without reads the count decides.)"""
 MIN_SHARE = 0.001
 """The smallest measured share a pace takes (it stays above zero)."""
 PRIOR_ACCEPTED = 4.0
@@ -160,6 +160,8 @@ class PaceSettings:
     """... every this many seconds of wanting more."""
     probe_repay: float = 0.85
     """After a probe found nothing, the pace dips to this share of where it was."""
+    join_seconds: float = 1.0
+    """How long (wanting more) ``JOIN_SHARE`` lasts at most when no read comes."""
     distrust_seconds: float = 2.0
     """After excess throttles, a larger measured share does not raise the pace at once."""
 
@@ -194,8 +196,10 @@ class Pace:
         self._replicas = max(1, replicas)
         self._share: float | None = None
         """This replica's share of what the fleet holds, as the pace takes it (:meth:`observe_share`)."""
-        self._measured: float | None = None
-        """The last share measured (None: none since the replica last held nothing)."""
+        self._joining = False
+        """No read since this replica was told it holds nothing: see ``JOIN_SHARE``."""
+        self._join_ends = 0.0
+        """... and no longer than until ``_rate_bound`` reaches this (no reads come at all)."""
         self._excess_at = -math.inf
         """When throttles were last excess (a real share of the requests refused)."""
         self._slow_start = not known
@@ -231,7 +235,7 @@ class Pace:
         measured share of what the fleet holds, or ``rate / replicas`` before a measurement."""
         if self._share is not None:
             return self._settings.rate * self._share
-        return self._settings.rate / self._replicas
+        return self._settings.rate / self._replicas * (JOIN_SHARE if self._joining else 1.0)
 
     @property
     def share(self) -> float | None:
@@ -325,29 +329,21 @@ class Pace:
         self._peak = self._low = self._rate
 
     def observe_share(self, share: float | None, now: float) -> None:
-        """This replica's share of the messages the fleet holds, as just measured (``None``:
-        it holds nothing; the replica count decides again).
+        """This replica's share of the messages the fleet holds, as just read (``None``: it
+        holds nothing, and until its next read after it holds something again, it takes
+        ``JOIN_SHARE`` of the count's slice).
 
-        A smaller share lowers the pace at once. A larger one counts once two measurements in
-        a row say so (the smaller of the two is taken), and the first measurement after
-        holding nothing counts no higher than where the pace is: replicas that start or wake
-        together each see themselves alone for a moment, before the others' first receive.
-        Then it raises the pace at once — room the others left — unless throttles were excess
-        within ``distrust_seconds``: the measurement disagrees with the downstream, and the
-        rise waits until the downstream has been quiet that long (meanwhile the pace climbs
-        by its own rules, throttle by throttle)."""
+        A smaller share lowers the pace at once. A larger one raises it at once — room the
+        others left — unless throttles were excess within ``distrust_seconds``: the read
+        disagrees with the downstream, and the rise waits until the downstream has been quiet
+        that long (meanwhile the pace climbs by its own rules, throttle by throttle)."""
         self._advance(now)
-        if share is None:
-            self._measured = None
-        else:
-            measured = min(1.0, max(MIN_SHARE, share))
-            if self._measured is None:  # a first receive: the others have not counted it in yet
-                share = JOIN_SHARE * min(measured, self._rate / self._settings.rate)
-            else:
-                share = measured
-            self._measured = measured
+        before, previous, joining = self.slice, self._share, self._joining
+        self._joining = share is None and self._settings.join_seconds > 0
+        self._join_ends = self._rate_bound + self._settings.join_seconds
+        if share is not None:
+            share = min(1.0, max(MIN_SHARE, share))
             self._slow_start = False  # measured: no need to guess from below any more
-        before, previous = self.slice, self._share
         self._share = share
         after = self.slice
         if after < before:
@@ -356,7 +352,7 @@ class Pace:
             self._low = min(self._low, self._rate)
         elif after > before:
             if now - self._excess_at <= self._settings.distrust_seconds:
-                self._share = previous  # not yet: taken at a read once the downstream was quiet
+                self._share, self._joining = previous, joining  # not yet: once the downstream was quiet
             elif after > self._rate:
                 self._probe = None
                 self._rate = self._peak = self._low = after
@@ -417,6 +413,10 @@ class Pace:
         self._moved_at = now
         self._wanting += elapsed
         self._rate_bound += elapsed
+        if self._joining and self._rate_bound >= self._join_ends:
+            self._joining = False  # no read came: the count alone decides
+            if self._share is None and not self._slow_start:
+                self._rate = self._peak = self._low = max(self._rate, self.slice)
         if self._slow_start:
             start = self.slice * settings.slow_start_share
             self._rate = min(self.slice, start * 1.5 ** (self._wanting / settings.slow_start_seconds))
