@@ -5,18 +5,20 @@
 #
 # Stage 1 builds wheels for the package and every dependency; stage 2 installs them from that
 # directory alone (--no-index), so the runtime stage needs no compiler, no network and keeps no
-# pip cache. tests/test_dockerfile.py runs the same `pip wheel` command on the same COPYed files.
+# pip cache. Every dependency is pinned by constraints.txt, the set the tests pass with.
+# tests/test_dockerfile.py runs the same `pip wheel` command on the same COPYed files.
 
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY fanout_core ./fanout_core
 COPY fanout_cli ./fanout_cli
+COPY fanout_ingest ./fanout_ingest
 COPY workers ./workers
 COPY operator ./operator
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --constraint constraints.txt --wheel-dir /wheels .
 
 FROM python:3.11.14-slim-bookworm AS runtime
 ARG VERSION=0.1.0

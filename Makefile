@@ -14,7 +14,7 @@ HELM := .tools/bin/helm
 # Python 3.12/3.13 found on the machine by .ci/get-localstack; without one the LocalStack tests skip
 LOCALSTACK := .tools/localstack/.installed-$(shell cksum < .ci/localstack-requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit soak bench clean install lock
+.PHONY: demo test lint typecheck unit soak bench clean install lock image image-check
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -63,8 +63,26 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist), each with its own moto and LocalStack; a file's tests stay
+# in one process. Then the tests marked `serial` (goodput in wall-clock time, processes killed
+# on a schedule) alone, so a second process cannot disturb what they measure.
+# PYTEST_WORKERS=0 runs the first phase in this process too. Exit 5: the selection was empty.
+PYTEST_WORKERS ?= 2
 unit: $(STAMP) $(PROMTOOL) $(HELM) $(LOCALSTACK)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) -m 'not soak and not image and not serial' $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -m 'serial and not soak and not image' $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+## image: build the Dockerfile (.ci/build-image): Docker where an engine answers, else Debian's
+## buildah from .tools (IMAGE_BUILDER=docker|buildah chooses)
+image:
+	.ci/build-image
+
+## image-check: build the image with buildah and boot it: its entry points, a worker consuming
+## the moto server, the operator's liveness, its contents (tests/test_image.py). CI runs it after
+## `make test`; it is kept out of `make test`, whose time it would double.
+image-check: $(STAMP)
+	IMAGE_BUILDER=buildah .ci/build-image
+	$(BIN)/pytest -q -m image tests/test_image.py $(PYTEST_ARGS)
 
 ## soak: the slow, long-running tests
 soak: $(STAMP)

@@ -79,6 +79,13 @@ wait_until_empty = harness.wait_until_empty
 
 
 # ------------------------------------------------------------------------ child processes
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (any process: the moto server's too)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 class Child:
     """A child process measured through ``/proc``; stopped (SIGTERM, then SIGKILL) on exit."""
 
@@ -105,9 +112,7 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far."""
-        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return cpu_seconds(self.pid)
 
     def _status(self, name: str) -> int:
         for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():

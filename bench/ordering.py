@@ -49,9 +49,10 @@ from typing import Any, cast
 
 import _common
 
+from fanout_core import idempotency
 from fanout_core import spec as spec_model
 from fanout_lab.simulators import genesys, webhook
-from workers import dedupe, events, processing, settling, telemetry
+from workers import events, processing, settling, telemetry
 from workers.sinks import base
 
 LATENCY = 0.020
@@ -299,7 +300,7 @@ async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResul
     processor = processing.Processor(
         spec=spec,
         sink=sink,
-        store=dedupe.MemoryStore(ttl_seconds=3600),
+        store=idempotency.MemoryStore(ttl_seconds=3600),
         settler=cast(settling.Settler, settler),  # the stand-in has the methods the Processor calls
         telemetry=telemetry.WorkerTelemetry(queue_url=spec.queue.url, sink_name="webhook"),
     )

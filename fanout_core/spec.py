@@ -252,6 +252,22 @@ class IdempotencySpec(SpecModel):
         return self
 
 
+class LargePayloadSpec(SpecModel):
+    """Events too large for SQS, stored in S3 by the front door or an AWS extended client."""
+
+    delete_after_delivery: bool = pydantic.Field(
+        False,
+        description="Delete the S3 object once its message is done (delivered, duplicate or "
+        "filtered); never after dead-lettering. Needs s3:DeleteObject on the bucket.",
+    )
+    max_bytes: int = pydantic.Field(
+        32 * 1024 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="Larger offloaded payloads are not fetched: the message is dead-lettered as poison.",
+    )
+
+
 class ScalingSpec(SpecModel):
     """How the operator sizes the fleet."""
 
@@ -427,6 +443,7 @@ class FanoutConsumerSpec(SpecModel):
     retry: RetrySpec = pydantic.Field(default_factory=RetrySpec)
     dead_letter: DeadLetterSpec = pydantic.Field(default_factory=DeadLetterSpec)
     idempotency: IdempotencySpec = pydantic.Field(default_factory=IdempotencySpec)
+    large_payloads: LargePayloadSpec = pydantic.Field(default_factory=LargePayloadSpec)
     scaling: ScalingSpec = pydantic.Field(default_factory=ScalingSpec)
     shutdown: ShutdownSpec = pydantic.Field(default_factory=ShutdownSpec)
     workload: WorkloadSpec = pydantic.Field(default_factory=WorkloadSpec)
@@ -495,17 +512,21 @@ def parse_spec(spec: Any) -> FanoutConsumerSpec:
         raise ConfigError(describe_validation_error(error)) from error
 
 
-def load_manifest(path: str | pathlib.Path) -> FanoutConsumer:
-    """Read a YAML or JSON manifest file (JSON is YAML) and validate it."""
+def read_document(path: str | pathlib.Path) -> Any:
+    """A YAML or JSON file (JSON is YAML), parsed; ConfigError when it cannot be read."""
     try:
         text = pathlib.Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from error
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML/JSON: {error}") from error
-    return parse_manifest(document)
+
+
+def load_manifest(path: str | pathlib.Path) -> FanoutConsumer:
+    """Read a YAML or JSON manifest file (JSON is YAML) and validate it."""
+    return parse_manifest(read_document(path))
 
 
 def dump_spec(spec: FanoutConsumerSpec) -> dict[str, Any]:

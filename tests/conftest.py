@@ -8,11 +8,18 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiobotocore.session
+import hypothesis
 import pytest
 
 from fanout_lab.simulators import aws
 from tests import sqs_backends
 from tests.operator_harness import kube_api, kube_client, kube_namespace  # noqa: F401  (operator e2e fixtures)
+
+# The properties are about values, not speed: a busy 2-core machine (the suite runs on two
+# processes beside moto and LocalStack) may pause any example past hypothesis' 200 ms
+# deadline, which then reports a correct property as flaky. Speed goals live in bench/.
+hypothesis.settings.register_profile("fanout", deadline=None)
+hypothesis.settings.load_profile("fanout")
 
 
 @pytest.fixture(scope="session")

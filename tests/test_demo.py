@@ -25,7 +25,11 @@ def test_the_day_is_repeatable_and_shaped_as_promised() -> None:
     assert [p.message for p in day.publications] == [p.message for p in again.publications]
 
     conversation = [e for e in day.events.values() if e.category is traffic.Category.CONVERSATION]
-    assert len(conversation) == 60 * 10
+    transcripts = [e for e in conversation if e.event_type == "v2.conversations.{id}.transcription"]
+    assert len(transcripts) == 60 // traffic.TRANSCRIPT_EVERY
+    assert len(conversation) == 60 * 10 + len(transcripts)
+    large = [p for p in day.publications if len(p.message) > 256 * 1024]
+    assert {p.event.correlation_id for p in large if p.event} == {e.correlation_id for e in transcripts}
     assert {e.category for e in day.events.values()} == set(traffic.Category)
     ats = [p.at for p in day.publications]
     assert ats == sorted(ats)
@@ -225,7 +229,10 @@ def test_expectations_follow_filter_policy_and_spec_filter() -> None:
 
     crm, siem, dashboard = expected("crm-sync"), expected("siem-audit"), expected("dashboard")
     assert siem.events == frozenset(day.events)
-    assert crm.events | dashboard.events == siem.events and not crm.events & dashboard.events
+    # Transcripts are audited (SIEM) only: the CRM keeps conversation detail events.
+    transcripts = {e.correlation_id for e in day.events.values() if e.event_type.endswith(".transcription")}
+    assert transcripts and not transcripts & (crm.events | dashboard.events)
+    assert crm.events | dashboard.events | transcripts == siem.events and not crm.events & dashboard.events
     assert len(crm.poison) == 1 and len(siem.poison) == len(dashboard.poison) == 3
 
 
@@ -242,7 +249,11 @@ async def test_a_small_demo_keeps_every_invariant(tmp_path: pathlib.Path) -> Non
     assert outcome.ok, {name: verdict.broken for name, verdict in outcome.verdicts.items()}
     day = outcome.day
     conversation_events = sum(1 for e in day.events.values() if e.category is traffic.Category.CONVERSATION)
-    assert outcome.verdicts["crm-sync"].delivered == conversation_events
+    transcripts = sum(1 for e in day.events.values() if e.event_type.endswith(".transcription"))
+    assert transcripts >= 1
+    # Transcripts (offloaded to S3 by the front door, resolved by the workers) go to the SIEM;
+    # the CRM's spec.filter keeps conversation detail events only.
+    assert outcome.verdicts["crm-sync"].delivered == conversation_events - transcripts
     assert outcome.verdicts["siem-audit"].delivered == len(day.events)
     assert outcome.verdicts["dashboard"].delivered == len(day.events) - conversation_events
     copies = collections.Counter(p.category for p in day.publications if p.event is not None and p.copy)
@@ -254,6 +265,9 @@ async def test_a_small_demo_keeps_every_invariant(tmp_path: pathlib.Path) -> Non
     # The dashboard's spec.filter drops every conversation event, redeliveries included.
     assert outcome.filtered["dashboard"] >= conversation_events + conversation_copies
     assert snapshots and snapshots[-1].published == len(day.publications)
+    events_sent = sum(1 for p in day.publications if p.event is not None)
+    assert outcome.door.accepted == events_sent and outcome.door.offloaded == transcripts
+    assert outcome.door.refused_forged == session.FORGED_REQUESTS
     assert '"delivered"' in log_path.read_text()
 
     # The CRM refused the events of its duplicated records; after the fix they came back.
@@ -269,6 +283,7 @@ async def test_a_small_demo_keeps_every_invariant(tmp_path: pathlib.Path) -> Non
     text = printed.getvalue()
     assert "fanout dlq redrive --config crm-sync.yaml --reason-class permanent" in text
     assert "every invariant held" in text
+    assert f"{session.FORGED_REQUESTS} with a stale signature refused (401)" in " ".join(text.split())
     assert "BROKEN" not in text
 
 

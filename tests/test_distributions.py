@@ -59,7 +59,7 @@ def _metadata(wheel: pathlib.Path) -> email.message.Message:
 def test_production_wheel_holds_production_packages_only(wheel: pathlib.Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
-    assert tops == {"workers", "fanout_core", "fanout_operator", "fanout_cli"}
+    assert tops == {"workers", "fanout_core", "fanout_operator", "fanout_cli", "fanout_ingest"}
     assert not [name for name in names if "simulators" in name or "/demo/" in name or "harness" in name]
 
 

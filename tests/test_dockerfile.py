@@ -1,13 +1,13 @@
 """The Dockerfile, reviewed by machine, and its install step replayed without Docker.
 
-No Docker engine runs on these machines, so the image is never built here. Instead:
-hadolint lints the Dockerfile; its promises (pinned base, non-root numeric UID, no compilers
-or caches in the runtime stage, PYTHONUNBUFFERED, OCI labels, the two entry points) are
-read off the parsed instructions; and the two install steps are replayed on this machine
-exactly as the stages run them: the build stage's COPYs (filtered by .dockerignore) and its
-`pip wheel` command, then the runtime stage's `pip install --no-index --find-links` into an
-empty target, whose console-script entry points must import with nothing but the standard
-library and those wheels on the path.
+This module runs in ``make test`` and builds no image (``make image-check`` builds and boots
+it: tests/test_image.py). Here, fast: hadolint lints the Dockerfile; its promises (pinned
+base, non-root numeric UID, no compilers or caches in the runtime stage, PYTHONUNBUFFERED,
+OCI labels, the two entry points) are read off the parsed instructions; and the two install
+steps are replayed on this machine exactly as the stages run them: the build stage's COPYs
+(filtered by .dockerignore) and its `pip wheel` command, then the runtime stage's `pip install
+--no-index --find-links` into an empty target, whose console-script entry points must import
+with nothing but the standard library and those wheels on the path.
 
 The replay builds every dependency wheel (not only ours, ~10 s with pip's cache off): it is
 the only check that each dependency arrives as a binary wheel — the build stage has no
@@ -287,7 +287,7 @@ def test_build_stage_makes_our_wheel_with_every_package(wheelhouse: pathlib.Path
 
     (ours,) = wheelhouse.glob("fanout_consumer-*.whl")
     names = zipfile.ZipFile(ours).namelist()
-    for package in ("workers", "fanout_core", "fanout_operator", "fanout_cli"):
+    for package in ("workers", "fanout_core", "fanout_operator", "fanout_cli", "fanout_ingest"):
         assert f"{package}/__init__.py" in names, f"{package} missing from the wheel"
     assert not [name for name in names if name.startswith(("tests/", "helm/", "examples/", "fanout_lab/"))]
 
@@ -313,7 +313,7 @@ def test_runtime_stage_installs_offline_and_both_entry_points_import(
         "import sys; sys.path.insert(0, sys.argv[1]); import importlib.metadata as m; "
         "eps = {e.name: e for e in m.entry_points(group='console_scripts') "
         "if e.dist and e.dist.name == 'fanout-consumer'}; "
-        "[eps[n].load() for n in ('fanout-worker', 'fanout-operator', 'fanout')]; "
+        "[eps[n].load() for n in ('fanout-worker', 'fanout-operator', 'fanout', 'fanout-ingest')]; "
         "import workers, fanout_operator; print(workers.__file__, fanout_operator.__file__)"
     )
     check = subprocess.run(

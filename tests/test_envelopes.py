@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fanout_core import keying
 from workers import envelopes, events
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -27,7 +28,7 @@ def eventbridge(detail: Any, *, envelope_id: str | None = None) -> dict[str, Any
     return {
         "version": "0",
         "id": envelope_id or str(uuid.uuid4()),
-        "detail-type": envelopes.topic_template(topic) if isinstance(topic, str) else "x.{id}",
+        "detail-type": keying.topic_template(topic) if isinstance(topic, str) else "x.{id}",
         "source": "aws.partner/genesys.com.test/cloud/org/suffix",
         "account": "123456789012",
         "time": "2025-03-14T15:09:26Z",
@@ -129,7 +130,7 @@ def test_unknown_fields_are_kept_and_missing_ones_are_fine() -> None:
     assert event.event_type == "v2.something.new"
     assert event.ordering_key is None
     assert event.event_time_ms is None
-    assert decode({}).event_type == envelopes.UNKNOWN_EVENT_TYPE
+    assert decode({}).event_type == keying.UNKNOWN_EVENT_TYPE
 
 
 # --- derived fields ------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_unknown_fields_are_kept_and_missing_ones_are_fine() -> None:
     ],
 )
 def test_topic_template(topic: str, template: str) -> None:
-    assert envelopes.topic_template(topic) == template
+    assert keying.topic_template(topic) == template
 
 
 def test_detail_type_wins_over_the_derived_template() -> None:
@@ -247,7 +248,7 @@ def test_event_id_of_non_genesys_json_hashes_the_payload() -> None:
 
 
 def test_long_correlation_ids_are_hashed() -> None:
-    long_id = "x" * (envelopes.MAX_CORRELATION_ID_CHARS + 1)
+    long_id = "x" * (keying.MAX_CORRELATION_ID_CHARS + 1)
     event = decode({"metadata": {"CorrelationId": long_id}})
     assert event.event_id.startswith("sha256:")
     assert event.event_id == decode({"metadata": {"CorrelationId": long_id}, "other": 1}).event_id
@@ -306,7 +307,7 @@ def test_a_body_of_exactly_the_limit_is_accepted() -> None:
     prefix, suffix = '{"pad": "', '"}'
     body = prefix + "a" * (envelopes.MAX_BODY_BYTES - len(prefix) - len(suffix)) + suffix
     assert len(body.encode()) == envelopes.MAX_BODY_BYTES
-    assert envelopes.decode(body).event_type == envelopes.UNKNOWN_EVENT_TYPE
+    assert envelopes.decode(body).event_type == keying.UNKNOWN_EVENT_TYPE
 
 
 # --- properties ----------------------------------------------------------------------

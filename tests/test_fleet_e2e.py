@@ -61,6 +61,9 @@ from workers import events, fleet, running, sinks, throttling
 from workers.sinks import base, exchange
 from workers.sinks import crm as crm_sink
 
+# Goodput measured in wall-clock time: run alone, after the parallel phase (make test).
+pytestmark = pytest.mark.serial
+
 REPLICAS = 3
 RATE = 30.0
 BURST = 6

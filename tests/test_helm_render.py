@@ -48,7 +48,8 @@ def defaults() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def everything() -> list[dict[str, Any]]:
-    return h.render(values_files=[h.ALL_FEATURES])
+    # Every feature of the operator's side; the front door's objects are tested in test_helm_ingest.py.
+    return h.render(values_files=[h.ALL_FEATURES], sets=["ingest.enabled=false"])
 
 
 def test_operator_pod_is_locked_down_by_default(defaults: list[dict[str, Any]]) -> None:

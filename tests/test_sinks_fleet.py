@@ -24,6 +24,9 @@ from workers import events, fleet
 from workers.sinks import base
 from workers.sinks import crm as crm_sink
 
+# Goodput measured in wall-clock time: run alone, after the parallel phase (make test).
+pytestmark = pytest.mark.serial
+
 REPLICAS = 3
 
 

@@ -27,10 +27,11 @@ import prometheus_client
 import pytest
 from hypothesis import strategies as st
 
+from fanout_core import idempotency
 from fanout_lab import harness
 from fanout_lab.simulators import hec, webhook
 from tests import sqs_backends
-from workers import dedupe, envelopes, events, running
+from workers import envelopes, events, running
 
 # The characters SQS (and LocalStack) accept in a body: no control characters but tab, LF, CR.
 SQS_TEXT = st.characters(
@@ -156,9 +157,9 @@ async def test_a_message_copied_before_a_crash_is_deleted_not_copied_again(
     source = await harness.make_queue(sqs, "copied-before")
     dead = await harness.make_queue(sqs, "copied-before-dlq")
     sent = await sqs.send_message(QueueUrl=source, MessageBody="not json")
-    store = dedupe.DynamoDbStore(dynamodb, idempotency_table, 3600)
-    marker = dedupe.dead_letter_key(events.MessageId(sent["MessageId"]))
-    assert await store.claim(marker, lease_seconds=60) is dedupe.ClaimState.CLAIMED
+    store = idempotency.DynamoDbStore(dynamodb, idempotency_table, 3600)
+    marker = idempotency.dead_letter_key(events.MessageId(sent["MessageId"]))
+    assert await store.claim(marker, lease_seconds=60) is idempotency.ClaimState.CLAIMED
     await store.complete(marker)
     async with webhook.WebhookSimulator() as sim:
         document = harness.manifest(
@@ -409,6 +410,7 @@ async def start_worker(config: pathlib.Path) -> asyncio.subprocess.Process:
     )
 
 
+@pytest.mark.serial  # worker processes killed on a schedule: run alone (make test)
 async def test_fifo_with_two_pollers_and_two_sigkills_loses_nothing_and_repeats_only_in_flight_events(
     sqs_backend: sqs_backends.SqsBackend, idempotency_table: str, tmp_path: pathlib.Path
 ) -> None:

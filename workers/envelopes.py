@@ -25,42 +25,21 @@ value (payloads carry phone numbers and names).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from fanout_core import keying, offloading
 from workers import events
 
 MAX_BODY_BYTES = 1024 * 1024
 """The SQS message size limit; anything larger did not come from SQS intact."""
 
-MAX_CORRELATION_ID_CHARS = 256
-"""Longer ``CorrelationId`` values are hashed: the id must fit a DynamoDB key and a header."""
+MAX_RESOLVED_BODY_BYTES = 64 * 1024 * 1024
+"""An offloaded payload (fetched from S3) may be larger; ``spec.largePayloads.maxBytes`` is
+checked before fetching, this bounds what the decoder will ever parse."""
 
-DEFAULT_ORDERING_KEY = "conversationId"
-UNKNOWN_EVENT_TYPE = "unknown"
-
-_ID_TEMPLATE = "{id}"
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_TOPIC_WORD = re.compile(r"^[a-z]+$")
-# Genesys topic segments that are followed by the id of the thing they name.
-_ID_PARENTS = frozenset(
-    {
-        "conversation",
-        "conversations",
-        "queues",
-        "users",
-        "groups",
-        "flows",
-        "campaigns",
-        "contactlists",
-        "teams",
-        "workitems",
-    }
-)
 _SNS_MARKERS = ("Message", "MessageId", "TopicArn")
 _MAX_EPOCH_MS = 253_402_300_800_000  # 10000-01-01: beyond it, a "time" is garbage
 
@@ -80,23 +59,32 @@ class PoisonMessage(Exception):
 def decode(
     body: str | bytes,
     *,
-    ordering_key: str = DEFAULT_ORDERING_KEY,
+    ordering_key: str = keying.DEFAULT_ORDERING_KEY,
     message_attributes: Mapping[str, str] | None = None,
+    resolution: offloading.Resolution | None = None,
 ) -> events.Event:
     """Decode one SQS message body; raise :class:`PoisonMessage` when it cannot be.
 
     ``ordering_key`` is ``spec.ordering.key`` (dotted paths reach into nested objects).
     ``message_attributes`` are the SQS message attributes (string values); SNS message
-    attributes found in the body are merged under them.
+    attributes found in the body are merged under them. ``resolution`` is what the poller
+    made of an S3 pointer in the body (``fanout_core.offloading``): its rebuilt body is
+    decoded instead (up to :data:`MAX_RESOLVED_BODY_BYTES`), or its failure is the reason.
     """
     try:
-        return _decode(body, ordering_key, message_attributes or {})
+        if resolution is not None:
+            if resolution.body is None:
+                raise PoisonMessage(resolution.failure or "S3 payload pointer not resolved")
+            return _decode(resolution.body, ordering_key, message_attributes or {}, MAX_RESOLVED_BODY_BYTES)
+        return _decode(body, ordering_key, message_attributes or {}, MAX_BODY_BYTES)
     except RecursionError:
         raise PoisonMessage("JSON nested too deeply") from None
 
 
-def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, str]) -> events.Event:
-    outer = _parse_object(_body_text(body), what="body")
+def _decode(
+    body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, str], max_bytes: int
+) -> events.Event:
+    outer = _parse_object(_body_text(body, max_bytes), what="body")
     attributes: dict[str, str] = {}
     kind = events.EnvelopeKind.RAW
     event = outer
@@ -111,7 +99,7 @@ def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, s
 
     eventbridge: Mapping[str, Any] | None = None
     payload: Mapping[str, Any] = event
-    if _is_eventbridge(event):
+    if keying.is_eventbridge(event):
         detail = event["detail"]
         if not isinstance(detail, dict):
             raise PoisonMessage("EventBridge event whose detail is not an object")
@@ -122,12 +110,12 @@ def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, s
             else events.EnvelopeKind.EVENTBRIDGE
         )
 
-    topic = _str_field(payload, "topicName")
+    topic = keying.str_field(payload, "topicName")
     return events.Event(
-        event_id=event_id_of(payload),
-        event_type=_event_type(eventbridge, payload, topic),
+        event_id=keying.event_id_of(payload),
+        event_type=keying.event_type_of(eventbridge, payload, topic),
         payload=payload,
-        ordering_key=_ordering_key(ordering_key, payload, eventbridge, topic),
+        ordering_key=keying.ordering_key_of(ordering_key, payload, eventbridge, topic),
         event_time_ms=_event_time_ms(payload, eventbridge),
         topic=topic,
         envelope=kind,
@@ -138,14 +126,14 @@ def _decode(body: str | bytes, ordering_key: str, sqs_attributes: Mapping[str, s
 # --- bytes → JSON object -------------------------------------------------------------
 
 
-def _body_text(body: str | bytes) -> str:
+def _body_text(body: str | bytes, max_bytes: int) -> str:
     if isinstance(body, str):
         # A character takes 1-4 UTF-8 bytes: only text near the limit needs encoding to tell.
-        if len(body) > MAX_BODY_BYTES // 4 and len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-            raise PoisonMessage(f"body larger than {MAX_BODY_BYTES} bytes")
+        if len(body) > max_bytes // 4 and len(body.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise PoisonMessage(f"body larger than {max_bytes} bytes")
         return body
-    if len(body) > MAX_BODY_BYTES:
-        raise PoisonMessage(f"body larger than {MAX_BODY_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise PoisonMessage(f"body larger than {max_bytes} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -164,6 +152,9 @@ def _parse_object(text: str, *, what: str) -> dict[str, Any]:
     except ValueError:  # NaN/Infinity, or an integer too long to convert
         raise PoisonMessage(f"{what} is not JSON (invalid number)") from None
     if not isinstance(value, dict):
+        pointer = offloading.parse_pointer(text) if isinstance(value, list) else None
+        if pointer is not None:
+            raise PoisonMessage(f"{what} is an S3 payload pointer that was not resolved")
         raise PoisonMessage(f"{what} is JSON {_json_kind(value)}, not an object")
     return value
 
@@ -187,10 +178,6 @@ def _is_sns(document: Mapping[str, Any]) -> bool:
     return document.get("Type") == "Notification" and any(key in document for key in _SNS_MARKERS)
 
 
-def _is_eventbridge(document: Mapping[str, Any]) -> bool:
-    return "detail-type" in document and "detail" in document
-
-
 def _sns_attributes(value: Any) -> dict[str, str]:
     """``{name: {Type, Value}}`` → ``{name: Value}``; malformed entries are skipped."""
     if not isinstance(value, dict):
@@ -203,120 +190,12 @@ def _sns_attributes(value: Any) -> dict[str, str]:
 
 
 # --- what the payload says -----------------------------------------------------------
-
-
-def event_id_of(payload: Mapping[str, Any]) -> events.EventId:
-    """The deduplication key: ``metadata.CorrelationId``, else a hash of topic + body.
-
-    Only the payload counts, so every delivery of one event (raw, SNS, EventBridge,
-    redelivered with a new envelope id) gets the same key.
-    """
-    metadata = payload.get("metadata")
-    if isinstance(metadata, dict):
-        correlation_id = metadata.get("CorrelationId")
-        if isinstance(correlation_id, str) and correlation_id.strip():
-            if len(correlation_id) <= MAX_CORRELATION_ID_CHARS:
-                return events.EventId(correlation_id)
-            return events.EventId(_digest("correlation-id", correlation_id))
-    topic = payload.get("topicName")
-    if isinstance(topic, str) and "eventBody" in payload:
-        return events.EventId(_digest("genesys", topic, canonical_json(payload["eventBody"])))
-    return events.EventId(_digest("payload", canonical_json(payload)))
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, ASCII only: equal JSON values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def _digest(domain: str, *parts: str) -> str:
-    hasher = hashlib.sha256(domain.encode())
-    for part in parts:
-        # Length-prefixed, so ("ab", "c") and ("a", "bc") never collide.
-        encoded = part.encode("utf-8", "surrogatepass")
-        hasher.update(b"\0%d:" % len(encoded))
-        hasher.update(encoded)
-    return f"sha256:{hasher.hexdigest()}"
-
-
-def topic_template(topic: str) -> str:
-    """``v2.detail.events.conversation.<uuid>.acw`` → ``v2.detail.events.conversation.{id}.acw``.
-
-    A segment becomes ``{id}`` when it is a UUID, or when it follows a segment naming a
-    collection (``conversation``, ``queues``, ``users``...) and is not itself a plain
-    lower-case word (so ``v2.users.{id}.conversations.calls`` keeps ``calls``).
-    """
-    segments = topic.split(".")
-    templated = []
-    for index, segment in enumerate(segments):
-        after_parent = index > 0 and segments[index - 1] in _ID_PARENTS
-        if _UUID.match(segment) or (after_parent and segment and not _TOPIC_WORD.match(segment)):
-            templated.append(_ID_TEMPLATE)
-        else:
-            templated.append(segment)
-    return ".".join(templated)
-
-
-def _event_type(eventbridge: Mapping[str, Any] | None, payload: Mapping[str, Any], topic: str | None) -> str:
-    if eventbridge is not None:
-        detail_type = _str_field(eventbridge, "detail-type")
-        if detail_type:
-            return detail_type
-    if topic:
-        return topic_template(topic)
-    for field in ("eventType", "type", "detail-type"):
-        value = _str_field(payload, field)
-        if value:
-            return value
-    return UNKNOWN_EVENT_TYPE
-
-
-def _ordering_key(
-    key: str, payload: Mapping[str, Any], eventbridge: Mapping[str, Any] | None, topic: str | None
-) -> str | None:
-    path = key.split(".")
-    for source in (payload.get("eventBody"), payload, eventbridge):
-        found = _key_value(_lookup(source, path))
-        if found is not None:
-            return found
-    if key == DEFAULT_ORDERING_KEY and topic:
-        return _conversation_id_from_topic(topic, payload)
-    return None
-
-
-def _conversation_id_from_topic(topic: str, payload: Mapping[str, Any]) -> str | None:
-    """Where Genesys puts the conversation id when ``conversationId`` is absent."""
-    segments = topic.split(".")
-    if len(segments) == 5 and segments[:3] == ["v2", "routing", "queues"] and segments[4] == "conversations":
-        return _key_value(_lookup(payload.get("eventBody"), ["id"]))
-    if len(segments) >= 5 and segments[:4] == ["v2", "detail", "events", "conversation"]:
-        return _key_value(segments[4])
-    if len(segments) == 4 and segments[:2] == ["v2", "conversations"] and segments[3] == "transcription":
-        return _key_value(segments[2])
-    return None
-
-
-def _lookup(source: Any, path: list[str]) -> Any:
-    for part in path:
-        if not isinstance(source, dict):
-            return None
-        source = source.get(part)
-    return source
-
-
-def _key_value(value: Any) -> str | None:
-    """Strings and integers make ordering keys; anything else (objects, floats...) does not."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value and value != _ID_TEMPLATE:
-        return value
-    return None
+# The event id, type and ordering key live in fanout_core.keying: the front door derives
+# the same ones when it publishes.
 
 
 def _event_time_ms(payload: Mapping[str, Any], eventbridge: Mapping[str, Any] | None) -> int | None:
-    candidates = [_lookup(payload, ["eventBody", "eventTime"]), payload.get("timestamp")]
+    candidates = [keying.lookup(payload, ["eventBody", "eventTime"]), payload.get("timestamp")]
     if eventbridge is not None:
         candidates.append(eventbridge.get("time"))
     for candidate in candidates:
@@ -353,8 +232,3 @@ def _plausible_ms(value: float) -> int | None:
     if not math.isfinite(value) or not 0 <= value < _MAX_EPOCH_MS:
         return None
     return int(value)
-
-
-def _str_field(document: Mapping[str, Any], field: str) -> str | None:
-    value = document.get(field)
-    return value if isinstance(value, str) and value else None

@@ -14,10 +14,13 @@ import enum
 from collections.abc import Mapping
 from typing import Any, NewType
 
+from fanout_core import keying
+
 QueueUrl = NewType("QueueUrl", str)
 ReceiptHandle = NewType("ReceiptHandle", str)
 MessageId = NewType("MessageId", str)
-EventId = NewType("EventId", str)
+EventId = keying.EventId
+"""Derived from the payload (``fanout_core.keying``), shared with the front door."""
 
 
 class EnvelopeKind(enum.StrEnum):

@@ -21,10 +21,27 @@ what a replica holds is what its share of the fleet's rate is measured by
 itself (with reads a second late the shares swung and the fleet was refused a tenth of its
 requests, in ``tests/test_pacing.py``'s fleet).
 
-Received messages are tracked by the settler (which heartbeats them and frees their
-budget when they are settled) and handed to the processor. An empty receive costs
+Messages whose body is an S3 pointer (an event too large for SQS) are resolved first
+(``payloads``), so the processor takes in the real event. Received messages are tracked by
+the settler (which heartbeats them and frees their budget when they are settled) and handed
+to the processor. An empty receive costs
 the long poll only. Receive errors never end the loop: they mark the worker unready
 and back off.
+
+When S3 cannot serve a pointer's object now (``payloads.PayloadUnavailable``: throttled,
+unavailable, access denied), the message waits:
+
+* standard queue: it goes back to the queue after a backoff; the rest of the receive is
+  taken in (a standard queue promises no order across receives; the lanes put a
+  conversation in event-time order as far as they can see it);
+* FIFO queue: the message and the later messages of its group from the same receive stay
+  in our hands (heartbeated) and the read is retried in place, for up to
+  :data:`_IN_PLACE_LIMIT_SECONDS`; then they are taken in together, in group order. No
+  schedule of handing a group back keeps it in order on every SQS reading (moto serves the
+  last of several re-visible messages of a group first, LocalStack serves a group's visible
+  messages while its head is invisible); a group kept in flight is in order on all of them.
+  Only past the limit does the group go back: the head after a backoff, the rest a second
+  later.
 
 On shutdown (:meth:`Poller.stop`) a receive under way is let finish, for up to
 ``STOP_WAIT_SECONDS``, and what it brings goes straight back to the queue: cancelled, it
@@ -38,18 +55,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fanout_core import spec as spec_model
-from workers import settling, sqs, telemetry
+from workers import payloads, retrying, settling, sqs, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BACKOFF = 30.0
+_PAYLOAD_RETRY_SECONDS = 10
+_MAX_PAYLOAD_RETRY_SECONDS = 300
+_IN_PLACE_LIMIT_SECONDS = 60.0
+"""FIFO: how long a group whose large payload S3 cannot serve waits in our hands."""
+_IN_PLACE_BASE_SECONDS = 1.0
+_IN_PLACE_CAP_SECONDS = 15.0
 HORIZON_SECONDS = 1.0
 """How much of the sink's capacity a replica holds: received messages wait at most about
 this long for their turn (plus the SQS round trip)."""
@@ -128,6 +154,8 @@ class Poller:
         submit: Callable[[list[settling.Received]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
+        resolver: payloads.Resolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._queue = queue
@@ -137,6 +165,11 @@ class Poller:
         self._submit = submit
         self._telemetry = telemetry
         self._on_health = on_health
+        self._resolver = resolver
+        self._clock = clock
+        # FIFO groups waiting in place for S3, by a serial: their records and their task.
+        self._holding: dict[int, tuple[list[settling.Received], asyncio.Task[None]]] = {}
+        self._serials = itertools.count()
         self._stopping = False
         self._receiving = False
 
@@ -147,6 +180,16 @@ class Poller:
         return self._receiving
 
     async def run(self) -> None:
+        try:
+            await self._poll()
+        finally:
+            # Stopped (drain) or crashed: what waits in place for S3 goes back to the queue now.
+            for records, task in self._holding.values():
+                task.cancel()
+                self._settler.give_back(records)
+            self._holding.clear()
+
+    async def _poll(self) -> None:
         failures = 0
         while not self._stopping:
             await self._sink.wait_accepting()
@@ -170,12 +213,62 @@ class Poller:
             failures = 0
             self._on_health(True)
             self._budget.release(granted - len(messages))
-            records = [self._settler.track(message) for message in messages]
             if self._stopping:
-                self._settler.give_back(records)
+                self._settler.give_back([self._settler.track(message) for message in messages])
                 return
-            if records:
+            if self._resolver is not None and messages:
+                messages = await self._resolve(messages)
+            if messages:
+                self._submit([self._settler.track(message) for message in messages])
+
+    async def _resolve(self, messages: list[dict[str, Any]]) -> list[Any]:
+        """S3 pointers resolved before intake; what S3 cannot serve now waits (module doc)."""
+        assert self._resolver is not None
+        resolved = await self._resolver.resolve(messages)
+        if not resolved.unavailable:
+            return resolved.messages
+        split = _split(messages, resolved, fifo=self._queue.is_fifo)
+        for message, error in split.back:
+            self._back_later([self._settler.track(message)], error)
+        for group, error in split.held:
+            log.warning("large payload not readable now (%s); its FIFO group waits in place", error)
+            records = [self._settler.track(message) for message in group]
+            serial = next(self._serials)
+            task = asyncio.create_task(self._wait_in_place(serial, records), name="payload-wait")
+            self._holding[serial] = (records, task)
+        return split.taken
+
+    async def _wait_in_place(self, serial: int, records: list[settling.Received]) -> None:
+        """Read a held FIFO group's objects again until S3 serves them all, then take the
+        group in, in order; past :data:`_IN_PLACE_LIMIT_SECONDS` hand it back instead."""
+        assert self._resolver is not None
+        started = self._clock()
+        for failures in itertools.count(1):
+            pause = retrying.exponential_delay(
+                failures, base=_IN_PLACE_BASE_SECONDS, cap=_IN_PLACE_CAP_SECONDS
+            )
+            await asyncio.sleep(pause)
+            resolved = await self._resolver.resolve([record.message for record in records], in_turn=False)
+            if not resolved.unavailable:
+                del self._holding[serial]
+                for record, message in zip(records, resolved.messages, strict=True):
+                    record.message = message
                 self._submit(records)
+                return
+            if self._clock() - started >= _IN_PLACE_LIMIT_SECONDS:
+                del self._holding[serial]
+                [(_, error), *_] = resolved.unavailable
+                self._back_later(records, error)
+                return
+
+    def _back_later(self, records: Sequence[settling.Received], error: payloads.PayloadUnavailable) -> None:
+        """Back to the queue: the first after a backoff, the rest (its group) a second later."""
+        head, *rest = records
+        delay = min(_MAX_PAYLOAD_RETRY_SECONDS, _PAYLOAD_RETRY_SECONDS * head.receive_count)
+        log.warning("large payload not readable now (%s); message back in %ds", error, delay)
+        self._settler.retry_later(head, delay)
+        if rest:
+            self._settler.give_back(rest, delay_seconds=delay + 1)
 
     async def _receive(self, count: int) -> list[dict[str, Any]]:
         with self._telemetry.receive_span() as span:
@@ -192,3 +285,41 @@ class Poller:
             self._telemetry.record_batch(span, messages)
             self._telemetry.received(len(messages))
             return messages
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Split:
+    """A receive with unreadable payloads, split by what happens to each message."""
+
+    taken: list[Mapping[str, Any]]
+    """Taken in now."""
+    held: list[tuple[list[Mapping[str, Any]], payloads.PayloadUnavailable]]
+    """FIFO groups held in place, each from its first unreadable message on, in receive
+    order (SQS's order within a group), with why that one could not be read."""
+    back: list[tuple[Mapping[str, Any], payloads.PayloadUnavailable]]
+    """Back to the queue after a backoff (standard queues, or a message without a group)."""
+
+
+def _split(messages: Sequence[Mapping[str, Any]], resolved: payloads.Resolved, *, fifo: bool) -> _Split:
+    """Which messages of a receive (``messages``, as received) wait for S3, and how.
+
+    Receive order, not ``SequenceNumber``: an SQS double (moto) draws sequence numbers at
+    random, and every SQS returns a group's messages of one receive in the group's order."""
+    unreadable = {message.get("MessageId"): error for message, error in resolved.unavailable}
+    readable = {message.get("MessageId"): message for message in resolved.messages}
+    held: dict[str, tuple[list[Mapping[str, Any]], payloads.PayloadUnavailable]] = {}
+    taken: list[Mapping[str, Any]] = []
+    back: list[tuple[Mapping[str, Any], payloads.PayloadUnavailable]] = []
+    for message in messages:
+        message_id = message.get("MessageId")
+        group = message.get("Attributes", {}).get("MessageGroupId") if fifo else None
+        error = unreadable.get(message_id)
+        if error is not None and group is None:
+            back.append((message, error))
+        elif error is not None:
+            held.setdefault(str(group), ([], error))[0].append(message)
+        elif group is not None and str(group) in held:
+            held[str(group)][0].append(readable.get(message_id, message))
+        else:
+            taken.append(readable.get(message_id, message))
+    return _Split(taken, list(held.values()), back)

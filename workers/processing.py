@@ -53,8 +53,10 @@ import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
 from typing import Any
 
+from fanout_core import idempotency as dedupe
+from fanout_core import offloading
 from fanout_core import spec as spec_model
-from workers import dedupe, envelopes, events, filtering, ordering, retrying, settling, telemetry
+from workers import envelopes, events, filtering, ordering, retrying, settling, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
@@ -199,6 +201,7 @@ class Processor:
                 record.message.get("Body", ""),
                 ordering_key=self._spec.ordering.key,
                 message_attributes=sqs_message_attributes(record.message),
+                resolution=offloading.resolution_of(record.message),
             )
         except envelopes.PoisonMessage as poison:
             self._spawn_chore(self._dead_letter(record, ReasonClass.POISON, poison.reason))

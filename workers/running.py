@@ -47,11 +47,12 @@ import aiohttp.web
 import prometheus_client
 
 from fanout_core import findings
+from fanout_core import idempotency as dedupe
 from fanout_core import spec as spec_model
 from workers import (
-    dedupe,
     events,
     fleet,
+    payloads,
     polling,
     processing,
     settling,
@@ -129,6 +130,10 @@ class Worker:
             )
             store = await stack.enter_async_context(self._store(region))
             await self._check_redrive_policy(client)
+            resolver = payloads.Resolver(
+                await stack.enter_async_context(_s3_client(region)), self.spec.large_payloads
+            )
+            stack.push_async_callback(resolver.drain)
 
             def target() -> int:  # called by the pollers, which start after both exist
                 # held but not waiting for the sink: what is being deleted or put back, and
@@ -144,6 +149,7 @@ class Worker:
                 dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
                 budget=budget,
                 telemetry=self.telemetry,
+                on_deleted=resolver.forget,
                 health=self.health,
             )
             processor = processing.Processor(
@@ -171,6 +177,7 @@ class Worker:
                     submit=processor.submit,
                     telemetry=self.telemetry,
                     on_health=self._set_receiving,
+                    resolver=resolver,
                 )
                 for _ in range(queue.pollers)
             ]
@@ -261,6 +268,14 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
         body=prometheus_client.generate_latest(),
         headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
     )
+
+
+@contextlib.asynccontextmanager
+async def _s3_client(region: str) -> AsyncIterator[Any]:
+    """S3 for offloaded payloads (no I/O until a pointer arrives); AWS_ENDPOINT_URL_S3 applies."""
+    session = aiobotocore.session.get_session()
+    async with session.create_client("s3", region_name=region) as client:
+        yield client
 
 
 def _queue_url(url: str | None) -> events.QueueUrl | None:

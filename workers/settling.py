@@ -167,6 +167,7 @@ class Settler:
         health: supervision.Health | None = None,
         linger: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        on_deleted: Callable[[list[Mapping[str, Any]]], None] | None = None,
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -175,6 +176,7 @@ class Settler:
         self._budget = budget
         self._telemetry = telemetry
         self._clock = clock
+        self._on_deleted = on_deleted  # payloads: delete the S3 objects of deleted messages
         self._held: dict[Received, None] = {}  # insertion-ordered set, by identity
         self._deletes = _Batcher(self._send_deletes, linger)
         self._changes = _Batcher(self._send_changes, linger)
@@ -333,6 +335,8 @@ class Settler:
         )
         done = [entry.record for entry in batch if entry not in failed]
         self._telemetry.deleted(len(done))
+        if self._on_deleted is not None and done:
+            self._on_deleted([record.message for record in done])
         self._done([entry.record for entry in batch])
 
     async def _send_changes(self, batch: list[_Entry]) -> None:

@@ -185,6 +185,13 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
         f"(the moto server sets the pace; {outcome.paused_seconds:.1f} s paused to keep queues short); "
         f"{outcome.elapsed:.1f} s in all."
     )
+    door = outcome.door
+    console.print(
+        f"front door: {door.accepted} signed webhooks answered 202 ({door.offloaded} transcripts over "
+        f"SNS's 256 KiB offloaded to S3, {door.retried} retried after a 503), "
+        f"{door.refused_forged} with a stale signature refused (401); the poison bodies were "
+        "published to SNS by another producer."
+    )
     for figures in outcome.redrives.values():
         console.print(
             f"{figures.consumer}: the CRM held two records for a few conversations (a botched import), so "

@@ -17,7 +17,12 @@ one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) 
 3. the workers, in this process (``running.Worker``, the runtime ``fanout-worker`` runs),
    each replica with its own sink told the replica count, so it takes its share of the
    fleet-wide rate limit;
-4. the day's publications, each at its time — but never while a queue holds more than
+4. the front door (``fanout_ingest``, in this process) on a loopback port, publishing to the
+   topic and offloading the large transcripts to an S3 bucket; the day's events are sent to
+   it as signed Genesys webhooks (a 503 is retried after its Retry-After, as Genesys does),
+   with a few requests signed with a stale secret, which it must refuse (401); the poison
+   bodies, which it would refuse too, are published to SNS directly, as another producer's;
+   each at its time — but never while a queue holds more than
    ``backlog_cap`` messages (the moto server scans a whole queue for every message it
    moves, so a long queue would make it, not the workers, the bottleneck): a pause
    stretches the day, and the report says by how much;
@@ -33,22 +38,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
+import aiobotocore.session
 import prometheus_client
 
 from fanout_core import awsclients, findings, inspecting, provisioning, topology
 from fanout_core import spec as spec_model
+from fanout_ingest import config as ingest_config
+from fanout_ingest import serving
 from fanout_lab.demo import consumers, recovery, referee, stage, traffic
-from fanout_lab.simulators import aws, crm, downstream
+from fanout_lab.simulators import aws, crm, downstream, webhooks
 from workers import fleet, running, sinks, throttling
 from workers.sinks import exchange
 
 TOPIC = "genesys-interactions"
+PAYLOAD_BUCKET = "genesys-large-events"
+FORGED_REQUESTS = 3
+"""Requests signed with a stale secret, spread over the day: the front door must refuse them."""
+_DOOR_ATTEMPTS = 10
 ACCOUNT = "123456789012"
 """moto's account."""
 MONITOR_INTERVAL = 0.5
@@ -157,6 +171,16 @@ class Snapshot:
     """The redrive under way, as the headline shows it."""
 
 
+@dataclasses.dataclass
+class DoorCounts:
+    """What the front door answered."""
+
+    accepted: int = 0
+    refused_forged: int = 0
+    retried: int = 0
+    offloaded: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     day: traffic.Day
@@ -169,6 +193,7 @@ class Outcome:
     elapsed: float
     paused_seconds: float
     publishing_seconds: float
+    door: DoorCounts
     timed_out: bool
     log_path: pathlib.Path | None
     redrives: dict[str, recovery.Figures] = dataclasses.field(default_factory=dict)
@@ -194,6 +219,8 @@ class _Run:
         self.outage = False
         self.publishing_done = False
         self.publishing_seconds = 0.0
+        self.sender: webhooks.Sender | None = None
+        self.door = DoorCounts()
         self.redrive_line: str | None = None
         self.redrives: dict[str, recovery.Figures] = {}
 
@@ -252,31 +279,75 @@ class _Run:
             while index < len(publications) and len(batch) < 10 and publications[index].at <= now:
                 batch.append(publications[index])
                 index += 1
-            entries = []
-            for position, publication in enumerate(batch):
-                entries.append(
-                    {
-                        "Id": str(position),
-                        "Message": publication.message,
-                        "MessageAttributes": {
-                            "eventCategory": {"DataType": "String", "StringValue": str(publication.category)}
-                        },
-                    }
-                )
             sent_at = time.monotonic()
-            reply = await self.sns.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=entries)
-            if reply.get("Failed"):
-                raise RuntimeError(f"SNS PublishBatch refused entries: {reply['Failed']}")
-            message_ids = {item["Id"]: item["MessageId"] for item in reply.get("Successful", [])}
-            for position, publication in enumerate(batch):
-                if publication.event is not None:
-                    self.published_at.setdefault(publication.event.correlation_id, sent_at)
-                else:
-                    self.poison_ids[int(publication.group.rsplit("-", 1)[1])] = message_ids[str(position)]
+            door = [publication for publication in batch if publication.event is not None]
+            by_key: dict[str, list[traffic.Publication]] = {}
+            for publication in door:
+                by_key.setdefault(publication.group, []).append(publication)
+            # Different conversations at once; one conversation's events one after the other,
+            # as a sender keeps them (concurrent requests may reach SNS in either order).
+            await asyncio.gather(*(self._send_in_turn(group) for group in by_key.values()))
+            for publication in door:
+                assert publication.event is not None
+                self.published_at.setdefault(publication.event.correlation_id, sent_at)
+            poison = [publication for publication in batch if publication.event is None]
+            if poison:
+                await self._publish_directly(topic_arn, poison)
             self.published += len(batch)
+            if self.door.refused_forged < FORGED_REQUESTS * index // len(publications):
+                await self._forged_request()
         self.schedule_time = self.day.seconds
         self.publishing_seconds = time.monotonic() - clock_start
         self.publishing_done = True
+
+    async def _send_in_turn(self, publications: list[traffic.Publication]) -> None:
+        for publication in publications:
+            await self._through_the_door(publication)
+
+    async def _through_the_door(self, publication: traffic.Publication) -> None:
+        """POST one event as Genesys does: signed; a 503 retried after its Retry-After."""
+        assert self.sender is not None
+        body = publication.message.encode()
+        for _ in range(_DOOR_ATTEMPTS):
+            answer = await self.sender.post_body(body)
+            if answer.status == 202:
+                self.door.accepted += 1
+                if len(body) > traffic.TRANSCRIPT_BYTES // 2:
+                    self.door.offloaded += 1
+                return
+            if answer.status != 503:
+                raise RuntimeError(f"the front door answered {answer.status}: {answer.body}")
+            self.door.retried += 1
+            await asyncio.sleep(min(1.0, float(answer.retry_after or 1)))
+        raise RuntimeError(f"the front door kept answering 503 ({_DOOR_ATTEMPTS} attempts)")
+
+    async def _forged_request(self) -> None:
+        assert self.sender is not None
+        body = json.dumps({"topicName": "v2.detail.events.conversation.forged.acw", "eventBody": {}}).encode()
+        answer = await self.sender.post_body(body, secret=b"a-stale-secret")
+        if answer.status != 401:
+            raise RuntimeError(f"the front door answered {answer.status} to a forged signature")
+        self.door.refused_forged += 1
+
+    async def _publish_directly(self, topic_arn: str, batch: list[traffic.Publication]) -> None:
+        """Poison bodies reach SNS from another producer (the front door refuses them)."""
+        entries = []
+        for position, publication in enumerate(batch):
+            entries.append(
+                {
+                    "Id": str(position),
+                    "Message": publication.message,
+                    "MessageAttributes": {
+                        "eventCategory": {"DataType": "String", "StringValue": str(publication.category)}
+                    },
+                }
+            )
+        reply = await self.sns.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=entries)
+        if reply.get("Failed"):
+            raise RuntimeError(f"SNS PublishBatch refused entries: {reply['Failed']}")
+        message_ids = {item["Id"]: item["MessageId"] for item in reply.get("Successful", [])}
+        for position, publication in enumerate(batch):
+            self.poison_ids[int(publication.group.rsplit("-", 1)[1])] = message_ids[str(position)]
 
     async def siem_outage(self, simulator: downstream.DownstreamSimulator) -> None:
         """The SIEM is busy (every request answered 503, code 9) for a few seconds."""
@@ -348,8 +419,40 @@ async def run(options: Options, on_progress: Callable[[Snapshot], None]) -> Outc
                 run_.states.append(ConsumerState(plan, simulator, frozenset(expected)))
             topic_arn = await run_.create_resources(server.endpoint_url)
             stack.enter_context(aws.environment(stage.secrets_of(state.simulator for state in run_.states)))
+            await _open_the_door(run_, stack, topic_arn)
             return await _run_workers(run_, stack, topic_arn, on_progress)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _open_the_door(run_: _Run, stack: contextlib.AsyncExitStack, topic_arn: str) -> None:
+    """The front door on a loopback port, its signing secret in the environment, and the sender."""
+    session_ = aiobotocore.session.get_session()
+    async with session_.create_client("s3") as s3:
+        await s3.create_bucket(Bucket=PAYLOAD_BUCKET)
+    secret = secrets.token_hex(16)
+    stack.enter_context(aws.environment({"FANOUT_DEMO_WEBHOOK_SECRET": secret}))
+    manifest = ingest_config.parse(
+        {
+            "apiVersion": "fanout.dev/v1alpha1",
+            "kind": "FanoutIngest",
+            "metadata": {"name": "genesys-ingest"},
+            "spec": {
+                "topic": {"arn": topic_arn},
+                "sources": [{"name": "genesys", "secrets": [{"env": "FANOUT_DEMO_WEBHOOK_SECRET"}]}],
+                "offload": {"bucket": PAYLOAD_BUCKET, "keyPrefix": "transcripts/"},
+                # The day's redeliveries stand for what reaches the topic from every path
+                # (EventBridge has no door): they go through, and the report shows the
+                # workers dropping them. The door's own deduplication: tests/test_ingest_dedupe.py.
+                "idempotency": {"enabled": False},
+            },
+        }
+    )
+    gateway = await stack.enter_async_context(
+        serving.running(serving.Gateway(manifest, http_host="127.0.0.1", http_port=0))
+    )
+    run_.sender = await stack.enter_async_context(
+        webhooks.Sender(f"{gateway.url}/events", secret.encode(), connections=20)
+    )
 
 
 async def _run_workers(
@@ -476,6 +579,7 @@ async def _judge(run_: _Run, timed_out: bool) -> Outcome:
         elapsed=time.monotonic() - run_.started,
         paused_seconds=run_.paused_seconds,
         publishing_seconds=run_.publishing_seconds,
+        door=run_.door,
         timed_out=timed_out,
         log_path=run_.options.log_path,
         redrives=dict(run_.redrives),

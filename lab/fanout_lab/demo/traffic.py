@@ -17,8 +17,13 @@ publishing starts); ``referee`` judges the consumers against :attr:`Day.events` 
   redelivery looks like), a second or so later;
 * in one conversation out of six, two adjacent events are **published in the wrong
   order** (``acw`` before ``user.end``…), as Genesys does;
+* a few **transcripts** (``v2.conversations.{id}.transcription``) of ~300 KB, over SNS's
+  256 KiB: the front door offloads them to S3, the workers resolve the pointers;
 * a few **poison** bodies, which must end in every receiving consumer's dead-letter
   queue with a reason.
+
+Every event is sent to the front door as a signed webhook (``session``); the poison bodies,
+which the front door would refuse, are published to SNS directly, as another producer would.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from fanout_core import keying
 from fanout_lab.simulators import genesys
 from workers import envelopes
 
@@ -46,6 +52,9 @@ DUPLICATE_RATIO = 0.05
 REORDER_RATIO = 1 / 6
 DUPLICATE_DELAY_SECONDS = (0.2, 1.5)
 REORDER_GAP_SECONDS = 0.003
+TRANSCRIPT_BYTES = 300_000
+TRANSCRIPT_EVERY = 50
+"""One conversation in this many (at least one) ends with a transcript too large for SNS."""
 CONVERSATION_SPEEDUP = 60.0
 """A conversation's own clock runs this much faster than real time — far slower than the
 day's (a 12-hour day in ~40 s is ~1000x): otherwise a conversation's ten events would land
@@ -148,7 +157,7 @@ class _Builder:
             {
                 "version": "0",
                 "id": self.generator.uuid(),
-                "detail-type": envelopes.topic_template(str(detail["topicName"])),
+                "detail-type": keying.topic_template(str(detail["topicName"])),
                 "source": genesys.SOURCE,
                 "account": "123456789012",
                 "time": _iso(event_time_ms)[:19] + "Z",
@@ -216,8 +225,21 @@ def build(*, conversations: int, seconds: float, seed: int = 1, poison: int | No
     rng = builder.rng
     drafts: list[tuple[float, int, dict[str, Any], int, Category, str]] = []  # at, tie, detail, ms, cat, key
     tie = 0
-    for start_ms in builder.start_times(conversations):
+    transcripts = max(1, conversations // TRANSCRIPT_EVERY)
+    for number, start_ms in enumerate(builder.start_times(conversations)):
         flow = builder.generator.conversation(start_ms=start_ms)
+        if number < transcripts:
+            last = flow[-1]
+            flow.append(
+                genesys.GenesysEvent(
+                    genesys.transcript(
+                        last.conversation_id,
+                        builder.generator.uuid(),
+                        size=TRANSCRIPT_BYTES,
+                        event_time_ms=last.event_time_ms + 1_000,
+                    )
+                )
+            )
         timed = [(builder.at(event.event_time_ms, start_ms), event) for event in flow]
         if rng.random() < REORDER_RATIO:
             # Swap two adjacent late events (ends and wrap-up arrive close together).
@@ -244,7 +266,7 @@ def build(*, conversations: int, seconds: float, seed: int = 1, poison: int | No
             correlation_id=str(detail["metadata"]["CorrelationId"]),
             key=key,
             event_time_ms=when,
-            event_type=envelopes.topic_template(str(detail["topicName"])),
+            event_type=keying.topic_template(str(detail["topicName"])),
             category=category,
             sequence=sequence,
         )

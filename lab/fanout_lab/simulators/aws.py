@@ -105,6 +105,11 @@ class MotoServer:
             self._process.wait()
         self._process = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (benchmarks read its CPU time from /proc)."""
+        return None if self._process is None else self._process.pid
+
     def __enter__(self) -> MotoServer:
         self.start()
         return self

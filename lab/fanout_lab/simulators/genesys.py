@@ -199,3 +199,21 @@ class Generator:
 
     def poison(self) -> str:
         return self.rng.choice(POISON_BODIES)
+
+
+def transcript(conversation_id: str, correlation_id: str, *, size: int, event_time_ms: int) -> dict[str, Any]:
+    """A ``v2.conversations.{id}.transcription`` event padded to about ``size`` bytes of JSON."""
+    event: dict[str, Any] = {
+        "topicName": f"v2.conversations.{conversation_id}.transcription",
+        "version": "2",
+        "eventBody": {
+            "conversationId": conversation_id,
+            "eventTime": event_time_ms,
+            "transcripts": [],
+        },
+        "metadata": {"CorrelationId": correlation_id},
+    }
+    phrase = {"text": "thank you for calling, how can I help you today", "confidence": 0.93}
+    line = len(json.dumps(phrase)) + 1
+    event["eventBody"]["transcripts"] = [phrase] * max(1, (size - len(json.dumps(event))) // line)
+    return event

@@ -1,11 +1,19 @@
-"""Idempotency stores: claim an event before delivering it, complete it after, release on failure.
+"""Idempotency stores: claim an event before acting on it, complete it after, release on failure.
 
-``processing`` calls, per decoded event, when the sink's limiter admits it::
+Two users, one implementation (the front door may not import the worker):
 
-    claim(event_id, lease_seconds=...)  → CLAIMED      deliver it; then complete() or release()
+* the worker (``workers.processing``) claims each decoded event when the sink admits it,
+  completes it once delivered, releases it after a failure;
+* the front door (``fanout_ingest.deduplicating``) claims each event of a webhook before
+  publishing it, completes it once SNS has it, releases it when the publish failed — so a
+  Genesys retry of an accepted event is answered without a second publish.
+
+The calls::
+
+    claim(event_id, lease_seconds=...)  → CLAIMED      yours: act; then complete() or release()
                                         → IN_PROGRESS  someone holds a live lease: look again later
-                                        → COMPLETED    already delivered: ack it as a duplicate
-    renew(event_id, lease_seconds=...)  while the event is still in the sink (a long request)
+                                        → COMPLETED    already done: a duplicate
+    renew(event_id, lease_seconds=...)  while the event is still being acted on (a long request)
     release(event_id, failed=...)       after a failure; ``failed`` counts a delivery attempt and
                                         the call returns the attempts recorded so far
     forget(event_id)                    after dead-lettering: a redrive starts from zero attempts
@@ -17,16 +25,17 @@ delivery attempts survives restarts and, with DynamoDB, replicas — SQS's recei
 cannot tell a failed delivery from a throttled one or a shutdown). Expired records of
 either kind count as absent, even before anything has removed them.
 
-The settler also keeps one record per dead-lettered *message* here (key
+The worker also keeps one record per dead-lettered *message* here (key
 :func:`dead_letter_key`): copied once, never again, even if the delete that follows is
-lost to a crash.
+lost to a crash. Keys other than an event id carry a prefix (``dead-letter:``, the front
+door's ``published:``), so the users of one table never take each other's records.
 
 Two stores behind one :class:`IdempotencyStore` protocol:
 
 - :class:`MemoryStore` — one process; records expire through a heap, so the sweep that
   runs on every call costs O(records expired), and memory stays bounded by what
   completed within the TTL.
-- :class:`DynamoDbStore` — the fleet; one conditional ``PutItem`` decides each claim, so a
+- :class:`DynamoDbStore` — the fleet; one conditional ``UpdateItem`` decides each claim, so a
   restarted replica sees what every replica completed. The table is the user's (as with
   AWS Lambda Powertools; docs/contracts.md): partition key ``id`` (S), TTL attribute
   ``expiration`` (epoch seconds); ``status``, ``in_progress_expiration``, ``owner`` and
@@ -53,8 +62,8 @@ from typing import Any, Protocol
 
 import botocore.exceptions
 
+from fanout_core import keying
 from fanout_core import spec as spec_model
-from workers import events
 
 Clock = Callable[[], float]
 
@@ -72,9 +81,9 @@ _RELEASED = "RELEASED"
 """Stored status of a record whose claim was given up; claimable, keeps ``attempts``."""
 
 
-def dead_letter_key(message_id: events.MessageId) -> events.EventId:
+def dead_letter_key(message_id: str) -> keying.EventId:
     """The record that says "this SQS message was copied to the dead-letter queue"."""
-    return events.EventId(f"dead-letter:{message_id}")
+    return keying.EventId(f"dead-letter:{message_id}")
 
 
 class StoreError(Exception):
@@ -92,26 +101,26 @@ class StoreMisconfigured(StoreError):
 
 
 class IdempotencyStore(Protocol):
-    """Claim → complete / release, keyed by :attr:`events.Event.event_id`."""
+    """Claim → complete / release, keyed by the payload-derived event id (``fanout_core.keying``)."""
 
-    async def claim(self, event_id: events.EventId, *, lease_seconds: float) -> ClaimState:
+    async def claim(self, event_id: keying.EventId, *, lease_seconds: float) -> ClaimState:
         """Take the event unless a live claim or a completion exists."""
         ...
 
-    async def renew(self, event_id: events.EventId, *, lease_seconds: float) -> bool:
+    async def renew(self, event_id: keying.EventId, *, lease_seconds: float) -> bool:
         """Extend our live claim to ``lease_seconds`` from now; False if it is no longer ours."""
         ...
 
-    async def complete(self, event_id: events.EventId) -> None:
+    async def complete(self, event_id: keying.EventId) -> None:
         """Record the event as delivered, for ``ttl_seconds``."""
         ...
 
-    async def release(self, event_id: events.EventId, *, failed: bool = False) -> int:
+    async def release(self, event_id: keying.EventId, *, failed: bool = False) -> int:
         """Give up our in-progress claim so a retry can claim it; ``failed`` counts one
         failed delivery attempt. Returns the failed attempts recorded for the event."""
         ...
 
-    async def forget(self, event_id: events.EventId) -> None:
+    async def forget(self, event_id: keying.EventId) -> None:
         """Drop whatever is recorded for the event (it was dead-lettered)."""
         ...
 
@@ -145,15 +154,15 @@ class MemoryStore:
     def __init__(self, *, ttl_seconds: float, clock: Clock = time.time) -> None:
         self._ttl_seconds = ttl_seconds
         self._clock = clock
-        self._records: dict[events.EventId, _Record] = {}
+        self._records: dict[keying.EventId, _Record] = {}
         # (until, tie-breaker, id); entries outlived by a later update are skipped when popped.
-        self._expiries: list[tuple[float, int, events.EventId]] = []
+        self._expiries: list[tuple[float, int, keying.EventId]] = []
         self._sequence = itertools.count()
 
     def __len__(self) -> int:
         return len(self._records)
 
-    async def claim(self, event_id: events.EventId, *, lease_seconds: float) -> ClaimState:
+    async def claim(self, event_id: keying.EventId, *, lease_seconds: float) -> ClaimState:
         now = self._sweep()
         record = self._records.get(event_id)
         live = record is not None and now <= record.until
@@ -163,7 +172,7 @@ class MemoryStore:
         self._put(event_id, ClaimState.IN_PROGRESS, now + lease_seconds, attempts)
         return ClaimState.CLAIMED
 
-    async def renew(self, event_id: events.EventId, *, lease_seconds: float) -> bool:
+    async def renew(self, event_id: keying.EventId, *, lease_seconds: float) -> bool:
         now = self._sweep()
         record = self._records.get(event_id)
         if record is None or record.state is not ClaimState.IN_PROGRESS:
@@ -171,11 +180,11 @@ class MemoryStore:
         self._put(event_id, ClaimState.IN_PROGRESS, max(record.until, now + lease_seconds), record.attempts)
         return True
 
-    async def complete(self, event_id: events.EventId) -> None:
+    async def complete(self, event_id: keying.EventId) -> None:
         now = self._sweep()
         self._put(event_id, ClaimState.COMPLETED, now + self._ttl_seconds)
 
-    async def release(self, event_id: events.EventId, *, failed: bool = False) -> int:
+    async def release(self, event_id: keying.EventId, *, failed: bool = False) -> int:
         now = self._sweep()
         record = self._records.get(event_id)
         if record is None or record.state is not ClaimState.IN_PROGRESS:
@@ -184,7 +193,7 @@ class MemoryStore:
         self._put(event_id, None, now + self._ttl_seconds, attempts)
         return attempts
 
-    async def forget(self, event_id: events.EventId) -> None:
+    async def forget(self, event_id: keying.EventId) -> None:
         self._records.pop(event_id, None)
 
     async def aclose(self) -> None:
@@ -192,7 +201,7 @@ class MemoryStore:
         self._expiries.clear()
 
     def _put(
-        self, event_id: events.EventId, state: ClaimState | None, until: float, attempts: int = 0
+        self, event_id: keying.EventId, state: ClaimState | None, until: float, attempts: int = 0
     ) -> None:
         self._records[event_id] = _Record(state, until, attempts)
         heapq.heappush(self._expiries, (until, next(self._sequence), event_id))
@@ -259,7 +268,7 @@ class DynamoDbStore:
         self._clock = clock
         self.owner = owner or uuid.uuid4().hex
 
-    async def claim(self, event_id: events.EventId, *, lease_seconds: float) -> ClaimState:
+    async def claim(self, event_id: keying.EventId, *, lease_seconds: float) -> ClaimState:
         for _ in range(_CLAIM_ATTEMPTS):
             now = self._clock()
             try:
@@ -294,7 +303,7 @@ class DynamoDbStore:
             return ClaimState.CLAIMED
         return ClaimState.IN_PROGRESS
 
-    async def renew(self, event_id: events.EventId, *, lease_seconds: float) -> bool:
+    async def renew(self, event_id: keying.EventId, *, lease_seconds: float) -> bool:
         try:
             await self._call(
                 "UpdateItem",
@@ -313,7 +322,7 @@ class DynamoDbStore:
             return False
         return True
 
-    async def complete(self, event_id: events.EventId) -> None:
+    async def complete(self, event_id: keying.EventId) -> None:
         now = self._clock()
         await self._call(
             "UpdateItem",
@@ -329,7 +338,7 @@ class DynamoDbStore:
             },
         )
 
-    async def release(self, event_id: events.EventId, *, failed: bool = False) -> int:
+    async def release(self, event_id: keying.EventId, *, failed: bool = False) -> int:
         # A failed condition: completed, gone, or another replica's claim now — nothing of ours.
         update = "SET #status = :released REMOVE #lease, #owner"
         values: dict[str, Any] = {
@@ -358,13 +367,13 @@ class DynamoDbStore:
             return _attempts_of(condition.item)
         return _attempts_of(response.get("Attributes"))
 
-    async def forget(self, event_id: events.EventId) -> None:
+    async def forget(self, event_id: keying.EventId) -> None:
         await self._call("DeleteItem", self._client.delete_item, Key={"id": {"S": event_id}})
 
     async def aclose(self) -> None:
         """Nothing to do: the client belongs to the caller."""
 
-    async def _get(self, event_id: events.EventId) -> dict[str, Any] | None:
+    async def _get(self, event_id: keying.EventId) -> dict[str, Any] | None:
         response = await self._call(
             "GetItem", self._client.get_item, Key={"id": {"S": event_id}}, ConsistentRead=True
         )

@@ -1,0 +1,77 @@
+"""The front door's command line: ``fanout-ingest --config FILE``.
+
+``fanout-ingest`` is an external contract (docs/contracts.md): FILE is a FanoutIngest
+manifest (YAML or JSON; the chart's ConfigMap holds one), AWS settings come only from the
+standard AWS environment, webhooks, probes and ``/metrics`` are served on ``--http-port``
+(default 8080), and SIGTERM drains and exits 0. A manifest that cannot be used — a field
+invalid, no secret readable, no region — exits 2 with one line per problem naming the field;
+a port it cannot listen on exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from fanout_core import jsonlogs
+from fanout_core import spec as spec_model
+from fanout_ingest import config, serving
+
+EXIT_CONFIG = 2
+PROG = "fanout-ingest"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Take Genesys Cloud webhooks and publish their events to an SNS topic."
+    )
+    parser.add_argument("--config", required=True, help="FanoutIngest manifest (YAML or JSON)")
+    parser.add_argument(
+        "--http-port", type=int, default=8080, help="port of the webhooks, /healthz, /readyz, /metrics"
+    )
+    parser.add_argument("--http-host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=5.0,
+        help="after SIGTERM, answer 503 this long while load balancers drop the pod (default 5)",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG | INFO | WARNING | ERROR")
+    return parser
+
+
+def _config_error(path: str, error: spec_model.ConfigError) -> int:
+    print("\n".join(spec_model.config_error_lines(PROG, path, error)), file=sys.stderr)
+    return EXIT_CONFIG
+
+
+async def _serve(gateway: serving.Gateway) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await gateway.run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fanout-ingest``."""
+    args = _parser().parse_args(argv)
+    try:
+        ingest = config.load(args.config)
+        jsonlogs.configure_logging(args.log_level or ingest.spec.log_level)
+        gateway = serving.Gateway(
+            ingest, http_host=args.http_host, http_port=args.http_port, drain_seconds=args.drain_seconds
+        )
+        asyncio.run(_serve(gateway))
+    except spec_model.ConfigError as error:
+        return _config_error(args.config, error)
+    except OSError as error:  # the port is taken, the address does not exist
+        print(
+            f"{PROG}: cannot listen on {args.http_host}:{args.http_port}: {error.strerror or error}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
