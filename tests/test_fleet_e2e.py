@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import pathlib
 import time
 import uuid
@@ -148,6 +149,17 @@ class Run:
 
     def fed_between(self, start: float, end: float) -> int:
         return sum(1 for moment in self.sent_at if start <= moment < end)
+
+    @property
+    def supply(self) -> float:
+        """The most the fleet could have delivered in the steady window, over the granted rate:
+        the events fed before the window ended (duplicates aside), less those accepted before
+        it began."""
+        start, end = self.steady
+        unique = 1.0 - self.traffic.duplicates / max(1, len(self.sent_at))
+        fed = self.fed_between(-math.inf, end) * unique
+        before = sum(1 for item in self.sim.accepted if item.received_at < start)
+        return (fed - before) / (RATE * (end - start))
 
     def summary(self) -> str:
         start, end = self.outage
@@ -307,6 +319,9 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
 # throttled less, not more), so its bound is the acceptance one everywhere.
 SUITE_MIN_GOODPUT = 0.9
 ACCEPTANCE_MIN_GOODPUT = 0.95
+MIN_SUPPLY = 1.2
+"""The rate is asserted when the feed kept a backlog in the steady window: events fed (less
+those delivered before it) of at least this much of the grant over the window."""
 
 
 def _check_rate(run: Run, *, min_goodput: float) -> None:
@@ -354,9 +369,15 @@ async def test_three_replicas_share_the_limit_and_ride_out_an_outage(
     print(run.summary())
     # the feed outran the pollers' leeway, so the outage checks below can fail
     assert run.fed_between(*run.outage_measured) > run.may_receive, run.summary()
-    _check_rate(run, min_goodput=SUITE_MIN_GOODPUT)
+    assert run.throttled_share <= 0.01, run.summary()
     _check_outage(run, scenario)
     _check_recovery(run, ordered=False)
+    if run.supply < MIN_SUPPLY:
+        # The feeder is paced at 1.3x the grant, but on a loaded machine the session's moto
+        # (serving the feeder, three workers and their DynamoDB store) feeds less: the window
+        # then measures moto, not the fleet. Reported, never hidden.
+        pytest.xfail(f"moto fed {run.supply:.2f} of the grant in the window: {run.summary()}")
+    _check_rate(run, min_goodput=SUITE_MIN_GOODPUT)
 
 
 @pytest.mark.soak

@@ -149,6 +149,9 @@ def test_a_share_is_what_this_replica_held_lately_of_what_the_fleet_holds() -> N
     assert pacing.demand_share(6.0, 10, 10) == pytest.approx(1.0)  # nobody else holds anything
     assert pacing.demand_share(10.0, 10, 4) == pytest.approx(1.0)  # a late count: never above one
     assert pacing.demand_share(0.0, 0, 50) is None  # holds nothing: no demand to weigh
+    # 12 in flight are messages this replica put back for a while: counted as its own (the
+    # others count theirs), not as the others', or the shares add up to less than one
+    assert pacing.demand_share(10.0, 10, 42, away=12) == pytest.approx(22 / 42)
 
 
 def test_the_pace_takes_its_share_of_the_fleet_rate_as_read() -> None:

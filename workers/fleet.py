@@ -187,11 +187,13 @@ async def watch_share(
     *,
     held: Callable[[], int],
     tell: Callable[[float | None], None],
+    away: Callable[[], int] = lambda: 0,
     interval: float = SHARE_INTERVAL_SECONDS,
 ) -> None:
     """Every ``interval`` seconds while this replica holds messages (the first time one
     interval after a receive brings the first ones): its share of what the fleet holds, to
-    ``tell``; ``None`` when it holds nothing.
+    ``tell``; ``None`` when it holds nothing. ``away``: what this replica put back invisible
+    for a while, in flight for SQS but held by nobody (see :func:`workers.pacing.demand_share`).
 
     What this replica holds is averaged over the interval (sampled every
     ``SAMPLE_SECONDS``; no more than it holds at the read): it moves by a whole receive at a
@@ -241,6 +243,7 @@ async def watch_share(
         now_held = held()
         # The average, but no more than now: what the others hold is read now, and at the
         # end of a backlog every replica's average lags above what it still holds.
-        tell(pacing.demand_share(min(sum(samples) / len(samples), now_held), now_held, in_flight))
+        average = min(sum(samples) / len(samples), now_held)
+        tell(pacing.demand_share(average, now_held, in_flight, away=away()))
         samples.clear()
         await asyncio.sleep(SAMPLE_SECONDS)

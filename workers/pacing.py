@@ -109,18 +109,22 @@ PRIOR_ACCEPTED = 4.0
 among the first requests (or after a quiet spell) is not read as "everything is refused"."""
 
 
-def demand_share(held: float, held_now: int, fleet_in_flight: int) -> float | None:
+def demand_share(held: float, held_now: int, fleet_in_flight: int, *, away: int = 0) -> float | None:
     """This replica's share of the messages the whole fleet holds.
 
     ``held`` is what this replica held lately (an average), ``held_now`` what it holds as
     ``fleet_in_flight`` (the queue's in-flight count: everyone's, this replica's included)
-    was read; the others hold the difference. ``None`` while it holds nothing: it sends
-    nothing, and has no demand to weigh.
+    was read; the others hold the rest. But a queue's in-flight count also holds what nobody
+    holds: messages put back invisible for a while (a retry's backoff, an event being
+    delivered elsewhere). ``away`` is this replica's part of those, counted as its own: if
+    every replica does so the shares add up to one, where leaving them to "the others" made
+    a fleet with 5% duplicate deliveries send at 0.8 of its rate. ``None`` while it holds
+    nothing: it sends nothing, and has no demand to weigh.
     """
     if held <= 0:
         return None
-    others = max(0, fleet_in_flight - held_now)
-    return held / (held + others)
+    others = max(0, fleet_in_flight - held_now - away)
+    return (held + away) / (held + away + others)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -164,6 +164,7 @@ class Worker:
                     client,
                     events.QueueUrl(queue.url),
                     held=lambda: settler.in_flight,
+                    away=lambda: settler.away,
                     tell=sink.set_fleet_share,
                 )
                 sharing.append(asyncio.create_task(self._supervise("fleet-share", share)))

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -178,6 +179,7 @@ class Settler:
         self._clock = clock
         self._on_deleted = on_deleted  # payloads: delete the S3 objects of deleted messages
         self._held: dict[Received, None] = {}  # insertion-ordered set, by identity
+        self._away: list[float] = []  # a heap: when messages made invisible for a while are due
         self._deletes = _Batcher(self._send_deletes, linger)
         self._changes = _Batcher(self._send_changes, linger)
         self._heartbeat: asyncio.Task[None] | None = None
@@ -228,6 +230,15 @@ class Settler:
         """Held messages whose settling action is queued or under way (done with, for the sink)."""
         return sum(1 for record in self._held if record.state is State.SETTLING)
 
+    @property
+    def away(self) -> int:
+        """Messages this worker put back invisible for a while (a retry, a hand-back with a
+        delay) that are not due yet: in flight for SQS, held by nobody (``workers.fleet``)."""
+        now = self._clock()
+        while self._away and self._away[0] <= now:
+            heapq.heappop(self._away)
+        return len(self._away)
+
     # -- actions ---------------------------------------------------------------------------
 
     def delete(self, record: Received) -> None:
@@ -236,13 +247,13 @@ class Settler:
 
     def retry_later(self, record: Received, delay_seconds: float) -> None:
         if self._begin(record):
-            self._changes.put(_Entry(record, visibility=self._cap(record, delay_seconds)))
+            self._put_back(record, delay_seconds)
 
     def give_back(self, records: Sequence[Received], *, delay_seconds: float = 0.0) -> None:
         """Make messages visible again, now or after ``delay_seconds``; SQS redelivers them."""
         given = [record for record in records if self._begin(record)]
         for record in given:
-            self._changes.put(_Entry(record, visibility=self._cap(record, delay_seconds)))
+            self._put_back(record, delay_seconds)
         if given:
             self._telemetry.returned(len(given))
 
@@ -319,6 +330,12 @@ class Settler:
                     del self._held[record]
                     self._budget.release(1)
         self._telemetry.set_in_flight(len(self._held))
+
+    def _put_back(self, record: Received, delay_seconds: float) -> None:
+        visibility = self._cap(record, delay_seconds)
+        self._changes.put(_Entry(record, visibility=visibility))
+        if visibility > 0:
+            heapq.heappush(self._away, self._clock() + visibility)
 
     def _cap(self, record: Received, seconds: float) -> int:
         """``seconds`` as a VisibilityTimeout (rounded up) within what SQS still allows:
