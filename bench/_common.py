@@ -157,6 +157,28 @@ class Child:
         self.stop()
 
 
+class Unlimited:
+    """The half of the Sink protocol a bench stand-in without a limiter of its own answers
+    alike: always accepting, nothing bounds what it takes (so the worker holds up to
+    ``maxInFlight``), no use for the fleet's share, nothing buffered."""
+
+    @property
+    def accepting(self) -> bool:
+        return True
+
+    async def wait_accepting(self) -> None:
+        return None
+
+    def capacity(self) -> float | None:
+        return None
+
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+
 def write_manifest(spec: dict[str, Any], name: str) -> pathlib.Path:
     """A FanoutConsumer manifest file for ``fanout-worker --config``."""
     path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-{name}-{os.getpid()}.yaml"

@@ -64,7 +64,8 @@ import httpx
 import yaml
 
 from fanout_core import spec
-from fanout_lab.simulators import aws, genesys, remote
+from fanout_lab import harness
+from fanout_lab.simulators import aws, remote
 from workers import events, fleet, running
 from workers.sinks import base
 from workers.sinks import webhook as webhook_sink
@@ -161,12 +162,13 @@ def scenarios(full: bool) -> list[Scenario]:
 
 
 # ---------------------------------------------------------------------------------- variants
-class PerInstanceSink:
+class PerInstanceSink(_common.Unlimited):
     """The naive baseline: ``R / replicas`` per instance (read at start), retry on 429.
 
     A token bucket per replica, as a per-pod limiter (aiolimiter, Resilience4j,
     Shoryuken's throttling) gives; a throttled or failed request is a retry after the
-    Retry-After (or 1 s), decided per request — nothing slows down the other requests.
+    Retry-After (or 1 s), decided per request — nothing slows down the other requests. It
+    holds up to ``maxInFlight``, as a worker without a budget that follows its rate does.
     """
 
     def __init__(self, sink: spec.SinkSpec, replicas: fleet.Replicas) -> None:
@@ -183,19 +185,6 @@ class PerInstanceSink:
     @property
     def name(self) -> str:
         return "per-instance"
-
-    @property
-    def accepting(self) -> bool:
-        return True
-
-    async def wait_accepting(self) -> None:
-        return None
-
-    def capacity(self) -> float | None:
-        return None  # holds up to maxInFlight, as a worker without a rate-aware budget does
-
-    def set_fleet_share(self, share: float | None) -> None:
-        return None
 
     async def _token(self) -> None:
         async with self._lock:
@@ -224,9 +213,6 @@ class PerInstanceSink:
             delay = float(after) if after and after.isdigit() else 1.0
             return events.Retry(f"HTTP {reply.status_code}", delay_seconds=delay, throttled=True)
         return events.Permanent(f"HTTP {reply.status_code}")
-
-    async def flush(self) -> None:
-        return None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -380,16 +366,9 @@ def manifest(queue_url: str, sink_url: str, name: str) -> dict[str, Any]:
     }
 
 
-def traffic(count: int, seed: int = 11) -> list[str]:
+def traffic(count: int) -> list[str]:
     """``count`` Genesys events in EventBridge envelopes, conversations of ten, interleaved."""
-    generator = genesys.Generator(seed)
-    flows = [
-        generator.conversation(start_ms=1_741_964_966_000 + n, length=10) for n in range(max(1, count // 10))
-    ]
-    bodies = [
-        generator.body(flow[index], events.EnvelopeKind.EVENTBRIDGE) for index in range(10) for flow in flows
-    ]
-    return bodies[:count]
+    return harness.interleaved_bodies(count)
 
 
 async def enqueue(sqs: Any, url: str, bodies: Sequence[str]) -> None:

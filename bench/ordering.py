@@ -179,7 +179,7 @@ class RecordingSettler:
 
 
 @dataclasses.dataclass
-class SleepingSink:
+class SleepingSink(_common.Unlimited):
     """A downstream taking ``latency`` per event that checks order as a receiver would."""
 
     latency: float
@@ -195,19 +195,6 @@ class SleepingSink:
     @property
     def name(self) -> str:
         return "webhook"
-
-    @property
-    def accepting(self) -> bool:
-        return True
-
-    async def wait_accepting(self) -> None:
-        return None
-
-    def capacity(self) -> float | None:
-        return None
-
-    def set_fleet_share(self, share: float | None) -> None:
-        return None
 
     async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         if admit is not None and not await admit():
@@ -233,9 +220,6 @@ class SleepingSink:
                 self.last_time[key] = moment
         self.delivered += 1
         return events.Delivered()
-
-    async def flush(self) -> None:
-        return None
 
     async def aclose(self) -> None:
         return None

@@ -57,8 +57,8 @@ from prometheus_client import parser
 
 from fanout_core import spec as spec_model
 from fanout_lab import harness
-from fanout_lab.simulators import aws, crm, genesys, remote
-from workers import events, fleet, running, sinks, throttling
+from fanout_lab.simulators import aws, crm, remote
+from workers import fleet, running, sinks, throttling
 from workers.sinks import base, exchange
 from workers.sinks import crm as crm_sink
 
@@ -449,12 +449,7 @@ async def _default_fleet(sqs: Any, *, events_queued: int, starts: list[float]) -
     it) does not hand the webhook's rate limit a burst that never was on the wire.
     """
     source = await harness.make_queue(sqs, f"fleet-default-{uuid.uuid4().hex[:8]}")
-    generator = genesys.Generator(11)
-    flows = [
-        generator.conversation(start_ms=1_741_964_966_000 + n, length=8) for n in range(events_queued // 8)
-    ]
-    queued = [flow[index] for index in range(8) for flow in flows]
-    bodies = [generator.body(event, events.EnvelopeKind.EVENTBRIDGE) for event in queued]
+    bodies = harness.interleaved_bodies(events_queued, length=8)
     await harness.send_bodies(sqs, source, bodies, max_backlog=len(bodies) + 1)
     with remote.WebhookProcess(rate=DEFAULT_RATE, burst=DEFAULT_BURST, latency=0.01) as sim:
         consumer = spec_model.parse_manifest(

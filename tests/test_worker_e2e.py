@@ -141,6 +141,34 @@ async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_convers
         assert "422" in attributes["fanout.reason"]["StringValue"]
 
 
+async def _all_delivered(
+    sqs: Any,
+    source: str,
+    sim: webhook.WebhookSimulator,
+    document: dict[str, Any],
+    *,
+    events: int,
+    timeout: float,
+) -> bool:
+    """Run one worker on ``document``, feed ``events`` one-event conversations: were they all
+    delivered within ``timeout`` seconds?"""
+    worker = running.Worker(harness.consumer(document))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        traffic = await harness.feed(
+            sqs, source, conversations=events, length=1, duplicate_ratio=0, poison_ratio=0
+        )
+
+        async def delivered() -> bool:
+            return traffic.correlation_ids <= set(harness.accepted_correlation_ids(sim.accepted))
+
+        return await harness.wait_until(delivered, timeout=timeout)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
 async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs: Any) -> None:
     """A webhook granting one request per second answers the others 429 with Retry-After: 1.
     Each throttled event waits where it is and goes again: all three are delivered and none
@@ -148,25 +176,10 @@ async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs
     source = await harness.make_queue(sqs, "e2e-in-place")
     async with webhook.WebhookSimulator(rate=1.0, burst=1) as sim:
         document = harness.manifest(queue_url=source, sink_url=sim.url)
-        consumer = harness.consumer(document)
-        worker = running.Worker(consumer)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            traffic = await harness.feed(
-                sqs, source, conversations=3, length=1, duplicate_ratio=0, poison_ratio=0
-            )
-
-            async def delivered() -> bool:
-                return traffic.correlation_ids <= set(harness.accepted_correlation_ids(sim.accepted))
-
-            assert await harness.wait_until(delivered, timeout=30)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=30)
+        assert await _all_delivered(sqs, source, sim, document, events=3, timeout=30)
     assert sim.status_counts[429] >= 2
     received = prometheus_client.REGISTRY.get_sample_value(
-        "fanout_messages_received_total", {"queue": consumer.spec.queue.name}
+        "fanout_messages_received_total", {"queue": harness.consumer(document).spec.queue.name}
     )
     assert received == 3, f"{received} receives of 3 messages: throttled events went back to SQS"
 
@@ -183,21 +196,7 @@ async def test_an_isolated_throttle_makes_its_event_wait_its_retry_after_not_a_b
             sink={"rateLimit": {"requestsPerSecond": 20, "burst": 2}},
             retry={"baseDelaySeconds": 30, "maxDelaySeconds": 60},
         )
-        worker = running.Worker(harness.consumer(document))
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            traffic = await harness.feed(
-                sqs, source, conversations=30, length=1, duplicate_ratio=0, poison_ratio=0
-            )
-
-            async def delivered() -> bool:
-                return traffic.correlation_ids <= set(harness.accepted_correlation_ids(sim.accepted))
-
-            assert await harness.wait_until(delivered, timeout=12)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=30)
+        assert await _all_delivered(sqs, source, sim, document, events=30, timeout=12)
     assert sim.status_counts[429] >= 1
 
 

@@ -620,5 +620,5 @@ class Processor:
 
     @property
     def held_back(self) -> int:
-        """Messages held that cannot start before a failed event of their lane is back."""
+        """Messages held that cannot start before a message of their lane that is away is back."""
         return self._lanes.blocked_count()

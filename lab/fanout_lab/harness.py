@@ -23,6 +23,7 @@ import yaml
 
 from fanout_core import spec as spec_model
 from fanout_lab.simulators import aws, downstream, genesys
+from workers import events
 
 make_queue = aws.create_queue
 queue_counts = aws.queue_counts
@@ -157,6 +158,16 @@ def _conversations(generator: genesys.Generator, count: int, length: int) -> lis
     return [
         generator.conversation(start_ms=1_741_964_966_000 + index, length=length) for index in range(count)
     ]
+
+
+def interleaved_bodies(count: int, *, length: int = 10, seed: int = 11) -> list[str]:
+    """``count`` message bodies (EventBridge envelopes): conversations of ``length`` events,
+    interleaved round by round — a backlog in which every conversation is under way at once."""
+    generator = genesys.Generator(seed)
+    flows = _conversations(generator, max(1, count // length), length)
+    envelope = events.EnvelopeKind.EVENTBRIDGE
+    bodies = [generator.body(flow[index], envelope) for index in range(length) for flow in flows]
+    return bodies[:count]
 
 
 async def feed(

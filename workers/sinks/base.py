@@ -16,7 +16,7 @@ being delivered elsewhere): the sink hands its permit back unused and answers
 while a sink is paused by a Retry-After or its circuit is open (after failures, or at
 once when our credential is refused), the pollers stop receiving and the messages wait
 safely in SQS. ``capacity`` sizes what they receive: about a second of what the sink
-can send (``polling.budget_target``). ``set_fleet_share`` passes on this replica's share
+makes room for (``polling.budget_target``). ``set_fleet_share`` passes on this replica's share
 of what the whole fleet holds, which the runtime measures (:mod:`workers.fleet`): a rate
 limit shared by the fleet goes where the work is.
 

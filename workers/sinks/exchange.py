@@ -3,7 +3,8 @@
 Each sink module (``webhook``, ``crm``, ``siem``) knows its wire format and how to read
 its downstream's answers; :class:`Exchanger` does the rest, the same way for all three:
 
-1. tells the limiter when the replica count sharing the rate changed (:mod:`workers.fleet`);
+1. tells the limiter when the replica count sharing the rate changed, and passes on this
+   replica's share of the fleet's work as the runtime reads it (:mod:`workers.fleet`);
 2. waits for a permit (:class:`workers.throttling.AsyncLimiter`);
 3. once the permit is granted, lets the sink ``prepare`` the request: that is when the
    event is *admitted* (its idempotency claim is taken, see :class:`~workers.sinks.base.Admission`)
