@@ -43,16 +43,15 @@ import pathlib
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import _common
 
 from fanout_core import idempotency
 from fanout_core import spec as spec_model
+from fanout_lab import harness
 from fanout_lab.simulators import genesys, webhook
-from workers import events, processing, settling, telemetry
+from workers import events, processing, telemetry
 from workers.sinks import base
 
 LATENCY = 0.020
@@ -132,52 +131,6 @@ async def bare_drain(sqs: Any, queue_url: str, bodies: list[str]) -> float:
 
 
 # ------------------------------------------------------------------ 1. the ordering layer
-class RecordingSettler:
-    """Stands in for ``settling.Settler``: records what the Processor settles, calls no SQS.
-
-    Same methods as the real one (``delete``, ``retry_later``, ``give_back``,
-    ``dead_letter``) and its once-only rule: a message is settled by its first action.
-    ``track`` is what the real settler does for the pollers: wrap a received message.
-    """
-
-    def __init__(self) -> None:
-        self.in_hand = 0
-        self.deleted = 0
-        self.other: list[str] = []  # anything but a delete: a retry, give-back or dead-letter here is a bug
-        self.changed = asyncio.Event()
-
-    def track(self, message: dict[str, Any]) -> settling.Received:
-        self.in_hand += 1
-        return settling.Received.from_message(message, now=time.monotonic(), visibility=60)
-
-    def _settle(self, record: settling.Received) -> bool:
-        if record.state is not settling.State.HELD:
-            return False
-        record.state = settling.State.SETTLED
-        self.in_hand -= 1
-        self.changed.set()
-        return True
-
-    def delete(self, record: settling.Received) -> None:
-        if self._settle(record):
-            self.deleted += 1
-
-    def retry_later(self, record: settling.Received, delay_seconds: float) -> None:
-        if self._settle(record):
-            self.other.append(f"retry {record.message_id} in {delay_seconds}s")
-
-    def give_back(self, records: Sequence[settling.Received]) -> None:
-        for record in records:
-            if self._settle(record):
-                self.other.append(f"give back {record.message_id}")
-
-    async def dead_letter(
-        self, record: settling.Received, *, reason_class: telemetry.ReasonClass, reason: str, backoff: float
-    ) -> None:
-        if self._settle(record):
-            self.other.append(f"dead-letter {record.message_id}: {reason_class} {reason}")
-
-
 @dataclasses.dataclass
 class SleepingSink(_common.Unlimited):
     """A downstream taking ``latency`` per event that checks order as a receiver would."""
@@ -197,7 +150,7 @@ class SleepingSink(_common.Unlimited):
         return "webhook"
 
     async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
-        if admit is not None and not await admit():
+        if admit is not None and not await admit():  # claimed when its turn comes, as a real sink
             return events.NotSent()
         key = event.ordering_key or event.event_id
         if key in self.running:
@@ -256,16 +209,6 @@ class LayerResult:
     mean_delivery_seconds: float
 
 
-def sqs_message(body: str, sent_ms: int) -> dict[str, Any]:
-    return {
-        "MessageId": str(uuid.uuid4()),
-        "ReceiptHandle": uuid.uuid4().hex,
-        "MD5OfBody": "",
-        "Body": body,
-        "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(sent_ms)},
-    }
-
-
 async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResult:
     """The Processor on its own: fed like the pollers feed it, timed until all is settled."""
     spec = spec_model.FanoutConsumerSpec.model_validate(
@@ -280,12 +223,12 @@ async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResul
         }
     )
     sink = SleepingSink(LATENCY)
-    settler = RecordingSettler()
+    settler = harness.RecordingSettlement()
     processor = processing.Processor(
         spec=spec,
         sink=sink,
         store=idempotency.MemoryStore(ttl_seconds=3600),
-        settler=cast(settling.Settler, settler),  # the stand-in has the methods the Processor calls
+        settler=settler,
         telemetry=telemetry.WorkerTelemetry(queue_url=spec.queue.url, sink_name="webhook"),
     )
     dispatcher = asyncio.create_task(processor.run())
@@ -298,21 +241,22 @@ async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResul
 
     # What SQS would hand over, made beforehand: the time below is the Processor's.
     sent_ms = int(time.time() * 1000)
-    messages = [sqs_message(body, sent_ms) for body in bodies]
+    received = [harness.sqs_message(body, SentTimestamp=str(sent_ms)) for body in bodies]
     sampler = asyncio.create_task(sample())
     started, cpu_started = time.monotonic(), time.process_time()
-    for start in range(0, len(messages), 10):
-        batch = messages[start : start + 10]
-        while settler.in_hand + len(batch) > max_in_flight:  # the in-flight budget
+    for start in range(0, len(received), 10):
+        batch = received[start : start + 10]
+        while len(settler.in_hand) + len(batch) > max_in_flight:  # the in-flight budget
             settler.changed.clear()
             await settler.changed.wait()
         for message in batch:
-            processor.submit([settler.track(message)])
+            settler.track(message)
+            processor.submit([message])
         await asyncio.sleep(0)  # a receive is an await
     deadline = time.monotonic() + 120
-    while settler.in_hand > 0:
+    while settler.in_hand:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"ordering layer: {settler.in_hand} messages unsettled after 120 s")
+            raise RuntimeError(f"ordering layer: {len(settler.in_hand)} messages unsettled after 120 s")
         settler.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(settler.changed.wait(), 1.0)
@@ -323,12 +267,12 @@ async def ordering_layer(bodies: list[str], *, max_in_flight: int) -> LayerResul
     await asyncio.gather(sampler, dispatcher, return_exceptions=True)
     busy = [value for value in concurrency if value > 0]
     return LayerResult(
-        events=settler.deleted,
+        events=settler.count("delete"),
         seconds=seconds,
         cpu_seconds=cpu_seconds,
         violations=sink.violations,
         overlaps=sink.overlaps,
-        unexpected=settler.other,
+        unexpected=[str(settled) for settled in settler.settled if settled.action != "delete"],
         mean_concurrency=statistics.fmean(busy) if busy else 0.0,
         mean_delivery_seconds=statistics.fmean(sink.durations) if sink.durations else 0.0,
     )

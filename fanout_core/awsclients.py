@@ -8,7 +8,9 @@ clients to moto's server the same way.
 Every call goes through :func:`call`, which translates botocore's exceptions into
 :class:`AwsError` with the meaning ``fanout_core.awserrors`` gives the error code, the IAM
 action refused and the resource, so a caller decides on ``kind`` and a user reads which
-permission is missing::
+permission is missing. :func:`failure_of` is that one reading of an exception raised by an
+AWS call (botocore's, or the network's under it); the worker's SQS, DynamoDB and S3 seams
+translate through it too::
 
     TopologyError
      ├── AwsError          a call failed: kind (denied, not_found, throttled, ...), action, resource
@@ -26,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiobotocore.session
+import aiohttp
 import botocore.exceptions
 
 from fanout_core import awserrors, topology
@@ -51,6 +54,46 @@ class AwsError(TopologyError):
 
     def denied(self) -> topology.Denied:
         return topology.Denied(action=self.action, resource=self.resource, code=self.code or str(self.kind))
+
+
+ERRORS = (
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
+"""What an AWS call may raise: catch these, read them with :func:`failure_of`."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    """What a failed AWS call means: its kind, the AWS error code of a reply (may be empty) or
+    else the exception's type name, the HTTP status (0: no reply) and AWS's message, if any."""
+
+    kind: awserrors.Kind
+    code: str
+    status: int = 0
+    detail: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        return awserrors.retryable(self.kind)
+
+
+def failure_of(error: BaseException) -> Failure:
+    """Read an exception an AWS call raised (one of :data:`ERRORS`): an error reply is what
+    :func:`fanout_core.awserrors.classify` makes of its code and status; missing credentials
+    are :attr:`~awserrors.Kind.CREDENTIALS`; anything else (no reply) is unavailable."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        code, status = awserrors.code_and_status(error.response)
+        detail = str(error.response.get("Error", {}).get("Message", ""))
+        return Failure(awserrors.classify(code, status), code, status, detail)
+    if isinstance(
+        error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return Failure(awserrors.Kind.CREDENTIALS, type(error).__name__, detail=str(error))
+    return Failure(awserrors.Kind.UNAVAILABLE, type(error).__name__, detail=str(error))
 
 
 class ProvisioningError(TopologyError):
@@ -86,16 +129,6 @@ async def call(method: Callable[..., Awaitable[Any]], action: str, resource: str
     """``await method(**kwargs)``, its failures as :class:`AwsError` naming ``action`` and ``resource``."""
     try:
         return await method(**kwargs)
-    except botocore.exceptions.ClientError as error:
-        code, status = awserrors.code_and_status(error.response)
-        message = str(error.response.get("Error", {}).get("Message", ""))
-        raise AwsError(awserrors.classify(code, status), code, action, resource, message) from error
-    except botocore.exceptions.BotoCoreError as error:
-        kind = awserrors.Kind.CREDENTIALS if _is_credentials(error) else awserrors.Kind.UNAVAILABLE
-        raise AwsError(kind, type(error).__name__, action, resource, str(error)) from error
-
-
-def _is_credentials(error: botocore.exceptions.BotoCoreError) -> bool:
-    return isinstance(
-        error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)
-    )
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        failure = failure_of(error)
+        raise AwsError(failure.kind, failure.code, action, resource, failure.detail) from error

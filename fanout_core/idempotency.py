@@ -41,10 +41,12 @@ Two stores behind one :class:`IdempotencyStore` protocol:
   ``expiration`` (epoch seconds); ``status``, ``in_progress_expiration``, ``owner`` and
   ``attempts`` are ours.
 
-Errors (the AWS ones translated where they enter, ``raise ... from``)::
+Errors (the AWS ones translated where they enter, ``raise ... from``, by what
+``fanout_core.awserrors`` makes of them — the reading the rest of the project shares)::
 
     StoreError            .retryable
-    ├── StoreUnavailable      retryable: throttling, 5xx, network — try the message later
+    ├── StoreUnavailable      retryable: throttling, 5xx, network, an expired credential —
+    │                         try the message later
     └── StoreMisconfigured    not retryable: missing table, access denied, bad request
 """
 
@@ -62,10 +64,12 @@ from typing import Any, Protocol
 
 import botocore.exceptions
 
-from fanout_core import keying
+from fanout_core import awsclients, keying
 from fanout_core import spec as spec_model
 
-Clock = Callable[[], float]
+WallClock = Callable[[], float]
+"""Epoch seconds (``time.time``): leases and TTLs are compared with other replicas' and with
+DynamoDB's TTL, so they are wall-clock times, not the event loop's."""
 
 
 class ClaimState(enum.StrEnum):
@@ -151,7 +155,7 @@ class _Record:
 class MemoryStore:
     """A single process's store. All methods run without awaiting, so each is atomic."""
 
-    def __init__(self, *, ttl_seconds: float, clock: Clock = time.time) -> None:
+    def __init__(self, *, ttl_seconds: float, clock: WallClock = time.time) -> None:
         self._ttl_seconds = ttl_seconds
         self._clock = clock
         self._records: dict[keying.EventId, _Record] = {}
@@ -220,19 +224,6 @@ class MemoryStore:
 
 _CLAIM_ATTEMPTS = 3
 _CONDITION_FAILED = "ConditionalCheckFailedException"
-_RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "Throttling",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "TransactionConflictException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
 # Names for every attribute we touch: `status` is a DynamoDB reserved word.
 _NAMES = {
     "#id": "id",
@@ -258,7 +249,7 @@ class DynamoDbStore:
         client: Any,
         table: str,
         ttl_seconds: int,
-        clock: Clock = time.time,
+        clock: WallClock = time.time,
         *,
         owner: str | None = None,
     ) -> None:
@@ -383,14 +374,13 @@ class DynamoDbStore:
     async def _call(self, operation: str, method: Any, **kwargs: Any) -> dict[str, Any]:
         try:
             response: dict[str, Any] = await method(TableName=self._table, **kwargs)
-        except botocore.exceptions.ClientError as error:
-            if _error_code(error) == _CONDITION_FAILED:
+        except awsclients.ERRORS as error:
+            if (
+                isinstance(error, botocore.exceptions.ClientError)
+                and error.response.get("Error", {}).get("Code") == _CONDITION_FAILED
+            ):
                 raise _ConditionFailed(error.response.get("Item")) from error
-            raise translate_client_error(error, operation=operation, table=self._table) from error
-        except (botocore.exceptions.BotoCoreError, OSError, TimeoutError) as error:
-            raise StoreUnavailable(
-                f"DynamoDB {operation} on {self._table}: {type(error).__name__}"
-            ) from error
+            raise translate(error, operation=operation, table=self._table) from error
         return response
 
 
@@ -402,27 +392,20 @@ class _ConditionFailed(Exception):
         self.item = item or None
 
 
-def translate_client_error(
-    error: botocore.exceptions.ClientError, *, operation: str, table: str
-) -> StoreError:
-    """An AWS error → :class:`StoreUnavailable` (worth retrying) or :class:`StoreMisconfigured`."""
-    code = _error_code(error)
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    detail = str(error.response.get("Error", {}).get("Message", ""))[:200]
-    message = f"DynamoDB {operation} on {table}: {code or 'error'} (HTTP {status}) {detail}".rstrip()
-    if is_retryable(code, status):
-        return StoreUnavailable(message)
-    return StoreMisconfigured(message)
-
-
-def is_retryable(code: str, http_status: int) -> bool:
-    """Throttling, server-side and unknown-status errors are worth retrying; other 4xx are not."""
-    return code in _RETRYABLE_CODES or http_status >= 500 or http_status == 0
-
-
-def _error_code(error: botocore.exceptions.ClientError) -> str:
-    code = error.response.get("Error", {}).get("Code", "")
-    return code if isinstance(code, str) else ""
+def translate(error: BaseException, *, operation: str, table: str) -> StoreError:
+    """An exception of a DynamoDB call → :class:`StoreUnavailable` (worth retrying) or
+    :class:`StoreMisconfigured`, as ``fanout_core.awserrors`` reads it."""
+    failure = awsclients.failure_of(error)
+    if failure.status:
+        detail = failure.detail[:200]
+        message = (
+            f"DynamoDB {operation} on {table}: {failure.code or 'error'} (HTTP {failure.status}) {detail}"
+        )
+    else:
+        message = f"DynamoDB {operation} on {table}: {failure.code}"
+    if failure.retryable:
+        return StoreUnavailable(message.rstrip())
+    return StoreMisconfigured(message.rstrip())
 
 
 def _names(*placeholders: str) -> dict[str, str]:

@@ -108,11 +108,6 @@ def resolved_body(located: Located, payload: str) -> str:
     return json.dumps(envelope)
 
 
-RESOLUTION_KEY = "fanout.PayloadResolution"
-"""Where the worker's poller leaves a :class:`Resolution` in a received message (beside
-``Body``, which keeps the pointer: a dead-letter copy must stay within SQS's size)."""
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Resolution:
     """What became of a message's pointer: the body with the payload in, or why there is none."""
@@ -120,9 +115,3 @@ class Resolution:
     pointer: Pointer
     body: str | None = None
     failure: str | None = None
-
-
-def resolution_of(message: Mapping[str, Any]) -> Resolution | None:
-    """The :class:`Resolution` the poller put in ``message``, if any."""
-    found = message.get(RESOLUTION_KEY)
-    return found if isinstance(found, Resolution) else None

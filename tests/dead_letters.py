@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from fanout_lab.simulators import genesys
-from workers import envelopes, events, settling, telemetry
+from workers import envelopes, events, messages, settling, telemetry
 
 _serial = itertools.count(1)
 
@@ -52,20 +52,20 @@ async def write(
     }
     if group is not None:
         message["Attributes"]["MessageGroupId"] = group
-    record = settling.Received.from_message(message, now=0.0, visibility=30)
+    event: events.Event | None
     try:
-        record.event = envelopes.decode(body)
+        event = envelopes.decode(body)
     except envelopes.PoisonMessage:
-        record.event = None
+        event = None
     request = settling.dead_letter_request(
-        record,
+        messages.parse(message),
+        event,
         dead_letter_url=events.QueueUrl(dead_letter_url),
         source_queue_url=events.QueueUrl(source_url),
         reason_class=telemetry.ReasonClass(reason_class),
         reason=reason,
     )
     await sqs.send_message(**request)
-    event = record.event
     correlation_id = None
     if event is not None:
         correlation_id = str(event.payload.get("metadata", {}).get("CorrelationId"))

@@ -244,13 +244,25 @@ async def test_an_unreachable_endpoint_is_retryable(moto_server: aws.MotoServer)
         ("RequestLimitExceeded", 400, True),
         ("InternalServerError", 500, True),
         ("Anything", 503, True),
+        # an expired or rotated credential: the chain renews it, as for SQS and S3
+        ("ExpiredTokenException", 400, True),
+        ("UnrecognizedClientException", 400, True),
         ("ResourceNotFoundException", 400, False),
         ("AccessDeniedException", 400, False),
         ("ValidationException", 400, False),
     ],
 )
 def test_error_classification(code: str, status: int, retryable: bool) -> None:
-    assert idempotency.is_retryable(code, status) is retryable
+    error = botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "UpdateItem",
+    )
+    translated = idempotency.translate(error, operation="UpdateItem", table="events")
+    assert translated.retryable is retryable
+    assert isinstance(
+        translated, idempotency.StoreUnavailable if retryable else idempotency.StoreMisconfigured
+    )
+    assert str(translated) == f"DynamoDB UpdateItem on events: {code} (HTTP {status}) no"
 
 
 # --- memory specifics ----------------------------------------------------------------

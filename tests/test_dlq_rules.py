@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fanout_core import deadletters, pacing
-from workers import envelopes, events, settling, telemetry
+from workers import envelopes, events, messages, settling, telemetry
 
 NOW_MS = 1_750_000_000_000
 BODY = json.dumps(
@@ -53,9 +53,9 @@ def worker_written(
         "Attributes": {"ApproximateReceiveCount": "5", **({"MessageGroupId": group} if group else {})},
         "MessageAttributes": extra or {},
     }
-    record = settling.Received.from_message(source, now=0.0, visibility=30)
     request = settling.dead_letter_request(
-        record,
+        messages.parse(source),
+        None,
         dead_letter_url=events.QueueUrl("https://sqs/1/dlq" + (".fifo" if fifo else "")),
         source_queue_url=events.QueueUrl("https://sqs/1/source"),
         reason_class=telemetry.ReasonClass(reason_class),

@@ -51,7 +51,6 @@ from typing import Any
 
 import aiobotocore.session
 import httpx
-import prometheus_client
 import pytest
 from prometheus_client import parser
 
@@ -188,15 +187,22 @@ async def _create_table(dynamodb: Any) -> str:
     return name
 
 
-async def _messages_received(client: httpx.AsyncClient, queue: str) -> float:
-    """``fanout_messages_received_total`` for ``queue`` from a worker's /metrics (the three
-    replicas share this process's registry, so it is the fleet's total)."""
-    text = (await client.get("/metrics")).text
-    for family in parser.text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "fanout_messages_received_total" and sample.labels.get("queue") == queue:
-                return float(sample.value)
-    raise AssertionError("fanout_messages_received_total not exported")
+async def _messages_received(clients: list[httpx.AsyncClient], queue: str) -> float:
+    """``fanout_messages_received_total`` for ``queue``, summed over the replicas' /metrics
+    (each worker has a registry of its own): the fleet's total."""
+    total = 0.0
+    for client in clients:
+        text = (await client.get("/metrics")).text
+        samples = [
+            sample
+            for family in parser.text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "fanout_messages_received_total" and sample.labels.get("queue") == queue
+        ]
+        if not samples:
+            raise AssertionError("fanout_messages_received_total not exported")
+        total += sum(float(sample.value) for sample in samples)
+    return total
 
 
 async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: Scenario) -> Run:
@@ -235,10 +241,7 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
             crm_sink.CrmSink(consumer.spec.sink, replicas=fleet.FixedReplicas(REPLICAS))
             for _ in range(REPLICAS)
         ]
-        workers = [
-            running.Worker(consumer, sink=sink, http_host="127.0.0.1", http_port=0 if index == 0 else None)
-            for index, sink in enumerate(sinks)
-        ]
+        workers = [running.Worker(consumer, sink=sink, http_host="127.0.0.1", http_port=0) for sink in sinks]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
         traffic = harness.Traffic()
@@ -256,9 +259,14 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
             )
         )
         try:
-            await workers[0].wait_started()
-            assert workers[0].http_url is not None
-            async with httpx.AsyncClient(base_url=workers[0].http_url) as metrics:
+            for worker in workers:
+                await worker.wait_started()
+            urls = [worker.http_url for worker in workers]
+            assert None not in urls
+            async with contextlib.AsyncExitStack() as clients:
+                metrics = [
+                    await clients.enter_async_context(httpx.AsyncClient(base_url=url)) for url in urls if url
+                ]
                 assert await harness.wait_until(lambda: bool(sim.request_times), timeout=15, interval=0.05)
                 steady_start = sim.request_times[0] + WARMUP_SECONDS
                 await asyncio.sleep(max(0.0, steady_start + STEADY_SECONDS - time.monotonic()))
@@ -293,8 +301,8 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
             for sink in sinks:
                 await sink.aclose()
         left = await harness.queue_counts(sqs, source)
-    suppressed = prometheus_client.REGISTRY.get_sample_value(
-        "fanout_duplicates_suppressed_total", {"queue": queue_name}
+    suppressed = sum(
+        worker.metrics.value("fanout_duplicates_suppressed_total", queue=queue_name) for worker in workers
     )
     return Run(
         sim=sim,

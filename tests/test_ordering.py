@@ -37,7 +37,7 @@ def test_one_message_per_lane_and_lanes_in_parallel() -> None:
         add(lanes, item)
     assert names(lanes.start_ready(0, limit=10)) == ["a1", "b1"]
     assert lanes.start_ready(0, limit=10) == []
-    assert lanes.finish("a", ordering.Result.DONE, identities=frozenset({"a1"}), now=0) == []
+    assert lanes.finish("a", ordering.Finish.DONE, identities=frozenset({"a1"}), now=0) == []
     assert names(lanes.start_ready(0, limit=10)) == ["a2"]
 
 
@@ -48,7 +48,7 @@ def test_standard_lane_delivers_in_event_time_order_whatever_the_arrival_order()
     seen = []
     while started := lanes.start_ready(0, limit=1):
         seen.extend(names(started))
-        lanes.finish("c", ordering.Result.DONE, identities=started[0].item.identities, now=0)
+        lanes.finish("c", ordering.Finish.DONE, identities=started[0].item.identities, now=0)
     assert seen == ["start", "end", "acw"]
     assert len(lanes) == 0
 
@@ -58,13 +58,13 @@ def test_failed_message_blocks_its_lane_until_it_comes_back_and_then_goes_first(
     add(lanes, Item("first", "c", 1))
     add(lanes, Item("other", "d", 1))
     first, other = lanes.start_ready(0, limit=10)
-    assert lanes.finish("c", ordering.Result.FAILED, identities=first.item.identities, now=1) == []
+    assert lanes.finish("c", ordering.Finish.FAILED, identities=first.item.identities, now=1) == []
     add(lanes, Item("second", "c", 2), now=2)
     assert lanes.is_blocked("c")
     assert lanes.start_ready(2, limit=10) == []  # held: the failed event has not come back
     add(lanes, Item("first", "c", 1), now=5)  # redelivered
     assert names(lanes.start_ready(5, limit=10)) == ["first"]
-    lanes.finish("c", ordering.Result.DONE, identities=first.item.identities, now=5)
+    lanes.finish("c", ordering.Finish.DONE, identities=first.item.identities, now=5)
     assert names(lanes.start_ready(5, limit=10)) == ["second"]
     del other
 
@@ -73,7 +73,7 @@ def test_a_blocked_lane_moves_on_after_the_hold_limit() -> None:
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
     add(lanes, Item("first", "c", 1))
     (first,) = lanes.start_ready(0, limit=1)
-    lanes.finish("c", ordering.Result.FAILED, identities=first.item.identities, now=0)
+    lanes.finish("c", ordering.Finish.FAILED, identities=first.item.identities, now=0)
     add(lanes, Item("second", "c", 2), now=1)
     assert lanes.next_deadline() == 60
     assert lanes.start_ready(59.9, limit=1) == []
@@ -86,13 +86,13 @@ def test_a_failure_holds_its_lane_only_as_long_as_the_caller_says_within_the_lim
         add(lanes, Item(name, name, 1))
         (started,) = lanes.start_ready(0, limit=1)
         lanes.finish(
-            name, ordering.Result.FAILED, identities=started.item.identities, now=0, hold_seconds=hold
+            name, ordering.Finish.FAILED, identities=started.item.identities, now=0, hold_seconds=hold
         )
         add(lanes, Item(f"{name}-next", name, 2))
         assert lanes.next_deadline() == expected
         assert lanes.start_ready(expected - 0.1, limit=1) == []
         assert names(lanes.start_ready(expected, limit=1)) == [f"{name}-next"]
-        lanes.finish(name, ordering.Result.DONE, identities=frozenset(), now=expected)
+        lanes.finish(name, ordering.Finish.DONE, identities=frozenset(), now=expected)
 
 
 def test_dead_lettered_message_does_not_block() -> None:
@@ -100,7 +100,7 @@ def test_dead_lettered_message_does_not_block() -> None:
     add(lanes, Item("poison", "c", 1))
     add(lanes, Item("next", "c", 2))
     (first,) = lanes.start_ready(0, limit=1)
-    lanes.finish("c", ordering.Result.DEAD, identities=first.item.identities, now=0)
+    lanes.finish("c", ordering.Finish.DEAD, identities=first.item.identities, now=0)
     assert names(lanes.start_ready(0, limit=1)) == ["next"]
 
 
@@ -113,7 +113,7 @@ def test_fifo_lane_runs_in_sequence_number_order_whatever_the_arrival_order() ->
     seen = []
     while started := lanes.start_ready(0, limit=1):
         seen.extend(names(started))
-        lanes.finish("g", ordering.Result.DONE, identities=started[0].item.identities, now=0)
+        lanes.finish("g", ordering.Finish.DONE, identities=started[0].item.identities, now=0)
     assert seen == ["g1", "g2", "g3"]
 
 
@@ -125,7 +125,7 @@ def test_fifo_failure_hands_back_the_group_and_nothing_passes_the_failed_message
     assert names(started) == ["g1", "h1"]
     released = lanes.finish(
         "g",
-        ordering.Result.FAILED,
+        ordering.Finish.FAILED,
         identities=started[0].item.identities,
         now=0,
         hold_seconds=9,
@@ -146,7 +146,7 @@ def test_fifo_failure_hands_back_the_group_and_nothing_passes_the_failed_message
     seen = []
     while ready := lanes.start_ready(6, limit=10):
         seen.extend(names(ready))
-        lanes.finish("g", ordering.Result.DONE, identities=ready[0].item.identities, now=6)
+        lanes.finish("g", ordering.Finish.DONE, identities=ready[0].item.identities, now=6)
     assert seen == ["g1", "g2", "g3"]  # g4 waits for its own return
 
 
@@ -156,7 +156,7 @@ def test_fifo_lane_moves_on_when_what_it_expects_went_elsewhere() -> None:
     add(lanes, Item("g2", "g", 2))
     (first,) = lanes.start_ready(0, limit=1)
     identities = first.item.identities
-    released = lanes.finish("g", ordering.Result.FAILED, identities=identities, now=0, hold_seconds=3)
+    released = lanes.finish("g", ordering.Finish.FAILED, identities=identities, now=0, hold_seconds=3)
     assert [item.name for item in released] == ["g2"]
     # Another replica got g1 and g2; g3 comes here: refused once, then it waits for them...
     assert lanes.add("g", Item("g3", "g", 3), identities=frozenset({"g3"}), order=3, now=0.5) == 0.0
@@ -268,14 +268,14 @@ class LaneMachine(RuleBasedStateMachine):
         ]
         assert len(started) == limit or not ready_left, "a ready lane was left waiting below the limit"
 
-    @rule(data=st.data(), result=st.sampled_from(list(ordering.Result)))
+    @rule(data=st.data(), result=st.sampled_from(list(ordering.Finish)))
     @precondition(lambda self: bool(self.running))
-    def finish(self, data: st.DataObject, result: ordering.Result) -> None:
+    def finish(self, data: st.DataObject, result: ordering.Finish) -> None:
         key = data.draw(st.sampled_from(sorted(self.running)))
         item = self.running.pop(key)
         released = self.lanes.finish(key, result, identities=item.identities, now=self.now)
         assert released == []
-        if result is not ordering.Result.FAILED:
+        if result is not ordering.Finish.FAILED:
             self._expire(key)
             return
         self.comebacks.append(item)
@@ -371,15 +371,15 @@ class FifoLaneMachine(RuleBasedStateMachine):
             self.held.remove(item)
             self.running[item.key] = item
 
-    @rule(data=st.data(), result=st.sampled_from(list(ordering.Result)), due=st.floats(0, 3))
+    @rule(data=st.data(), result=st.sampled_from(list(ordering.Finish)), due=st.floats(0, 3))
     @precondition(lambda self: bool(self.running))
-    def finish(self, data: st.DataObject, result: ordering.Result, due: float) -> None:
+    def finish(self, data: st.DataObject, result: ordering.Finish, due: float) -> None:
         key = data.draw(st.sampled_from(sorted(self.running)))
         item = self.running.pop(key)
         released = self.lanes.finish(
             key, result, identities=item.identities, now=self.now, hold_seconds=FAILED_HOLD, due_seconds=due
         )
-        if result is not ordering.Result.FAILED:
+        if result is not ordering.Finish.FAILED:
             assert released == []
             self.done.add(item)
             return
@@ -400,12 +400,12 @@ class FifoLaneMachine(RuleBasedStateMachine):
         self.now += 20
         while self.running:
             key, item = self.running.popitem()
-            self.lanes.finish(key, ordering.Result.DONE, identities=item.identities, now=self.now)
+            self.lanes.finish(key, ordering.Finish.DONE, identities=item.identities, now=self.now)
         while started := self.lanes.start_ready(self.now, 10):
             for entry in started:
                 self.held.discard(entry.item)
                 self.lanes.finish(
-                    entry.key, ordering.Result.DONE, identities=entry.item.identities, now=self.now
+                    entry.key, ordering.Finish.DONE, identities=entry.item.identities, now=self.now
                 )
         assert not self.held, f"stuck in the lanes: {sorted(item.name for item in self.held)}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import math
 
 import pytest
 from hypothesis import assume, given
@@ -55,10 +56,37 @@ def test_attempts_exhausted_at_max_attempts() -> None:
 
 @pytest.mark.parametrize(
     ("delay", "seconds"),
-    [(0.0, 0), (0.2, 1), (2.0, 2), (2.01, 3), (-5.0, 0), (50_000.0, 43_200), (float("inf"), 43_200)],
+    [
+        (0.0, 0),
+        (0.2, 1),
+        (2.0, 2),
+        (2.01, 3),
+        (-5.0, 0),
+        (float("nan"), 0),
+        (50_000.0, 43_170),
+        (float("inf"), 43_170),
+    ],
 )
-def test_visibility_seconds(delay: float, seconds: int) -> None:
-    assert retrying.visibility_seconds(delay) == seconds
+def test_visibility_timeout_rounds_up_within_the_cap(delay: float, seconds: int) -> None:
+    assert retrying.visibility_timeout(delay) == seconds
+
+
+def test_visibility_timeout_counts_the_cap_from_the_receive() -> None:
+    assert retrying.visibility_timeout(600, held_for=43_100.5) == 69  # 43 200 - 43 100.5 - 30, down
+    assert retrying.visibility_timeout(60, held_for=43_100.5) == 60
+    assert retrying.visibility_timeout(60, held_for=50_000) == 0
+
+
+@given(
+    delay=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    held_for=st.floats(min_value=0, max_value=1e5, allow_nan=False),
+)
+def test_visibility_timeout_never_early_never_past_twelve_hours(delay: float, held_for: float) -> None:
+    seconds = retrying.visibility_timeout(delay, held_for=held_for)
+    room = SQS_CAP - retrying.VISIBILITY_CAP_MARGIN_SECONDS - held_for
+    assert isinstance(seconds, int) and 0 <= seconds <= max(0.0, room)
+    if math.ceil(delay) <= room:
+        assert seconds == math.ceil(delay)
 
 
 @pytest.mark.parametrize(

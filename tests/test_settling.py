@@ -4,12 +4,11 @@ the heartbeat, dead-lettering with reasons, and expired receipts that are counte
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
-import prometheus_client
-
 from fanout_lab import harness
-from workers import events, settling, telemetry
+from workers import events, messages, settling, telemetry
 
 
 class Budget:
@@ -21,7 +20,12 @@ class Budget:
 
 
 def settler_for(
-    sqs: Any, url: str, *, dead: str | None = None, visibility: int = 30
+    sqs: Any,
+    url: str,
+    *,
+    dead: str | None = None,
+    visibility: int = 30,
+    metrics: telemetry.WorkerMetrics | None = None,
 ) -> tuple[settling.Settler, Budget]:
     budget = Budget()
     settler = settling.Settler(
@@ -30,10 +34,17 @@ def settler_for(
         visibility_timeout=visibility,
         dead_letter_url=events.QueueUrl(dead) if dead else None,
         budget=budget,
-        telemetry=telemetry.WorkerTelemetry(queue_url=url, sink_name="webhook"),
+        telemetry=telemetry.WorkerTelemetry(queue_url=url, sink_name="webhook", metrics=metrics),
         linger=0.02,
     )
     return settler, budget
+
+
+def track(settler: settling.Settler, received: dict[str, Any]) -> messages.Message:
+    """What a poller does with a received message: parse it, hand it to the settler."""
+    message = messages.parse(received)
+    settler.track(message)
+    return message
 
 
 async def receive_all(sqs: Any, url: str, count: int, visibility: int = 30) -> list[dict[str, Any]]:
@@ -64,7 +75,7 @@ async def test_deletes_are_batched_and_free_the_budget(sqs: Any) -> None:
     await send(sqs, url, 25)
     settler, budget = settler_for(sqs, url)
     settler.start()
-    records = [settler.track(message) for message in await receive_all(sqs, url, 25)]
+    records = [track(settler, message) for message in await receive_all(sqs, url, 25)]
     assert settler.in_flight == 25
     for record in records:
         settler.delete(record)
@@ -79,7 +90,7 @@ async def test_retry_later_hides_the_message_for_the_delay_and_give_back_shows_i
     await send(sqs, url, 2)
     settler, budget = settler_for(sqs, url)
     settler.start()
-    first, second = (settler.track(m) for m in await receive_all(sqs, url, 2))
+    first, second = (track(settler, m) for m in await receive_all(sqs, url, 2))
     settler.retry_later(first, 3)
     settler.give_back([second])
     assert settler.away == 1  # in flight for SQS, held by nobody, until its delay is over
@@ -99,7 +110,7 @@ async def test_heartbeat_keeps_a_held_message_invisible_past_its_timeout(sqs: An
     settler, _ = settler_for(sqs, url, visibility=2)
     settler.start()
     (message,) = await receive_all(sqs, url, 1, visibility=2)
-    record = settler.track(message)
+    record = track(settler, message)
     for _ in range(3):  # 6 s: three times the visibility timeout
         peek = await sqs.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2, VisibilityTimeout=0
@@ -118,9 +129,9 @@ async def test_dead_letter_copies_body_and_reason_then_deletes(sqs: Any) -> None
     settler, budget = settler_for(sqs, url, dead=dead)
     settler.start()
     (message,) = await receive_all(sqs, url, 1)
-    record = settler.track(message)
+    record = track(settler, message)
     await settler.dead_letter(
-        record, reason_class=telemetry.ReasonClass.POISON, reason="body is not JSON", backoff=1
+        record, None, reason_class=telemetry.ReasonClass.POISON, reason="body is not JSON", backoff=1
     )
     await settler.aclose()
     assert budget.released == 1
@@ -143,8 +154,10 @@ async def test_without_a_dead_letter_queue_the_message_is_left_to_the_redrive_po
     settler, budget = settler_for(sqs, url)
     settler.start()
     (message,) = await receive_all(sqs, url, 1)
-    record = settler.track(message)
-    await settler.dead_letter(record, reason_class=telemetry.ReasonClass.POISON, reason="bad", backoff=1)
+    record = track(settler, message)
+    await settler.dead_letter(
+        record, None, reason_class=telemetry.ReasonClass.POISON, reason="bad", backoff=1
+    )
     await settler.aclose()
     assert budget.released == 1
     back = await receive_all(sqs, url, 1)  # visible again after the backoff, for SQS to redrive
@@ -154,17 +167,55 @@ async def test_without_a_dead_letter_queue_the_message_is_left_to_the_redrive_po
 async def test_expired_receipt_is_counted_not_fatal(sqs: Any) -> None:
     url = await harness.make_queue(sqs, "settle-expired")
     await send(sqs, url, 2)
-    settler, budget = settler_for(sqs, url)
+    families = telemetry.WorkerMetrics()
+    settler, budget = settler_for(sqs, url, metrics=families)
     settler.start()
-    good, stale = (settler.track(m) for m in await receive_all(sqs, url, 2))
-    await sqs.delete_message(QueueUrl=url, ReceiptHandle=stale.receipt_handle)  # someone else settled it
-    stale.receipt_handle = events.ReceiptHandle("invalid-" + stale.receipt_handle[:20])
+    good_one, stale_one = await receive_all(sqs, url, 2)
+    await sqs.delete_message(
+        QueueUrl=url, ReceiptHandle=stale_one["ReceiptHandle"]
+    )  # someone else settled it
+    good = track(settler, good_one)
+    # an expired receipt: SQS no longer knows it
+    stale = dataclasses.replace(
+        messages.parse(stale_one),
+        receipt_handle=events.ReceiptHandle("invalid-" + stale_one["ReceiptHandle"][:20]),
+    )
+    settler.track(stale)
     settler.delete(good)
     settler.delete(stale)
     await asyncio.wait_for(settler.aclose(), timeout=15)
     assert budget.released == 2
     assert await harness.queue_counts(sqs, url) == (0, 0)
-    expired = prometheus_client.REGISTRY.get_sample_value(
-        "fanout_receipt_expired_total", {"queue": "settle-expired"}
+    assert families.value("fanout_receipt_expired_total", queue="settle-expired") == 1
+    assert families.value("fanout_messages_deleted_total", queue="settle-expired") == 1, (
+        "the stale one was not"
     )
-    assert expired == 1
+    failures = [
+        sample
+        for family in families.registry.collect()
+        if family.name == "fanout_delete_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+    assert failures == [], "an expired receipt is counted as such, not as a failed delete"
+
+
+async def test_a_receive_is_settled_once_whatever_message_value_stands_for_it(sqs: Any) -> None:
+    # A FIFO group waiting in place for S3 is tracked before its payloads are resolved; the
+    # processor then settles the resolved messages: new values of the same receives.
+    url = await harness.make_queue(sqs, "settle-receive")
+    await send(sqs, url, 2)
+    settler, budget = settler_for(sqs, url)
+    settler.start()
+    first_raw, second_raw = await receive_all(sqs, url, 2)
+    tracked = track(settler, first_raw)
+    other = track(settler, second_raw)
+    resolved = messages.parse(first_raw)  # another value of the same receive
+    assert resolved is not tracked and settler.in_flight == 2
+    settler.delete(resolved)
+    settler.retry_later(other, 0)
+    await settler.aclose()
+    assert budget.released == 2 and settler.in_flight == 0
+    settler.delete(tracked)  # the receive is settled already: nothing to do
+    back = await receive_all(sqs, url, 1)
+    assert [message["MessageId"] for message in back] == [other.message_id], "the first was deleted"

@@ -25,20 +25,21 @@ PRODUCER_SPAN = "00f067aa0ba902b7"
 PRODUCER_TRACEPARENT = f"00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"
 
 SCRIPT = """
-from workers import telemetry
+from workers import messages, telemetry
 telemetry.configure_logging("INFO")
-telemetry.configure_tracing("fanout-worker-test")
-telemetry.configure_tracing("ignored-second-call")
+tracing = telemetry.configure_tracing("fanout-worker-test")
+assert not telemetry.configure_tracing("ignored-second-call").provider
 worker = telemetry.WorkerTelemetry(queue_url="http://127.0.0.1:9/123456789012/config-q", sink_name="crm")
 with worker.receive_span():
     worker.received(1)
-traced = {
+traced = messages.parse({
     "MessageId": "m-1",
+    "ReceiptHandle": "r-1",
     "MessageAttributes": {"traceparent": {"DataType": "String", "StringValue": "%s"}},
-}
+})
 with worker.process_span(traced, None):
     worker.retried(traced, None, 1.0, telemetry.ReasonClass.TRANSIENT, "try again")
-telemetry.shutdown_tracing()
+tracing.shutdown()
 """
 
 

@@ -173,7 +173,7 @@ async def test_counters_add_up_during_and_after_an_end_to_end_run(sqs: object) -
     assert _sum(final, "fanout_end_to_end_seconds_count", clock="event_time") == delivered
     assert _sum(final, "fanout_active_lanes") == 0
 
-    # The sink's own series (shared by every webhook sink in this process: compare deltas).
+    # The sink's own series, in the worker's registry (compared with the first scrape).
     def sink_delta(**labels: str) -> float:
         return _sink_sum(final, **labels) - _sink_sum(baseline, **labels)
 

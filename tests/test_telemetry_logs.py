@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from workers import envelopes, events, telemetry
+from workers import envelopes, events, messages, telemetry
 from workers.telemetry import logs
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -62,17 +62,19 @@ def _payload_values(value: Any, found: set[str]) -> set[str]:
     return found
 
 
-def _examples() -> list[tuple[dict[str, Any], events.Event]]:
+def _examples() -> list[tuple[messages.Message, events.Event]]:
     cases = []
     for index, path in enumerate(sorted(DATA.glob("*.json"))):
         body = path.read_text()
-        message = {
-            "MessageId": f"00000000-0000-4000-8000-{index:012d}",
-            "ReceiptHandle": "AQEB-receipt-handle",
-            "MD5OfBody": "d41d8cd98f00b204e9800998ecf8427e",
-            "Body": body,
-            "Attributes": {"SentTimestamp": "1741964967000", "ApproximateReceiveCount": "2"},
-        }
+        message = messages.parse(
+            {
+                "MessageId": f"00000000-0000-4000-8000-{index:012d}",
+                "ReceiptHandle": "AQEB-receipt-handle",
+                "MD5OfBody": "d41d8cd98f00b204e9800998ecf8427e",
+                "Body": body,
+                "Attributes": {"SentTimestamp": "1741964967000", "ApproximateReceiveCount": "2"},
+            }
+        )
         cases.append((message, envelopes.decode(body)))
     return cases
 
@@ -86,7 +88,7 @@ def test_no_log_line_contains_a_payload_value_or_a_secret(log_stream: io.StringI
     assert len(cases) >= 5
     sensitive = set(SECRETS)
     for message, _ in cases:
-        _payload_values(json.loads(message["Body"]), sensitive)
+        _payload_values(json.loads(message.body), sensitive)
     assert {"tel:+13175550123", "tel:+18005550199"} <= sensitive, "the examples carry ani/dnis"
     assert any(" " in value for value in sensitive), "and free-text wrapup notes"
 
@@ -96,7 +98,7 @@ def test_no_log_line_contains_a_payload_value_or_a_secret(log_stream: io.StringI
     worker.received(0)
     worker.set_ready(True)
     for message, event in cases:
-        body = json.loads(message["Body"])
+        body = json.loads(message.body)
         values = sorted(_payload_values(body, set()))
         # A downstream that echoes the record and the credentials back in its error text.
         echo = (
@@ -161,7 +163,7 @@ def test_state_lines_carry_identifiers_and_the_current_trace(log_stream: io.Stri
         "logger": "fanout.worker",
         "msg": "retried",
         "queue": "interactions",
-        "message_id": message["MessageId"],
+        "message_id": message.message_id,
         "event_id": event.event_id,
         "ordering_key": event.ordering_key,
         "event_type": event.event_type,

@@ -22,7 +22,7 @@ import yaml
 from fanout_operator import metrics as operator_metrics
 from fanout_operator import queues, scaling
 from tests import external_tools
-from workers import events, telemetry
+from workers import events, messages, telemetry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "fanout-consumer" / "files" / "prometheus-rules.yaml"
@@ -50,14 +50,20 @@ def run_promtool(promtool: str, *args: str, stdin: bytes | None = None) -> subpr
 
 def _exercised_exposition() -> bytes:
     """Every worker and sink metric with samples, as a scrape of /metrics would return them."""
+    families = telemetry.WorkerMetrics()
     worker = telemetry.WorkerTelemetry(
-        queue_url="http://127.0.0.1:4566/123456789012/promtool-calls", sink_name="crm", clock=lambda: 2000.0
+        queue_url="http://127.0.0.1:4566/123456789012/promtool-calls",
+        sink_name="crm",
+        clock=lambda: 2000.0,
+        metrics=families,
     )
-    sink = telemetry.SinkTelemetry("crm")
+    sink = telemetry.SinkTelemetry("crm", metrics=families)
     event = events.Event(
         event_id=events.EventId("evt-1"), event_type="customer.start", payload={}, event_time_ms=1_000_000
     )
-    message = {"MessageId": "m-1", "Attributes": {"SentTimestamp": "1500000"}}
+    message = messages.parse(
+        {"MessageId": "m-1", "ReceiptHandle": "r-1", "Attributes": {"SentTimestamp": "1500000"}}
+    )
     worker.received(2)
     worker.received(0)
     worker.delivered(message, event, 0.12)
@@ -68,6 +74,7 @@ def _exercised_exposition() -> bytes:
     worker.returned(1)
     worker.deleted(2)
     worker.delete_failed(1, "Receipt handle/is invalid!")
+    worker.visibility_failed(1, "AWS.SimpleQueueService.ServiceUnavailable")
     worker.visibility_extended(1)
     worker.receipt_expired(1)
     worker.set_in_flight(3)
@@ -76,7 +83,7 @@ def _exercised_exposition() -> bytes:
     for outcome in telemetry.SinkOutcome:
         sink.request(outcome, 0.05)
     sink.limiter_state(rate=None, concurrency=8, paused=False, circuit=telemetry.CircuitState.HALF_OPEN)
-    return prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    return families.exposition()
 
 
 def _operator_exposition() -> bytes:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from workers import envelopes, events, telemetry
+from workers import envelopes, events, messages, telemetry
 from workers.telemetry import tracing
 
 XRAY_TRACE = "5759e988bd862e3fe1be46a994272793"
@@ -67,7 +67,12 @@ def _event(ordering_key: str | None = "conv-1", attributes: dict[str, str] | Non
     )
 
 
-async def _receive_one(sqs: Any, queue_url: str) -> dict[str, Any]:
+def _message(**fields: Any) -> messages.Message:
+    """A received message with what every SQS message has, and ``fields``."""
+    return messages.parse({"MessageId": "m-1", "ReceiptHandle": "r-1", **fields})
+
+
+async def _receive_one(sqs: Any, queue_url: str) -> messages.Message:
     got = await sqs.receive_message(
         QueueUrl=queue_url,
         MaxNumberOfMessages=10,
@@ -75,9 +80,9 @@ async def _receive_one(sqs: Any, queue_url: str) -> dict[str, Any]:
         MessageSystemAttributeNames=["All"],
         MessageAttributeNames=["All"],
     )
-    messages: list[dict[str, Any]] = got["Messages"]
-    assert len(messages) == 1
-    return messages[0]
+    received: list[dict[str, Any]] = got["Messages"]
+    assert len(received) == 1
+    return messages.parse(received[0])
 
 
 def _hex_ids(span: ReadableSpan) -> tuple[str, str]:
@@ -99,7 +104,7 @@ def _one(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
 
 
 def _process(
-    provider: TracerProvider, queue_url: str, message: dict[str, Any], event: events.Event | None
+    provider: TracerProvider, queue_url: str, message: messages.Message, event: events.Event | None
 ) -> None:
     worker = telemetry.WorkerTelemetry(queue_url=queue_url, sink_name="crm", tracer_provider=provider)
     with worker.process_span(message, event):
@@ -110,7 +115,7 @@ def _process(
 
 
 def _assert_process_attributes(
-    span: ReadableSpan, queue_url: str, message: dict[str, Any], conversation_id: str | None = "conv-1"
+    span: ReadableSpan, queue_url: str, message: messages.Message, conversation_id: str | None = "conv-1"
 ) -> None:
     name = queue_url.rsplit("/", 1)[-1]
     assert span.name == f"process {name}"
@@ -122,7 +127,7 @@ def _assert_process_attributes(
         "messaging.operation.name": "process",
         "messaging.destination.name": name,
         "aws.sqs.queue.url": queue_url,
-        "messaging.message.id": message["MessageId"],
+        "messaging.message.id": message.message_id,
         "messaging.message.conversation_id": conversation_id,
     }
 
@@ -149,7 +154,7 @@ async def test_aws_trace_header_becomes_parent_and_link(
         MessageSystemAttributes={"AWSTraceHeader": {"DataType": "String", "StringValue": XRAY_HEADER}},
     )
     message = await _receive_one(sqs, queue_url)
-    assert message["Attributes"]["AWSTraceHeader"] == XRAY_HEADER
+    assert message.trace_header == XRAY_HEADER
 
     _process(provider, queue_url, message, _event())
 
@@ -198,10 +203,10 @@ async def test_sns_envelope_traceparent_becomes_parent_and_link(
         MessageAttributes={"traceparent": {"DataType": "String", "StringValue": envelope_traceparent}},
     )
     message = await _receive_one(sqs, queue_url)
-    body = json.loads(message["Body"])
-    assert "traceparent" not in message.get("MessageAttributes", {}), "raw delivery is off: body only"
+    body = json.loads(message.body)
+    assert "traceparent" not in message.attributes, "raw delivery is off: body only"
     assert body["Type"] == "Notification"
-    event = envelopes.decode(message["Body"])
+    event = envelopes.decode(message.body)
     assert event.attributes["traceparent"] == envelope_traceparent
 
     _process(provider, queue_url, message, event)
@@ -248,7 +253,7 @@ async def test_no_ordering_key_and_no_event_leave_conversation_id_out(
     for span in spans:
         assert span.attributes is not None
         assert "messaging.message.conversation_id" not in span.attributes
-        assert span.attributes["messaging.message.id"] == message["MessageId"]
+        assert span.attributes["messaging.message.id"] == message.message_id
 
 
 async def test_receive_span_counts_the_batch_and_links_every_producer(
@@ -266,7 +271,7 @@ async def test_receive_span_counts_the_batch_and_links_every_producer(
     )
     await sqs.send_message(QueueUrl=queue_url, MessageBody="{}")
     worker = telemetry.WorkerTelemetry(queue_url=queue_url, sink_name="crm", tracer_provider=provider)
-    messages: list[dict[str, Any]] = []
+    received: list[messages.Message] = []
     for _ in range(5):  # moto may split the three over receives; bounded
         with worker.receive_span() as span:
             got = await sqs.receive_message(
@@ -276,12 +281,12 @@ async def test_receive_span_counts_the_batch_and_links_every_producer(
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
             )
-            batch = got.get("Messages", [])
+            batch = [messages.parse(entry) for entry in got.get("Messages", [])]
             worker.record_batch(span, batch)
-            messages.extend(batch)
-        if len(messages) == 3:
+            received.extend(batch)
+        if len(received) == 3:
             break
-    assert len(messages) == 3
+    assert len(received) == 3
 
     name = queue_url.rsplit("/", 1)[-1]
     receives = [s for s in exporter.get_finished_spans() if s.name == f"receive {name}"]
@@ -297,7 +302,7 @@ async def test_receive_span_counts_the_batch_and_links_every_producer(
     assert sum(int(s.attributes["messaging.batch.message_count"]) for s in receives if s.attributes) == 3
     links = sorted(link for s in receives for link in _links(s))
     assert links == sorted([(XRAY_TRACE, XRAY_PARENT), (ATTR_TRACE, ATTR_PARENT)])
-    by_id = {m["MessageId"]: m for m in messages}
+    by_id = {m.message_id: m for m in received}
     for span in receives:
         for link in span.links:
             assert link.attributes is not None
@@ -372,7 +377,7 @@ async def test_without_an_sdk_the_producer_context_reaches_the_sink_and_the_log_
     sqs: Any, queue_url: str, header_recorder: tuple[str, list[dict[str, str]]]
 ) -> None:
     """No SDK (no OTLP endpoint): nothing is recorded, the producer's context is passed on."""
-    assert not tracing.recording(None), "this process must not have a global SDK provider"
+    assert not tracing.Recording(None)(), "this process must not have a global SDK provider"
     url, seen = header_recorder
     await sqs.send_message(
         QueueUrl=queue_url,
@@ -417,7 +422,7 @@ def test_inject_headers_without_a_span_adds_nothing() -> None:
 
 def test_unsampled_xray_header_is_kept_unsampled() -> None:
     header = f"Root=1-{XRAY_TRACE[:8]}-{XRAY_TRACE[8:]};Parent={XRAY_PARENT};Sampled=0"
-    (context,) = telemetry.producer_contexts({"Attributes": {"AWSTraceHeader": header}})
+    (context,) = telemetry.producer_contexts(_message(Attributes={"AWSTraceHeader": header}))
     assert not context.trace_flags.sampled
     assert context.is_remote
 
@@ -435,14 +440,14 @@ def test_unsampled_xray_header_is_kept_unsampled() -> None:
     ],
 )
 def test_malformed_xray_headers_are_ignored(header: str) -> None:
-    assert telemetry.producer_contexts({"Attributes": {"AWSTraceHeader": header}}) == []
+    assert telemetry.producer_contexts(_message(Attributes={"AWSTraceHeader": header})) == []
 
 
 def test_the_same_context_in_two_carriers_links_once() -> None:
-    message = {
-        "Attributes": {"AWSTraceHeader": f"Root=1-{ATTR_TRACE[:8]}-{ATTR_TRACE[8:]};Parent={ATTR_PARENT}"},
-        "MessageAttributes": {"traceparent": {"DataType": "String", "StringValue": ATTR_TRACEPARENT}},
-    }
+    message = _message(
+        Attributes={"AWSTraceHeader": f"Root=1-{ATTR_TRACE[:8]}-{ATTR_TRACE[8:]};Parent={ATTR_PARENT}"},
+        MessageAttributes={"traceparent": {"DataType": "String", "StringValue": ATTR_TRACEPARENT}},
+    )
     assert (
         len(telemetry.producer_contexts(message, _event(attributes={"traceparent": ATTR_TRACEPARENT}))) == 1
     )
@@ -459,5 +464,5 @@ def test_xray_header_round_trips(trace_id: int, span_id: int, sampled: bool, lin
     header = f"Root=1-{hex_trace[:8]}-{hex_trace[8:]};Parent={span_id:016x};Sampled={int(sampled)}"
     if lineage:
         header += ";Lineage=a87bd80c:1|68fd508a:5"
-    (context,) = telemetry.producer_contexts({"Attributes": {"AWSTraceHeader": header}})
+    (context,) = telemetry.producer_contexts(_message(Attributes={"AWSTraceHeader": header}))
     assert (context.trace_id, context.span_id, context.trace_flags.sampled) == (trace_id, span_id, sampled)

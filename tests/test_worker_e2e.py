@@ -14,13 +14,12 @@ import asyncio
 import json
 from typing import Any
 
-import prometheus_client
 import pytest
 
 from fanout_lab import harness
 from fanout_lab.simulators import webhook
 from tests import sqs_backends
-from workers import running
+from workers import running, telemetry
 
 
 async def run_worker_until_done(
@@ -149,10 +148,11 @@ async def _all_delivered(
     *,
     events: int,
     timeout: float,
+    metrics: telemetry.WorkerMetrics | None = None,
 ) -> bool:
-    """Run one worker on ``document``, feed ``events`` one-event conversations: were they all
-    delivered within ``timeout`` seconds?"""
-    worker = running.Worker(harness.consumer(document))
+    """Run one worker on ``document`` (writing to ``metrics``), feed ``events`` one-event
+    conversations: were they all delivered within ``timeout`` seconds?"""
+    worker = running.Worker(harness.consumer(document), metrics=metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -176,11 +176,11 @@ async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs
     source = await harness.make_queue(sqs, "e2e-in-place")
     async with webhook.WebhookSimulator(rate=1.0, burst=1) as sim:
         document = harness.manifest(queue_url=source, sink_url=sim.url)
-        assert await _all_delivered(sqs, source, sim, document, events=3, timeout=30)
+        metrics = telemetry.WorkerMetrics()
+        assert await _all_delivered(sqs, source, sim, document, events=3, timeout=30, metrics=metrics)
     assert sim.status_counts[429] >= 2
-    received = prometheus_client.REGISTRY.get_sample_value(
-        "fanout_messages_received_total", {"queue": harness.consumer(document).spec.queue.name}
-    )
+    queue = harness.consumer(document).spec.queue.name
+    received = metrics.value("fanout_messages_received_total", queue=queue)
     assert received == 3, f"{received} receives of 3 messages: throttled events went back to SQS"
 
 

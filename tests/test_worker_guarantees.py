@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import hypothesis
-import prometheus_client
 import pytest
 from hypothesis import strategies as st
 
@@ -52,10 +51,6 @@ async def running_worker(document: dict[str, Any], **options: Any) -> AsyncItera
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
-
-
-def metric(name: str, **labels: str) -> float:
-    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def bodies_of(messages: list[dict[str, Any]]) -> collections.Counter[str]:
@@ -186,7 +181,6 @@ async def test_without_a_dead_letter_queue_a_poison_message_is_counted_once(
         QueueUrl=source,
         Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": target_arn, "maxReceiveCount": 3})},
     )
-    before = metric("fanout_dead_lettered_total", queue="count-once", reason_class="poison")
     async with webhook.WebhookSimulator() as sim:
         document = harness.manifest(
             queue_url=source,
@@ -194,14 +188,14 @@ async def test_without_a_dead_letter_queue_a_poison_message_is_counted_once(
             queue={"visibilityTimeoutSeconds": 1},
             retry={"baseDelaySeconds": 0.5, "maxDelaySeconds": 1, "maxAttempts": 2},
         )
-        async with running_worker(document):
+        async with running_worker(document) as worker:
             await sqs.send_message(QueueUrl=source, MessageBody="[1, 2")
 
             async def moved() -> bool:
                 return sum(await harness.queue_counts(sqs, redrive_target)) == 1
 
             assert await harness.wait_until(moved, timeout=30)
-    assert metric("fanout_dead_lettered_total", queue="count-once", reason_class="poison") - before == 1
+    assert worker.metrics.value("fanout_dead_lettered_total", queue="count-once", reason_class="poison") == 1
 
 
 # -- credentials are the sink's ------------------------------------------------------------
@@ -222,16 +216,17 @@ async def test_an_expired_credential_dead_letters_nothing_and_recovers_by_itself
             sink={"circuitOpenSeconds": 0.5},
             retry={"baseDelaySeconds": 0.5, "maxDelaySeconds": 1, "maxAttempts": 2},
         )
-        async with running_worker(document, http_port=0):
+        async with running_worker(document, http_port=0) as worker:
             traffic = await harness.feed(sqs, source, conversations=12, length=5, poison_ratio=0, seed=4)
             assert await harness.wait_until(
-                lambda: metric("fanout_sink_credentials_refused", sink="webhook") == 1, timeout=10
+                lambda: worker.metrics.value("fanout_sink_credentials_refused", sink="webhook") == 1,
+                timeout=10,
             )
             await asyncio.sleep(4)
             refused_during_outage = sim.refused_count
             sim.set_refusing(False)  # the credential is renewed
             assert await harness.wait_until_empty(sqs, source, timeout=40)
-        assert metric("fanout_sink_credentials_refused", sink="webhook") == 0
+        assert worker.metrics.value("fanout_sink_credentials_refused", sink="webhook") == 0
         harness.check_exactly_once_in_order(sim, traffic)
     assert await harness.queue_counts(sqs, dead) == (0, 0), "a credential failure dead-lettered events"
     # While refused, only probes reached the downstream (the pollers stopped), not every event.
@@ -315,7 +310,10 @@ async def test_a_failed_dead_letter_write_holds_its_fifo_group(sqs_backend: sqs_
             retry={"baseDelaySeconds": 0.5, "maxDelaySeconds": 1, "maxAttempts": 3},
         )
         async with running_worker(document):
-            await harness.send_batch(sqs, source, entries)
+            # One send per entry: moto draws FIFO sequence numbers at random, so entries of one
+            # batch that share a SentTimestamp millisecond would come back in random order.
+            for entry in entries:
+                await harness.send_batch(sqs, source, [entry])
             await asyncio.sleep(5)
             assert sim.accepted == [], "the group moved on past an event that is not in the dead-letter queue"
             await harness.make_queue(sqs, "dlq-down-dlq.fifo", fifo=True)
@@ -372,9 +370,9 @@ async def test_a_redrive_policy_that_would_cut_retries_short_is_reported(
     document = harness.manifest(
         queue_url=source, sink_url="http://127.0.0.1:9/", retry={"maxAttempts": 5, "baseDelaySeconds": 1}
     )
-    async with running_worker(document):
+    async with running_worker(document) as worker:
         pass
-    assert metric("fanout_redrive_policy_conflict", queue=name) == conflict
+    assert worker.metrics.value("fanout_redrive_policy_conflict", queue=name) == conflict
     warned = [record for record in caplog.records if record.getMessage() == "redrive_policy_conflict"]
     assert bool(warned) is bool(conflict)
 

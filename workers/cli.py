@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _worker_parser().parse_args(argv)
     consumer = load_or_exit(args.config, "fanout-worker")
     telemetry.configure_logging(args.log_level or consumer.spec.workload.log_level)
-    telemetry.configure_tracing("fanout-worker")
+    tracing = telemetry.configure_tracing("fanout-worker")
     worker = running.Worker(
         consumer, http_host=args.http_host, http_port=args.http_port if args.http_port > 0 else None
     )
@@ -66,5 +66,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(spec_model.config_error_lines("fanout-worker", args.config, error)), file=sys.stderr)
         return EXIT_CONFIG
     finally:
-        telemetry.shutdown_tracing()
+        tracing.shutdown()
     return 0

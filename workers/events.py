@@ -51,19 +51,31 @@ class Event:
     attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-class OutcomeKind(enum.StrEnum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    REFUSED = "refused"
+class ReasonClass(enum.StrEnum):
+    """Why a message was retried or dead-lettered; a bounded label value.
+
+    Dead-lettered: ``poison``, ``permanent``, ``exhausted``. Retried: ``transient`` (the
+    event's own failure: it counts as an attempt), and the sink-wide ones, which never
+    count — ``throttled`` (429/503, Retry-After), ``refused`` (our credential),
+    ``circuit_open`` (the sink failed for everyone), ``in_progress`` (another replica
+    holds the event's claim) and ``store_unavailable`` (the idempotency store could not
+    be asked).
+    """
+
+    POISON = "poison"
     PERMANENT = "permanent"
-    NOT_SENT = "not_sent"
+    EXHAUSTED = "exhausted"
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+    REFUSED = "refused"
+    CIRCUIT_OPEN = "circuit_open"
+    IN_PROGRESS = "in_progress"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Delivered:
     """The downstream accepted the event (2xx or its equivalent)."""
-
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.DELIVERED, init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,7 +86,6 @@ class Retry:
     reason: str
     delay_seconds: float | None = None
     throttled: bool = False
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.RETRY, init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,7 +99,6 @@ class Refused:
     """
 
     reason: str
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.REFUSED, init=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,15 +106,12 @@ class NotSent:
     """The event was not sent: when its turn came, its admission (the idempotency claim)
     said no — already delivered, or being delivered elsewhere, or the store failed."""
 
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.NOT_SENT, init=False)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Permanent:
     """The downstream will never accept this event; dead-letter it with ``reason``."""
 
     reason: str
-    kind: OutcomeKind = dataclasses.field(default=OutcomeKind.PERMANENT, init=False)
 
 
 Outcome = Delivered | Retry | Refused | Permanent | NotSent

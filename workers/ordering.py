@@ -2,7 +2,7 @@
 
 ``processing`` adds every decoded message to the lane of its ordering key and asks
 :meth:`Lanes.start_ready` which messages may start; when a delivery ends it reports
-the result with :meth:`Lanes.finish`. The rules, in one place:
+how it finished with :meth:`Lanes.finish`. The rules, in one place:
 
 * One message per lane at a time: two events of one conversation are never in the
   sink together. Different lanes run in parallel (the caller caps how many).
@@ -72,6 +72,8 @@ import math
 from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
+from workers import retrying
+
 T = TypeVar("T")
 
 Order = tuple[float, int]
@@ -83,8 +85,8 @@ MAX_REFUSALS = 3
 """How often a FIFO message may be sent back because earlier ones are expected; then it waits."""
 
 
-class Result(enum.Enum):
-    """How a started message ended, as far as its lane is concerned."""
+class Finish(enum.Enum):
+    """How a started message finished, as far as its lane is concerned."""
 
     DONE = "done"  # delivered, filtered out or a duplicate: the lane moves on
     FAILED = "failed"  # will come back later (retry): the lane blocks (standard) or expects it (FIFO)
@@ -256,7 +258,7 @@ class Lanes(Generic[T]):
                 return None  # sent back often enough: it waits in the lane now
             # At once the first time (moto re-reads a group only once nothing of it is in
             # flight); then a little later (LocalStack serves it straight back otherwise).
-            delay = 0.0 if refusals == 0 else float(2 ** (refusals - 1))
+            delay = 0.0 if refusals == 0 else retrying.exponential_delay(refusals, base=1.0, cap=60.0)
             for identity in identities:
                 self._refused.pop(identity, None)
                 self._refused[identity] = refusals + 1
@@ -288,7 +290,7 @@ class Lanes(Generic[T]):
     def finish(
         self,
         key: Hashable,
-        result: Result,
+        finish: Finish,
         *,
         identities: frozenset[Hashable],
         now: float,
@@ -308,7 +310,7 @@ class Lanes(Generic[T]):
         lane.prune(now)
         lane.keep_expecting(now + self.reread_hold_seconds)
         released: list[T] = []
-        if result is Result.FAILED:
+        if finish is Finish.FAILED:
             until = now + min(
                 self.hold_limit_seconds if hold_seconds is None else hold_seconds, self.hold_limit_seconds
             )

@@ -8,7 +8,7 @@ conversation's order is decided on them like on any other event. For each messag
 body is a pointer (raw, or an SNS notification's ``Message``) the object is read with
 ``s3:GetObject``, all of a receive's objects at once, and the message gets a
 :class:`~fanout_core.offloading.Resolution` beside its ``Body`` (the body keeps the pointer:
-a dead-letter copy must fit SQS, and a redrive resolves it again):
+a dead-letter copy must fit SQS, and a redrive resolves it again; :meth:`workers.messages.Message.resolved`):
 
 =========================================  =====================================================
 the object was read                        the rebuilt body; the event is decoded from it
@@ -30,14 +30,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-import aiohttp
-import botocore.exceptions
-
-from fanout_core import awserrors, offloading
+from fanout_core import awsclients, awserrors, offloading
 from fanout_core import spec as spec_model
+from workers import messages
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +58,8 @@ class Resolved:
     """A receive's messages, those with pointers carrying their resolution, and the ones
     that must wait because S3 could not be read."""
 
-    messages: list[Mapping[str, Any]]
-    unavailable: list[tuple[Mapping[str, Any], PayloadUnavailable]]
-
-
-_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, aiohttp.ClientError, OSError)
-
-
-def _classify(error: BaseException) -> tuple[str, awserrors.Kind]:
-    if isinstance(error, botocore.exceptions.ClientError):
-        code, status = awserrors.code_and_status(error.response)
-        return code or str(status), awserrors.classify(code, status)
-    return type(error).__name__, awserrors.Kind.UNAVAILABLE
+    ready: list[messages.Message]
+    unavailable: list[tuple[messages.Message, PayloadUnavailable]]
 
 
 class Resolver:
@@ -83,7 +71,7 @@ class Resolver:
         self._deletions: set[asyncio.Task[None]] = set()
         self._last_turn: asyncio.Future[None] | None = None
 
-    async def resolve(self, messages: Sequence[Mapping[str, Any]], *, in_turn: bool = True) -> Resolved:
+    async def resolve(self, received: Sequence[messages.Message], *, in_turn: bool = True) -> Resolved:
         """The messages of one receive, pointers resolved (never raises for one message).
 
         Receives come back in the order their ``ReceiveMessage`` calls returned, whatever
@@ -94,11 +82,11 @@ class Resolver:
         place), which must not hold up the receives' turns.
         """
         if not in_turn:
-            return await self._resolve(messages)
+            return await self._resolve(received)
         previous, mine = self._last_turn, asyncio.get_running_loop().create_future()
         self._last_turn = mine
         try:
-            resolved = await self._resolve(messages)
+            resolved = await self._resolve(received)
             if previous is not None and not previous.done():
                 await previous
             return resolved
@@ -106,24 +94,24 @@ class Resolver:
             if not mine.done():
                 mine.set_result(None)
 
-    async def _resolve(self, messages: Sequence[Mapping[str, Any]]) -> Resolved:
-        found = [(message, offloading.locate(str(message.get("Body", "")))) for message in messages]
+    async def _resolve(self, received: Sequence[messages.Message]) -> Resolved:
+        found = [(message, offloading.locate(message.body)) for message in received]
         pending = [(index, located) for index, (_, located) in enumerate(found) if located is not None]
         if not pending:
-            return Resolved(list(messages), [])
+            return Resolved(list(received), [])
         fetched = await asyncio.gather(
             *(self._fetch(located) for _, located in pending), return_exceptions=True
         )
-        resolved: list[Mapping[str, Any]] = list(messages)
-        unavailable: list[tuple[Mapping[str, Any], PayloadUnavailable]] = []
+        resolved = list(received)
+        unavailable: list[tuple[messages.Message, PayloadUnavailable]] = []
         waiting: set[int] = set()
         for (index, _), outcome in zip(pending, fetched, strict=True):
-            message = messages[index]
+            message = received[index]
             if isinstance(outcome, PayloadUnavailable):
                 unavailable.append((message, outcome))
                 waiting.add(index)
             elif isinstance(outcome, offloading.Resolution):
-                resolved[index] = {**message, offloading.RESOLUTION_KEY: outcome}
+                resolved[index] = message.resolved(outcome)
             else:  # a bug; the message is left as it is and decodes as an unresolved pointer
                 log.error("payload resolution failed unexpectedly: %r", outcome)
         kept = [message for index, message in enumerate(resolved) if index not in waiting]
@@ -143,11 +131,12 @@ class Resolver:
                         f"is {self._spec.max_bytes}",
                     )
                 data = await stream.read()
-        except _ERRORS as error:
-            code, kind = _classify(error)
-            if kind in (awserrors.Kind.NOT_FOUND, awserrors.Kind.INVALID):
+        except awsclients.ERRORS as error:
+            failure = awsclients.failure_of(error)
+            code = failure.code or str(failure.status)
+            if failure.kind in (awserrors.Kind.NOT_FOUND, awserrors.Kind.INVALID):
                 return offloading.Resolution(pointer, failure=f"S3 payload {where} not found ({code})")
-            raise PayloadUnavailable(f"S3 payload {where}: {code} ({kind})", code=code) from error
+            raise PayloadUnavailable(f"S3 payload {where}: {code} ({failure.kind})", code=code) from error
         try:
             payload = data.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -156,12 +145,12 @@ class Resolver:
             )
         return offloading.Resolution(pointer, body=offloading.resolved_body(located, payload))
 
-    def forget(self, messages: Sequence[Mapping[str, Any]]) -> None:
+    def forget(self, deleted: Sequence[messages.Message]) -> None:
         """The settler deleted these messages: delete their objects too, when configured."""
         if not self._spec.delete_after_delivery:
             return
-        for message in messages:
-            resolution = offloading.resolution_of(message)
+        for message in deleted:
+            resolution = message.resolution
             if resolution is not None and resolution.body is not None:
                 task = asyncio.get_running_loop().create_task(self._delete(resolution.pointer))
                 self._deletions.add(task)
@@ -170,10 +159,11 @@ class Resolver:
     async def _delete(self, pointer: offloading.Pointer) -> None:
         try:
             await self._client.delete_object(Bucket=pointer.bucket, Key=pointer.key)
-        except _ERRORS as error:
+        except awsclients.ERRORS as error:
             # The event was delivered; a leftover object costs storage, not correctness (a
             # bucket lifecycle rule collects it).
-            code, _ = _classify(error)
+            failure = awsclients.failure_of(error)
+            code = failure.code or str(failure.status)
             log.warning("could not delete s3://%s/%s (%s)", pointer.bucket, pointer.key, code)
 
     async def drain(self) -> None:

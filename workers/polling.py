@@ -60,18 +60,18 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from fanout_core import spec as spec_model
-from workers import payloads, retrying, settling, sqs, telemetry
+from workers import messages, payloads, retrying, sqs, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BACKOFF = 30.0
-_PAYLOAD_RETRY_SECONDS = 10
-_MAX_PAYLOAD_RETRY_SECONDS = 300
+_PAYLOAD_RETRY_SECONDS = 10.0
+_MAX_PAYLOAD_RETRY_SECONDS = 300.0
 _IN_PLACE_LIMIT_SECONDS = 60.0
 """FIFO: how long a group whose large payload S3 cannot serve waits in our hands."""
 _IN_PLACE_BASE_SECONDS = 1.0
@@ -96,6 +96,14 @@ def budget_target(capacity: float | None, held_back: int, *, ceiling: int) -> in
     return max(1, min(ceiling, math.ceil(capacity * HORIZON_SECONDS - 1e-9) + held_back))
 
 
+class Tracker(Protocol):
+    """What a poller needs of the settler: take a received message in hand, or send it back."""
+
+    def track(self, message: messages.Message) -> None: ...
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None: ...
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None: ...
+
+
 class Budget:
     """A bounded count of messages in our hands; pollers reserve before they receive.
 
@@ -109,10 +117,6 @@ class Budget:
         self._used = 0
         self._room = asyncio.Event()
         self._room.set()
-
-    @property
-    def used(self) -> int:
-        return self._used
 
     @property
     def current_limit(self) -> int:
@@ -150,8 +154,8 @@ class Poller:
         queue: spec_model.QueueSpec,
         budget: Budget,
         sink: base.Sink,
-        settler: settling.Settler,
-        submit: Callable[[list[settling.Received]], None],
+        settler: Tracker,
+        submit: Callable[[list[messages.Message]], None],
         telemetry: telemetry.WorkerTelemetry,
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
@@ -167,8 +171,8 @@ class Poller:
         self._on_health = on_health
         self._resolver = resolver
         self._clock = clock
-        # FIFO groups waiting in place for S3, by a serial: their records and their task.
-        self._holding: dict[int, tuple[list[settling.Received], asyncio.Task[None]]] = {}
+        # FIFO groups waiting in place for S3, by a serial: their messages and their task.
+        self._holding: dict[int, tuple[list[messages.Message], asyncio.Task[None]]] = {}
         self._serials = itertools.count()
         self._stopping = False
         self._receiving = False
@@ -184,9 +188,9 @@ class Poller:
             await self._poll()
         finally:
             # Stopped (drain) or crashed: what waits in place for S3 goes back to the queue now.
-            for records, task in self._holding.values():
+            for group, task in self._holding.values():
                 task.cancel()
-                self._settler.give_back(records)
+                self._settler.give_back(group)
             self._holding.clear()
 
     async def _poll(self) -> None:
@@ -196,12 +200,12 @@ class Poller:
             granted = await self._budget.reserve(self._queue.max_messages)
             try:
                 self._receiving = True
-                messages = await self._receive(granted)
+                received = await self._receive(granted)
             except sqs.SqsError as error:
                 self._budget.release(granted)
                 failures += 1
                 self._on_health(False)
-                delay = min(_MAX_ERROR_BACKOFF, 0.5 * 2 ** min(failures, 10))
+                delay = retrying.exponential_delay(failures, base=1.0, cap=_MAX_ERROR_BACKOFF)
                 log.warning("receive failed (%s); next try in %.1fs", error, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -212,33 +216,39 @@ class Poller:
                 self._receiving = False
             failures = 0
             self._on_health(True)
-            self._budget.release(granted - len(messages))
+            self._budget.release(granted - len(received))
             if self._stopping:
-                self._settler.give_back([self._settler.track(message) for message in messages])
+                for message in received:
+                    self._settler.track(message)
+                self._settler.give_back(received)
                 return
-            if self._resolver is not None and messages:
-                messages = await self._resolve(messages)
-            if messages:
-                self._submit([self._settler.track(message) for message in messages])
+            if self._resolver is not None and received:
+                received = await self._resolve(received)
+            for message in received:
+                self._settler.track(message)
+            if received:
+                self._submit(received)
 
-    async def _resolve(self, messages: list[dict[str, Any]]) -> list[Any]:
+    async def _resolve(self, received: list[messages.Message]) -> list[messages.Message]:
         """S3 pointers resolved before intake; what S3 cannot serve now waits (module doc)."""
         assert self._resolver is not None
-        resolved = await self._resolver.resolve(messages)
+        resolved = await self._resolver.resolve(received)
         if not resolved.unavailable:
-            return resolved.messages
-        split = _split(messages, resolved, fifo=self._queue.is_fifo)
+            return resolved.ready
+        split = _split(received, resolved, fifo=self._queue.is_fifo)
         for message, error in split.back:
-            self._back_later([self._settler.track(message)], error)
+            self._settler.track(message)
+            self._back_later([message], error)
         for group, error in split.held:
             log.warning("large payload not readable now (%s); its FIFO group waits in place", error)
-            records = [self._settler.track(message) for message in group]
+            for message in group:
+                self._settler.track(message)
             serial = next(self._serials)
-            task = asyncio.create_task(self._wait_in_place(serial, records), name="payload-wait")
-            self._holding[serial] = (records, task)
+            task = asyncio.create_task(self._wait_in_place(serial, group), name="payload-wait")
+            self._holding[serial] = (group, task)
         return split.taken
 
-    async def _wait_in_place(self, serial: int, records: list[settling.Received]) -> None:
+    async def _wait_in_place(self, serial: int, group: list[messages.Message]) -> None:
         """Read a held FIFO group's objects again until S3 serves them all, then take the
         group in, in order; past :data:`_IN_PLACE_LIMIT_SECONDS` hand it back instead."""
         assert self._resolver is not None
@@ -248,29 +258,30 @@ class Poller:
                 failures, base=_IN_PLACE_BASE_SECONDS, cap=_IN_PLACE_CAP_SECONDS
             )
             await asyncio.sleep(pause)
-            resolved = await self._resolver.resolve([record.message for record in records], in_turn=False)
+            resolved = await self._resolver.resolve(group, in_turn=False)
             if not resolved.unavailable:
                 del self._holding[serial]
-                for record, message in zip(records, resolved.messages, strict=True):
-                    record.message = message
-                self._submit(records)
+                # The same receives (the settler holds them by receipt handle), payloads resolved.
+                self._submit(resolved.ready)
                 return
             if self._clock() - started >= _IN_PLACE_LIMIT_SECONDS:
                 del self._holding[serial]
                 [(_, error), *_] = resolved.unavailable
-                self._back_later(records, error)
+                self._back_later(group, error)
                 return
 
-    def _back_later(self, records: Sequence[settling.Received], error: payloads.PayloadUnavailable) -> None:
+    def _back_later(self, group: Sequence[messages.Message], error: payloads.PayloadUnavailable) -> None:
         """Back to the queue: the first after a backoff, the rest (its group) a second later."""
-        head, *rest = records
-        delay = min(_MAX_PAYLOAD_RETRY_SECONDS, _PAYLOAD_RETRY_SECONDS * head.receive_count)
-        log.warning("large payload not readable now (%s); message back in %ds", error, delay)
+        head, *rest = group
+        delay = retrying.exponential_delay(
+            head.receive_count, base=_PAYLOAD_RETRY_SECONDS, cap=_MAX_PAYLOAD_RETRY_SECONDS
+        )
+        log.warning("large payload not readable now (%s); message back in %.0fs", error, delay)
         self._settler.retry_later(head, delay)
         if rest:
             self._settler.give_back(rest, delay_seconds=delay + 1)
 
-    async def _receive(self, count: int) -> list[dict[str, Any]]:
+    async def _receive(self, count: int) -> list[messages.Message]:
         with self._telemetry.receive_span() as span:
             reply = await sqs.call(
                 self._client.receive_message,
@@ -281,45 +292,56 @@ class Poller:
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
             )
-            messages: list[dict[str, Any]] = reply.get("Messages", [])
-            self._telemetry.record_batch(span, messages)
-            self._telemetry.received(len(messages))
-            return messages
+            received = _parse(reply.get("Messages", []))
+            self._telemetry.record_batch(span, received)
+            self._telemetry.received(len(received))
+            return received
+
+
+def _parse(reply: list[dict[str, Any]]) -> list[messages.Message]:
+    """The messages of one reply; an entry SQS could not have sent is logged and skipped."""
+    parsed: list[messages.Message] = []
+    for entry in reply:
+        try:
+            parsed.append(messages.parse(entry))
+        except messages.MalformedMessage as error:
+            log.error("received message skipped: %s", error)
+    return parsed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Split:
     """A receive with unreadable payloads, split by what happens to each message."""
 
-    taken: list[Mapping[str, Any]]
+    taken: list[messages.Message]
     """Taken in now."""
-    held: list[tuple[list[Mapping[str, Any]], payloads.PayloadUnavailable]]
+    held: list[tuple[list[messages.Message], payloads.PayloadUnavailable]]
     """FIFO groups held in place, each from its first unreadable message on, in receive
     order (SQS's order within a group), with why that one could not be read."""
-    back: list[tuple[Mapping[str, Any], payloads.PayloadUnavailable]]
+    back: list[tuple[messages.Message, payloads.PayloadUnavailable]]
     """Back to the queue after a backoff (standard queues, or a message without a group)."""
 
 
-def _split(messages: Sequence[Mapping[str, Any]], resolved: payloads.Resolved, *, fifo: bool) -> _Split:
-    """Which messages of a receive (``messages``, as received) wait for S3, and how.
+def _split(received: Sequence[messages.Message], resolved: payloads.Resolved, *, fifo: bool) -> _Split:
+    """Which messages of a receive (``received``, as received) wait for S3, and how.
 
     Receive order, not ``SequenceNumber``: an SQS double (moto) draws sequence numbers at
     random, and every SQS returns a group's messages of one receive in the group's order."""
-    unreadable = {message.get("MessageId"): error for message, error in resolved.unavailable}
-    readable = {message.get("MessageId"): message for message in resolved.messages}
-    held: dict[str, tuple[list[Mapping[str, Any]], payloads.PayloadUnavailable]] = {}
-    taken: list[Mapping[str, Any]] = []
-    back: list[tuple[Mapping[str, Any], payloads.PayloadUnavailable]] = []
-    for message in messages:
-        message_id = message.get("MessageId")
-        group = message.get("Attributes", {}).get("MessageGroupId") if fifo else None
-        error = unreadable.get(message_id)
-        if error is not None and group is None:
-            back.append((message, error))
-        elif error is not None:
-            held.setdefault(str(group), ([], error))[0].append(message)
-        elif group is not None and str(group) in held:
-            held[str(group)][0].append(readable.get(message_id, message))
+    unreadable = {message.receipt_handle: error for message, error in resolved.unavailable}
+    readable = {message.receipt_handle: message for message in resolved.ready}
+    held: dict[str, tuple[list[messages.Message], payloads.PayloadUnavailable]] = {}
+    taken: list[messages.Message] = []
+    back: list[tuple[messages.Message, payloads.PayloadUnavailable]] = []
+    for message in received:
+        group = message.group_id if fifo else None
+        error = unreadable.get(message.receipt_handle)
+        if error is not None:
+            if group is None:
+                back.append((message, error))
+            else:
+                held.setdefault(group, ([], error))[0].append(message)
+        elif group is not None and group in held:
+            held[group][0].append(readable.get(message.receipt_handle, message))
         else:
-            taken.append(readable.get(message_id, message))
+            taken.append(readable.get(message.receipt_handle, message))
     return _Split(taken, list(held.values()), back)

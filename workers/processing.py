@@ -10,20 +10,11 @@
    hands it to the sink, which *admits* it when the limiter grants it a permit: that is
    when the event is claimed in the idempotency store (``dedupe``), and from then until
    the sink answers the claim's lease is renewed;
-5. settles it (``settling``) according to the answer:
-
-   ==========================  ====================================================================
-   Delivered                   complete the claim, delete the message
-   already COMPLETED           a duplicate: delete it, deliver nothing
-   claimed elsewhere           look again in a few seconds (not an attempt)
-   Refused, throttled, or the  the sink's failure, not the event's: keep the message (heartbeated),
-   circuit opened              wait until the sink takes work again, deliver again — no attempt
-                               is counted and SQS's receive count does not grow
-   Retry                       one failed attempt (counted in the store): visibility = Retry-After
-                               or backoff (FIFO, up to a minute: wait in place, the group kept in
-                               hand); after ``retry.maxAttempts`` attempts: dead-letter
-   Permanent / poison          dead-letter with the reason
-   ==========================  ====================================================================
+5. settles it according to the answer: :func:`deciding.judge` says whose failure it was and
+   what becomes of the claim, :func:`deciding.decide` what becomes of the message and of its
+   lane (the decision table is there, pure); the processor carries the decision out against
+   the settler (:class:`Settlement`: delete, retry later, give back, dead-letter), the
+   store and the lanes.
 
 A dead-letter copy is recorded in the idempotency store under the message id before the
 delete, so a message whose delete is lost (a crash, an expired receipt) is deleted when it
@@ -50,56 +41,53 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Hashable, Sequence
+from typing import Any, Protocol
 
 from fanout_core import idempotency as dedupe
-from fanout_core import offloading
 from fanout_core import spec as spec_model
-from workers import envelopes, events, filtering, ordering, retrying, settling, telemetry
+from workers import deciding, envelopes, events, filtering, messages, ordering, retrying, telemetry
 from workers.sinks import base
 
 log = logging.getLogger(__name__)
 
 _COMPLETE_ATTEMPTS = 3
-_IN_PROGRESS_RETRY_SECONDS = 5.0
-_MIN_REDELIVERY_GRACE_SECONDS = 5.0
 _DEAD_LETTER_LEASE_SECONDS = 60.0
-_IN_PLACE_RETRY_LIMIT_SECONDS = 60.0
-"""FIFO: a failed message waits in place (its group kept in hand) for delays up to this."""
 _FIFO_SETTLE_SECONDS = 0.25
 """With several pollers, how long a FIFO message waits at an idle group for a concurrent
 receive's earlier message of the group (see ``ordering``)."""
 _FIFO_HAND_BACK_MARGIN_SECONDS = 1.0
 """A FIFO group handed back becomes visible this long after its failed head is due."""
 
-ReasonClass = telemetry.ReasonClass
+ReasonClass = events.ReasonClass
 
 
-def sqs_message_attributes(message: Mapping[str, Any]) -> dict[str, str]:
-    """String message attributes of an SQS message (binary ones are not carried)."""
-    attributes: dict[str, str] = {}
-    raw = message.get("MessageAttributes", {})
-    if not isinstance(raw, Mapping):
-        return attributes
-    for name, value in raw.items():
-        if isinstance(value, Mapping) and isinstance(value.get("StringValue"), str):
-            attributes[str(name)] = value["StringValue"]
-    return attributes
+class Settlement(Protocol):
+    """What the processor needs of the settler (``settling.Settler``): one action per message."""
+
+    def delete(self, message: messages.Message) -> None: ...
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None: ...
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None: ...
+
+    async def dead_letter(
+        self,
+        message: messages.Message,
+        event: events.Event | None,
+        *,
+        reason_class: events.ReasonClass,
+        reason: str,
+        backoff: float,
+    ) -> bool: ...
+
+    def dead_lettered_before(self, message: messages.Message, *, backoff: float) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Ending:
-    """How a delivery ended, for its lane: the result and, after a failure, when the
-    failed message is due back (``due``) and how long the lane waits for it (``hold``)."""
+class _Work:
+    """A decoded message waiting in its lane, or being delivered."""
 
-    result: ordering.Result
-    hold: float | None = None
-    due: float | None = None
-
-
-_DONE = _Ending(ordering.Result.DONE)
-_DEAD = _Ending(ordering.Result.DEAD)
+    message: messages.Message
+    event: events.Event
 
 
 class _Admission:
@@ -125,6 +113,17 @@ class _Admission:
             return False
         return self.state is dedupe.ClaimState.CLAIMED
 
+    @property
+    def claim(self) -> deciding.Claim:
+        """What the claim said, for :func:`deciding.judge` (not asked: held elsewhere)."""
+        if self.state is dedupe.ClaimState.CLAIMED:
+            return deciding.Claim.CLAIMED
+        if self.state is dedupe.ClaimState.COMPLETED:
+            return deciding.Claim.COMPLETED
+        if self.error is not None:
+            return deciding.Claim.UNANSWERED
+        return deciding.Claim.ELSEWHERE
+
 
 class Processor:
     """Decodes, filters, orders, deduplicates, delivers and settles; one per worker."""
@@ -135,7 +134,7 @@ class Processor:
         spec: spec_model.FanoutConsumerSpec,
         sink: base.Sink,
         store: dedupe.IdempotencyStore,
-        settler: settling.Settler,
+        settler: Settlement,
         telemetry: telemetry.WorkerTelemetry,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
@@ -148,14 +147,12 @@ class Processor:
         self._clock = clock
         self._jitter = jitter
         self._fifo = spec.queue.is_fifo
+        self._rules = deciding.Rules.of(spec)
         self._filter = filtering.EventFilter(spec.filter.event_types)
-        # After its delay a retried message is visible again; one or two long polls later it is
-        # back in our hands, unless another replica took it.
-        self._redelivery_grace = max(_MIN_REDELIVERY_GRACE_SECONDS, 2.0 * spec.queue.wait_time_seconds + 1.0)
-        self._lanes: ordering.Lanes[settling.Received] = ordering.Lanes(
+        self._lanes: ordering.Lanes[_Work] = ordering.Lanes(
             fifo=self._fifo,
             hold_limit_seconds=spec.ordering.hold_limit_seconds,
-            reread_hold_seconds=self._redelivery_grace,
+            reread_hold_seconds=self._rules.redelivery_grace,
             settle_seconds=_FIFO_SETTLE_SECONDS if spec.queue.pollers > 1 else 0.0,
         )
         self._lease_seconds = float(
@@ -172,83 +169,85 @@ class Processor:
 
     # -- intake ----------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[settling.Received]) -> None:
+    def submit(self, received: Sequence[messages.Message]) -> None:
         """Take the messages of one receive; never raises, never blocks."""
         if self._fifo:
             # A message its lane waits for goes first: the rest of its group then sorts in behind.
-            records = sorted(
-                records,
-                key=lambda record: (
+            received = sorted(
+                received,
+                key=lambda message: (
                     not self._lanes.awaits(
-                        ("group", record.group_id), frozenset({("message", record.message_id)})
+                        ("group", message.group_id), frozenset({("message", message.message_id)})
                     )
                 ),
             )
-        for record in records:
+        for message in received:
             try:
-                self._intake(record)
+                self._intake(message)
             except Exception as error:  # a bug in intake must not leave the message held forever
                 log.exception("intake failed; dead-lettering the message")
-                reason = f"could not be taken in ({type(error).__name__})"
-                self._spawn_chore(self._dead_letter(record, ReasonClass.POISON, reason))
+                self._spawn_poison(message, f"could not be taken in ({type(error).__name__})")
 
-    def _intake(self, record: settling.Received) -> None:
+    def _intake(self, message: messages.Message) -> None:
         if not self._accepting:
-            self._settler.give_back([record])
+            self._settler.give_back([message])
             return
         try:
             event = envelopes.decode(
-                record.message.get("Body", ""),
+                message.body,
                 ordering_key=self._spec.ordering.key,
-                message_attributes=sqs_message_attributes(record.message),
-                resolution=offloading.resolution_of(record.message),
+                message_attributes=message.string_attributes(),
+                resolution=message.resolution,
             )
         except envelopes.PoisonMessage as poison:
-            self._spawn_chore(self._dead_letter(record, ReasonClass.POISON, poison.reason))
+            self._spawn_poison(message, poison.reason)
             return
-        record.event = event
         if not self._filter.keep(event):
-            self._telemetry.filtered(record.message, event)
-            self._settler.delete(record)
+            self._telemetry.filtered(message, event)
+            self._settler.delete(message)
             return
+        work = _Work(message, event)
         suborder = 0
         if self._fifo:
-            order, suborder = record.sent_timestamp_ms, record.sequence_number or 0
+            order, suborder = message.sent_timestamp_ms, message.sequence_number or 0
         else:
-            order = event.event_time_ms if event.event_time_ms is not None else record.sent_timestamp_ms
+            order = event.event_time_ms if event.event_time_ms is not None else message.sent_timestamp_ms
         refused = self._lanes.add(
-            self._lane_key(record, event),
-            record,
-            identities=self._identities(record),
+            self._lane_key(work),
+            work,
+            identities=self._identities(work),
             order=float("inf") if order is None else order,
             suborder=suborder,
             now=self._clock(),
-            redelivered=record.receive_count > 1,
+            redelivered=message.redelivered,
         )
         if refused is not None:
             # FIFO: back to the queue, to come again behind the group's earlier messages.
             delay = refused + _FIFO_HAND_BACK_MARGIN_SECONDS if refused > 0 else 0.0
-            self._settler.give_back([record], delay_seconds=delay)
+            self._settler.give_back([message], delay_seconds=delay)
             return
         self._wake.set()
 
-    def _lane_key(self, record: settling.Received, event: events.Event) -> Hashable:
+    def _spawn_poison(self, message: messages.Message, reason: str) -> None:
+        decision = self._decide(message, deciding.poison(reason), attempts=0)
+        self._spawn_chore(self._give_up(message, None, decision))
+
+    def _lane_key(self, work: _Work) -> Hashable:
         # A FIFO queue already orders by message group: the group is the lane, so a failed
         # message holds back exactly what SQS itself holds back.
-        if self._fifo and record.group_id:
-            return ("group", record.group_id)
-        if event.ordering_key is not None:
-            return ("key", event.ordering_key)
-        return ("message", record.message_id)
+        if self._fifo and work.message.group_id:
+            return ("group", work.message.group_id)
+        if work.event.ordering_key is not None:
+            return ("key", work.event.ordering_key)
+        return ("message", work.message.message_id)
 
-    def _identities(self, record: settling.Received) -> frozenset[Hashable]:
+    def _identities(self, work: _Work) -> frozenset[Hashable]:
         """What a lane recognises a message by when it comes back. Standard queues: its
         message id or its event id (a retried event may return as an SNS redelivery). FIFO:
         the message id only — a duplicate of the event is a different place in the group."""
-        names: set[Hashable] = {("message", record.message_id)}
-        if record.event is not None and not self._fifo:
-            names.add(("event", record.event.event_id))
-        return frozenset(names)
+        if self._fifo:
+            return frozenset({("message", work.message.message_id)})
+        return frozenset({("message", work.message.message_id), ("event", work.event.event_id)})
 
     # -- dispatching -----------------------------------------------------------------------
 
@@ -274,7 +273,7 @@ class Processor:
         finally:
             renewing.cancel()
 
-    async def _work_slot(self, key: Hashable, record: settling.Received) -> None:
+    async def _work_slot(self, key: Hashable, work: _Work) -> None:
         """One delivery slot: deliver, then go straight on with the next ready lane, if any.
 
         Starting the next lane here, rather than waking the dispatcher to start a new task,
@@ -283,135 +282,123 @@ class Processor:
         """
         try:
             while True:
-                await self._deliver(key, record)
+                await self._deliver(key, work)
                 if not self._accepting:
                     return
                 ready = self._lanes.start_ready(self._clock(), 1)
                 if not ready:
                     return
-                key, record = ready[0].key, ready[0].item
+                key, work = ready[0].key, ready[0].item
         finally:
             self._running -= 1  # counted here, not in a done-callback, so the wake below sees the slot
             self._wake.set()
 
-    async def _deliver(self, key: Hashable, record: settling.Received) -> None:
-        assert record.event is not None
-        ending = _Ending(ordering.Result.FAILED)
+    async def _deliver(self, key: Hashable, work: _Work) -> None:
+        ending = deciding.LaneEnding(ordering.Finish.FAILED)
         try:
-            with self._telemetry.process_span(record.message, record.event):
-                ending = await self._process(record, record.event)
+            with self._telemetry.process_span(work.message, work.event):
+                ending = await self._process(work)
         except asyncio.CancelledError:
-            self._settler.give_back([record])  # shutdown: not delivered, so back to the queue
+            self._settler.give_back([work.message])  # shutdown: not delivered, so back to the queue
             raise
         except Exception as error:  # a bug in a sink or store must not lose the message
             log.exception("processing failed unexpectedly")
-            ending = await self._failed_attempt(
-                record, record.event, None, ReasonClass.TRANSIENT, f"internal error: {type(error).__name__}"
-            )
+            verdict = deciding.crashed(type(error).__name__)
+            attempts = await self._settle_claim(work.event, verdict.claim)
+            decision = self._decide(work.message, verdict, attempts)
+            ending = await self._carry_out(work, verdict, decision, self._clock())
         finally:
-            identities, now = self._identities(record), self._clock()
             released = self._lanes.finish(
                 key,
-                ending.result,
-                identities=identities,
-                now=now,
+                ending.finish,
+                identities=self._identities(work),
+                now=self._clock(),
                 hold_seconds=ending.hold,
                 due_seconds=ending.due,
             )
             if released:
-                self._settler.give_back(released)
+                self._settler.give_back([item.message for item in released])
             self._wake.set()  # a finish can make lanes ready (or end a FIFO group)
 
-    async def _process(self, record: settling.Received, event: events.Event) -> _Ending:
+    async def _process(self, work: _Work) -> deciding.LaneEnding:
+        """Deliver until the table says the message is done with (``deciding``)."""
         started = self._clock()
         waits = 0
         while True:
-            admission = _Admission(self, event.event_id)
-            try:
-                outcome = await self._sink.deliver(event, admission)
-            finally:
-                if admission.state is dedupe.ClaimState.CLAIMED:  # ours: stop renewing it
-                    self._claims.pop(event.event_id, None)
-            if isinstance(outcome, events.NotSent):
-                return self._not_sent(record, event, admission)
-            if isinstance(outcome, events.Delivered):
-                await self._complete(event)
-                self._telemetry.delivered(record.message, event, self._clock() - started)
+            verdict = await self._attempt(work.event)
+            attempts = await self._settle_claim(work.event, verdict.claim)
+            waits += verdict.whose is deciding.Whose.SINK
+            decision = self._decide(work.message, verdict, attempts, waits=waits)
+            if not decision.delivers_again:
+                return await self._carry_out(work, verdict, decision, started)
+            # Kept in hand: the sink's failure (no attempt, no trip through SQS), or a FIFO
+            # backoff short enough to wait out with the group in hand.
+            self._telemetry.retried(
+                work.message, work.event, decision.delay, self._reason_class(decision), decision.reason
+            )
+            if not await self._wait_for_sink(decision.delay):
+                self._settler.give_back([work.message])  # shutting down
+                return self._rules.failed(0.0)
+
+    async def _attempt(self, event: events.Event) -> deciding.Verdict:
+        """One delivery of ``event``, judged."""
+        admission = _Admission(self, event.event_id)
+        try:
+            outcome = await self._sink.deliver(event, admission)
+        finally:
+            if admission.state is dedupe.ClaimState.CLAIMED:  # ours: stop renewing it
+                self._claims.pop(event.event_id, None)
+        return deciding.judge(
+            outcome,
+            admission.claim,
+            sink_accepting=self._sink.accepting,
+            store_error=str(admission.error or ""),
+        )
+
+    def _decide(
+        self, message: messages.Message, verdict: deciding.Verdict, attempts: int, *, waits: int = 0
+    ) -> deciding.Decision:
+        return deciding.decide(
+            verdict,
+            rules=self._rules,
+            attempts=attempts,
+            receive_count=message.receive_count,
+            waits=waits,
+            jitter=self._jitter(),
+            sink_accepting=self._sink.accepting,
+        )
+
+    async def _carry_out(
+        self, work: _Work, verdict: deciding.Verdict, decision: deciding.Decision, started: float
+    ) -> deciding.LaneEnding:
+        """Settle the message as ``decision`` says (``started``: when its delivery began);
+        what its lane is told."""
+        message, event = work.message, work.event
+        assert decision.lane is not None
+        if decision.step is deciding.Step.DELETE:
+            if verdict.whose is deciding.Whose.DELIVERED:
+                self._telemetry.delivered(message, event, self._clock() - started)
                 with self._telemetry.child_span(telemetry.ACK):
-                    self._settler.delete(record)
-                return _DONE
-            if isinstance(outcome, events.Permanent):
-                await self._release(event, failed=True)
-                return await self._give_up(record, ReasonClass.PERMANENT, outcome.reason)
-            sink_wide = self._sink_wide(outcome)
-            if sink_wide is None:
-                assert isinstance(outcome, events.Retry)
-                attempts = max(1, await self._release(event, failed=True))
-                delay = self._in_place_delay(attempts, outcome.delay_seconds)
-                if delay is None:
-                    return await self._retry_or_give_up(
-                        record, event, attempts, outcome.delay_seconds, ReasonClass.TRANSIENT, outcome.reason
-                    )
-                self._telemetry.retried(record.message, event, delay, ReasonClass.TRANSIENT, outcome.reason)
-                if not await self._wait_for_sink(ReasonClass.TRANSIENT, 0, pause=delay):
-                    self._settler.give_back([record])  # shutting down
-                    return self._failed_ending(0.0)
-                continue
-            # The sink's failure, not the event's: keep the message and try again once the
-            # sink takes work — no attempt counted, no trip through SQS.
-            await self._release(event, failed=False)
-            waits += 1
-            self._telemetry.retried(record.message, event, 0.0, sink_wide, outcome.reason)
-            asked = outcome.delay_seconds if isinstance(outcome, events.Retry) else None
-            if not await self._wait_for_sink(sink_wide, waits, asked=asked):
-                self._settler.give_back([record])  # shutting down
-                return self._failed_ending(0.0)
-
-    def _sink_wide(self, outcome: events.Outcome) -> ReasonClass | None:
-        """Why ``outcome`` is the sink's failure rather than the event's, or None."""
-        if isinstance(outcome, events.Refused):
-            return ReasonClass.REFUSED
-        if isinstance(outcome, events.Retry):
-            if outcome.throttled:
-                return ReasonClass.THROTTLED
-            if not self._sink.accepting:  # this failure (or others) opened the circuit
-                return ReasonClass.CIRCUIT_OPEN
-        return None
-
-    def _in_place_delay(self, attempts: int, delay: float | None) -> float | None:
-        """FIFO: how long a failed message waits in place before its next attempt, or None to
-        retry through the queue (not FIFO, attempts used up, or a long delay).
-
-        A FIFO message retried in place keeps its whole group in our hands, in order: no
-        visibility change and nothing handed back, so order does not depend on what the SQS
-        implementation makes of a group whose head waits out a visibility change
-        (LocalStack serves the rest of the group at once). Long delays still go through the
-        queue: a group waiting minutes should not hold in-flight budget.
-        """
-        if not self._fifo or retrying.attempts_exhausted(attempts, self._spec.retry):
-            return None
-        if delay is None:
-            delay = retrying.backoff_delay(attempts, self._spec.retry, random=self._jitter)
-        return delay if delay <= _IN_PLACE_RETRY_LIMIT_SECONDS else None
-
-    async def _wait_for_sink(
-        self, reason: ReasonClass, waits: int, *, pause: float = 0.0, asked: float | None = None
-    ) -> bool:
-        """Wait until the sink takes work again; False when the worker started draining.
-
-        A paused sink (Retry-After) or an open circuit says itself when it takes work again.
-        A throttle that leaves the sink accepting — one without a Retry-After (the limiter
-        slowed down), or an isolated short one (the limiter skipped a beat, see
-        ``throttling``) — makes the event wait on its own: the Retry-After it was ``asked``
-        for, or else a backoff, so a downstream that keeps answering 429 is never hammered by
-        one event. (The backoff, ``retry.baseDelaySeconds`` and up, would hold the last
-        events of a backlog for seconds after a one-second Retry-After.)
-        """
-        if reason is ReasonClass.THROTTLED and self._sink.accepting:
-            if asked is not None and asked > 0:
-                pause = asked
+                    self._settler.delete(message)
             else:
-                pause = retrying.backoff_delay(waits, self._spec.retry, random=self._jitter)
+                self._telemetry.duplicate(message, event)
+                self._settler.delete(message)
+            return decision.lane
+        if decision.step is deciding.Step.RETRY_LATER:
+            reason_class = self._reason_class(decision)
+            self._telemetry.retried(message, event, decision.delay, reason_class, decision.reason)
+            self._settler.retry_later(message, decision.delay)
+            return decision.lane
+        return await self._give_up(message, event, decision)
+
+    @staticmethod
+    def _reason_class(decision: deciding.Decision) -> ReasonClass:
+        return decision.reason_class or ReasonClass.TRANSIENT
+
+    async def _wait_for_sink(self, pause: float) -> bool:
+        """Wait ``pause``, then until the sink takes work again; False when the worker started
+        draining. A paused sink (Retry-After) or an open circuit says itself when it takes
+        work again."""
 
         async def ready() -> None:
             await asyncio.sleep(pause)
@@ -426,95 +413,48 @@ class Processor:
             draining.cancel()
         return not self._draining.is_set()
 
-    def _not_sent(self, record: settling.Received, event: events.Event, admission: _Admission) -> _Ending:
-        if admission.state is dedupe.ClaimState.COMPLETED:
-            self._telemetry.duplicate(record.message, event)
-            self._settler.delete(record)
-            return _DONE
-        if admission.error is not None:
-            reason_class, reason = ReasonClass.STORE_UNAVAILABLE, f"idempotency store: {admission.error}"
-        else:
-            # Another replica (or message) is delivering this very event: look again later.
-            reason_class, reason = ReasonClass.IN_PROGRESS, "in progress elsewhere"
-        self._telemetry.retried(record.message, event, _IN_PROGRESS_RETRY_SECONDS, reason_class, reason)
-        self._settler.retry_later(record, _IN_PROGRESS_RETRY_SECONDS)
-        return self._failed_ending(_IN_PROGRESS_RETRY_SECONDS)
+    # -- dead letters ----------------------------------------------------------------------
 
-    # -- settling decisions ----------------------------------------------------------------
-
-    async def _failed_attempt(
-        self,
-        record: settling.Received,
-        event: events.Event | None,
-        delay: float | None,
-        reason_class: ReasonClass,
-        reason: str,
-    ) -> _Ending:
-        """One failed delivery of ``event`` (counted now): retry after a backoff, or give up."""
-        attempts = record.receive_count
-        if event is not None:
-            attempts = max(1, await self._release(event, failed=True))
-        return await self._retry_or_give_up(record, event, attempts, delay, reason_class, reason)
-
-    async def _retry_or_give_up(
-        self,
-        record: settling.Received,
-        event: events.Event | None,
-        attempts: int,
-        delay: float | None,
-        reason_class: ReasonClass,
-        reason: str,
-    ) -> _Ending:
-        """After ``attempts`` failed deliveries: back to the queue for a backoff, or give up."""
-        if retrying.attempts_exhausted(attempts, self._spec.retry):
-            return await self._give_up(
-                record, ReasonClass.EXHAUSTED, f"gave up after {attempts} attempts; last: {reason}"
-            )
-        if delay is None:
-            delay = retrying.backoff_delay(attempts, self._spec.retry, random=self._jitter)
-        self._telemetry.retried(record.message, event, delay, reason_class, reason)
-        self._settler.retry_later(record, delay)
-        return self._failed_ending(delay)
-
-    def _failed_ending(self, delay: float) -> _Ending:
-        """The failed message is due in ``delay`` seconds; its lane waits about as long as it
-        takes to come back. With several replicas it may well come back to another one, and
-        the lane must not wait for that forever. A FIFO lane waits twice as long: SQS serves
-        nothing else of the group while its head is away, so waiting costs nothing there, and
-        an SQS double that is slow to give the head back must not see its group overtaken."""
-        grace = 2 * self._redelivery_grace if self._fifo else self._redelivery_grace
-        return _Ending(ordering.Result.FAILED, hold=delay + grace, due=delay)
-
-    async def _give_up(self, record: settling.Received, reason_class: ReasonClass, reason: str) -> _Ending:
+    async def _give_up(
+        self, message: messages.Message, event: events.Event | None, decision: deciding.Decision
+    ) -> deciding.LaneEnding:
         """Dead-letter; a failed copy keeps the message and its lane waits for it."""
-        if await self._dead_letter(record, reason_class, reason):
-            if record.event is not None:
-                await self._forget(record.event)  # a redrive starts from zero attempts
-            return _DEAD
-        return self._failed_ending(self._backoff(record))
+        reason_class = decision.reason_class or ReasonClass.POISON
+        if await self._dead_letter(message, event, reason_class, decision.reason, backoff=decision.delay):
+            if event is not None:
+                await self._forget(event)  # a redrive starts from zero attempts
+            return deciding.DEAD
+        return self._rules.failed(decision.delay)
 
-    async def _dead_letter(self, record: settling.Received, reason_class: ReasonClass, reason: str) -> bool:
+    async def _dead_letter(
+        self,
+        message: messages.Message,
+        event: events.Event | None,
+        reason_class: ReasonClass,
+        reason: str,
+        *,
+        backoff: float,
+    ) -> bool:
         """Copy the message to the dead-letter queue once, whatever happens around it.
 
         True when the message is out of our hands for good (copied now or before, or left
         to the queue's redrive policy); False when it stays ours and comes back later.
         """
-        backoff = self._backoff(record)
-        marker = dedupe.dead_letter_key(record.message_id)
+        marker = dedupe.dead_letter_key(message.message_id)
         try:
             claim = await self._store.claim(marker, lease_seconds=_DEAD_LETTER_LEASE_SECONDS)
         except dedupe.StoreError as error:
             log.warning("dead-letter record unavailable (%s); message retried later", error)
-            self._settler.retry_later(record, backoff)
+            self._settler.retry_later(message, backoff)
             return False
         if claim is dedupe.ClaimState.COMPLETED:
-            self._settler.dead_lettered_before(record, backoff=backoff)
+            self._settler.dead_lettered_before(message, backoff=backoff)
             return True
         if claim is dedupe.ClaimState.IN_PROGRESS:
-            self._settler.retry_later(record, _IN_PROGRESS_RETRY_SECONDS)
+            self._settler.retry_later(message, deciding.ELSEWHERE_RETRY_SECONDS)
             return False
         copied = await self._settler.dead_letter(
-            record, reason_class=reason_class, reason=reason, backoff=backoff
+            message, event, reason_class=reason_class, reason=reason, backoff=backoff
         )
         try:
             if copied:
@@ -524,9 +464,6 @@ class Processor:
         except dedupe.StoreError as error:
             log.warning("could not record the dead-letter copy: %s", error)
         return copied
-
-    def _backoff(self, record: settling.Received) -> float:
-        return retrying.backoff_delay(record.receive_count, self._spec.retry, random=self._jitter)
 
     # -- the idempotency store -------------------------------------------------------------
 
@@ -576,6 +513,17 @@ class Processor:
                 log.warning("could not record completion (attempt %d): %s", attempt, error)
                 await asyncio.sleep(retrying.exponential_delay(attempt, base=0.2, cap=1.0))
 
+    async def _settle_claim(self, event: events.Event, action: deciding.ClaimAction) -> int:
+        """Do with the event's claim what the verdict says; the failed attempts recorded when
+        one was counted (0 if unknown), else 0."""
+        if action is deciding.ClaimAction.COMPLETE:
+            await self._complete(event)
+        elif action is deciding.ClaimAction.RELEASE:
+            await self._release(event, failed=False)
+        elif action is deciding.ClaimAction.FAIL:
+            return await self._release(event, failed=True)
+        return 0
+
     async def _release(self, event: events.Event, *, failed: bool) -> int:
         """Give up our claim; ``failed`` counts an attempt. The attempts recorded (0 if unknown)."""
         try:
@@ -601,7 +549,7 @@ class Processor:
         """Start nothing new, give back what did not start, let running deliveries finish."""
         self._accepting = False
         self._draining.set()
-        self._settler.give_back(self._lanes.take_pending())
+        self._settler.give_back([work.message for work in self._lanes.take_pending()])
         try:
             await self._sink.flush()
         except Exception:
@@ -616,7 +564,7 @@ class Processor:
                 await asyncio.wait(late, timeout=5)
         # FIFO failures during the drain release their group's messages through finish();
         # anything else still held is given back now.
-        self._settler.give_back(self._lanes.take_pending())
+        self._settler.give_back([work.message for work in self._lanes.take_pending()])
 
     @property
     def held_back(self) -> int:

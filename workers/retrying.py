@@ -72,11 +72,23 @@ def exponential_delay(failures: int, *, base: float, cap: float) -> float:
     return min(cap, base * 2.0**doublings)
 
 
-def visibility_seconds(delay: float) -> int:
-    """A delay as a ``VisibilityTimeout`` value: whole seconds, rounded up, within 0-12 h."""
-    if not math.isfinite(delay):
-        return int(SQS_MAX_VISIBILITY_SECONDS) if delay > 0 else 0
-    return int(min(max(math.ceil(delay), 0), SQS_MAX_VISIBILITY_SECONDS))
+VISIBILITY_CAP_MARGIN_SECONDS = 30.0
+"""Kept between a visibility we set and SQS's 12 hours from the receive: our clock and SQS's
+do not start at the same instant."""
+
+
+def visibility_timeout(delay: float, *, held_for: float = 0.0) -> int:
+    """A delay as a ``VisibilityTimeout``: the one rounding rule for every visibility we set.
+
+    Whole seconds, rounded up (a message never comes back before its delay), and never past
+    what SQS still allows for a message received ``held_for`` seconds ago: 12 hours from its
+    receive, less :data:`VISIBILITY_CAP_MARGIN_SECONDS`, rounded down. Never negative.
+    """
+    room = math.floor(SQS_MAX_VISIBILITY_SECONDS - max(held_for, 0.0) - VISIBILITY_CAP_MARGIN_SECONDS)
+    if math.isnan(delay) or delay <= 0:
+        return 0
+    wanted = math.ceil(delay) if math.isfinite(delay) else room
+    return max(0, min(wanted, room))
 
 
 def attempts_exhausted(attempts: int, policy: spec.RetrySpec) -> bool:

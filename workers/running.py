@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
@@ -66,6 +67,30 @@ from workers.sinks import base
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stages:
+    """What one worker's data path is made of while it runs."""
+
+    client: sqs.SqsApi
+    sink: base.Sink
+    resolver: payloads.Resolver
+    budget: polling.Budget
+    settler: settling.Settler
+    processor: processing.Processor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Running:
+    """The supervised tasks of a running worker."""
+
+    dispatcher: asyncio.Task[None]
+    pollers: list[polling.Poller]
+    receiving: list[asyncio.Task[None]]
+    """The pollers' tasks, in the pollers' order."""
+    sharing: list[asyncio.Task[None]]
+    """Reading this replica's share of the fleet's work (with a fleet-wide rate limit)."""
+
+
 class Worker:
     """A FanoutConsumer's worker: polls its queue and feeds its sink until stopped."""
 
@@ -76,6 +101,7 @@ class Worker:
         sink: base.Sink | None = None,
         http_host: str = "0.0.0.0",  # probes must answer the kubelet
         http_port: int | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.spec = consumer.spec
@@ -85,8 +111,11 @@ class Worker:
         self._receiving_ok = False
         self._stopping = False
         self._started = asyncio.Event()
+        # The worker's own registry: /metrics serves it. A sink given from outside writes to
+        # it when it was built with the same ``metrics``.
+        self.metrics = metrics if metrics is not None else telemetry.WorkerMetrics()
         self.telemetry = telemetry.WorkerTelemetry(
-            queue_url=self.spec.queue.url, sink_name=str(self.spec.sink.type)
+            queue_url=self.spec.queue.url, sink_name=str(self.spec.sink.type), metrics=self.metrics
         )
         self.health = supervision.Health(on_change=lambda _: self.telemetry.set_ready(self.ready))
         self.http_url: str | None = None
@@ -111,94 +140,118 @@ class Worker:
 
         ``http_port`` None serves no probes; 0 picks a free port (see ``http_url``).
         """
+        region, sink = self._prepare()
+        async with contextlib.AsyncExitStack() as stack:
+            stages = await self._open(stack, region, sink)
+            tasks = self._start(stages)
+            await stack.enter_async_context(self._probes())
+            self._started.set()
+            log.info(
+                "worker started", extra={"queue": self.spec.queue.name, "pollers": self.spec.queue.pollers}
+            )
+            await stop.wait()
+            await self._drain(stages, tasks)
+
+    def _prepare(self) -> tuple[str, base.Sink]:
+        """Everything that can be wrong with the configuration fails here, before any I/O:
+        the region to sign for, and the sink (its secrets are read now)."""
         queue = self.spec.queue
-        # Everything that can be wrong with the configuration fails here, before any I/O.
         region = sqs.resolve_region(queue.url, queue.region)
         replicas = fleet.ReplicaCount.from_environment()
-        sink = self._given_sink or sinks.build_sink(self.spec.sink, replicas=replicas)
+        sink = self._given_sink or sinks.build_sink(self.spec.sink, replicas=replicas, metrics=self.metrics)
         if self.spec.idempotency.store is spec_model.IdempotencyStoreType.MEMORY and replicas.current() > 1:
             log.warning(
                 "idempotency store 'memory' with %d replicas: a redelivery that reaches another replica "
                 "is delivered again; use store 'dynamodb' for a fleet",
                 replicas.current(),
             )
-        async with contextlib.AsyncExitStack() as stack:
-            if self._given_sink is None:
-                stack.push_async_callback(sink.aclose)
-            client = await stack.enter_async_context(
-                sqs.client(region=region, max_connections=queue.pollers + 10)
-            )
-            store = await stack.enter_async_context(self._store(region))
-            await self._check_redrive_policy(client)
-            resolver = payloads.Resolver(
-                await stack.enter_async_context(_s3_client(region)), self.spec.large_payloads
-            )
-            stack.push_async_callback(resolver.drain)
+        return region, sink
 
-            def target() -> int:  # called by the pollers, which start after both exist
-                # held but not waiting for the sink: what is being deleted or put back, and
-                # what waits in lanes for a message that is away
-                held_back = settler.settling + processor.held_back
-                return polling.budget_target(sink.capacity(), held_back, ceiling=queue.max_in_flight)
+    async def _open(self, stack: contextlib.AsyncExitStack, region: str, sink: base.Sink) -> _Stages:
+        """The clients and the stages of the data path, closed by ``stack`` in reverse."""
+        queue = self.spec.queue
+        if self._given_sink is None:
+            stack.push_async_callback(sink.aclose)
+        client = await stack.enter_async_context(
+            sqs.client(region=region, max_connections=queue.pollers + 10)
+        )
+        store = await stack.enter_async_context(self._store(region))
+        await self._check_redrive_policy(client)
+        resolver = payloads.Resolver(
+            await stack.enter_async_context(_s3_client(region)), self.spec.large_payloads
+        )
+        stack.push_async_callback(resolver.drain)
 
-            budget = polling.Budget(queue.max_in_flight, target)
-            settler = settling.Settler(
-                client=client,
-                queue_url=events.QueueUrl(queue.url),
-                visibility_timeout=queue.visibility_timeout_seconds,
-                dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
-                budget=budget,
+        def target() -> int:  # called by the pollers, which start after both exist
+            # held but not waiting for the sink: what is being deleted or put back, and
+            # what waits in lanes for a message that is away
+            held_back = settler.settling + processor.held_back
+            return polling.budget_target(sink.capacity(), held_back, ceiling=queue.max_in_flight)
+
+        budget = polling.Budget(queue.max_in_flight, target)
+        settler = settling.Settler(
+            client=client,
+            queue_url=events.QueueUrl(queue.url),
+            visibility_timeout=queue.visibility_timeout_seconds,
+            dead_letter_url=_queue_url(self.spec.dead_letter.queue_url),
+            budget=budget,
+            telemetry=self.telemetry,
+            on_deleted=resolver.forget,
+            health=self.health,
+        )
+        processor = processing.Processor(
+            spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
+        )
+        return _Stages(client, sink, resolver, budget, settler, processor)
+
+    def _start(self, stages: _Stages) -> _Running:
+        """The settler's batchers and heartbeat, the dispatcher, the pollers and (with a
+        fleet-wide rate limit) the reading of this replica's share, supervised."""
+        queue = self.spec.queue
+        settler, sink = stages.settler, stages.sink
+        settler.start()
+        dispatcher = asyncio.create_task(self._supervise("dispatcher", stages.processor.run))
+        sharing: list[asyncio.Task[None]] = []
+        if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
+            share = functools.partial(
+                fleet.watch_share,
+                stages.client,
+                events.QueueUrl(queue.url),
+                held=lambda: settler.in_flight,
+                away=lambda: settler.away,
+                tell=sink.set_fleet_share,
+            )
+            sharing.append(asyncio.create_task(self._supervise("fleet-share", share)))
+        pollers = [
+            polling.Poller(
+                client=stages.client,
+                queue=queue,
+                budget=stages.budget,
+                sink=sink,
+                settler=settler,
+                submit=stages.processor.submit,
                 telemetry=self.telemetry,
-                on_deleted=resolver.forget,
-                health=self.health,
+                on_health=self._set_receiving,
+                resolver=stages.resolver,
             )
-            processor = processing.Processor(
-                spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
-            )
-            settler.start()
-            dispatcher = asyncio.create_task(self._supervise("dispatcher", processor.run))
-            sharing: list[asyncio.Task[None]] = []
-            if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
-                share = functools.partial(
-                    fleet.watch_share,
-                    client,
-                    events.QueueUrl(queue.url),
-                    held=lambda: settler.in_flight,
-                    away=lambda: settler.away,
-                    tell=sink.set_fleet_share,
-                )
-                sharing.append(asyncio.create_task(self._supervise("fleet-share", share)))
-            pollers = [
-                polling.Poller(
-                    client=client,
-                    queue=queue,
-                    budget=budget,
-                    sink=sink,
-                    settler=settler,
-                    submit=processor.submit,
-                    telemetry=self.telemetry,
-                    on_health=self._set_receiving,
-                    resolver=resolver,
-                )
-                for _ in range(queue.pollers)
-            ]
-            polling_tasks = [
-                asyncio.create_task(self._supervise(f"poller-{index}", poller.run))
-                for index, poller in enumerate(pollers)
-            ]
-            await stack.enter_async_context(self._probes())
-            self._started.set()
-            log.info("worker started", extra={"queue": queue.name, "pollers": queue.pollers})
-            await stop.wait()
+            for _ in range(queue.pollers)
+        ]
+        receiving = [
+            asyncio.create_task(self._supervise(f"poller-{index}", poller.run))
+            for index, poller in enumerate(pollers)
+        ]
+        return _Running(dispatcher, pollers, receiving, sharing)
 
-            self._stopping = True
-            self.telemetry.set_ready(False)
-            log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
-            await _stop_polling(pollers, polling_tasks)
-            await processor.drain(self.spec.shutdown.grace_period_seconds)
-            await _cancel(dispatcher, *sharing)
-            await settler.aclose()
-            log.info("worker stopped")
+    async def _drain(self, stages: _Stages, tasks: _Running) -> None:
+        """Stop receiving, let what runs finish within the grace period, flush the settler."""
+        self._stopping = True
+        self.telemetry.set_ready(False)
+        log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
+        await _stop_polling(tasks.pollers, tasks.receiving)
+        await stages.processor.drain(self.spec.shutdown.grace_period_seconds)
+        await _cancel(tasks.dispatcher, *tasks.sharing)
+        await stages.settler.aclose()
+        log.info("worker stopped")
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         await supervision.supervise(name, run, health=self.health, on_restart=self.telemetry.task_restarted)
@@ -240,7 +293,7 @@ class Worker:
         app = aiohttp.web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", _metrics)
+        app.router.add_get("/metrics", self._metrics)
         runner = aiohttp.web.AppRunner(app, access_log=None)
         await runner.setup()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -263,12 +316,10 @@ class Worker:
         body = {"ready": self.ready, "sqs": self._receiving_ok, "stopping": self._stopping}
         return aiohttp.web.json_response(body, status=200 if self.ready else 503)
 
-
-async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
-    return aiohttp.web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
+    async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
 
 
 @contextlib.asynccontextmanager

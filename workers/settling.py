@@ -29,16 +29,18 @@ waits a bounded time for the last batches, so a dead endpoint cannot hold up a s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import enum
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from workers import events, retrying, sqs, supervision, telemetry
+from fanout_core import awserrors
+from workers import events, messages, retrying, sqs, supervision, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -57,51 +59,25 @@ class State(enum.Enum):
     SETTLED = "settled"  # gone from our hands
 
 
-@dataclasses.dataclass(eq=False)
-class Received:
-    """One received SQS message while it is in our hands."""
+@dataclasses.dataclass(eq=False, slots=True)
+class _Holding:
+    """A message in our hands, and what the settler knows of it (its state, its visibility)."""
 
-    message: Mapping[str, Any]
-    message_id: events.MessageId
-    receipt_handle: events.ReceiptHandle
-    receive_count: int
+    message: messages.Message
     received_at: float  # monotonic
     visible_until: float  # monotonic
-    group_id: str | None
-    sequence_number: int | None = None
-    """FIFO only: the group's order, whatever order the messages arrive in."""
-    event: events.Event | None = None
     state: State = State.HELD
 
-    @property
-    def sent_timestamp_ms(self) -> int | None:
-        raw = self.message.get("Attributes", {}).get("SentTimestamp")
-        return int(raw) if raw and str(raw).isdigit() else None
 
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any], *, now: float, visibility: float) -> Received:
-        attributes = message.get("Attributes", {})
-        count = str(attributes.get("ApproximateReceiveCount", "1"))
-        sequence = str(attributes.get("SequenceNumber", ""))
-        return cls(
-            message=message,
-            message_id=events.MessageId(str(message["MessageId"])),
-            receipt_handle=events.ReceiptHandle(str(message["ReceiptHandle"])),
-            receive_count=int(count) if count.isdigit() else 1,
-            received_at=now,
-            visible_until=now + visibility,
-            group_id=attributes.get("MessageGroupId"),
-            sequence_number=int(sequence) if sequence.isdigit() else None,
-        )
+class SupportsRelease(Protocol):
+    """Where a settled message's room goes back: the pollers' in-flight budget (``polling.Budget``)."""
 
-
-class Budget(Protocol):
     def release(self, count: int) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Entry:
-    record: Received
+    holding: _Holding
     visibility: int | None = None  # None = delete
     heartbeat: bool = False
 
@@ -153,6 +129,21 @@ class _Batcher:
                 await self._task
 
 
+@dataclasses.dataclass
+class _Sent:
+    """What became of a batch: entries that finally failed (with the last error code), and
+    entries whose receipt handle had expired (counted apart, never retried)."""
+
+    failed: dict[_Entry, str] = dataclasses.field(default_factory=dict)
+    expired: set[_Entry] = dataclasses.field(default_factory=set)
+
+    def succeeded(self, entry: _Entry) -> bool:
+        return entry not in self.failed and entry not in self.expired
+
+    def failure_counts(self) -> dict[str, int]:
+        return dict(collections.Counter(self.failed.values()))
+
+
 class Settler:
     """Settles the messages of one source queue; one per worker."""
 
@@ -163,12 +154,12 @@ class Settler:
         queue_url: events.QueueUrl,
         visibility_timeout: int,
         dead_letter_url: events.QueueUrl | None,
-        budget: Budget,
+        budget: SupportsRelease,
         telemetry: telemetry.WorkerTelemetry,
         health: supervision.Health | None = None,
         linger: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
-        on_deleted: Callable[[list[Mapping[str, Any]]], None] | None = None,
+        on_deleted: Callable[[list[messages.Message]], None] | None = None,
     ) -> None:
         self._client = client
         self._queue_url = queue_url
@@ -178,7 +169,10 @@ class Settler:
         self._telemetry = telemetry
         self._clock = clock
         self._on_deleted = on_deleted  # payloads: delete the S3 objects of deleted messages
-        self._held: dict[Received, None] = {}  # insertion-ordered set, by identity
+        # By receipt handle, which names one receive (every SQS, moto too, gives each receive
+        # its own): two receives of one message are settled apart, and a message taken in
+        # later with its payload resolved (a new Message of the same receive) is the same.
+        self._held: dict[events.ReceiptHandle, _Holding] = {}  # in arrival order
         self._away: list[float] = []  # a heap: when messages made invisible for a while are due
         self._deletes = _Batcher(self._send_deletes, linger)
         self._changes = _Batcher(self._send_changes, linger)
@@ -215,11 +209,13 @@ class Settler:
 
     # -- tracking --------------------------------------------------------------------------
 
-    def track(self, message: Mapping[str, Any]) -> Received:
-        record = Received.from_message(message, now=self._clock(), visibility=self._visibility)
-        self._held[record] = None
+    def track(self, message: messages.Message) -> None:
+        """Take ``message`` in hand: heartbeated and counted until one action settles it."""
+        now = self._clock()
+        self._held[message.receipt_handle] = _Holding(
+            message, received_at=now, visible_until=now + self._visibility
+        )
         self._telemetry.set_in_flight(len(self._held))
-        return record
 
     @property
     def in_flight(self) -> int:
@@ -228,7 +224,7 @@ class Settler:
     @property
     def settling(self) -> int:
         """Held messages whose settling action is queued or under way (done with, for the sink)."""
-        return sum(1 for record in self._held if record.state is State.SETTLING)
+        return sum(1 for holding in self._held.values() if holding.state is State.SETTLING)
 
     @property
     def away(self) -> int:
@@ -240,50 +236,62 @@ class Settler:
         return len(self._away)
 
     # -- actions ---------------------------------------------------------------------------
+    # Each takes a message tracked before; the first action settles it, any later one (or one
+    # on a message not in hand) is ignored.
 
-    def delete(self, record: Received) -> None:
-        if self._begin(record):
-            self._deletes.put(_Entry(record))
+    def delete(self, message: messages.Message) -> None:
+        holding = self._begin(message)
+        if holding is not None:
+            self._deletes.put(_Entry(holding))
 
-    def retry_later(self, record: Received, delay_seconds: float) -> None:
-        if self._begin(record):
-            self._put_back(record, delay_seconds)
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None:
+        holding = self._begin(message)
+        if holding is not None:
+            self._put_back(holding, delay_seconds)
 
-    def give_back(self, records: Sequence[Received], *, delay_seconds: float = 0.0) -> None:
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None:
         """Make messages visible again, now or after ``delay_seconds``; SQS redelivers them."""
-        given = [record for record in records if self._begin(record)]
-        for record in given:
-            self._put_back(record, delay_seconds)
-        if given:
-            self._telemetry.returned(len(given))
-
-    @property
-    def has_dead_letter_queue(self) -> bool:
-        return self._dead_letter_url is not None
+        count = 0
+        for message in given:
+            holding = self._begin(message)
+            if holding is not None:
+                self._put_back(holding, delay_seconds)
+                count += 1
+        if count:
+            self._telemetry.returned(count)
 
     async def dead_letter(
-        self, record: Received, *, reason_class: telemetry.ReasonClass, reason: str, backoff: float
+        self,
+        message: messages.Message,
+        event: events.Event | None,
+        *,
+        reason_class: events.ReasonClass,
+        reason: str,
+        backoff: float,
     ) -> bool:
         """Move the message to the dead-letter queue with its reason, then delete it.
 
-        Without a dead-letter queue the message is made visible again after ``backoff``
-        and the source queue's redrive policy decides. If the dead-letter queue cannot
-        be written, the message is retried after ``backoff`` (nothing is deleted that was
-        not copied) and the answer is False: it is not gone, and its conversation (FIFO:
-        its group) must wait for it. True: it is out of our hands for good.
+        ``event`` is what the message decoded to (None for a poison message). Without a
+        dead-letter queue the message is made visible again after ``backoff`` and the source
+        queue's redrive policy decides. If the dead-letter queue cannot be written, the
+        message is retried after ``backoff`` (nothing is deleted that was not copied) and the
+        answer is False: it is not gone, and its conversation (FIFO: its group) must wait for
+        it. True: it is out of our hands for good.
         """
-        if record.state is not State.HELD:
+        holding = self._held.get(message.receipt_handle)
+        if holding is None or holding.state is not State.HELD:
             return True
         if self._dead_letter_url is None:
-            self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
-            self.retry_later(record, backoff)
+            self._telemetry.dead_lettered(message, event, reason_class, reason)
+            self.retry_later(message, backoff)
             return True
-        record.state = State.SETTLING
+        holding.state = State.SETTLING
         try:
             await sqs.call(
                 self._client.send_message,
                 **dead_letter_request(
-                    record,
+                    message,
+                    event,
                     dead_letter_url=self._dead_letter_url,
                     source_queue_url=self._queue_url,
                     reason_class=reason_class,
@@ -292,23 +300,23 @@ class Settler:
             )
         except sqs.SqsError as error:
             log.warning("dead-letter queue write failed (%s); message retried later", error)
-            record.state = State.HELD
-            self.retry_later(record, backoff)
+            holding.state = State.HELD
+            self.retry_later(message, backoff)
             return False
         # The delete first: nothing after the copy may stand between it and the delete.
-        self._deletes.put(_Entry(record))
-        self._telemetry.dead_lettered(record.message, record.event, reason_class, reason)
+        self._deletes.put(_Entry(holding))
+        self._telemetry.dead_lettered(message, event, reason_class, reason)
         return True
 
-    def dead_lettered_before(self, record: Received, *, backoff: float) -> None:
+    def dead_lettered_before(self, message: messages.Message, *, backoff: float) -> None:
         """A message this worker (or another replica) already copied to the dead-letter
         queue, back because its delete was lost: delete it without a second copy (or,
         without a dead-letter queue, leave it to the redrive policy without counting it
         again)."""
         if self._dead_letter_url is None:
-            self.retry_later(record, backoff)
+            self.retry_later(message, backoff)
         else:
-            self.delete(record)
+            self.delete(message)
 
     async def flush(self) -> None:
         await self._deletes.flush()
@@ -316,80 +324,90 @@ class Settler:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _begin(self, record: Received) -> bool:
-        if record.state is not State.HELD:
-            return False
-        record.state = State.SETTLING
-        return True
+    def _begin(self, message: messages.Message) -> _Holding | None:
+        holding = self._held.get(message.receipt_handle)
+        if holding is None or holding.state is not State.HELD:
+            return None
+        holding.state = State.SETTLING
+        return holding
 
-    def _done(self, records: Sequence[Received]) -> None:
-        for record in records:
-            if record.state is not State.SETTLED:
-                record.state = State.SETTLED
-                if record in self._held:
-                    del self._held[record]
+    def _done(self, holdings: Sequence[_Holding]) -> None:
+        for holding in holdings:
+            if holding.state is not State.SETTLED:
+                holding.state = State.SETTLED
+                if self._held.get(holding.message.receipt_handle) is holding:
+                    del self._held[holding.message.receipt_handle]
                     self._budget.release(1)
         self._telemetry.set_in_flight(len(self._held))
 
-    def _put_back(self, record: Received, delay_seconds: float) -> None:
-        visibility = self._cap(record, delay_seconds)
-        self._changes.put(_Entry(record, visibility=visibility))
+    def _put_back(self, holding: _Holding, delay_seconds: float) -> None:
+        visibility = self._cap(holding, delay_seconds)
+        self._changes.put(_Entry(holding, visibility=visibility))
         if visibility > 0:
             heapq.heappush(self._away, self._clock() + visibility)
 
-    def _cap(self, record: Received, seconds: float) -> int:
-        """``seconds`` as a VisibilityTimeout (rounded up) within what SQS still allows:
-        12 hours from the receive, not from now."""
-        held_for = self._clock() - record.received_at
-        room = VISIBILITY_CAP_SECONDS - held_for - _CAP_SAFETY_SECONDS
-        return max(0, min(retrying.visibility_seconds(seconds), int(room)))
+    def _cap(self, holding: _Holding, seconds: float) -> int:
+        """``seconds`` as a VisibilityTimeout within what SQS still allows: 12 hours from the
+        receive, not from now."""
+        return retrying.visibility_timeout(seconds, held_for=self._clock() - holding.received_at)
 
     async def _send_deletes(self, batch: list[_Entry]) -> None:
-        failed = await self._send_batch(
+        sent = await self._send_batch(
             batch,
             self._client.delete_message_batch,
-            lambda index, entry: {"Id": str(index), "ReceiptHandle": entry.record.receipt_handle},
+            lambda index, entry: {"Id": str(index), "ReceiptHandle": entry.holding.message.receipt_handle},
         )
-        done = [entry.record for entry in batch if entry not in failed]
+        done = [entry.holding.message for entry in batch if sent.succeeded(entry)]
         self._telemetry.deleted(len(done))
+        for code, count in sent.failure_counts().items():
+            self._telemetry.delete_failed(count, code)
         if self._on_deleted is not None and done:
-            self._on_deleted([record.message for record in done])
-        self._done([entry.record for entry in batch])
+            self._on_deleted(done)
+        self._done([entry.holding for entry in batch])
 
     async def _send_changes(self, batch: list[_Entry]) -> None:
-        failed = await self._send_batch(
+        sent = await self._send_batch(
             batch,
             self._client.change_message_visibility_batch,
             lambda index, entry: {
                 "Id": str(index),
-                "ReceiptHandle": entry.record.receipt_handle,
+                "ReceiptHandle": entry.holding.message.receipt_handle,
                 "VisibilityTimeout": entry.visibility,
             },
         )
+        for code, count in sent.failure_counts().items():
+            self._telemetry.visibility_failed(count, code)
         now = self._clock()
         extended = 0
         for entry in batch:
             if not entry.heartbeat:
                 continue
-            if entry in failed:
+            if entry in sent.failed:
                 # Not extended: due again at the next beat, while the old timeout still runs.
-                entry.record.visible_until = now
+                entry.holding.visible_until = now
+            elif entry in sent.expired:
+                # Another receive holds the message now: nothing to extend, nothing to retry.
+                entry.holding.visible_until = now + (entry.visibility or 0)
             else:
-                entry.record.visible_until = now + (entry.visibility or 0)
+                entry.holding.visible_until = now + (entry.visibility or 0)
                 extended += 1
         if extended:
             self._telemetry.visibility_extended(extended)
-        self._done([entry.record for entry in batch if not entry.heartbeat])
+        self._done([entry.holding for entry in batch if not entry.heartbeat])
 
     async def _send_batch(
         self,
         batch: list[_Entry],
         operation: Callable[..., Awaitable[dict[str, Any]]],
         make_entry: Callable[[int, _Entry], dict[str, Any]],
-    ) -> list[_Entry]:
-        """Send one batch, retrying retryable per-entry failures; return what finally failed."""
+    ) -> _Sent:
+        """Send one batch, retrying what may succeed later (the call, or single entries)."""
+        sent = _Sent()
         pending = dict(enumerate(batch))
-        for attempt in range(_ATTEMPTS_PER_CALL):
+        code = "Unknown"
+        for attempt in range(1, _ATTEMPTS_PER_CALL + 1):
+            if attempt > 1:
+                await asyncio.sleep(retrying.exponential_delay(attempt - 1, base=0.2, cap=2.0))
             try:
                 reply = await sqs.call(
                     operation,
@@ -397,27 +415,32 @@ class Settler:
                     Entries=[make_entry(index, entry) for index, entry in pending.items()],
                 )
             except sqs.SqsError as error:
-                log.warning("%s failed (attempt %d): %s", operation.__name__, attempt + 1, error)
+                log.warning("%s failed (attempt %d): %s", operation.__name__, attempt, error)
+                code = error.code or str(error.kind)
                 if not error.retryable:
                     break
-                await asyncio.sleep(retrying.exponential_delay(attempt + 1, base=0.2, cap=2.0))
                 continue
             retry: dict[int, _Entry] = {}
             for failure in reply.get("Failed", []):
-                index = int(failure["Id"])
+                entry = pending.get(int(failure["Id"]))
+                if entry is None:
+                    continue
                 code = str(failure.get("Code", "Unknown"))
+                # A batch entry has no HTTP status of its own: SenderFault says whose fault.
+                kind = awserrors.classify(code, 400 if failure.get("SenderFault", False) else 500)
                 if sqs.is_expired_receipt(code):
                     self._telemetry.receipt_expired(1)
-                elif not failure.get("SenderFault", False) and index in pending:
-                    retry[index] = pending[index]
-                    continue
+                    sent.expired.add(entry)
+                elif awserrors.retryable(kind):
+                    retry[int(failure["Id"])] = entry
                 else:
-                    self._telemetry.delete_failed(1, code)
+                    sent.failed[entry] = code
             pending = retry
             if not pending:
-                return []
-            await asyncio.sleep(retrying.exponential_delay(attempt + 1, base=0.2, cap=2.0))
-        return list(pending.values())
+                return sent
+        for entry in pending.values():
+            sent.failed[entry] = code
+        return sent
 
     async def _heartbeat_forever(self) -> None:
         interval = max(0.5, min(self._visibility / 3, 10.0))
@@ -425,52 +448,49 @@ class Settler:
         while True:
             await asyncio.sleep(interval)
             now = self._clock()
-            for record in list(self._held):
-                if record.state is State.HELD and record.visible_until - now < margin:
-                    extension = self._cap(record, self._visibility)
-                    if extension > record.visible_until - now:
-                        self._changes.put(_Entry(record, visibility=extension, heartbeat=True))
+            for holding in list(self._held.values()):
+                if holding.state is State.HELD and holding.visible_until - now < margin:
+                    extension = self._cap(holding, self._visibility)
+                    if extension > holding.visible_until - now:
+                        self._changes.put(_Entry(holding, visibility=extension, heartbeat=True))
                         # Do not queue it again before this one is answered.
-                        record.visible_until = now + margin + interval
+                        holding.visible_until = now + margin + interval
 
 
 def dead_letter_request(
-    record: Received,
+    message: messages.Message,
+    event: events.Event | None,
     *,
     dead_letter_url: events.QueueUrl,
     source_queue_url: events.QueueUrl,
-    reason_class: telemetry.ReasonClass,
+    reason_class: events.ReasonClass,
     reason: str,
 ) -> dict[str, Any]:
-    """The SendMessage request that copies ``record`` to the dead-letter queue.
+    """The SendMessage request that copies ``message`` to the dead-letter queue.
 
     The body is unchanged. The reason travels in message attributes (SQS allows ten;
     ours come first, the original attributes fill the rest). A FIFO dead-letter queue
-    gets a group id (the original group, else the ordering key) and the source message
-    id as deduplication id, so a repeated write within five minutes is dropped.
+    gets a group id (the original group, else the ordering key of ``event``) and the source
+    message id as deduplication id, so a repeated write within five minutes is dropped.
     """
-    attributes: dict[str, dict[str, str]] = {
+    attributes: dict[str, dict[str, str | bytes]] = {
         "fanout.reason": {"DataType": "String", "StringValue": reason[:_MAX_DLQ_REASON] or "-"},
         "fanout.reason-class": {"DataType": "String", "StringValue": str(reason_class)},
-        "fanout.attempts": {"DataType": "Number", "StringValue": str(record.receive_count)},
+        "fanout.attempts": {"DataType": "Number", "StringValue": str(message.receive_count)},
         "fanout.source-queue": {"DataType": "String", "StringValue": source_queue_url},
     }
-    original = record.message.get("MessageAttributes", {})
-    for name, value in original.items():
+    for name, value in message.attributes.items():
         if len(attributes) >= 10:
             break
-        if name in attributes or not isinstance(value, Mapping):
-            continue
-        kept = {key: value[key] for key in ("DataType", "StringValue", "BinaryValue") if key in value}
-        if "DataType" in kept and ("StringValue" in kept or "BinaryValue" in kept):
-            attributes[name] = kept
+        if name not in attributes:
+            attributes[name] = value.as_request()
     request: dict[str, Any] = {
         "QueueUrl": dead_letter_url,
-        "MessageBody": record.message.get("Body", ""),
+        "MessageBody": message.body,
         "MessageAttributes": attributes,
     }
     if dead_letter_url.rstrip("/").endswith(".fifo"):
-        key = record.event.ordering_key if record.event is not None else None
-        request["MessageGroupId"] = record.group_id or key or "fanout-dead-letter"
-        request["MessageDeduplicationId"] = record.message_id[:128]
+        key = event.ordering_key if event is not None else None
+        request["MessageGroupId"] = message.group_id or key or "fanout-dead-letter"
+        request["MessageDeduplicationId"] = message.message_id[:128]
     return request

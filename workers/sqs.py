@@ -7,7 +7,12 @@ any object with them (the real client, a client for another SQS-compatible serve
 fits. botocore and aiohttp exceptions are translated into :class:`SqsError` where
 they enter (:func:`call`), so the rest of the worker sees one small tree::
 
-    SqsError (retryable: bool, code: str)
+    SqsError (kind, code: str, retryable: bool)
+
+What an error means (``kind``: throttled, unavailable, credentials, denied, not found,
+invalid) is ``fanout_core.awserrors``' reading of it, the one the operator and the ``fanout``
+tool share: an expired token is retryable here as everywhere (the credential chain renews
+it). Which codes mean "this receipt handle no longer works" is SQS's own, and kept here.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ from typing import Any, Protocol
 
 import aiobotocore.config
 import aiobotocore.session
-import aiohttp
 import botocore.exceptions
 
-from fanout_core import spec
+from fanout_core import awsclients, awserrors, spec
 
 _EXPIRED_RECEIPT_CODES = frozenset(
     {
@@ -33,22 +37,6 @@ _EXPIRED_RECEIPT_CODES = frozenset(
         "MessageNotInflight",
         "AWS.SimpleQueueService.MessageNotInflight",
         "InvalidReceiptHandle",
-    }
-)
-_NOT_RETRYABLE_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "AWS.SimpleQueueService.NonExistentQueue",
-        "QueueDoesNotExist",
-        "InvalidAddress",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "InvalidParameterValue",
-        "InvalidAttributeName",
-        "InvalidAttributeValue",
-        "MissingParameter",
-        "UnsupportedOperation",
     }
 )
 
@@ -64,12 +52,19 @@ class SqsApi(Protocol):
 
 
 class SqsError(Exception):
-    """An SQS call failed. ``retryable`` tells a passing fault from a standing one."""
+    """An SQS call failed; ``kind`` says what that means, ``retryable`` whether trying again
+    may help without anyone changing anything."""
 
-    def __init__(self, message: str, *, code: str = "", retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, code: str = "", kind: awserrors.Kind = awserrors.Kind.UNAVAILABLE
+    ) -> None:
         super().__init__(message)
         self.code = code
-        self.retryable = retryable
+        self.kind = kind
+
+    @property
+    def retryable(self) -> bool:
+        return awserrors.retryable(self.kind)
 
 
 def is_expired_receipt(code: str) -> bool:
@@ -81,11 +76,12 @@ async def call(operation: Callable[..., Awaitable[dict[str, Any]]], **kwargs: An
     """Await one SQS operation, translating its failures into :class:`SqsError`."""
     try:
         return await operation(**kwargs)
-    except botocore.exceptions.ClientError as error:
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        raise SqsError(str(error), code=code, retryable=code not in _NOT_RETRYABLE_CODES) from error
-    except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
-        raise SqsError(f"{type(error).__name__}: {error}", code=type(error).__name__) from error
+    except awsclients.ERRORS as error:
+        failure = awsclients.failure_of(error)
+        text = (
+            str(error) if isinstance(error, botocore.exceptions.ClientError) else f"{failure.code}: {error}"
+        )
+        raise SqsError(text, code=failure.code, kind=failure.kind) from error
 
 
 def max_receive_count(redrive_policy: object) -> int | None:

@@ -523,11 +523,6 @@ class AsyncLimiter:
         """
         return _SlotContext(self)
 
-    def pause_for(self, seconds: float) -> None:
-        now = self._clock()
-        self._core.pause_until(now + seconds, now)
-        self._notify()
-
     def set_rate(self, rate: float | None, burst: int | None = None) -> None:
         self._core.set_rate(rate, self._clock(), burst)
         self._notify()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import pathlib
 import random
@@ -23,7 +24,7 @@ import yaml
 
 from fanout_core import spec as spec_model
 from fanout_lab.simulators import aws, downstream, genesys
-from workers import events
+from workers import events, messages
 
 make_queue = aws.create_queue
 queue_counts = aws.queue_counts
@@ -310,3 +311,103 @@ async def feed_paced(
                 known.add(event.correlation_id)
         due = max(due, loop.time() - 1.0) + len(batch) / rate
     return traffic
+
+
+# --- the processor on its own --------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """One action a :class:`RecordingSettlement` took: ``delete``, ``retry_later``,
+    ``give_back`` or ``dead_letter`` (with the delay or the reason class and reason)."""
+
+    action: str
+    message_id: str
+    delay: float | None = None
+    reason_class: events.ReasonClass | None = None
+    reason: str | None = None
+
+
+class RecordingSettlement:
+    """Stands in for ``workers.settling.Settler`` where no SQS is wanted (the processor's
+    tests, ``bench/ordering.py``): records what the processor settles, calls nothing.
+
+    It keeps the settler's once-only rule (a message is settled by its first action; later
+    ones are ignored) and its dead-letter record (``dead_letter_fails`` makes copies fail,
+    as an unwritable dead-letter queue does). ``track`` is what the pollers do with a received
+    message.
+    """
+
+    def __init__(self) -> None:
+        self.in_hand: set[events.ReceiptHandle] = set()
+        self.settled: list[Settled] = []
+        self.dead_letter_fails = False
+        self.changed = asyncio.Event()
+
+    def track(self, message: messages.Message) -> None:
+        self.in_hand.add(message.receipt_handle)
+
+    def actions(self, message_id: str) -> list[Settled]:
+        return [settled for settled in self.settled if settled.message_id == message_id]
+
+    def count(self, action: str) -> int:
+        return sum(1 for settled in self.settled if settled.action == action)
+
+    def _settle(self, message: messages.Message, settled: Settled) -> bool:
+        if message.receipt_handle not in self.in_hand:
+            return False
+        self.in_hand.discard(message.receipt_handle)
+        self.settled.append(settled)
+        self.changed.set()
+        return True
+
+    def delete(self, message: messages.Message) -> None:
+        self._settle(message, Settled("delete", message.message_id))
+
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None:
+        self._settle(message, Settled("retry_later", message.message_id, delay=delay_seconds))
+
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None:
+        for message in given:
+            self._settle(message, Settled("give_back", message.message_id, delay=delay_seconds))
+
+    async def dead_letter(
+        self,
+        message: messages.Message,
+        event: events.Event | None,
+        *,
+        reason_class: events.ReasonClass,
+        reason: str,
+        backoff: float,
+    ) -> bool:
+        if message.receipt_handle not in self.in_hand:
+            return True
+        if self.dead_letter_fails:
+            self.retry_later(message, backoff)
+            return False
+        self._settle(
+            message, Settled("dead_letter", message.message_id, reason_class=reason_class, reason=reason)
+        )
+        return True
+
+    def dead_lettered_before(self, message: messages.Message, *, backoff: float) -> None:
+        self.delete(message)
+
+
+def sqs_message(
+    body: str, *, message_id: str | None = None, receive_count: int = 1, **system: str
+) -> messages.Message:
+    """A message as ``ReceiveMessage`` returns it, parsed; ``system`` adds system attributes
+    (``SentTimestamp``, ``MessageGroupId``, ``SequenceNumber``...)."""
+    identifier = message_id or f"m-{next(_message_serial)}"
+    return messages.parse(
+        {
+            "MessageId": identifier,
+            "ReceiptHandle": f"receipt-{identifier}-{receive_count}",
+            "Body": body,
+            "Attributes": {"ApproximateReceiveCount": str(receive_count), **system},
+        }
+    )
+
+
+_message_serial = itertools.count(1)

@@ -19,7 +19,7 @@ from typing import Protocol
 import httpx
 
 from fanout_core import spec
-from workers import fleet, throttling
+from workers import fleet, telemetry, throttling
 from workers.sinks import base, crm, siem, webhook
 
 
@@ -31,6 +31,7 @@ class SinkFactory(Protocol):
         replicas: fleet.Replicas,
         clock: throttling.Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> base.Sink: ...
 
 
@@ -47,14 +48,18 @@ def build_sink(
     replicas: fleet.Replicas | None = None,
     clock: throttling.Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    metrics: telemetry.WorkerMetrics | None = None,
 ) -> base.Sink:
     """The sink ``sink.type`` names, its rate shared by ``replicas`` (default: 1).
 
     ``clock`` is the limiter's (default: the running loop's time); ``transport`` is an
-    httpx transport seam (default: real connections). Raises
+    httpx transport seam (default: real connections); ``metrics`` the worker's registry the
+    sink's series go to (default: one of the sink's own). Raises
     :class:`~fanout_core.spec.ConfigError` (e.g. a missing secret) at build time.
     """
     factory = SINKS.get(sink.type)
     if factory is None:
         raise spec.ConfigError(f"spec.sink.type: no sink for {sink.type!r}")
-    return factory(sink, replicas=replicas or fleet.FixedReplicas(1), clock=clock, transport=transport)
+    return factory(
+        sink, replicas=replicas or fleet.FixedReplicas(1), clock=clock, transport=transport, metrics=metrics
+    )

@@ -74,6 +74,7 @@ class CrmSink(exchange.ExchangeSink):
         replicas: fleet.Replicas,
         clock: throttling.Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
         self._crm = sink.crm or spec.CrmSinkSpec()
         self._base = sink.url.rstrip("/")
@@ -91,7 +92,7 @@ class CrmSink(exchange.ExchangeSink):
         self._token: str | None = self._token_secret.reveal() if self._token_secret is not None else None
         self._refresh_lock = asyncio.Lock()
         self._usage: float | None = None
-        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport)
+        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport, metrics=metrics)
 
     # -- the Sink protocol ------------------------------------------------------------------
 

@@ -127,12 +127,13 @@ class Exchanger:
         replicas: fleet.Replicas,
         clock: throttling.Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
         self.name = name
         self._spec = sink
         self._replicas = replicas
         self._replica_count = replicas.current()
-        self.telemetry = telemetry.SinkTelemetry(name)
+        self.telemetry = telemetry.SinkTelemetry(name, metrics=metrics)
         self.limiter = throttling.AsyncLimiter(
             limiter_settings(sink, self._replica_count, known=replicas.known()),
             clock=clock,
@@ -251,8 +252,11 @@ class ExchangeSink:
         replicas: fleet.Replicas,
         clock: throttling.Clock | None,
         transport: httpx.AsyncBaseTransport | None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
-        self._exchange = Exchanger(sink, name=self.kind, replicas=replicas, clock=clock, transport=transport)
+        self._exchange = Exchanger(
+            sink, name=self.kind, replicas=replicas, clock=clock, transport=transport, metrics=metrics
+        )
 
     @property
     def name(self) -> str:

@@ -71,6 +71,7 @@ class HecSink(exchange.ExchangeSink):
         replicas: fleet.Replicas,
         clock: throttling.Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
         self._hec = sink.siem or spec.SiemSinkSpec()
         if self._hec.token is None:
@@ -81,7 +82,7 @@ class HecSink(exchange.ExchangeSink):
         base = sink.url.rstrip("/")
         self._url = base if base.endswith(COLLECTOR_PATH) else base + COLLECTOR_PATH
         self._host = self._hec.host or socket.gethostname()
-        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport)
+        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport, metrics=metrics)
         self._pending: list[_Item] = []
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None

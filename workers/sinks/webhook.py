@@ -48,6 +48,7 @@ class WebhookSink(exchange.ExchangeSink):
         replicas: fleet.Replicas,
         clock: throttling.Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: telemetry.WorkerMetrics | None = None,
     ) -> None:
         self._url = sink.url
         self._signing = secrets.optional(sink.signing_secret, field="spec.sink.signingSecret")
@@ -60,7 +61,7 @@ class WebhookSink(exchange.ExchangeSink):
         )
         for secret in self._secrets:
             secret.reveal()  # fail at start-up, not on the first event
-        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport)
+        self._open_exchange(sink, replicas=replicas, clock=clock, transport=transport, metrics=metrics)
 
     async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         body = encode(event)

@@ -17,9 +17,9 @@ This package is the facade callers import (``from workers import telemetry``); t
 from __future__ import annotations
 
 from workers.telemetry.logs import JsonFormatter, configure_logging, redact_payload, scrub
-from workers.telemetry.metrics import CircuitState, ReasonClass, SinkOutcome, queue_name
+from workers.telemetry.metrics import CircuitState, ReasonClass, SinkOutcome, WorkerMetrics, queue_name
 from workers.telemetry.recorders import ACK, DEDUPE, SinkTelemetry, WorkerTelemetry
-from workers.telemetry.tracing import configure_tracing, inject_headers, producer_contexts, shutdown_tracing
+from workers.telemetry.tracing import Tracing, configure_tracing, inject_headers, producer_contexts
 
 __all__ = [
     "ACK",
@@ -29,6 +29,8 @@ __all__ = [
     "ReasonClass",
     "SinkOutcome",
     "SinkTelemetry",
+    "Tracing",
+    "WorkerMetrics",
     "WorkerTelemetry",
     "configure_logging",
     "configure_tracing",
@@ -37,5 +39,4 @@ __all__ = [
     "queue_name",
     "redact_payload",
     "scrub",
-    "shutdown_tracing",
 ]

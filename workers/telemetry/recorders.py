@@ -9,13 +9,17 @@ Log lines copy identifiers from the message and the event, never ``payload``.
 
 They run once or more per event, so they keep their cost down: label children are looked up
 once, gauges are set only when their value changes, and while no SDK records spans
-(:func:`~workers.telemetry.tracing.recording`) the span methods only carry the context on —
+(:class:`~workers.telemetry.tracing.Recording`) the span methods only carry the context on —
 what the no-op API would do, without building attributes and links nobody reads.
 
 They observe; they never raise into, block or change the data path. Every state-change
 method is wrapped by :func:`_never_raises` and every span by :class:`_SafeSpan`: a failure
 inside telemetry (a payload of an unexpected shape, an exporter bug) is counted in
 ``fanout_telemetry_errors_total`` and logged by type only, and the caller goes on.
+
+Both write to the :class:`~workers.telemetry.metrics.WorkerMetrics` they are given — the
+worker's own registry, which its ``/metrics`` serves (a recorder built without one gets a
+registry of its own).
 """
 
 from __future__ import annotations
@@ -27,15 +31,16 @@ import math
 import time
 import types
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, ParamSpec
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
-from workers import events
-from workers.telemetry import logs, metrics, tracing
+from workers import events, messages
+from workers.telemetry import logs, tracing
+from workers.telemetry import metrics as _metrics
 
 # Child span names the runtime uses; ACK is a messaging "settle" operation.
 DEDUPE: Final = "dedupe"
@@ -48,7 +53,9 @@ _log = logging.getLogger(__name__)
 def _telemetry_failed(owner: object, what: str, error: BaseException) -> None:
     """Count and note a failure inside telemetry; never raises itself."""
     try:
-        metrics.TELEMETRY_ERRORS.labels(str(getattr(owner, "queue", "") or "-")).inc()
+        families = getattr(owner, "metrics", None)
+        if isinstance(families, _metrics.WorkerMetrics):
+            families.telemetry_errors.labels(str(getattr(owner, "queue", "") or "-")).inc()
         _log.warning("telemetry call failed; ignored", extra={"call": what, "error": type(error).__name__})
     except Exception:  # the last line of defence must not raise either
         return
@@ -103,21 +110,6 @@ class _SafeSpan(contextlib.AbstractContextManager[Span]):
                 _telemetry_failed(self._owner, "span", failure)
 
 
-def _message_id(message: Mapping[str, Any]) -> str | None:
-    value = message.get("MessageId")
-    return value if isinstance(value, str) else None
-
-
-def _system_ms(message: Mapping[str, Any], name: str) -> int | None:
-    system = message.get("Attributes")
-    if not isinstance(system, Mapping):
-        return None
-    try:
-        return int(system[name])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 class WorkerTelemetry:
     """Metrics, spans and state log lines of one worker consuming one queue."""
 
@@ -128,36 +120,40 @@ class WorkerTelemetry:
         sink_name: str,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: _metrics.WorkerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else _metrics.WorkerMetrics()
+        families = self.metrics
         self.queue_url = queue_url
-        self.queue = metrics.queue_name(queue_url)
+        self.queue = _metrics.queue_name(queue_url)
         self.sink_name = sink_name
         self._clock = clock
         self._tracer_provider = tracer_provider
         self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
+        self._recording = tracing.Recording(tracer_provider)
         self._ready: bool | None = None
         self._in_flight_value: int | None = None
         self._lanes_value: int | None = None
         q = self.queue
         # Pre-create the children so every series exists (at 0) from the first scrape:
         # rate() and absent() alerts then behave from the start.
-        self._received = metrics.MESSAGES_RECEIVED.labels(q)
-        self._empty = metrics.EMPTY_RECEIVES.labels(q)
-        self._delivered = metrics.EVENTS_DELIVERED.labels(q, sink_name)
-        self._filtered = metrics.EVENTS_FILTERED.labels(q)
-        self._duplicates = metrics.DUPLICATES_SUPPRESSED.labels(q)
-        self._deleted = metrics.MESSAGES_DELETED.labels(q)
-        self._extended = metrics.VISIBILITY_EXTENSIONS.labels(q)
-        self._expired = metrics.RECEIPT_EXPIRED.labels(q)
-        self._returned = metrics.MESSAGES_RETURNED.labels(q)
-        self._processing = metrics.PROCESSING_SECONDS.labels(q)
-        self._e2e_sent = metrics.END_TO_END_SECONDS.labels(q, "sqs_sent")
-        self._e2e_event = metrics.END_TO_END_SECONDS.labels(q, "event_time")
-        self._in_flight = metrics.IN_FLIGHT.labels(q)
-        self._lanes = metrics.ACTIVE_LANES.labels(q)
-        self._ready_gauge = metrics.WORKER_READY.labels(q)
-        self._retries = {r: metrics.RETRIES.labels(q, r.value) for r in metrics.ReasonClass}
-        self._dead_lettered = {r: metrics.DEAD_LETTERED.labels(q, r.value) for r in metrics.ReasonClass}
+        self._received = families.messages_received.labels(q)
+        self._empty = families.empty_receives.labels(q)
+        self._delivered = families.events_delivered.labels(q, sink_name)
+        self._filtered = families.events_filtered.labels(q)
+        self._duplicates = families.duplicates_suppressed.labels(q)
+        self._deleted = families.messages_deleted.labels(q)
+        self._extended = families.visibility_extensions.labels(q)
+        self._expired = families.receipt_expired.labels(q)
+        self._returned = families.messages_returned.labels(q)
+        self._processing = families.processing_seconds.labels(q)
+        self._e2e_sent = families.end_to_end_seconds.labels(q, "sqs_sent")
+        self._e2e_event = families.end_to_end_seconds.labels(q, "event_time")
+        self._in_flight = families.in_flight.labels(q)
+        self._lanes = families.active_lanes.labels(q)
+        self._ready_gauge = families.worker_ready.labels(q)
+        self._retries = {r: families.retries.labels(q, r.value) for r in _metrics.ReasonClass}
+        self._dead_lettered = {r: families.dead_lettered.labels(q, r.value) for r in _metrics.ReasonClass}
 
     # ----------------------------------------------------------------------------------- spans
     def _base_attributes(self) -> dict[str, str]:
@@ -172,7 +168,7 @@ class WorkerTelemetry:
         return _SafeSpan(self, self._receive_span)
 
     def _receive_span(self) -> contextlib.AbstractContextManager[Span]:
-        if not tracing.recording(self._tracer_provider):
+        if not self._recording():
             return _current_span()
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "receive"
@@ -182,24 +178,23 @@ class WorkerTelemetry:
         )
 
     @_never_raises
-    def record_batch(self, span: Span, messages: Sequence[Mapping[str, Any]]) -> None:
+    def record_batch(self, span: Span, batch: Sequence[messages.Message]) -> None:
         """Put the batch size and one link per message producer context on a receive span."""
         if not span.is_recording():
             return
-        span.set_attribute("messaging.batch.message_count", len(messages))
-        for message in messages:
-            message_id = _message_id(message)
+        span.set_attribute("messaging.batch.message_count", len(batch))
+        for message in batch:
             for span_context in tracing.producer_contexts(message):
-                span.add_link(span_context, {"messaging.message.id": message_id} if message_id else None)
+                span.add_link(span_context, {"messaging.message.id": message.message_id})
 
     def process_span(
-        self, message: Mapping[str, Any], event: events.Event | None
+        self, message: messages.Message, event: events.Event | None
     ) -> contextlib.AbstractContextManager[Span]:
         """``process <queue>`` CONSUMER span for one message (see :meth:`_process_span`)."""
         return _SafeSpan(self, functools.partial(self._process_span, message, event))
 
     @contextlib.contextmanager
-    def _process_span(self, message: Mapping[str, Any], event: events.Event | None) -> Iterator[Span]:
+    def _process_span(self, message: messages.Message, event: events.Event | None) -> Iterator[Span]:
         """``process <queue>`` CONSUMER span for one message.
 
         The first producer context becomes the parent (one trace from producer to the
@@ -208,7 +203,7 @@ class WorkerTelemetry:
         While nothing records spans, the producer's context (or none) becomes current: log
         lines and the downstream ``traceparent`` then carry the producer's trace.
         """
-        if not tracing.recording(self._tracer_provider):
+        if not self._recording():
             producers = tracing.producer_contexts(message, event)
             current = trace.NonRecordingSpan(producers[0]) if producers else trace.INVALID_SPAN
             token = otel_context.attach(trace.set_span_in_context(current))
@@ -220,9 +215,7 @@ class WorkerTelemetry:
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "process"
         attributes["messaging.operation.name"] = "process"
-        message_id = _message_id(message)
-        if message_id:
-            attributes["messaging.message.id"] = message_id
+        attributes["messaging.message.id"] = message.message_id
         if event is not None and event.ordering_key:
             attributes["messaging.message.conversation_id"] = event.ordering_key
         producers = tracing.producer_contexts(message, event)
@@ -246,7 +239,7 @@ class WorkerTelemetry:
         return _SafeSpan(self, functools.partial(self._child_span, name))
 
     def _child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
-        if not tracing.recording(self._tracer_provider):
+        if not self._recording():
             return _current_span()
         attributes: dict[str, str] = {}
         if name == ACK:
@@ -256,10 +249,10 @@ class WorkerTelemetry:
         return self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
 
     # ---------------------------------------------------------------------------- state changes
-    def _fields(self, message: Mapping[str, Any] | None, event: events.Event | None) -> dict[str, Any]:
+    def _fields(self, message: messages.Message | None, event: events.Event | None) -> dict[str, Any]:
         fields: dict[str, Any] = {"queue": self.queue}
         if message is not None:
-            fields["message_id"] = _message_id(message)
+            fields["message_id"] = message.message_id
         if event is not None:
             fields["event_id"] = event.event_id
             fields["ordering_key"] = event.ordering_key
@@ -267,9 +260,9 @@ class WorkerTelemetry:
         return fields
 
     @staticmethod
-    def _reason(reason: str, message: Mapping[str, Any], event: events.Event | None) -> str:
+    def _reason(reason: str, message: messages.Message, event: events.Event | None) -> str:
         if event is None:
-            return logs.scrub(logs.redact_body(reason, message.get("Body")))
+            return logs.scrub(logs.redact_body(reason, message.body))
         return logs.scrub(logs.redact_payload(reason, event.payload))
 
     @staticmethod
@@ -290,11 +283,11 @@ class WorkerTelemetry:
         self._log(logging.INFO, "received", fields)
 
     @_never_raises
-    def delivered(self, message: Mapping[str, Any], event: events.Event, processing_seconds: float) -> None:
+    def delivered(self, message: messages.Message, event: events.Event, processing_seconds: float) -> None:
         self._delivered.inc()
         self._processing.observe(max(0.0, processing_seconds))
         now_ms = self._clock() * 1000.0
-        sent_ms = _system_ms(message, "SentTimestamp")
+        sent_ms = message.sent_timestamp_ms
         if sent_ms is not None:
             self._e2e_sent.observe(max(0.0, (now_ms - sent_ms) / 1000.0))
         end_to_end: float | None = None
@@ -310,44 +303,42 @@ class WorkerTelemetry:
         self._log(logging.INFO, "delivered", fields)
 
     @_never_raises
-    def filtered(self, message: Mapping[str, Any], event: events.Event) -> None:
+    def filtered(self, message: messages.Message, event: events.Event) -> None:
         self._filtered.inc()
         self._log(logging.INFO, "filtered", self._fields(message, event))
 
     @_never_raises
-    def duplicate(self, message: Mapping[str, Any], event: events.Event) -> None:
+    def duplicate(self, message: messages.Message, event: events.Event) -> None:
         self._duplicates.inc()
         self._log(logging.INFO, "duplicate", self._fields(message, event))
 
     @_never_raises
     def retried(
         self,
-        message: Mapping[str, Any],
+        message: messages.Message,
         event: events.Event | None,
         delay_seconds: float,
-        reason_class: metrics.ReasonClass,
+        reason_class: _metrics.ReasonClass,
         reason: str,
     ) -> None:
-        reason_class = metrics.ReasonClass(reason_class)
+        reason_class = _metrics.ReasonClass(reason_class)
         self._retries[reason_class].inc()
         fields = self._fields(message, event)
         fields["delay_seconds"] = round(delay_seconds, 3)
         fields["reason_class"] = reason_class.value
         fields["reason"] = self._reason(reason, message, event)
-        receive_count = _system_ms(message, "ApproximateReceiveCount")
-        if receive_count is not None:
-            fields["receive_count"] = receive_count
+        fields["receive_count"] = message.receive_count
         self._log(logging.WARNING, "retried", fields)
 
     @_never_raises
     def dead_lettered(
         self,
-        message: Mapping[str, Any],
+        message: messages.Message,
         event: events.Event | None,
-        reason_class: metrics.ReasonClass,
+        reason_class: _metrics.ReasonClass,
         reason: str,
     ) -> None:
-        reason_class = metrics.ReasonClass(reason_class)
+        reason_class = _metrics.ReasonClass(reason_class)
         self._dead_lettered[reason_class].inc()
         fields = self._fields(message, event)
         fields["reason_class"] = reason_class.value
@@ -374,12 +365,24 @@ class WorkerTelemetry:
 
     @_never_raises
     def delete_failed(self, count: int, code: str) -> None:
-        code = metrics.bounded_code(code)
-        metrics.DELETE_FAILURES.labels(self.queue, code).inc(count)
+        """Deletes that finally failed: the messages come back, and are deleted as duplicates."""
+        code = _metrics.bounded_code(code)
+        self.metrics.delete_failures.labels(self.queue, code).inc(count)
+        self._failed("delete_failed", count, code)
+
+    @_never_raises
+    def visibility_failed(self, count: int, code: str) -> None:
+        """Visibility changes that finally failed: the messages come back when their visibility
+        timeout runs out, sooner or later than asked."""
+        code = _metrics.bounded_code(code)
+        self.metrics.visibility_failures.labels(self.queue, code).inc(count)
+        self._failed("visibility_failed", count, code)
+
+    def _failed(self, state: str, count: int, code: str) -> None:
         fields = self._fields(None, None)
         fields["count"] = count
         fields["code"] = code
-        self._log(logging.WARNING, "delete_failed", fields)
+        self._log(logging.WARNING, state, fields)
 
     @_never_raises
     def visibility_extended(self, count: int) -> None:
@@ -405,12 +408,12 @@ class WorkerTelemetry:
 
     @_never_raises
     def task_restarted(self, task: str) -> None:
-        metrics.TASK_RESTARTS.labels(self.queue, task).inc()
+        self.metrics.task_restarts.labels(self.queue, task).inc()
 
     @_never_raises
     def redrive_conflict(self, problem: str | None) -> None:
         """The source queue's redrive policy would cut retries short (``problem``), or not."""
-        metrics.REDRIVE_POLICY_CONFLICT.labels(self.queue).set(1 if problem else 0)
+        self.metrics.redrive_policy_conflict.labels(self.queue).set(1 if problem else 0)
         if problem:
             fields = self._fields(None, None)
             fields["problem"] = problem
@@ -427,34 +430,43 @@ class WorkerTelemetry:
 class SinkTelemetry:
     """Request metrics, limiter gauges and HTTP client spans of one sink."""
 
-    def __init__(self, sink_name: str, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        sink_name: str,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        metrics: _metrics.WorkerMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else _metrics.WorkerMetrics()
+        families = self.metrics
         self.sink_name = sink_name
         self._tracer_provider = tracer_provider
         self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
+        self._recording = tracing.Recording(tracer_provider)
         self._circuit: int | None = None
         self._paused: bool | None = None
         self._published: tuple[float, int, bool, int] | None = None
         self._requests = {
             outcome.value: (
-                metrics.SINK_REQUESTS.labels(sink_name, outcome.value),
-                metrics.SINK_REQUEST_SECONDS.labels(sink_name, outcome.value),
+                families.sink_requests.labels(sink_name, outcome.value),
+                families.sink_request_seconds.labels(sink_name, outcome.value),
             )
-            for outcome in metrics.SinkOutcome
+            for outcome in _metrics.SinkOutcome
         }
-        self._rate_gauge = metrics.SINK_RATE_LIMIT.labels(sink_name)
-        self._concurrency_gauge = metrics.SINK_CONCURRENCY_LIMIT.labels(sink_name)
-        self._paused_gauge = metrics.SINK_PAUSED.labels(sink_name)
-        self._circuit_gauge = metrics.SINK_CIRCUIT_STATE.labels(sink_name)
-        self._refused_gauge = metrics.SINK_CREDENTIALS_REFUSED.labels(sink_name)
+        self._rate_gauge = families.sink_rate_limit.labels(sink_name)
+        self._concurrency_gauge = families.sink_concurrency_limit.labels(sink_name)
+        self._paused_gauge = families.sink_paused.labels(sink_name)
+        self._circuit_gauge = families.sink_circuit_state.labels(sink_name)
+        self._refused_gauge = families.sink_credentials_refused.labels(sink_name)
         self._refused_gauge.set(0)
         self._refused = False
 
     @_never_raises
     def request(self, outcome: str, seconds: float) -> None:
-        """Count one request; ``outcome`` must be a :class:`metrics.SinkOutcome` value (ValueError)."""
+        """Count one request; ``outcome`` must be a :class:`_metrics.SinkOutcome` value (ValueError)."""
         children = self._requests.get(outcome)
         if children is None:
-            children = self._requests[metrics.SinkOutcome(outcome).value]
+            children = self._requests[_metrics.SinkOutcome(outcome).value]
         counter, histogram = children
         counter.inc()
         histogram.observe(max(0.0, seconds))
@@ -473,7 +485,7 @@ class SinkTelemetry:
         self._rate_gauge.set(value[0])
         self._concurrency_gauge.set(concurrency)
         self._paused_gauge.set(1 if paused else 0)
-        state = metrics.CircuitState(circuit)
+        state = _metrics.CircuitState(circuit)
         self._circuit_gauge.set(state.value)
         if self._circuit is not None and state != self._circuit:
             logs.SINK_LOGGER.log(
@@ -509,7 +521,7 @@ class SinkTelemetry:
         return _SafeSpan(self, functools.partial(self._http_span, method, url))
 
     def _http_span(self, method: str, url: str) -> contextlib.AbstractContextManager[Span]:
-        if not tracing.recording(self._tracer_provider):
+        if not self._recording():
             return _current_span()
         attributes = dict(_http_attributes(method.upper(), url, self.sink_name))
         return self._tracer.start_as_current_span(method.upper(), kind=SpanKind.CLIENT, attributes=attributes)

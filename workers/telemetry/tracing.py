@@ -1,6 +1,7 @@
 """OpenTelemetry set-up from the environment, and trace context carried by SQS messages.
 
-:func:`configure_tracing` is called once by ``cli``; the span helpers of
+:func:`configure_tracing` is called once by ``cli``, which shuts down what it returns at exit
+(nothing here is kept in module state); the span helpers of
 :mod:`workers.telemetry.recorders` use :func:`producer_contexts` to find the producer's
 context in a message: the ``AWSTraceHeader`` system attribute (X-Ray format), a W3C
 ``traceparent`` message attribute, or the SNS envelope's ``traceparent``
@@ -10,34 +11,48 @@ downstream HTTP request.
 The SDK is installed only when spans go somewhere (an OTLP traces endpoint): recording
 spans nobody exports costs ~80 µs of CPU per event, 4-5% of a worker's. Without it the
 no-op API still carries the producer's context through a process span (log lines and the
-downstream ``traceparent`` then name the producer's trace); :func:`recording` tells the
-recorders which of the two worlds they are in, so they skip building what nobody reads.
+downstream ``traceparent`` then name the producer's trace); a :class:`Recording` tells each
+recorder which of the two worlds it is in, so it skips building what nobody reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.trace.propagation import tracecontext
 
-from workers import events
+from workers import events, messages
 
 TRACER_NAME = "fanout-consumer.workers"
 
-_TRACING_CONFIGURED = False
-_PROVIDER: Any = None
 _TRUE = frozenset({"true", "1", "yes"})
+_RECHECK_SECONDS = 1.0
 
 
-def configure_tracing(service_name: str = "fanout-worker") -> None:
-    """Install the OpenTelemetry SDK from the standard ``OTEL_*`` environment; idempotent.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tracing:
+    """What :func:`configure_tracing` set up: the SDK's provider, or None (the no-op API stays)."""
+
+    provider: Any = None
+
+    def shutdown(self) -> None:
+        """Flush and stop the provider (call at exit)."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def configure_tracing(
+    service_name: str = "fanout-worker", environ: Mapping[str, str] = os.environ
+) -> Tracing:
+    """Install the OpenTelemetry SDK from the standard ``OTEL_*`` environment.
 
     The SDK (with an OTLP/HTTP exporter) is installed only when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set,
@@ -46,61 +61,62 @@ def configure_tracing(service_name: str = "fanout-worker") -> None:
     producer's context on (see :mod:`workers.telemetry.recorders`). The sampler, resource
     attributes, service name (``OTEL_SERVICE_NAME`` wins over ``service_name``) and
     exporter details come from the environment through the SDK itself.
+
+    OpenTelemetry takes one global provider per process: once one is installed, a second call
+    installs nothing and returns a :class:`Tracing` without a provider (nothing to shut down).
     """
-    global _TRACING_CONFIGURED, _PROVIDER
-    if _TRACING_CONFIGURED:
-        return
-    _TRACING_CONFIGURED = True
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE or not _export_wanted(os.environ):
-        return
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE or not _export_wanted(environ):
+        return Tracing()
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return Tracing()  # already installed in this process
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk import resources
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {resources.SERVICE_NAME: service_name}
+    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {resources.SERVICE_NAME: service_name}
     provider = TracerProvider(resource=resources.Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    _PROVIDER = provider
+    return Tracing(provider)
 
 
-_GLOBAL_RECORDS = False
-_GLOBAL_CHECKED_AT = -math.inf
-_RECHECK_SECONDS = 1.0
-
-
-def recording(tracer_provider: trace.TracerProvider | None) -> bool:
-    """Whether spans started through ``tracer_provider`` (None: the global one) can record.
+class Recording:
+    """Whether spans started through ``tracer_provider`` (None: the global one) can record;
+    each recorder holds one.
 
     An explicit provider counts as recording. The global provider records once anything but
-    the API's proxy/no-op provider is installed; OpenTelemetry lets that happen only once
-    per process, so a True answer is kept. A False one is looked at again after a second
-    (asking the API costs an environment lookup, and this runs several times per event), so
-    a provider installed later is picked up within a second.
+    the API's proxy/no-op provider is installed; OpenTelemetry lets that happen only once per
+    process, so a True answer is kept. A False one is looked at again after a second (asking
+    the API costs an environment lookup, and this runs several times per event), so a
+    provider installed later is picked up within a second.
     """
-    global _GLOBAL_RECORDS, _GLOBAL_CHECKED_AT
-    if tracer_provider is not None or _GLOBAL_RECORDS:
-        return True
-    now = time.monotonic()
-    if now - _GLOBAL_CHECKED_AT < _RECHECK_SECONDS:
-        return False
-    _GLOBAL_CHECKED_AT = now
-    provider = trace.get_tracer_provider()
-    _GLOBAL_RECORDS = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
-    return _GLOBAL_RECORDS
+
+    __slots__ = ("_checked_at", "_clock", "_records")
+
+    def __init__(
+        self, tracer_provider: trace.TracerProvider | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._records = tracer_provider is not None
+        self._checked_at = -math.inf
+        self._clock = clock
+
+    def __call__(self) -> bool:
+        if self._records:
+            return True
+        now = self._clock()
+        if now - self._checked_at < _RECHECK_SECONDS:
+            return False
+        self._checked_at = now
+        provider = trace.get_tracer_provider()
+        self._records = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        return self._records
 
 
 def _export_wanted(environ: Mapping[str, str]) -> bool:
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     exporters = {e.strip().lower() for e in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")}
     return bool(endpoint) and "none" not in exporters
-
-
-def shutdown_tracing() -> None:
-    """Flush and stop the provider :func:`configure_tracing` installed (call at exit)."""
-    if _PROVIDER is not None:
-        _PROVIDER.shutdown()
 
 
 def inject_headers(headers: dict[str, str]) -> None:
@@ -145,32 +161,18 @@ def _parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanC
     return span_context if span_context.is_valid else None
 
 
-def _message_attribute(message: Mapping[str, Any], name: str) -> str | None:
-    attributes = message.get("MessageAttributes")
-    if not isinstance(attributes, Mapping):
-        return None
-    value = attributes.get(name)
-    if isinstance(value, Mapping):
-        string = value.get("StringValue")
-        return string if isinstance(string, str) else None
-    return None
-
-
-def producer_contexts(message: Mapping[str, Any], event: events.Event | None = None) -> list[SpanContext]:
+def producer_contexts(message: messages.Message, event: events.Event | None = None) -> list[SpanContext]:
     """Every distinct producer span context a message carries, most authoritative first.
 
     Order: the ``AWSTraceHeader`` system attribute (set by SQS itself from an X-Ray traced
     send), a ``traceparent`` message attribute, the SNS envelope's ``traceparent``.
     """
     found: list[SpanContext | None] = []
-    system = message.get("Attributes")
-    if isinstance(system, Mapping):
-        header = system.get("AWSTraceHeader")
-        if isinstance(header, str):
-            found.append(_parse_xray(header))
-    traceparent = _message_attribute(message, "traceparent")
+    if message.trace_header is not None:
+        found.append(_parse_xray(message.trace_header))
+    traceparent = message.string_attribute("traceparent")
     if traceparent:
-        found.append(_parse_traceparent(traceparent, _message_attribute(message, "tracestate")))
+        found.append(_parse_traceparent(traceparent, message.string_attribute("tracestate")))
     if event is not None and event.attributes.get("traceparent"):
         found.append(_parse_traceparent(event.attributes["traceparent"], event.attributes.get("tracestate")))
     unique: list[SpanContext] = []

@@ -47,7 +47,6 @@ from collections.abc import Callable
 from typing import Any
 
 import aiobotocore.session
-import prometheus_client
 
 from fanout_core import awsclients, findings, inspecting, provisioning, topology
 from fanout_core import spec as spec_model
@@ -55,7 +54,7 @@ from fanout_ingest import config as ingest_config
 from fanout_ingest import serving
 from fanout_lab.demo import consumers, recovery, referee, stage, traffic
 from fanout_lab.simulators import aws, crm, downstream, webhooks
-from workers import fleet, running, sinks, throttling
+from workers import fleet, running, sinks, telemetry, throttling
 from workers.sinks import exchange
 
 TOPIC = "genesys-interactions"
@@ -97,8 +96,8 @@ class ConsumerState:
     delivered: set[str] = dataclasses.field(default_factory=set)
     limiters: list[throttling.AsyncLimiter] = dataclasses.field(default_factory=list)
     """Its replicas' sink limiters (to tell when the downstream's grant held it back)."""
+    workers: list[running.Worker] = dataclasses.field(default_factory=list)
     _seen: int = 0
-    _metric_base: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def catch_up(self) -> None:
         accepted = self.simulator.accepted
@@ -124,16 +123,8 @@ class ConsumerState:
         return self.simulator.throttled_count + self.simulator.outage_count
 
     def metric(self, name: str, **labels: str) -> float:
-        value = prometheus_client.REGISTRY.get_sample_value(name, {"queue": self.plan.queue, **labels})
-        return (value or 0.0) - self._metric_base.get(name + repr(sorted(labels.items())), 0.0)
-
-    def remember_metric_base(self) -> None:
-        for name in ("fanout_duplicates_suppressed_total", "fanout_events_filtered_total"):
-            value = prometheus_client.REGISTRY.get_sample_value(name, {"queue": self.plan.queue})
-            self._metric_base[name + repr([])] = value or 0.0
-        labels = {"queue": self.plan.queue, "reason_class": "permanent"}
-        value = prometheus_client.REGISTRY.get_sample_value("fanout_dead_lettered_total", labels)
-        self._metric_base["fanout_dead_lettered_total" + repr([("reason_class", "permanent")])] = value or 0.0
+        """A worker metric of this consumer, summed over its replicas (each has its registry)."""
+        return sum(worker.metrics.value(name, queue=self.plan.queue, **labels) for worker in self.workers)
 
     @property
     def refused_for_good(self) -> int:
@@ -468,13 +459,16 @@ async def _run_workers(
         plan, consumer = state.plan, state.consumer
         assert consumer is not None, "create_resources() sets it"
         manifests[plan.name] = consumer
-        state.remember_metric_base()
         for _ in range(plan.replicas):
-            sink = sinks.build_sink(consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas))
+            metrics = telemetry.WorkerMetrics()  # the worker's and its sink's series, one registry
+            sink = sinks.build_sink(
+                consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas), metrics=metrics
+            )
             if isinstance(sink, exchange.ExchangeSink):
                 state.limiters.append(sink.limiter)
             stack.push_async_callback(sink.aclose)
-            worker = running.Worker(consumer, sink=sink)
+            worker = running.Worker(consumer, sink=sink, metrics=metrics)
+            state.workers.append(worker)
             tasks.append(asyncio.create_task(worker.run(stop)))
     siem = next(state.simulator for state in run_.states if state.plan.name == "siem-audit")
     helpers = [asyncio.create_task(run_.publish(topic_arn)), asyncio.create_task(run_.siem_outage(siem))]
