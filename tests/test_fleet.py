@@ -9,6 +9,8 @@ import pathlib
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fanout_core import spec
 from fanout_lab import harness
@@ -132,3 +134,24 @@ async def test_a_share_that_cannot_be_read_leaves_the_count_to_decide(sqs: Any) 
         assert await harness.wait_until(lambda: told == [None, None], timeout=30, interval=0.05)
     finally:
         watcher.cancel()
+
+
+@given(
+    low=st.integers(1, 20),
+    receive=st.integers(1, 10),
+    others=st.integers(0, 200),
+    away=st.integers(0, 20),
+    phase=st.integers(0, 100),
+)
+def test_a_share_is_the_same_whatever_the_phase_of_the_receive_cycle_it_is_read_at(
+    low: int, receive: int, others: int, away: int, phase: int
+) -> None:
+    """A replica's hold climbs by a whole receive and falls one delivery at a time; the others
+    hold ``others``. Read at any point of that cycle (SQS counting what everyone holds then),
+    its share is its average hold's part of the fleet's: a read at the low of the cycle takes no
+    less than one at the high, so the replicas' shares add up to one."""
+    cycle = [low + receive - step for step in range(receive)]  # just received, then delivering
+    held_now = cycle[phase % len(cycle)]
+    mean = sum(cycle) / len(cycle)
+    share = fleet.share_of(cycle, held_now, held_now + others + away, away=away)
+    assert share == pytest.approx((mean + away) / (mean + away + others))
