@@ -22,10 +22,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Two distributions, both editable: production (with its dev tools), then the lab (stand-ins,
-# demo, test helpers; lab/pyproject.toml), which depends on the first. Every third-party
-# package is pinned by constraints.txt: pip installs a known set instead of searching for one.
+# demo, test helpers; lab/pyproject.toml, with its `bench` extra: the benchmarks' peer
+# library), which depends on the first. Every third-party package is pinned by
+# constraints.txt: pip installs a known set instead of searching for one.
 $(STAMP): $(BIN)/python pyproject.toml lab/pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]' --editable ./lab
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]' --editable './lab[bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -34,7 +35,7 @@ install: $(STAMP)
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet --editable '.[dev]' --editable ./lab
+	.lock-venv/bin/python -m pip install --quiet --editable '.[dev]' --editable './lab[bench]'
 	{ sed -n '1,3p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i '^fanout'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 

@@ -6,13 +6,18 @@ share too.
 Every benchmark in ``bench/`` runs as ``.venv/bin/python bench/NAME.py`` and prints ratios
 measured side by side in the same run, so the machine's speed cancels out. The pieces:
 
-* :func:`aws_endpoint` — a moto server child process, the standard ``AWS_*`` variables set.
+* :func:`aws_endpoint` — a moto server child process, the standard ``AWS_*`` variables set;
+  :func:`keep_alive_aws_endpoint` — the same moto served by waitress, which keeps
+  connections alive as AWS does (:class:`KeepAliveMoto`).
 * :class:`Child` — a process started here and measured through ``/proc/<pid>``: CPU seconds
   (user + system, from ``stat``), resident and peak resident memory (``status``). Measuring
   from outside treats every variant alike: the worker and a bare loop are both children.
 * :class:`Receiver` — a zero-latency (or holding) HTTP receiver in ANOTHER process, so its
   CPU is never counted against the process under test. ``python bench/_common.py receiver``
-  is its entry point; ``GET /stats`` says how many requests it answered and holds.
+  is its entry point; ``GET /stats`` says how many events it answered and holds. It answers
+  any POST 200 ``{}`` (a webhook), a Salesforce upsert ``PATCH`` 201 with Salesforce's body
+  and ``Sforce-Limit-Info``, and a Splunk HEC batch 200 ``{"text":"Success","code":0}``,
+  counting each event of the batch.
 * :func:`feed` (``harness.send_bodies``) — sends message bodies in batches of ten while
   keeping the queue's visible backlog under a bound: moto scans the whole queue for every
   message it sends or returns, so a long queue would measure moto, not us.
@@ -70,6 +75,15 @@ async def sqs_client() -> AsyncIterator[Any]:
     session = aiobotocore.session.get_session()
     async with session.create_client("sqs") as client:
         yield client
+
+
+@contextlib.contextmanager
+def keep_alive_aws_endpoint() -> Iterator[KeepAliveMoto]:
+    """:func:`aws_endpoint`, but on :class:`KeepAliveMoto`: AWS keeps connections alive."""
+    with KeepAliveMoto() as server, aws.environment(aws.MotoServer(port=server.port).environment()):
+        for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_DYNAMODB"):
+            os.environ.pop(name, None)
+        yield server
 
 
 make_queue = harness.make_queue
@@ -179,6 +193,44 @@ class Unlimited:
         return None
 
 
+class KeepAliveMoto(Child):
+    """moto's application served by waitress, which keeps HTTP/1.1 connections alive.
+
+    ``python -m moto.server`` (werkzeug) closes the connection after every answer, so each
+    SQS call of a consumer under test also paid a TCP connect and close — a fifth to a third
+    of a bare loop's CPU in ``bench/overhead.py``, and a cost no consumer pays against AWS,
+    which keeps connections alive. Same moto, same state and answers; only the HTTP server
+    differs. Enough threads for every long poll the benchmark holds open at once.
+    """
+
+    def __init__(self) -> None:
+        self.port = aws.free_port()
+        super().__init__(
+            [sys.executable, str(pathlib.Path(__file__)), "moto", "--port", str(self.port)], log_name="moto"
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto exited with {self.process.returncode}; see {self.log_path}")
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/moto-api/", timeout=1),
+            ):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto did not answer within 30 s; see {self.log_path}")
+
+
+def _serve_moto(port: int) -> None:
+    os.environ["MOTO_PORT"] = str(port)  # moto writes it into queue URLs
+    import waitress
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    application = DomainDispatcherApplication(create_backend_app)
+    waitress.serve(application, host="127.0.0.1", port=port, threads=256, connection_limit=2048, _quiet=True)
+
+
 def write_manifest(spec: dict[str, Any], name: str) -> pathlib.Path:
     """A FanoutConsumer manifest file for ``fanout-worker --config``."""
     path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-{name}-{os.getpid()}.yaml"
@@ -206,12 +258,15 @@ class WorkerProcess(Child):
             log_name=name,
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, *, probe: str = "readyz") -> None:
+        """Until ``/readyz`` answers 200 (``probe="healthz"``: until the worker is up and
+        serving, its pollers started — readiness also waits for the first receive to return,
+        which on an empty queue takes a whole long poll)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
-            url = f"http://127.0.0.1:{self.http_port}/readyz"
+            url = f"http://127.0.0.1:{self.http_port}/{probe}"
             with (
                 contextlib.suppress(urllib.error.URLError, OSError),
                 urllib.request.urlopen(url, timeout=1) as reply,
@@ -239,7 +294,13 @@ class Receiver(Child):
 
     @property
     def url(self) -> str:
+        """Where a webhook posts."""
         return f"http://127.0.0.1:{self.port}/events"
+
+    @property
+    def base_url(self) -> str:
+        """The root a crm (Salesforce upsert PATCH) or siem (Splunk HEC) sink appends its path to."""
+        return f"http://127.0.0.1:{self.port}"
 
     def _call(self, path: str, method: str = "GET") -> dict[str, Any]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
@@ -256,6 +317,24 @@ class Receiver(Child):
         self._call("/release", method="POST")
 
 
+HEC_PATH = "/services/collector/event"
+_HEC_OK = '{"text":"Success","code":0}'
+_SALESFORCE_PATH = "/services/data/"
+_UPSERT_OK = '{"id":"a0B5f000001bench","success":true,"errors":[],"created":true}'
+_SALESFORCE_HEADERS = {"Sforce-Limit-Info": "api-usage=25/100000"}
+
+
+def _hec_events(body: bytes) -> int:
+    """How many event objects a HEC batch holds (concatenated JSON objects)."""
+    decoder, text, position, count = json.JSONDecoder(), body.decode(), 0, 0
+    while position < len(text):
+        _, position = decoder.raw_decode(text, position)
+        count += 1
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return count
+
+
 async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
     answered = 0
     released = asyncio.Event()
@@ -265,14 +344,21 @@ async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
 
     async def receive(request: web.Request) -> web.Response:
         nonlocal answered, held
-        await request.read()
+        body = await request.read()
         if not released.is_set():
             held += 1
             await released.wait()
             held -= 1
         if latency:
             await asyncio.sleep(latency)
+        if request.path.endswith(HEC_PATH):
+            answered += _hec_events(body)
+            return web.Response(text=_HEC_OK, content_type="application/json")
         answered += 1
+        if request.method == "PATCH" and request.path.startswith(_SALESFORCE_PATH):
+            return web.Response(
+                status=201, text=_UPSERT_OK, content_type="application/json", headers=_SALESFORCE_HEADERS
+            )
         return web.Response(text="{}", content_type="application/json")
 
     async def stats(request: web.Request) -> web.Response:
@@ -286,6 +372,7 @@ async def _serve_receiver(port: int, hold: bool, latency: float) -> None:
     app.router.add_get("/stats", stats)
     app.router.add_post("/release", release)
     app.router.add_post("/{tail:.*}", receive)
+    app.router.add_patch("/{tail:.*}", receive)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
@@ -323,9 +410,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     receiver.add_argument("--port", type=int, required=True)
     receiver.add_argument("--hold", action="store_true")
     receiver.add_argument("--latency", type=float, default=0.0)
+    moto = commands.add_parser("moto")
+    moto.add_argument("--port", type=int, required=True)
     args = parser.parse_args(arguments)
     if args.command == "receiver":
         asyncio.run(_serve_receiver(args.port, args.hold, args.latency))
+    elif args.command == "moto":
+        _serve_moto(args.port)
 
 
 if __name__ == "__main__":

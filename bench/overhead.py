@@ -1,29 +1,36 @@
-"""Worker CPU per event against a bare loop doing the same I/O on the same endpoints.
+"""CPU per event of the worker against what a user would run instead, side by side.
 
-Every variant runs as a child process and are measured from outside (``/proc/<pid>/stat``,
-user + system CPU) over the same traffic: N Genesys events in EventBridge envelopes, fed
-into a fresh queue on the moto server while the variant runs, each delivered to the same
-zero-latency HTTP receiver running in a third process (its CPU is not counted).
+Every consumer runs as a child process, measured from outside (``/proc/<pid>/stat``, user +
+system CPU), over the same traffic: Genesys events in EventBridge envelopes fed into its own
+queue on one moto server while it runs, delivered to one zero-latency HTTP receiver in
+another process (neither's CPU is counted). moto is served by waitress, which keeps
+connections alive as AWS does (``--moto-closes-connections``: moto's own server, which makes
+every SQS call of every consumer pay a TCP connect). Rounds alternate the consumers, the order turned
+by one each round, so a busy moment of the shared machine falls on all of them alike; ratios
+are of CPU seconds summed over the rounds.
 
-* **bare loop** — aiobotocore ``ReceiveMessage`` (same arguments as the worker) →
-  ``json.loads`` → one httpx ``POST`` per event → ``DeleteMessageBatch``; nothing else.
-  This is the baseline of the target ratio.
-* **bare loop, worker's HTTP transport** — the same loop with its httpx client on the
-  transport the worker's sinks use (:class:`workers.sinks.transport.PooledTransport`,
-  httpx's pool on plain asyncio sockets, much cheaper than httpx's default). The worker
-  beating the bare loop says little by itself; against this variant the ratio is what the
-  worker costs beyond the same I/O done the same way.
-* **fanout-worker** — the real CLI, as deployed without an OTLP collector: decode, filter,
-  order, deduplicate, limiter, metrics, one JSON log line per state change (INFO), batched
-  settling; no OTLP endpoint is set, so no span is recorded (process spans pass the
-  producer's context on). With an endpoint the SDK records and exports spans: ~80 us more
-  per event, measured in-process (not here: it would need a collector).
-* **fanout-worker, quiet** — the same at log level WARNING: what the INFO lines cost.
+Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
 
-Prints events per CPU-second of each, the ratio worker / bare loop (target: at most 1.3),
-and the worker against the bare loop on the worker's transport.
+* **webhook** — ``fanout-worker`` (webhook sink, memory idempotency store, the spec's
+  defaults: 2 pollers of 10 messages, 20 s long polls, INFO logs, one JSON line per state
+  change, metrics; no OTLP endpoint, so no span is recorded) against a bare aiobotocore +
+  **aiohttp** loop (the goal: worker ≤ 1.0x its CPU per event), a bare aiobotocore +
+  **httpx** loop (httpx's default transport) and the PyPI peer **sqs-workers** (boto3 + sync
+  httpx, one message at a time; the goal: worker ≤ 0.5x). ``--transports`` adds the bare
+  loop with httpx on the worker's sinks' transport (httpx on aiohttp: what httpx's API costs
+  over aiohttp's, and what the worker costs beyond the same I/O) and on the PyPI adapter
+  ``httpx-aiohttp``.
+* **crm** — the worker's Salesforce upsert sink against a bare aiohttp loop sending the
+  same PATCH per event (goal ≤ 1.0x).
+* **siem** — the worker's Splunk HEC sink (batches of up to 100 events, 0.2 s linger)
+  against a bare aiohttp loop posting each receive of 10 as one batch (goal ≤ 1.0x).
 
-    .venv/bin/python bench/overhead.py [--events N]
+Also printed: the CPU each consumer spends starting (process start → serving, its pollers
+started) and idle CPU per second (an empty queue, 20 s long polls, every consumer at once).
+
+    .venv/bin/python bench/overhead.py [--events N] [--rounds R] [--sinks webhook,crm,siem]
+                                       [--transports] [--idle-seconds S]
+                                       [--moto-closes-connections]
 """
 
 from __future__ import annotations
@@ -31,80 +38,115 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import dataclasses
 import os
-import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import _baselines
 import _common
-import aiobotocore.config
-import aiobotocore.session
-import httpx
 
 from fanout_lab.simulators import genesys
 from workers import events
-from workers.sinks import transport
 
-POLLERS = 2
-WAIT_SECONDS = 1
 MAX_BACKLOG = 60
+TOKEN_VARIABLE = "FANOUT_BENCH_TOKEN"
+BASELINES = str(_common.REPO / "bench" / "_baselines.py")
 
 
-# ------------------------------------------------------------------------ the bare loop
-async def bare_loop(queue_url: str, endpoint: str, *, pooled: bool) -> None:
-    """The baseline, run in its own process: receive → json.loads → POST → delete.
+@dataclasses.dataclass
+class Variant:
+    """One consumer of one sink's traffic, and what it cost."""
 
-    ``pooled``: the httpx client runs on the worker's sink transport instead of httpx's default.
-    """
-    session = aiobotocore.session.get_session()
-    config = aiobotocore.config.AioConfig(max_pool_connections=POLLERS + 10)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    limits = httpx.Limits(max_connections=2 * 10)
-    async with (
-        session.create_client("sqs", config=config) as sqs,
-        httpx.AsyncClient(
-            limits=limits, transport=transport.PooledTransport(limits=limits) if pooled else None
-        ) as http,
-    ):
+    label: str
+    sink: str
+    kind: str  # worker | bare | peer
+    client: str = "aiohttp"
+    target: tuple[str, float] | None = None
+    """(goal text, highest ratio worker / this allowed) when a goal names this consumer."""
+    child: _common.Child | None = None
+    queue_url: str = ""
+    startup_cpu: float = 0.0
+    idle_cpu_per_second: float = 0.0
+    cpu: float = 0.0
+    wall: float = 0.0
+    rounds: list[float] = dataclasses.field(default_factory=list)
 
-        async def post(message: dict[str, Any]) -> None:
-            event = json.loads(message["Body"])
-            reply = await http.post(endpoint, json=event)
-            reply.raise_for_status()
+    @property
+    def is_worker(self) -> bool:
+        return self.kind == "worker"
 
-        async def poll() -> None:
-            while True:
-                reply = await sqs.receive_message(
-                    QueueUrl=queue_url,
-                    MaxNumberOfMessages=10,
-                    WaitTimeSeconds=WAIT_SECONDS,
-                    MessageSystemAttributeNames=["All"],
-                    MessageAttributeNames=["All"],
+
+def variants(sinks: Sequence[str], *, transports: bool) -> list[Variant]:
+    found: list[Variant] = []
+    for sink in sinks:
+        found.append(Variant(f"fanout-worker ({sink} sink, memory store, defaults)", sink, "worker"))
+        found.append(
+            Variant(
+                f"bare aiobotocore + aiohttp loop ({sink} wire)", sink, "bare", "aiohttp", ("<= 1.0", 1.0)
+            )
+        )
+        if sink == "webhook":
+            found.append(
+                Variant("bare aiobotocore + httpx loop (httpx's default transport)", sink, "bare", "httpx")
+            )
+            if transports:
+                found.append(Variant("bare loop, httpx on the sinks' transport", sink, "bare", "httpx-sinks"))
+                found.append(
+                    Variant("bare loop, httpx on httpx-aiohttp (PyPI)", sink, "bare", "httpx-aiohttp")
                 )
-                messages = reply.get("Messages", [])
-                if not messages:
-                    continue
-                await asyncio.gather(*(post(message) for message in messages))
-                await sqs.delete_message_batch(
-                    QueueUrl=queue_url,
-                    Entries=[
-                        {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
-                        for index, message in enumerate(messages)
-                    ],
-                )
-
-        pollers = [asyncio.create_task(poll()) for _ in range(POLLERS)]
-        print("ready", flush=True)
-        await stop.wait()
-        for task in pollers:
-            task.cancel()
-        await asyncio.gather(*pollers, return_exceptions=True)
+            found.append(
+                Variant("sqs-workers (PyPI; boto3 + sync httpx)", sink, "peer", target=("<= 0.5", 0.5))
+            )
+    return found
 
 
-# ------------------------------------------------------------------------------ measuring
+# ------------------------------------------------------------------------------ children
+def worker_spec(sink: str, queue_url: str, receiver: _common.Receiver) -> dict[str, Any]:
+    """The spec's defaults but for the queue, the sink and its credentials."""
+    spec: dict[str, Any] = {"queue": {"url": queue_url}, "idempotency": {"store": "memory"}}
+    token = {"env": TOKEN_VARIABLE}
+    if sink == "webhook":
+        spec["sink"] = {"type": "webhook", "url": receiver.url}
+    elif sink == "crm":
+        spec["sink"] = {"type": "crm", "url": receiver.base_url, "crm": {"token": token}}
+    else:
+        spec["sink"] = {"type": "siem", "url": receiver.base_url, "siem": {"token": token}}
+    return spec
+
+
+def start(variant: Variant, index: int, receiver: _common.Receiver) -> _common.Child:
+    """Start ``variant``; when this returns it is serving and ``startup_cpu`` is known."""
+    endpoint = receiver.url if variant.sink == "webhook" else receiver.base_url
+    if variant.is_worker:
+        name = f"overhead-{index}"
+        manifest = _common.write_manifest(worker_spec(variant.sink, variant.queue_url, receiver), name)
+        worker = _common.WorkerProcess(manifest, name=name, env={TOKEN_VARIABLE: _baselines.TOKEN})
+        worker.wait_ready(probe="healthz")
+        variant.startup_cpu = worker.cpu_seconds()
+        return worker
+    if variant.kind == "bare":
+        command = [
+            sys.executable,
+            BASELINES,
+            "bare",
+            variant.client,
+            variant.sink,
+            variant.queue_url,
+            endpoint,
+        ]
+    else:
+        command = [sys.executable, BASELINES, "peer", variant.queue_url, endpoint]
+    child = _common.Child(command, log_name=f"overhead-{index}")
+    if child.read_line() != "ready":
+        raise RuntimeError(f"{variant.label} did not start; see {child.log_path}")
+    variant.startup_cpu = child.cpu_seconds()
+    return child
+
+
+# ----------------------------------------------------------------------------- measuring
 def traffic(count: int) -> list[str]:
     generator = genesys.Generator(seed=7)
     bodies: list[str] = []
@@ -113,31 +155,13 @@ def traffic(count: int) -> list[str]:
     return bodies[:count]
 
 
-def worker_spec(queue_url: str, endpoint: str, *, quiet: bool) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "queue": {
-            "url": queue_url,
-            "waitTimeSeconds": WAIT_SECONDS,
-            "maxMessages": 10,
-            "visibilityTimeoutSeconds": 30,
-            "pollers": POLLERS,
-            "maxInFlight": 100,
-        },
-        "sink": {"type": "webhook", "url": endpoint, "maxConcurrency": 2 * 10, "timeoutSeconds": 10},
-        "idempotency": {"store": "memory", "ttlSeconds": 3600},
-    }
-    if quiet:
-        spec["workload"] = {"logLevel": "WARNING"}
-    return spec
-
-
 async def measure(
     name: str, child: _common.Child, sqs: Any, queue_url: str, receiver: _common.Receiver, bodies: list[str]
 ) -> tuple[float, float]:
     """(CPU seconds, wall seconds) the child spent on ``bodies``, from first send to empty queue.
 
     SQS is at-least-once (moto, like SQS, now and then hands one message to two concurrent
-    receives): the bare loop may POST an event twice, which only makes it look slower.
+    receives): a bare loop may POST an event twice, which only makes it look slower.
     """
     answered = receiver.stats()["answered"]
     cpu_before = child.cpu_seconds()
@@ -150,96 +174,113 @@ async def measure(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name}: not done within 120 s; see {child.log_path}")
         await asyncio.sleep(0.05)
-    cpu = child.cpu_seconds() - cpu_before
-    wall = time.monotonic() - started
-    return cpu, wall
+    return child.cpu_seconds() - cpu_before, time.monotonic() - started
 
 
-BARE = "bare loop"
-BARE_POOLED = "bare loop, worker's HTTP transport"
-VARIANTS = (BARE, BARE_POOLED, "fanout-worker", "fanout-worker, quiet")
-
-
-def start_variant(name: str, index: int, queue_url: str, receiver: _common.Receiver) -> _common.Child:
-    if name in (BARE, BARE_POOLED):
-        command = [sys.executable, __file__, "--bare-loop", queue_url, receiver.url]
-        if name == BARE_POOLED:
-            command.append("--pooled")
-        child = _common.Child(command, log_name=f"bare-loop-{index}")
-        if child.read_line() != "ready":
-            raise RuntimeError(f"bare loop did not start; see {child.log_path}")
-        return child
-    quiet = name.endswith("quiet")
-    manifest = _common.write_manifest(worker_spec(queue_url, receiver.url, quiet=quiet), f"overhead-{index}")
-    worker = _common.WorkerProcess(manifest, name=f"overhead-{index}")
-    worker.wait_ready()
-    return worker
-
-
-async def run(count: int, rounds: int) -> int:
-    """Every variant runs all the time; rounds take turns, so a busy moment of the machine
-    (other processes on the same cores) falls on all variants alike."""
+async def run(
+    count: int, rounds: int, sinks: Sequence[str], *, transports: bool, idle: float, closing_moto: bool
+) -> int:
     bodies = traffic(count)
     chunk = (len(bodies) + rounds - 1) // rounds
-    cpu = dict.fromkeys(VARIANTS, 0.0)
-    wall = dict.fromkeys(VARIANTS, 0.0)
-    per_round: list[float] = []
+    chosen = variants(sinks, transports=transports)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_common.aws_endpoint())
+        stack.enter_context(_common.aws_endpoint() if closing_moto else _common.keep_alive_aws_endpoint())
         receiver = stack.enter_context(_common.Receiver())
         async with _common.sqs_client() as sqs:
-            children: dict[str, tuple[_common.Child, str]] = {}
-            for index, name in enumerate(VARIANTS):
-                queue_url = await _common.make_queue(sqs, f"overhead-{index}")
-                child = stack.enter_context(start_variant(name, index, queue_url, receiver))
-                children[name] = (child, queue_url)
+            for index, variant in enumerate(chosen):
+                variant.queue_url = await _common.make_queue(sqs, f"overhead-{index}")
+                variant.child = stack.enter_context(start(variant, index, receiver))
             for round_index in range(rounds):
                 part = bodies[round_index * chunk : (round_index + 1) * chunk]
-                spent: dict[str, float] = {}
-                for name in VARIANTS:
-                    child, queue_url = children[name]
-                    spent[name], seconds = await measure(name, child, sqs, queue_url, receiver, part)
-                    cpu[name] += spent[name]
-                    wall[name] += seconds
-                per_round.append(spent["fanout-worker"] / spent[BARE])
-
-    print(
-        f"bench/overhead.py — {count} events per variant in {rounds} rounds; moto SQS; "
-        "zero-latency receiver in another process"
-    )
-    for name in VARIANTS:
-        label = f"{name}: events per CPU-second ({cpu[name]:.2f} CPU s, {wall[name]:.1f} s wall)"
-        print(_common.figure_line(label, f"{count / cpu[name]:,.0f}"))
-    bare = cpu[BARE]
-    ratio = cpu["fanout-worker"] / bare
-    print(_common.ratio_line("worker CPU per event / bare loop CPU per event", ratio, target="<= 1.3"))
-    print(_common.figure_line("  the same, round by round", " ".join(f"{value:.2f}" for value in per_round)))
-    quiet = cpu["fanout-worker, quiet"] / bare
-    print(_common.ratio_line("quiet worker (WARNING logs) / bare loop", quiet))
-    print(_common.ratio_line("bare loop on the worker's transport / bare loop", cpu[BARE_POOLED] / bare))
-    print(
-        _common.ratio_line(
-            "worker / bare loop on the worker's transport", cpu["fanout-worker"] / cpu[BARE_POOLED]
-        )
-    )
-    print(
-        "  (the worker's sinks send through PooledTransport; the second ratio is what the worker\n"
-        "   costs beyond the same receive/POST/delete done on the same HTTP transport)"
-    )
+                turn = round_index % len(chosen)
+                for variant in chosen[turn:] + chosen[:turn]:
+                    assert variant.child is not None
+                    cpu, wall = await measure(
+                        variant.label, variant.child, sqs, variant.queue_url, receiver, part
+                    )
+                    variant.cpu += cpu
+                    variant.wall += wall
+                    variant.rounds.append(cpu)
+            # Idle: every consumer at once, nothing in any queue, the long polls running.
+            await asyncio.sleep(2)
+            before = {id(variant): variant.child.cpu_seconds() for variant in chosen if variant.child}
+            await asyncio.sleep(idle)
+            for variant in chosen:
+                assert variant.child is not None
+                variant.idle_cpu_per_second = (variant.child.cpu_seconds() - before[id(variant)]) / idle
+    report(chosen, count, rounds, idle, closing_moto=closing_moto)
     return 0
+
+
+# -------------------------------------------------------------------------------- output
+def report(chosen: list[Variant], count: int, rounds: int, idle: float, *, closing_moto: bool) -> None:
+    server = "moto's own server: a new connection per SQS call" if closing_moto else "keep-alive"
+    print(
+        f"bench/overhead.py — {count} events per consumer in {rounds} alternating rounds; moto SQS "
+        f"({server}); zero-latency receiver in another process; CPU of each consumer process from /proc"
+    )
+    for sink in dict.fromkeys(variant.sink for variant in chosen):
+        group = [variant for variant in chosen if variant.sink == sink]
+        worker = next(variant for variant in group if variant.is_worker)
+        print(f"\n{sink} sink")
+        print(f"  {'consumer':<58} {'CPU-ms/event':>12} {'events/CPU-s':>12} {'worker/this':>11}")
+        for variant in group:
+            ratio = worker.cpu / variant.cpu
+            print(
+                f"  {variant.label:<58} {1000 * variant.cpu / count:>12.2f} {count / variant.cpu:>12,.0f}"
+                f" {ratio:>11.2f}"
+            )
+        for variant in group:
+            if variant.target is None:
+                continue
+            goal, limit = variant.target
+            ratio = worker.cpu / variant.cpu
+            verdict = "met" if ratio <= limit else "NOT met"
+            print(
+                _common.ratio_line(
+                    f"worker / {variant.label.split(' (')[0]}", ratio, target=f"{goal}: {verdict}"
+                )
+            )
+            by_round = " ".join(f"{w / v:.2f}" for w, v in zip(worker.rounds, variant.rounds, strict=True))
+            print(_common.figure_line("  round by round", by_round))
+    print("\nstartup CPU (process start → serving) and idle CPU (empty queue, 20 s long polls)")
+    print(f"  {'consumer':<58} {'startup CPU-s':>13} {'idle CPU-ms/s':>13}")
+    for variant in chosen:
+        print(
+            f"  {variant.label:<58} {variant.startup_cpu:>13.2f} {1000 * variant.idle_cpu_per_second:>13.2f}"
+        )
+    print(f"  (idle measured over {idle:.0f} s, every consumer running at once)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--bare-loop", nargs=2, metavar=("QUEUE_URL", "ENDPOINT"), help=argparse.SUPPRESS)
-    parser.add_argument("--pooled", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--events", type=int, default=2000, help="events per consumer (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sinks", default="webhook,crm,siem", help="comma-separated: webhook, crm, siem")
+    parser.add_argument(
+        "--transports", action="store_true", help="also the bare httpx loop on other transports"
+    )
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--moto-closes-connections",
+        action="store_true",
+        help="serve moto with its own server, which closes every connection (AWS keeps them alive)",
+    )
     args = parser.parse_args()
-    if args.bare_loop:
-        asyncio.run(bare_loop(*args.bare_loop, pooled=args.pooled))
-        return 0
-    return asyncio.run(run(args.events, args.rounds))
+    sinks = [name.strip() for name in args.sinks.split(",") if name.strip()]
+    unknown = set(sinks) - set(_baselines.WIRES)
+    if unknown:
+        parser.error(f"--sinks: unknown {', '.join(sorted(unknown))}")
+    return asyncio.run(
+        run(
+            args.events,
+            args.rounds,
+            sinks,
+            transports=args.transports,
+            idle=args.idle_seconds,
+            closing_moto=args.moto_closes_connections,
+        )
+    )
 
 
 if __name__ == "__main__":

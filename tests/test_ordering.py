@@ -95,6 +95,54 @@ def test_a_failure_holds_its_lane_only_as_long_as_the_caller_says_within_the_lim
         lanes.finish(name, ordering.Finish.DONE, identities=frozenset(), now=expected)
 
 
+def test_a_failed_message_is_overdue_only_once_receives_after_it_was_due_missed_it() -> None:
+    # Due back 2 s after failing, held 7 s by time; a worker that did not receive meanwhile
+    # (its budget full of slow deliveries, a slow SQS) has not given it its chance to return.
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60, receives_to_overdue=2)
+    add(lanes, Item("first", "c", 1))
+    (first,) = lanes.start_ready(0, limit=1)
+    lanes.finish(
+        "c", ordering.Finish.FAILED, identities=first.item.identities, now=0, hold_seconds=7, due_seconds=2
+    )
+    add(lanes, Item("second", "c", 2), now=1)
+    assert lanes.next_deadline() == 60  # time alone: only the hold limit
+    assert lanes.start_ready(30, limit=1) == []
+    lanes.received(1.5, now=31)  # began before it was due: no chance to bring it
+    lanes.received(2.5, now=31)
+    assert lanes.start_ready(31, limit=1) == []
+    lanes.received(3.0, now=32)  # the second receive that could have brought it
+    assert names(lanes.start_ready(32, limit=1)) == ["second"]
+
+
+def test_receives_alone_do_not_end_a_hold_before_its_time() -> None:
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60, receives_to_overdue=2)
+    add(lanes, Item("first", "c", 1))
+    (first,) = lanes.start_ready(0, limit=1)
+    lanes.finish(
+        "c", ordering.Finish.FAILED, identities=first.item.identities, now=0, hold_seconds=7, due_seconds=2
+    )
+    add(lanes, Item("second", "c", 2), now=1)
+    for began in (2.0, 3.0, 4.0):
+        lanes.received(began, now=began + 1)
+    assert lanes.next_deadline() == 7
+    assert lanes.start_ready(6.9, limit=1) == []
+    assert names(lanes.start_ready(7, limit=1)) == ["second"]
+
+
+def test_a_stalled_worker_lets_time_alone_end_a_hold() -> None:
+    # Every place in hand taken by blocked lanes: no receive can begin, so none can count.
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60, receives_to_overdue=2)
+    add(lanes, Item("first", "c", 1))
+    (first,) = lanes.start_ready(0, limit=1)
+    lanes.finish(
+        "c", ordering.Finish.FAILED, identities=first.item.identities, now=0, hold_seconds=7, due_seconds=2
+    )
+    add(lanes, Item("second", "c", 2), now=1)
+    lanes.stalled(True, now=5)
+    assert lanes.next_deadline() == 7
+    assert names(lanes.start_ready(7, limit=1)) == ["second"]
+
+
 def test_dead_lettered_message_does_not_block() -> None:
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
     add(lanes, Item("poison", "c", 1))
@@ -183,6 +231,19 @@ def test_a_redelivered_fifo_message_at_an_idle_lane_is_sent_back_once_so_its_gro
     assert standard.add("g", tail, identities=tail.identities, order=3, now=0, redelivered=True) is None
 
 
+def test_a_lane_that_only_waits_for_a_refused_message_is_forgotten_once_the_wait_runs_out() -> None:
+    # The refused message went to another replica: nothing of its group arrives here again.
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=True, hold_limit_seconds=60, reread_hold_seconds=5)
+    tail = Item("g3", "g", 3)
+    assert lanes.add("g", tail, identities=tail.identities, order=3, now=0, redelivered=True) == 0.0
+    add(lanes, Item("h1", "h", 1), now=0)
+    assert len(lanes) == 2
+    assert names(lanes.start_ready(5.0, limit=10)) == ["h1"]
+    assert len(lanes) == 1  # g's wait ran out at 5 s: only h, running, is left
+    lanes.finish("h", ordering.Finish.DONE, identities=frozenset({"h1"}), now=5.0)
+    assert len(lanes) == 0
+
+
 def test_limit_caps_parallel_starts_and_take_pending_empties_everything() -> None:
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
     for index in range(5):
@@ -195,17 +256,23 @@ def test_limit_caps_parallel_starts_and_take_pending_empties_everything() -> Non
 
 
 class LaneMachine(RuleBasedStateMachine):
-    """Standard lanes: random adds, starts and finishes against a model; the invariants hold
-    after every step. (FIFO lanes: :class:`FifoLaneMachine`.)"""
+    """Standard lanes: random adds, starts, finishes, receives and stalls against a model; the
+    invariants hold after every step. A failure is due back in 1 s and held 3 s by time; it
+    is overdue once that time passed and two receives begun after it was due came back, or
+    the worker is stalled; never later than the 10 s hold limit. (FIFO lanes:
+    :class:`FifoLaneMachine`.)"""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=10)
+        self.lanes: ordering.Lanes[Item] = ordering.Lanes(
+            fifo=False, hold_limit_seconds=10, receives_to_overdue=2
+        )
+        self.stalled = False
         self.now = 0.0
         self.seq = 0
         self.running: dict[str, Item] = {}
         self.pending: dict[str, list[tuple[float, int, Item]]] = {}  # (position, seq, item)
-        self.blocked: dict[str, tuple[Item, float]] = {}  # standard: key -> (failed item, since)
+        self.blocked: dict[str, tuple[Item, float, int]] = {}  # key -> (failed item, since, receives)
         self.comebacks: list[Item] = []  # failed items SQS may redeliver
 
     def _add(self, item: Item, *, redelivered: bool = False) -> None:
@@ -229,8 +296,29 @@ class LaneMachine(RuleBasedStateMachine):
 
     def _expire(self, key: str) -> None:
         blocked = self.blocked.get(key)
-        if blocked is not None and self.now >= blocked[1] + 10:
+        if blocked is None:
+            return
+        _, since, receives = blocked
+        if self.now >= since + 10 or (self.now >= since + 3 and (self.stalled or receives >= 2)):
             del self.blocked[key]
+
+    @rule(ago=st.floats(0, 2))
+    def receive(self, ago: float) -> None:
+        began = self.now - ago
+        self.lanes.received(began, self.now)
+        for key, (item, since, receives) in list(self.blocked.items()):
+            if since + 1 <= began:
+                self.blocked[key] = (item, since, receives + 1)
+                self._expire(key)
+
+    @rule(stalled=st.booleans())
+    def stall(self, stalled: bool) -> None:
+        self.lanes.stalled(stalled, self.now)
+        if stalled and not self.stalled:
+            self.stalled = True
+            for key in list(self.blocked):
+                self._expire(key)
+        self.stalled = stalled
 
     @rule(key=st.sampled_from("abc"), order=st.integers(0, 5))
     def add_new(self, key: str, order: int) -> None:
@@ -273,13 +361,15 @@ class LaneMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, result: ordering.Finish) -> None:
         key = data.draw(st.sampled_from(sorted(self.running)))
         item = self.running.pop(key)
-        released = self.lanes.finish(key, result, identities=item.identities, now=self.now)
+        released = self.lanes.finish(
+            key, result, identities=item.identities, now=self.now, hold_seconds=3, due_seconds=1
+        )
         assert released == []
         if result is not ordering.Finish.FAILED:
             self._expire(key)
             return
         self.comebacks.append(item)
-        self.blocked[key] = (item, self.now)
+        self.blocked[key] = (item, self.now, 0)
 
     @invariant()
     def nothing_lost_nothing_invented(self) -> None:

@@ -2,10 +2,11 @@
 
 Each server here is a plain ``asyncio`` TCP server that records the bytes it receives, so
 the tests see the wire itself: the same request through httpx's default transport and
-through :class:`PooledTransport` must arrive byte for byte alike. Then the cases a pool
-lives by: keep-alive reuse, a server closing an idle connection, timeouts, refused
-connections, broken replies, bodies larger than the buffers, and TLS (a certificate made
-on the spot with ``cryptography``).
+through :class:`AiohttpTransport` must arrive byte for byte alike. Then the cases a pool
+lives by: keep-alive reuse, a server closing an idle connection, cookies, timeouts, refused
+connections, broken replies (each raising the httpx error httpx's own transport raises),
+bodies larger than the buffers, and TLS (a certificate made on the spot with
+``cryptography``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fanout_core import spec
 from fanout_lab.simulators import aws
-from workers.sinks import transport
+from workers import fleet
+from workers.sinks import exchange, transport
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -89,22 +92,100 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
 
 
 def _client(verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=transport.PooledTransport(limits=LIMITS, verify=verify))
+    return httpx.AsyncClient(transport=transport.AiohttpTransport(limits=LIMITS, verify=verify))
 
 
+def _fields(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """(request line, [(lower-case name, value)], body) of one raw request."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    line, *fields = head.split(b"\r\n")
+    pairs = [field.split(b":", 1) for field in fields]
+    return line, [(name.strip().lower(), value.strip()) for name, value in pairs], body
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers", "body"),
+    [
+        (
+            "POST",
+            "/events",
+            {"Content-Type": "application/json", "Idempotency-Key": "evt-1", "traceparent": "00-ab-cd-01"},
+            b'{"conversationId":"c-1","eventTime":1741964966000}',
+        ),
+        # A Salesforce upsert: an external id quoted into the path, a query string.
+        (
+            "PATCH",
+            "/sobjects/Conv__c/Id__c/conv%3A1%2F2%20x?fields=a%26b",
+            {"Authorization": "Bearer t"},
+            b"{}",
+        ),
+        ("POST", "/form", {}, b"no content type"),  # nothing added: no octet-stream default
+        ("GET", "/services/collector/health", {}, b""),
+    ],
+)
 async def test_the_bytes_on_the_wire_are_those_of_httpx_default_transport(
-    serve: Callable[..., Awaitable[Server]],
+    serve: Callable[..., Awaitable[Server]], method: str, target: str, headers: dict[str, str], body: bytes
 ) -> None:
     server = await serve(_answer_ok)
-    headers = {"Content-Type": "application/json", "Idempotency-Key": "evt-1", "traceparent": "00-ab-cd-01"}
-    body = b'{"conversationId":"c-1","eventTime":1741964966000}'
-    async with httpx.AsyncClient(limits=LIMITS) as stock, _client() as pooled:
-        for client in (stock, pooled):
-            response = await client.post(server.url, content=body, headers=headers)
+    url = server.url.removesuffix("/events") + target
+    async with httpx.AsyncClient(limits=LIMITS) as stock, _client() as ours:
+        for client in (stock, ours):
+            response = await client.request(method, url, content=body, headers=headers)
             assert (response.status_code, response.json()) == (200, {})
-    stock_bytes, pooled_bytes = server.requests
-    assert pooled_bytes == stock_bytes
-    assert pooled_bytes.endswith(b"\r\n\r\n" + body)
+    stock_bytes, our_bytes = server.requests
+    assert our_bytes == stock_bytes
+    assert our_bytes.startswith(f"{method} {target} HTTP/1.1\r\n".encode())
+
+
+async def test_the_exchange_sends_what_client_request_would(serve: Callable[..., Awaitable[Server]]) -> None:
+    """The sinks build their requests themselves (cheaper than ``AsyncClient.request``): the
+    spec's headers (one overriding a default header in another case, one the sink overrides),
+    the sink's headers, URLs that change from one request to the next — the wire must not tell
+    the two apart. A sink's header wins over the spec's of the same name, whatever its case."""
+    server = await serve(_answer_ok)
+    base = server.url.removesuffix("/events")
+    sink = spec.SinkSpec.model_validate(
+        {"type": "webhook", "url": base, "headers": {"user-agent": "fanout/1", "X-Team": "cc"}}
+    )
+    exchanger = exchange.Exchanger(sink, name="webhook", replicas=fleet.FixedReplicas(1))
+    calls = [
+        ("PATCH", f"{base}/sobjects/C/Id/conv%3A1", {"Authorization": "Bearer t", "x-team": "crm"}, b"{}"),
+        ("PATCH", f"{base}/sobjects/C/Id/conv%3A2", {"Authorization": "Bearer t"}, b'{"a":1}'),
+        ("POST", f"{base}/events", {"Content-Type": "application/json", "Accept": "application/json"}, b"{}"),
+        ("POST", f"{base}/events", {}, b"again"),
+    ]
+    async with httpx.AsyncClient(limits=LIMITS, timeout=sink.timeout_seconds) as stock:
+        for method, url, headers, body in calls:
+            answer = await exchanger.request(method, url, content=body, headers=headers)
+            assert answer.status == 200
+            own = {name.lower() for name in headers}
+            merged = {name: value for name, value in sink.headers.items() if name.lower() not in own}
+            await stock.request(method, url, content=body, headers={**merged, **headers})
+    await exchanger.aclose()
+    ours, theirs = server.requests[0::2], server.requests[1::2]
+    assert ours == theirs
+    assert len(ours) == len(calls)
+    assert b"\r\nx-team: crm\r\n" in ours[0]
+    assert b"X-Team" not in ours[0]
+    assert b"\r\nX-Team: cc\r\n" in ours[1]
+
+
+async def test_a_proxy_in_the_environment_carries_the_sinks_requests(
+    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy configured the usual way (``HTTP_PROXY``...) carries the requests (httpx
+    ignores the environment's proxies for a client given a transport; the transport reads them)."""
+    target, proxy = await serve(_answer_ok), await serve(_answer_ok)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/events"))
+    sink = spec.SinkSpec.model_validate({"type": "webhook", "url": target.url})
+    exchanger = exchange.Exchanger(sink, name="webhook", replicas=fleet.FixedReplicas(1))
+    answer = await exchanger.request("POST", target.url, content=b"{}", headers={"Idempotency-Key": "e-1"})
+    await exchanger.aclose()
+    assert answer.status == 200
+    assert target.requests == []
+    [request] = proxy.requests
+    assert request.startswith(f"POST {target.url} HTTP/1.1\r\n".encode())  # a proxy's request line
+    assert b"\r\nIdempotency-Key: e-1\r\n" in request
 
 
 async def test_keep_alive_connections_are_reused(serve: Callable[..., Awaitable[Server]]) -> None:
@@ -134,6 +215,27 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
             assert (await client.post(server.url, content=b"{}")).status_code == 200
             await asyncio.sleep(0.05)  # the close reaches the idle connection in the pool
     assert (len(server.requests), server.connections) == (3, 3)
+
+
+async def test_cookies_are_httpx_clients_alone(serve: Callable[..., Awaitable[Server]]) -> None:
+    """httpx's cookie jar is the only one: what the client forgets is not sent from below."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while (request := await _read_request(reader)) is not None:
+            server.requests.append(request)
+            writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await serve(answer)
+    async with _client() as client:
+        for _ in range(2):
+            assert (await client.post(server.url, content=b"{}")).status_code == 200
+        client.cookies.clear()
+        assert (await client.post(server.url, content=b"{}")).status_code == 200
+    cookies = [
+        [value for name, value in _fields(request)[1] if name == b"cookie"] for request in server.requests
+    ]
+    assert cookies == [[], [b"session=abc"], []]
 
 
 async def test_a_silent_server_is_a_read_timeout(serve: Callable[..., Awaitable[Server]]) -> None:

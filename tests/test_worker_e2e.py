@@ -92,6 +92,98 @@ async def test_exactly_once_in_order_with_duplicates_poison_faults_and_throttles
             assert message["Attributes"]["MessageDeduplicationId"]
 
 
+@pytest.mark.parametrize("sqs_backend", ["moto", "localstack"], indirect=True)
+async def test_a_failed_event_keeps_its_place_while_the_worker_cannot_receive_it(
+    sqs_backend: sqs_backends.SqsBackend,
+) -> None:
+    """A retried event is due back in a second, but the worker's in-flight budget is full of
+    slow deliveries for longer than the failure's hold: the event is visible in the queue and
+    nobody receives it. The conversation's next event, already in hand, must still wait for
+    it: the worker has not had the chance to receive it, so it is not overdue."""
+    sqs = sqs_backend.sqs
+    source = await harness.make_queue(sqs, "e2e-starved")
+    traffic = harness.Traffic()
+    failed_once: set[str] = set()
+
+    def fail_first_event_once(document: Any) -> int | None:
+        correlation_id = str(document.get("metadata", {}).get("CorrelationId"))
+        if correlation_id == traffic.events[0].correlation_id and correlation_id not in failed_once:
+            failed_once.add(correlation_id)
+            return 500
+        return None
+
+    # Every answer takes 8 s: longer than the failure's hold by time (its 1 s retry delay
+    # plus the 5 s redelivery grace), so the budget stays full past it.
+    async with webhook.WebhookSimulator(reject=fail_first_event_once, latency=8.0) as sim:
+        document = harness.manifest(
+            queue_url=source,
+            sink_url=sim.url,
+            queue={"pollers": 1, "maxInFlight": 3},
+            sink={"maxConcurrency": 3, "timeoutSeconds": 15},
+            retry={"baseDelaySeconds": 1, "maxDelaySeconds": 1},
+        )
+        worker = running.Worker(harness.consumer(document), http_port=0)
+        feeding = asyncio.create_task(
+            harness.feed(
+                sqs, source, conversations=3, length=2, duplicate_ratio=0, poison_ratio=0, traffic=traffic
+            )
+        )
+        await run_worker_until_done(sqs, worker, source, feeding, sim)
+        assert failed_once, "the first event failed once"
+        harness.check_exactly_once_in_order(sim, traffic)
+
+
+async def test_a_worker_whose_hands_are_full_of_held_events_does_not_wait_out_the_hold_limit(
+    sqs: Any,
+) -> None:
+    """The other side of the rule above: when every place in hand holds a later event of a
+    blocked conversation, no receive can begin, so none can bring the failed event back. The
+    hold then ends by its time (about 6 s here), not by the 120 s hold limit: the worker gives
+    up that conversation's order rather than stall."""
+    source = await harness.make_queue(sqs, "e2e-stalled")
+    traffic = harness.Traffic()
+    failed_once: set[str] = set()
+
+    def fail_first_event_once(document: Any) -> int | None:
+        correlation_id = str(document.get("metadata", {}).get("CorrelationId"))
+        if correlation_id == traffic.events[0].correlation_id and correlation_id not in failed_once:
+            failed_once.add(correlation_id)
+            return 500
+        return None
+
+    async with webhook.WebhookSimulator(reject=fail_first_event_once) as sim:
+        document = harness.manifest(
+            queue_url=source,
+            sink_url=sim.url,
+            queue={"pollers": 1, "maxInFlight": 2},
+            ordering={"holdLimitSeconds": 120},
+            retry={"baseDelaySeconds": 1, "maxDelaySeconds": 1},
+        )
+        worker = running.Worker(harness.consumer(document), http_port=0)
+        feeding = asyncio.create_task(
+            harness.feed(
+                sqs, source, conversations=1, length=3, duplicate_ratio=0, poison_ratio=0, traffic=traffic
+            )
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await feeding
+
+            async def settled() -> bool:
+                delivered = set(harness.accepted_correlation_ids(sim.accepted))
+                return (
+                    await harness.queue_counts(sqs, source) == (0, 0) and traffic.correlation_ids <= delivered
+                )
+
+            assert await harness.wait_until(settled, timeout=60), "the worker waited for the hold limit"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+        assert failed_once
+        harness.check_exactly_once(sim, traffic)
+
+
 async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_conversation(
     sqs_backend: sqs_backends.SqsBackend,
 ) -> None:

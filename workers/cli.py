@@ -5,6 +5,10 @@ manifest (YAML or JSON), AWS settings come only from the standard AWS environmen
 probes and ``/metrics`` are served on ``--http-port`` (default 8080, 0 disables), and
 SIGTERM drains and exits 0. A manifest that cannot be used exits 2 with one line per
 problem, each naming the field. The user-facing ``fanout`` tool lives apart, in ``fanout_cli``.
+
+The worker runs on uvloop's event loop (libuv; the asyncio API unchanged): it takes a tenth
+less CPU per event than asyncio's own loop. Tests that run a :class:`running.Worker` in
+process use whatever loop pytest gives them; the ones that start ``fanout-worker`` run it here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+
+import uvloop
 
 from fanout_core import spec as spec_model
 from workers import running, telemetry
@@ -61,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumer, http_host=args.http_host, http_port=args.http_port if args.http_port > 0 else None
     )
     try:
-        asyncio.run(_serve(worker))
+        # uvloop: the same asyncio API on libuv, a tenth less CPU per event (bench/overhead.py).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(worker))
     except spec_model.ConfigError as error:
         print("\n".join(spec_model.config_error_lines("fanout-worker", args.config, error)), file=sys.stderr)
         return EXIT_CONFIG

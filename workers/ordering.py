@@ -9,11 +9,18 @@ how it finished with :meth:`Lanes.finish`. The rules, in one place:
 * Standard queues: a lane starts its pending messages in ``order`` (event time, then
   arrival). A failed (retried) message *blocks* its lane: later arrivals are held
   until the failed message comes back (same message id or event id — it then goes
-  first) or until its hold passes, whichever is first: the hold is the time the
-  message is due back plus a grace, capped by the hold limit. With several replicas
-  a retried message often comes back to another replica; the lane must not wait for
-  it longer than it can plausibly take to come back here. Dead-lettered messages do
-  not block.
+  first) or until it is *overdue*, whichever is first. Overdue means two things: the
+  time it is due back plus a grace has passed, and the worker has since had its chance
+  to receive it — ``receives_to_overdue`` receives that began after it was due came
+  back without it (:meth:`Lanes.received`). With several replicas a retried message
+  often comes back to another replica, and the lane must not wait for it longer than it
+  can plausibly take to come back here; but a worker that is not receiving (its
+  in-flight budget full of slow deliveries, a loaded machine, a slow SQS) has not had
+  that chance, and time alone would let a later event pass the failed one. Two escapes
+  keep a lane from waiting on receives that cannot come: the hold limit, and a *stalled*
+  worker (the caller says so: nothing runs, nothing can start and no receive can begin,
+  every place in hand taken by blocked lanes), where time alone decides again. Dead-
+  lettered messages do not block.
 * FIFO queues: a lane is a message group and runs in ``order`` — the caller passes the
   message's ``SentTimestamp`` and, as ``suborder``, its ``SequenceNumber`` (SQS's own
   order within a group, which agrees with the send time; the send time comes first
@@ -60,6 +67,12 @@ how it finished with :meth:`Lanes.finish`. The rules, in one place:
 
 Items are opaque to this module (the caller's message records); it only reads the
 identifiers passed beside them.
+
+Cost: starting and finishing a message touch its own lane only. The lanes that wait for a
+time (a hold, a settle, an expectation) are indexed apart, so the look for expired waits
+at each start and the dispatcher's next wake-up scan those, not every lane in hand (with
+``queue.maxInFlight`` messages of as many conversations held, a scan of all of them cost
+more per delivery than the delivery's own bookkeeping).
 """
 
 from __future__ import annotations
@@ -113,18 +126,26 @@ class _Expected:
 class _Lane(Generic[T]):
     pending: list[_Pending[T]] = dataclasses.field(default_factory=list)  # a heap
     running: bool = False
-    # standard queues: the failed message the lane waits for, and until when
+    # standard queues: the failed message the lane waits for; when it is overdue by time
+    # (due back plus a grace); when it is due back; how many receives that began after
+    # that came back without it; and when the wait ends whatever happened (the hold limit)
     blocked_by: frozenset[Hashable] = frozenset()
     blocked_until: float | None = None
+    blocked_due: float = 0.0
+    blocked_receives: int = 0
+    blocked_cap: float = math.inf
     # FIFO queues
     expected: dict[frozenset[Hashable], _Expected] = dataclasses.field(default_factory=dict)
     refuse_until: float | None = None
     """Until then (the failed message is due) unexpected arrivals are refused, invisible."""
     settle_until: float | None = None
 
-    def prune(self, now: float) -> None:
-        if self.blocked_until is not None and self.blocked_until <= now:
-            self.blocked_by, self.blocked_until = frozenset(), None
+    def prune(self, now: float, *, receives_to_overdue: int = 0, stalled: bool = False) -> None:
+        if self.blocked_until is not None and (
+            self.blocked_cap <= now
+            or (self.blocked_until <= now and (stalled or self.blocked_receives >= receives_to_overdue))
+        ):
+            self.unblock()
         if self.refuse_until is not None and self.refuse_until <= now:
             self.refuse_until = None
         if self.settle_until is not None and self.settle_until <= now:
@@ -133,6 +154,10 @@ class _Lane(Generic[T]):
             for name, entry in list(self.expected.items()):
                 if entry.until <= now:
                     del self.expected[name]
+
+    def unblock(self) -> None:
+        self.blocked_by, self.blocked_until = frozenset(), None
+        self.blocked_due, self.blocked_receives, self.blocked_cap = 0.0, 0, math.inf
 
     def keep_expecting(self, until: float) -> None:
         """While the lane holds messages of its group in flight, SQS serves none of the
@@ -151,9 +176,21 @@ class _Lane(Generic[T]):
         first = self.first_expected()
         return first is None or self.pending[0].order[:2] < first
 
-    def deadline(self) -> float | None:
-        """When waiting may end by itself: a hold, a settle or an expectation runs out."""
-        times = [self.blocked_until, self.settle_until, *(entry.until for entry in self.expected.values())]
+    @property
+    def waits(self) -> bool:
+        """Whether the lane waits for a time: a hold, a settle or an expectation (cheap:
+        :class:`Lanes` asks after every change)."""
+        return self.blocked_until is not None or self.settle_until is not None or bool(self.expected)
+
+    def deadline(self, *, receives_to_overdue: int = 0, stalled: bool = False) -> float | None:
+        """When waiting may end by itself: a hold, a settle or an expectation runs out. A hold
+        still waiting for receives ends by time only at its cap (a receive wakes the caller)."""
+        if not self.waits:
+            return None
+        hold = self.blocked_until
+        if hold is not None and not stalled and self.blocked_receives < receives_to_overdue:
+            hold = self.blocked_cap
+        times = [hold, self.settle_until, *(entry.until for entry in self.expected.values())]
         return min((moment for moment in times if moment is not None), default=None)
 
     @property
@@ -178,14 +215,21 @@ class Lanes(Generic[T]):
         reread_hold_seconds: float = 10.0,
         settle_seconds: float = 0.0,
         redelivered_settle_seconds: float = 0.5,
+        receives_to_overdue: int = 0,
     ) -> None:
+        """``receives_to_overdue`` (standard queues): receives, begun after a failed message
+        was due back, that must come back without it before its lane moves on; the caller
+        reports them with :meth:`received`. 0: the hold's time alone decides."""
         self.fifo = fifo
         self.hold_limit_seconds = hold_limit_seconds
+        self.receives_to_overdue = receives_to_overdue
+        self._stalled = False
         self.reread_hold_seconds = min(reread_hold_seconds, hold_limit_seconds)
         self.settle_seconds = settle_seconds
         self.redelivered_settle_seconds = max(settle_seconds, redelivered_settle_seconds)
         self._lanes: dict[Hashable, _Lane[T]] = {}
         self._ready: dict[Hashable, None] = {}  # insertion-ordered set: fair round robin
+        self._timed: dict[Hashable, None] = {}  # the lanes with a deadline, in the order they got one
         self._seq = itertools.count()
         self._refused: dict[Hashable, int] = {}  # FIFO: identity -> times sent back, oldest first
 
@@ -220,11 +264,12 @@ class Lanes(Generic[T]):
         if lane.blocked_by and identities & lane.blocked_by:
             # The failed message is back (even as its hold ends): it goes first, the lane is free.
             position = (-math.inf, 0)
-            lane.blocked_by, lane.blocked_until = frozenset(), None
-        lane.prune(now)
+            lane.unblock()
+        self._prune(lane, now)
         if self.fifo and position[0] != -math.inf:
             refusal = self._fifo_admission(lane, identities, position, now, redelivered)
             if refusal is not None:
+                self._index(key, lane)
                 self._forget_if_idle(key, lane)
                 return refusal
             settle = self.redelivered_settle_seconds if redelivered else self.settle_seconds
@@ -307,7 +352,7 @@ class Lanes(Generic[T]):
         """
         lane = self._lanes[key]
         lane.running = False
-        lane.prune(now)
+        self._prune(lane, now)
         lane.keep_expecting(now + self.reread_hold_seconds)
         released: list[T] = []
         if finish is Finish.FAILED:
@@ -328,18 +373,53 @@ class Lanes(Generic[T]):
                     lane.refuse_until = now + min(due_seconds, self.hold_limit_seconds)
             else:
                 lane.blocked_by, lane.blocked_until = identities, until
+                lane.blocked_due = now + (due_seconds or 0.0)
+                lane.blocked_receives = 0
+                lane.blocked_cap = now + self.hold_limit_seconds
         self._mark_if_ready(key, lane)
         self._forget_if_idle(key, lane)
         return released
+
+    def received(self, began: float, now: float) -> None:
+        """A receive that began at ``began`` came back (whatever it brought, even nothing):
+        each failed message due back by then has had one more chance to come back here."""
+        for key in list(self._timed):
+            lane = self._lanes[key]
+            if lane.blocked_by and lane.blocked_due <= began:
+                lane.blocked_receives += 1
+                self._prune(lane, now)
+                self._mark_if_ready(key, lane)
+                self._forget_if_idle(key, lane)
+
+    def stalled(self, stalled: bool, now: float) -> None:
+        """The caller's word on whether the worker is stalled: nothing runs, nothing can start
+        and no receive can begin. While it is, a failed message's hold ends by time alone."""
+        if stalled == self._stalled:
+            return
+        self._stalled = stalled
+        if stalled:
+            self._unblock_expired(now)
 
     def next_deadline(self) -> float | None:
         """The earliest time a waiting lane with pending messages may start by itself."""
         deadlines = [
             deadline
-            for lane in self._lanes.values()
-            if lane.pending and not lane.running and (deadline := lane.deadline()) is not None
+            for key in self._timed
+            if (lane := self._lanes[key]).pending
+            and not lane.running
+            and (deadline := self._deadline(lane)) is not None
         ]
         return min(deadlines, default=None)
+
+    @property
+    def waiting_count(self) -> int:
+        """Messages held in lanes, not started."""
+        return sum(len(lane.pending) for lane in self._lanes.values())
+
+    @property
+    def startable(self) -> bool:
+        """Whether some lane may start a message now."""
+        return bool(self._ready)
 
     # -- draining and inspection -----------------------------------------------------------
 
@@ -391,12 +471,28 @@ class Lanes(Generic[T]):
             self._ready[key] = None
         else:
             self._ready.pop(key, None)
+        self._index(key, lane)
+
+    def _index(self, key: Hashable, lane: _Lane[T]) -> None:
+        """Keep ``_timed`` exact: called after every change to a lane's waits (a lane's
+        deadline only moves when ``add``, ``finish`` or a prune changes it)."""
+        if lane.waits:
+            self._timed[key] = None
+        else:
+            self._timed.pop(key, None)
+
+    def _prune(self, lane: _Lane[T], now: float) -> None:
+        lane.prune(now, receives_to_overdue=self.receives_to_overdue, stalled=self._stalled)
+
+    def _deadline(self, lane: _Lane[T]) -> float | None:
+        return lane.deadline(receives_to_overdue=self.receives_to_overdue, stalled=self._stalled)
 
     def _unblock_expired(self, now: float) -> None:
-        for key, lane in list(self._lanes.items()):
-            deadline = lane.deadline()
+        for key in list(self._timed):
+            lane = self._lanes[key]
+            deadline = self._deadline(lane)
             if deadline is not None and deadline <= now:
-                lane.prune(now)
+                self._prune(lane, now)
                 self._mark_if_ready(key, lane)
                 self._forget_if_idle(key, lane)
 
@@ -404,3 +500,4 @@ class Lanes(Generic[T]):
         if lane.idle:
             self._lanes.pop(key, None)
             self._ready.pop(key, None)
+            self._timed.pop(key, None)

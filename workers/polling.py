@@ -6,7 +6,9 @@
 1. waits while the sink is not accepting (paused by Retry-After, circuit open): the
    messages wait in SQS, where they are safe, instead of in our memory;
 2. reserves room in the in-flight budget (received, not yet settled) and asks for no
-   more than that, so the worker never holds more than it can send soon.
+   more than that, so the worker never holds more than it can send soon;
+3. after a receive that came back short (the queue is about empty), rests a moment while
+   another poller waits on the queue (:class:`Turns`): fuller receives, fewer calls.
 
 The budget follows what the sink can send (:func:`budget_target`): about
 ``HORIZON_SECONDS`` of its capacity — its slice of the fleet's rate, or what its
@@ -24,9 +26,8 @@ requests, in ``tests/test_pacing.py``'s fleet).
 Messages whose body is an S3 pointer (an event too large for SQS) are resolved first
 (``payloads``), so the processor takes in the real event. Received messages are tracked by
 the settler (which heartbeats them and frees their budget when they are settled) and handed
-to the processor. An empty receive costs
-the long poll only. Receive errors never end the loop: they mark the worker unready
-and back off.
+to the processor. An empty receive costs the long poll only. Receive errors never end the
+loop: they mark the worker unready and back off.
 
 When S3 cannot serve a pointer's object now (``payloads.PayloadUnavailable``: throttled,
 unavailable, access denied), the message waits:
@@ -60,7 +61,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from fanout_core import spec as spec_model
@@ -144,6 +145,48 @@ class Budget:
         self._room.set()
 
 
+class Turns:
+    """How the pollers of one worker share a queue that runs short.
+
+    A receive that brings fewer messages than it asked for says the queue is about empty.
+    One long poll waiting on it then serves the next message as soon as SQS has one; a
+    second poller polling at once too only splits what arrives into smaller receives (at
+    light load two pollers took ~5 messages per receive where one took ~7, and each
+    ReceiveMessage costs as much CPU as several deliveries, and is billed). So the poller
+    whose receive came back short rests — for :data:`REST_SECONDS` at most, and only while
+    another poller is receiving, so a poller always waits on the queue — and comes back at
+    once when any receive comes back full: a backlog, where every poller is needed.
+    """
+
+    REST_SECONDS: float = 0.05
+
+    def __init__(self) -> None:
+        self._receiving = 0
+        self._backlog = asyncio.Event()
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Around one ReceiveMessage call."""
+        self._receiving += 1
+        try:
+            yield
+        finally:
+            self._receiving -= 1
+
+    def full(self) -> None:
+        """A receive came back with all it asked for: wake the resting pollers."""
+        self._backlog.set()
+
+    async def rest(self) -> None:
+        """After a short receive: wait a moment, unless no other poller is receiving."""
+        if self._receiving == 0:
+            return
+        self._backlog.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.REST_SECONDS):
+                await self._backlog.wait()
+
+
 class Poller:
     """One long-poll loop over the source queue."""
 
@@ -160,8 +203,13 @@ class Poller:
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_receive: Callable[[float], None] = lambda began: None,
+        turns: Turns | None = None,
     ) -> None:
+        """``on_receive`` hears of every receive that came back (even empty), with the
+        ``clock`` time it began: how ``ordering`` knows a failed message had its chance."""
         self._client = client
+        self._turns = turns or Turns()
         self._queue = queue
         self._budget = budget
         self._sink = sink
@@ -171,6 +219,7 @@ class Poller:
         self._on_health = on_health
         self._resolver = resolver
         self._clock = clock
+        self._on_receive = on_receive
         # FIFO groups waiting in place for S3, by a serial: their messages and their task.
         self._holding: dict[int, tuple[list[messages.Message], asyncio.Task[None]]] = {}
         self._serials = itertools.count()
@@ -198,9 +247,11 @@ class Poller:
         while not self._stopping:
             await self._sink.wait_accepting()
             granted = await self._budget.reserve(self._queue.max_messages)
+            began = self._clock()
             try:
                 self._receiving = True
-                received = await self._receive(granted)
+                with self._turns.receiving():
+                    received = await self._receive(granted)
             except sqs.SqsError as error:
                 self._budget.release(granted)
                 failures += 1
@@ -216,7 +267,8 @@ class Poller:
                 self._receiving = False
             failures = 0
             self._on_health(True)
-            self._budget.release(granted - len(received))
+            count = len(received)
+            self._budget.release(granted - count)
             if self._stopping:
                 for message in received:
                     self._settler.track(message)
@@ -228,6 +280,11 @@ class Poller:
                 self._settler.track(message)
             if received:
                 self._submit(received)
+            self._on_receive(began)
+            if count >= granted:
+                self._turns.full()
+            elif count:
+                await self._turns.rest()
 
     async def _resolve(self, received: list[messages.Message]) -> list[messages.Message]:
         """S3 pointers resolved before intake; what S3 cannot serve now waits (module doc)."""

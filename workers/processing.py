@@ -56,6 +56,10 @@ _DEAD_LETTER_LEASE_SECONDS = 60.0
 _FIFO_SETTLE_SECONDS = 0.25
 """With several pollers, how long a FIFO message waits at an idle group for a concurrent
 receive's earlier message of the group (see ``ordering``)."""
+_RECEIVES_TO_OVERDUE = 2
+"""Standard queues: receives, begun after a failed message was due back, that came back
+without it before its lane moves on (as two long polls: one may miss a message just made
+visible)."""
 _FIFO_HAND_BACK_MARGIN_SECONDS = 1.0
 """A FIFO group handed back becomes visible this long after its failed head is due."""
 
@@ -138,7 +142,12 @@ class Processor:
         telemetry: telemetry.WorkerTelemetry,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        in_hand_limit: Callable[[], int] | None = None,
     ) -> None:
+        """``in_hand_limit``: how many messages the pollers may hold (the in-flight budget;
+        default ``queue.maxInFlight``). When the lanes hold that many waiting messages, with
+        nothing running and nothing able to start, no receive can begin: the worker is
+        stalled, and a standard lane's hold ends by time alone (``ordering``)."""
         self._spec = spec
         self._sink = sink
         self._store = store
@@ -154,7 +163,9 @@ class Processor:
             hold_limit_seconds=spec.ordering.hold_limit_seconds,
             reread_hold_seconds=self._rules.redelivery_grace,
             settle_seconds=_FIFO_SETTLE_SECONDS if spec.queue.pollers > 1 else 0.0,
+            receives_to_overdue=0 if self._fifo else _RECEIVES_TO_OVERDUE,
         )
+        self._in_hand_limit = in_hand_limit or (lambda: spec.queue.max_in_flight)
         self._lease_seconds = float(
             spec.idempotency.lease_seconds
             or max(spec.queue.visibility_timeout_seconds, 2 * spec.sink.timeout_seconds)
@@ -187,6 +198,12 @@ class Processor:
             except Exception as error:  # a bug in intake must not leave the message held forever
                 log.exception("intake failed; dead-lettering the message")
                 self._spawn_poison(message, f"could not be taken in ({type(error).__name__})")
+
+    def received(self, began: float) -> None:
+        """A receive that began at ``began`` came back (even empty): a lane waiting for a
+        failed message counts it as one more chance the message had to come back here."""
+        self._lanes.received(began, self._clock())
+        self._wake.set()
 
     def _intake(self, message: messages.Message) -> None:
         if not self._accepting:
@@ -264,6 +281,14 @@ class Processor:
                         task = asyncio.create_task(self._work_slot(started.key, started.item))
                         self._deliveries.add(task)
                         task.add_done_callback(self._deliveries.discard)
+                    stalled = (
+                        not self._running
+                        and not self._lanes.startable
+                        and self._lanes.waiting_count >= self._in_hand_limit()
+                    )
+                    self._lanes.stalled(stalled, self._clock())
+                    if stalled and self._lanes.startable:
+                        continue  # time alone freed a lane: start it
                 self._telemetry.set_lanes(len(self._lanes))
                 deadline = self._lanes.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self._clock()) + 0.001

@@ -200,7 +200,12 @@ class Worker:
             health=self.health,
         )
         processor = processing.Processor(
-            spec=self.spec, sink=sink, store=store, settler=settler, telemetry=self.telemetry
+            spec=self.spec,
+            sink=sink,
+            store=store,
+            settler=settler,
+            telemetry=self.telemetry,
+            in_hand_limit=lambda: budget.limit,
         )
         return _Stages(client, sink, resolver, budget, settler, processor)
 
@@ -211,6 +216,7 @@ class Worker:
         settler, sink = stages.settler, stages.sink
         settler.start()
         dispatcher = asyncio.create_task(self._supervise("dispatcher", stages.processor.run))
+        turns = polling.Turns()
         sharing: list[asyncio.Task[None]] = []
         if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
             share = functools.partial(
@@ -233,6 +239,8 @@ class Worker:
                 telemetry=self.telemetry,
                 on_health=self._set_receiving,
                 resolver=stages.resolver,
+                on_receive=stages.processor.received,
+                turns=turns,
             )
             for _ in range(queue.pollers)
         ]

@@ -8,7 +8,7 @@ scaler), so adding a sink type is one module and one line here.
     crm       Salesforce-style upsert by external id
     siem      Splunk HTTP Event Collector, batched
     exchange  what the HTTP sinks share: limiter, client, spans, exception translation
-    transport the client's default transport: httpx's pool on plain asyncio sockets
+    transport the client's default transport: httpx's API on aiohttp's connection pool
     secrets   SecretRef resolution (env var or mounted file), never logged
 """
 
