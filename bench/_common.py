@@ -56,9 +56,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # --------------------------------------------------------------------------- AWS endpoint
 @contextlib.contextmanager
-def aws_endpoint() -> Iterator[aws.MotoServer]:
-    """A moto server child process; the standard AWS variables point at it for the block."""
-    with aws.MotoServer() as server, aws.environment(server.environment()):
+def aws_endpoint(*, long_queues: bool = False) -> Iterator[aws.MotoServer]:
+    """A moto server child process; the standard AWS variables point at it for the block.
+
+    ``long_queues``: moto made to keep up with long backlogs (see :class:`aws.MotoServer`).
+    """
+    with (
+        aws.MotoServer(long_queues=long_queues) as server,
+        aws.environment(server.environment()),
+    ):
         for name in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_DYNAMODB"):
             os.environ.pop(name, None)
         yield server
@@ -163,6 +169,28 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Unlimited:
+    """The half of the Sink protocol a bench stand-in without a limiter of its own answers
+    alike: always accepting, nothing bounds what it takes (so the worker holds up to
+    ``maxInFlight``), no use for the fleet's share, nothing buffered."""
+
+    @property
+    def accepting(self) -> bool:
+        return True
+
+    async def wait_accepting(self) -> None:
+        return None
+
+    def capacity(self) -> float | None:
+        return None
+
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
 
 
 class KeepAliveMoto(Child):

@@ -41,7 +41,8 @@ import _common
 import httpx
 
 from fanout_core import spec
-from fanout_lab.simulators import crm, genesys
+from fanout_lab import harness
+from fanout_lab.simulators import crm
 from workers import events, fleet, running
 from workers.sinks import base
 from workers.sinks import crm as crm_sink
@@ -72,7 +73,7 @@ class PhaseResult:
         return self.throttled / self.requests if self.requests else 0.0
 
 
-class NaiveSink:
+class NaiveSink(_common.Unlimited):
     """No limiter: send at once, back off exponentially (full jitter) on any refusal."""
 
     def __init__(self, sink: spec.SinkSpec) -> None:
@@ -85,16 +86,11 @@ class NaiveSink:
     def name(self) -> str:
         return "naive"
 
-    @property
-    def accepting(self) -> bool:
-        return True
-
-    async def wait_accepting(self) -> None:
-        return None
-
-    async def deliver(self, event: events.Event) -> events.Outcome:
+    async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         if not event.ordering_key:
             return events.Permanent("no external id")
+        if admit is not None and not await admit():
+            return events.NotSent()
         url = self._shape.upsert_url(event.ordering_key)
         body = json.dumps(crm_sink.map_fields(self._fields, event)).encode()
         headers = {
@@ -152,16 +148,9 @@ def manifest(queue_url: str, crm_url: str, rate: float, burst: int, name: str) -
     )
 
 
-def traffic(count: int, seed: int = 11) -> list[str]:
-    """``count`` events, conversations of ten, interleaved round by round."""
-    generator = genesys.Generator(seed)
-    flows = [
-        generator.conversation(start_ms=1_741_964_966_000 + n, length=10) for n in range(max(1, count // 10))
-    ]
-    bodies = [
-        generator.body(flow[index], events.EnvelopeKind.EVENTBRIDGE) for index in range(10) for flow in flows
-    ]
-    return bodies[:count]
+def traffic(count: int) -> list[str]:
+    """``count`` Genesys events in EventBridge envelopes, conversations of ten, interleaved."""
+    return harness.interleaved_bodies(count)
 
 
 async def phase(name: str, sqs: Any, args: argparse.Namespace, bodies: list[str]) -> PhaseResult:
@@ -231,7 +220,9 @@ def main() -> None:
     )
     for result in results:
         label = (
-            "fanout (limiter, rateLimit/3 per replica)" if result.name == "fanout" else "naive (exp. backoff)"
+            "fanout (the fleet-wide rateLimit, shared by the work held)"
+            if result.name == "fanout"
+            else "naive (exp. backoff)"
         )
         print(f" {label}")
         print(

@@ -132,7 +132,7 @@ async def bare_drain(sqs: Any, queue_url: str, bodies: list[str]) -> float:
 
 # ------------------------------------------------------------------ 1. the ordering layer
 @dataclasses.dataclass
-class SleepingSink:
+class SleepingSink(_common.Unlimited):
     """A downstream taking ``latency`` per event that checks order as a receiver would."""
 
     latency: float
@@ -148,13 +148,6 @@ class SleepingSink:
     @property
     def name(self) -> str:
         return "webhook"
-
-    @property
-    def accepting(self) -> bool:
-        return True
-
-    async def wait_accepting(self) -> None:
-        return None
 
     async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         if admit is not None and not await admit():  # claimed when its turn comes, as a real sink

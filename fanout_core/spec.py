@@ -200,7 +200,7 @@ class SinkSpec(SpecModel):
         5, ge=1, description="Consecutive failures that open the circuit."
     )
     circuit_open_seconds: float = pydantic.Field(
-        5.0, gt=0, description="How long an open circuit waits before a probe."
+        1.0, gt=0, description="How long an open circuit waits before a probe."
     )
     crm: CrmSinkSpec | None = None
     siem: SiemSinkSpec | None = None

@@ -124,6 +124,20 @@ def test_throttled_without_retry_after_also_waits_a_backoff(
     assert step / 2 <= decision.delay <= step
 
 
+@given(rules=rule_sets, waits=st.integers(1, 20), jitter=jitters, asked=st.floats(0.001, 120.0))
+def test_an_isolated_throttle_waits_its_retry_after_in_hand_not_a_backoff(
+    rules: deciding.Rules, waits: int, jitter: float, asked: float
+) -> None:
+    """A 429 with a Retry-After that left the sink accepting (the limiter skipped a beat): the
+    event waits what the downstream asked for, in hand — not ``retry.baseDelaySeconds`` and
+    up, which held the last events of a backlog for seconds after a one-second Retry-After."""
+    throttled = events.Retry("429", delay_seconds=asked, throttled=True)
+    verdict = deciding.judge(throttled, deciding.Claim.CLAIMED, sink_accepting=True)
+    decision = _decide(verdict, rules, waits=waits, jitter=jitter)
+    assert decision.step is Step.WAIT_FOR_SINK and decision.lane is None
+    assert decision.delay == asked
+
+
 @given(rules=rule_sets, attempts=counts, jitter=jitters, retry_after=delays, accepting=st.booleans())
 def test_a_retry_is_dead_lettered_exactly_when_its_attempts_are_used_up(
     rules: deciding.Rules, attempts: int, jitter: float, retry_after: float | None, accepting: bool

@@ -188,17 +188,28 @@ def test_a_redriven_event_arrives_after_its_conversation_and_is_no_ordering_viol
 
 def test_goodput_counts_only_saturated_intervals_outside_outages() -> None:
     samples = [
-        referee.Sample(0.0, 0, 0),
-        referee.Sample(1.0, 50, 5),  # not saturated at the start of this interval
-        referee.Sample(2.0, 50, 15),
-        referee.Sample(3.0, 50, 25),
-        referee.Sample(4.0, 50, 25, outage=True),
-        referee.Sample(5.0, 50, 25),
+        referee.Sample(0.0, 0, 0, rate_bound_seconds=0.0),
+        referee.Sample(1.0, 50, 5, rate_bound_seconds=0.5),  # not saturated at the start of this interval
+        referee.Sample(2.0, 50, 15, rate_bound_seconds=1.5),
+        referee.Sample(3.0, 50, 25, rate_bound_seconds=2.5),
+        referee.Sample(4.0, 50, 25, outage=True, rate_bound_seconds=2.5),
+        referee.Sample(5.0, 50, 25, rate_bound_seconds=3.5),
     ]
     share, seconds = referee.goodput(samples, rate_limit=10.0, backlog=20)
     assert seconds == 2.0
     assert share == pytest.approx(1.0)
     assert referee.goodput(samples[:2], rate_limit=10.0, backlog=20) == (None, 0.0)
+
+
+def test_a_backlog_the_rate_limit_did_not_hold_back_is_not_saturation() -> None:
+    """A consumer bounded by something else (a batching sink capped by its concurrency) holds
+    a backlog while its downstream idles: that says nothing about the downstream's limit."""
+    samples = [referee.Sample(float(t), 300, 5 * t, rate_bound_seconds=0.1 * t) for t in range(6)]
+    assert referee.goodput(samples, rate_limit=20.0, backlog=200) == (None, 0.0)
+    held_back = [referee.Sample(float(t), 300, 19 * t, rate_bound_seconds=0.9 * t) for t in range(6)]
+    share, seconds = referee.goodput(held_back, rate_limit=20.0, backlog=200)
+    assert seconds == 5.0
+    assert share == pytest.approx(0.95)
 
 
 def test_expectations_follow_filter_policy_and_spec_filter() -> None:

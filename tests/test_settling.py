@@ -93,11 +93,13 @@ async def test_retry_later_hides_the_message_for_the_delay_and_give_back_shows_i
     first, second = (track(settler, m) for m in await receive_all(sqs, url, 2))
     settler.retry_later(first, 3)
     settler.give_back([second])
+    assert settler.away == 1  # in flight for SQS, held by nobody, until its delay is over
     await settler.flush()
     again = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
     assert [m["MessageId"] for m in again.get("Messages", [])] == [second.message_id]
     later = await receive_all(sqs, url, 1)
     assert [m["MessageId"] for m in later] == [first.message_id]
+    assert settler.away == 0
     assert budget.released == 2
     await settler.aclose()
 

@@ -183,15 +183,17 @@ async def test_request_limit_exceeded_throttles_the_sink(token_file: pathlib.Pat
         before = sink.limiter.snapshot()
         outcome = await sink.deliver(_event())
         after = sink.limiter.snapshot()
+        await sink.deliver(_event())  # a second one in a row: excess
+        again = sink.limiter.snapshot()
         await sink.aclose()
     assert isinstance(outcome, events.Retry)
     assert outcome.throttled
     assert outcome.reason.startswith("HTTP 403 REQUEST_LIMIT_EXCEEDED")
     assert outcome.delay_seconds is None  # Salesforce sends no Retry-After here
-    assert after.concurrency < before.concurrency
     assert after.rate is not None
     assert before.rate is not None
     assert after.rate < before.rate
+    assert again.concurrency < before.concurrency
 
 
 async def test_503_outage_is_throttled_with_retry_after(token_file: pathlib.Path) -> None:

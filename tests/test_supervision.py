@@ -75,6 +75,12 @@ class BreakingSink:
         if self.broken:
             raise RuntimeError("the sink's state is corrupt")
 
+    def capacity(self) -> float | None:
+        return None
+
+    def set_fleet_share(self, share: float | None) -> None:
+        return None
+
     async def deliver(self, event: events.Event, admit: base.Admission | None = None) -> events.Outcome:
         return events.Delivered()
 

@@ -26,7 +26,10 @@ RESULTS = list(throttling.Result)
 class Trace:
     grants: list[tuple[float, throttling.Permit]] = dataclasses.field(default_factory=list)
     pauses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
-    """(number of grants before it, until) of each Retry-After reported."""
+    """(number of grants before it, until) of each Retry-After the whole sink owes."""
+    skips: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    """(number of grants before it, when) of each short throttle: the limiter may skip a beat
+    instead of pausing (when it is not excess), never less."""
     states: list[tuple[float, throttling.CircuitState, int, int]] = dataclasses.field(default_factory=list)
     """(now, circuit, concurrency limit, in flight) after every step."""
     rate_changes: list[tuple[float, float]] = dataclasses.field(default_factory=list)
@@ -78,10 +81,18 @@ def run(
             outstanding.append(decision)
         for _ in range(min(answers, len(outstanding))):
             permit = outstanding.pop(0)
+            throttle = (
+                limits.rate is not None
+                and result in (throttling.Result.THROTTLED, throttling.Result.OVERLOADED)
+                and limiter.circuit(now) is throttling.CircuitState.CLOSED
+            )
             limiter.release(permit, result, now, retry_after=retry_after)
             trace.results[permit.serial] = result
-            if retry_after is not None:
-                trace.pauses.append((len(trace.grants), now + retry_after))
+            if retry_after is not None and retry_after > 0:
+                if throttle and retry_after <= throttling.SHORT_RETRY_AFTER:
+                    trace.skips.append((len(trace.grants), now))
+                else:
+                    trace.pauses.append((len(trace.grants), now + retry_after))
         trace.states.append((now, limiter.circuit(now), limiter.concurrency_limit, limiter.in_flight))
     return trace
 
@@ -119,13 +130,17 @@ def test_never_exceeds_the_bucket_over_any_window(
 
 @settings(max_examples=200)
 @given(limits=any_limiter_settings, steps=st.lists(step, max_size=120))
-def test_honours_retry_after(
+def test_honours_retry_after_and_a_short_throttle_at_least_skips_a_beat(
     limits: throttling.LimiterSettings, steps: list[tuple[float, int, int, throttling.Result, float | None]]
 ) -> None:
     trace = run(limits, steps)
     for first_after, until in trace.pauses:
         for moment, _ in trace.grants[first_after:]:
             assert moment >= until, f"granted at {moment}, paused until {until}"
+    for first_after, when in trace.skips:
+        assert limits.rate is not None
+        for moment, _ in trace.grants[first_after : first_after + 1]:
+            assert moment >= when + 1.0 / limits.rate - EPS, f"granted at {moment}, beat skipped at {when}"
 
 
 @settings(max_examples=200)
@@ -191,7 +206,7 @@ def test_circuit_opens_after_the_threshold_and_probes_one_at_a_time(
 
 def test_probe_success_closes_and_probe_failure_backs_off() -> None:
     limits = throttling.LimiterSettings(failure_threshold=2, open_seconds=1, max_open_seconds=3)
-    limiter = throttling.Limiter(limits, 0.0)
+    limiter = throttling.Limiter(limits, 0.0, random_source=lambda: 0.0)
     for _ in range(2):
         permit = limiter.try_acquire(0.0)
         assert isinstance(permit, throttling.Permit)
@@ -215,6 +230,97 @@ def test_probe_success_closes_and_probe_failure_backs_off() -> None:
     limiter.release(probe, throttling.Result.OK, 6.0)
     assert limiter.circuit(6.0) is throttling.CircuitState.CLOSED
     assert isinstance(limiter.try_acquire(6.0), throttling.Permit)
+
+
+def test_an_isolated_short_throttle_skips_a_beat_and_a_second_one_pauses_the_sink() -> None:
+    """At the configured rate an occasional 429 (Retry-After: 1) is the two buckets drifting
+    in phase: one interval of silence, not a whole second of it; throttles that are a real
+    share of what was sent are excess and get the whole Retry-After."""
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
+    permit = limiter.try_acquire(0.0)
+    assert isinstance(permit, throttling.Permit)
+    limiter.release(permit, throttling.Result.THROTTLED, 0.01, retry_after=1.0)
+    assert not limiter.paused(0.01)
+    assert isinstance(limiter.try_acquire(0.01), throttling.Wait)
+    permit = limiter.try_acquire(0.1)  # about one interval later
+    assert isinstance(permit, throttling.Permit)
+    limiter.release(permit, throttling.Result.THROTTLED, 0.11, retry_after=1.0)
+    assert limiter.paused(0.11)
+    assert limiter.accepting_in(0.11) == pytest.approx(1.0)
+    # a long Retry-After is honoured even alone
+    fresh = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
+    permit = fresh.try_acquire(0.0)
+    assert isinstance(permit, throttling.Permit)
+    fresh.release(permit, throttling.Result.THROTTLED, 0.01, retry_after=30.0)
+    assert fresh.accepting_in(0.01) == pytest.approx(30.0)
+
+
+def test_throttles_that_are_a_sliver_of_what_was_sent_never_pause_the_sink() -> None:
+    """Phase drift on a loaded machine: a throttle every second or so among thirty accepted
+    requests a second is not excess (pausing a second for each cost a third of the grant)."""
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
+    now = 0.0
+    for second in range(6):
+        for _ in range(30):
+            now += 1 / 30
+            decision = limiter.try_acquire(now)
+            if isinstance(decision, throttling.Permit):
+                limiter.release(decision, throttling.Result.OK, now + 0.01)
+        permit = limiter.try_acquire(now + 0.02)
+        if isinstance(permit, throttling.Permit):
+            limiter.release(permit, throttling.Result.THROTTLED, now + 0.03, retry_after=1.0)
+            assert not limiter.paused(now + 0.03), f"paused after the throttle of second {second}"
+
+
+def test_throttles_of_one_burst_are_one_event() -> None:
+    """A replica catching up after a stall sends a few requests at once; their 429s arrive
+    together and describe the same moment: one dip, no pause."""
+    limiter = throttling.Limiter(throttling.LimiterSettings(rate=30, burst=10), 0.0)
+    permits = []
+    while isinstance(permit := limiter.try_acquire(1.0), throttling.Permit):
+        permits.append(permit)
+    assert len(permits) >= 5
+    before = limiter.effective_rate(1.0)
+    assert before is not None
+    limiter.release(permits[0], throttling.Result.THROTTLED, 1.01, retry_after=1.0)
+    once = limiter.effective_rate(1.01)
+    for permit in permits[1:]:
+        limiter.release(permit, throttling.Result.THROTTLED, 1.01, retry_after=1.0)
+    assert not limiter.paused(1.01)
+    assert limiter.effective_rate(1.01) == pytest.approx(once)
+    assert once is not None and once < before
+    assert limiter.concurrency_limit == throttling.LimiterSettings().max_concurrency
+
+
+def test_replicas_that_met_an_outage_together_do_not_probe_together() -> None:
+    """An open period lasts up to half as long again, at random (never shorter)."""
+    limits = throttling.LimiterSettings(failure_threshold=1, open_seconds=2, max_open_seconds=2)
+    waits = []
+    for draw in (0.0, 0.5, 1.0):
+        limiter = throttling.Limiter(limits, 0.0, random_source=lambda draw=draw: draw)
+        permit = limiter.try_acquire(0.0)
+        assert isinstance(permit, throttling.Permit)
+        limiter.release(permit, throttling.Result.FAILED, 0.0)
+        waits.append(limiter.accepting_in(0.0))
+    assert waits == [pytest.approx(2.0), pytest.approx(2.5), pytest.approx(3.0)]
+
+
+def test_an_outage_does_not_cost_the_pace() -> None:
+    """The 503s that open the circuit say nothing about the rate: it resumes where it was."""
+    limits = throttling.LimiterSettings(rate=30, burst=10, replicas=3, failure_threshold=3, open_seconds=1)
+    limiter = throttling.Limiter(limits, 0.0, random_source=lambda: 0.0)
+    now = 0.0
+    for _ in range(3):
+        now += 0.1
+        permit = limiter.try_acquire(now)
+        assert isinstance(permit, throttling.Permit)
+        limiter.release(permit, throttling.Result.OVERLOADED, now)
+    assert limiter.circuit(now) is throttling.CircuitState.OPEN
+    probe = limiter.try_acquire(now + 1.0)
+    assert isinstance(probe, throttling.Permit) and probe.probe
+    limiter.release(probe, throttling.Result.OK, now + 1.0)
+    assert limiter.circuit(now + 1.0) is throttling.CircuitState.CLOSED
+    assert limiter.effective_rate(now + 1.0) == pytest.approx(10.0)
 
 
 def _drive_at_full_demand(limiter: throttling.Limiter, start: float, end: float) -> list[float]:
@@ -287,7 +393,9 @@ def test_aimd_grows_only_when_saturated_and_shrinks_on_throttle(
 
 def test_a_refused_credential_opens_the_circuit_at_once_and_only_a_probe_closes_it() -> None:
     limiter = throttling.Limiter(
-        throttling.LimiterSettings(failure_threshold=1000, open_seconds=2.0, max_open_seconds=8.0), 0.0
+        throttling.LimiterSettings(failure_threshold=1000, open_seconds=2.0, max_open_seconds=8.0),
+        0.0,
+        random_source=lambda: 0.0,  # no jitter on the open period
     )
     permit = limiter.try_acquire(0.0)
     assert isinstance(permit, throttling.Permit)
@@ -331,7 +439,7 @@ def test_additive_increase_reaches_the_maximum_and_one_throttle_halves_it() -> N
     assert limiter.concurrency_limit == 4  # once per window, not 8 times
 
 
-def test_throttles_lower_the_rate_and_time_restores_it() -> None:
+def test_throttles_lower_the_rate_and_demand_restores_it() -> None:
     limiter = throttling.Limiter(throttling.LimiterSettings(rate=10, burst=1), 0.0)
     permit = limiter.try_acquire(0.0)
     assert isinstance(permit, throttling.Permit)
@@ -339,7 +447,10 @@ def test_throttles_lower_the_rate_and_time_restores_it() -> None:
     lowered = limiter.effective_rate(0.0)
     assert lowered is not None
     assert lowered < 10
-    assert limiter.effective_rate(60.0) == pytest.approx(10)
+    assert limiter.effective_rate(60.0) == pytest.approx(lowered)  # nobody wanted more
+    grants = _drive_at_full_demand(limiter, 60.0, 70.0)
+    assert limiter.effective_rate(70.0) == pytest.approx(10)
+    assert len(grants) >= 10 * 10 * 0.9
 
 
 def test_scale_brakes_rate_and_concurrency() -> None:
@@ -409,5 +520,9 @@ async def test_async_limiter_publishes_only_what_the_gauges_would_show_different
     limiter.set_rate(3.0)
     assert [snapshot.rate for snapshot in seen] == [None, pytest.approx(3.0)]
     async with limiter.slot() as slot:
-        slot.report(throttling.Result.THROTTLED)
-    assert [snapshot.concurrency for snapshot in seen] == [8, 8, 4]
+        slot.report(throttling.Result.THROTTLED)  # isolated: the pace dips, the concurrency stays
+    assert [snapshot.concurrency for snapshot in seen] == [8, 8, 8]
+    assert seen[-1].rate is not None and seen[-1].rate < 3.0
+    async with limiter.slot() as slot:
+        slot.report(throttling.Result.THROTTLED)  # a second one in a row: excess, halved
+    assert [snapshot.concurrency for snapshot in seen][-1] == 4

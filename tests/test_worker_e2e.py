@@ -19,7 +19,7 @@ import pytest
 from fanout_lab import harness
 from fanout_lab.simulators import webhook
 from tests import sqs_backends
-from workers import running
+from workers import running, telemetry
 
 
 async def run_worker_until_done(
@@ -230,6 +230,93 @@ async def test_permanent_failure_is_dead_lettered_and_does_not_block_its_convers
         attributes = message["MessageAttributes"]
         assert attributes["fanout.reason-class"]["StringValue"] == "permanent"
         assert "422" in attributes["fanout.reason"]["StringValue"]
+
+
+async def _all_delivered(
+    sqs: Any,
+    source: str,
+    sim: webhook.WebhookSimulator,
+    document: dict[str, Any],
+    *,
+    events: int,
+    timeout: float,
+    metrics: telemetry.WorkerMetrics | None = None,
+) -> bool:
+    """Run one worker on ``document`` (writing to ``metrics``), feed ``events`` one-event
+    conversations: were they all delivered within ``timeout`` seconds?"""
+    worker = running.Worker(harness.consumer(document), metrics=metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        traffic = await harness.feed(
+            sqs, source, conversations=events, length=1, duplicate_ratio=0, poison_ratio=0
+        )
+
+        async def delivered() -> bool:
+            return traffic.correlation_ids <= set(harness.accepted_correlation_ids(sim.accepted))
+
+        return await harness.wait_until(delivered, timeout=timeout)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_short_throttle_is_waited_out_in_place_not_through_the_queue(sqs: Any) -> None:
+    """A webhook granting one request per second answers the others 429 with Retry-After: 1.
+    Each throttled event waits where it is and goes again: all three are delivered and none
+    went back through SQS (each received once)."""
+    source = await harness.make_queue(sqs, "e2e-in-place")
+    async with webhook.WebhookSimulator(rate=1.0, burst=1) as sim:
+        document = harness.manifest(queue_url=source, sink_url=sim.url)
+        metrics = telemetry.WorkerMetrics()
+        assert await _all_delivered(sqs, source, sim, document, events=3, timeout=30, metrics=metrics)
+    assert sim.status_counts[429] >= 2
+    queue = harness.consumer(document).spec.queue.name
+    received = metrics.value("fanout_messages_received_total", queue=queue)
+    assert received == 3, f"{received} receives of 3 messages: throttled events went back to SQS"
+
+
+async def test_an_isolated_throttle_makes_its_event_wait_its_retry_after_not_a_backoff(sqs: Any) -> None:
+    """A rate-limited sink met by one throttle now and then (Retry-After: 1) skips a beat and
+    keeps taking work; the throttled event waits its Retry-After where it is. With a retry
+    backoff of 30 s, an event that waited the backoff instead would still be waiting."""
+    source = await harness.make_queue(sqs, "e2e-isolated-throttle")
+    async with webhook.WebhookSimulator(throttle_ratio=0.1, retry_after=1.0, seed=3) as sim:
+        document = harness.manifest(
+            queue_url=source,
+            sink_url=sim.url,
+            sink={"rateLimit": {"requestsPerSecond": 20, "burst": 2}},
+            retry={"baseDelaySeconds": 30, "maxDelaySeconds": 60},
+        )
+        assert await _all_delivered(sqs, source, sim, document, events=30, timeout=12)
+    assert sim.status_counts[429] >= 1
+
+
+async def test_a_receive_under_way_at_shutdown_strands_nothing(sqs: Any) -> None:
+    """SIGTERM in the middle of a backlog, receives going on all the time (the budget holds a
+    second of a 20/s grant): what a receive under way brings goes back to the queue at once,
+    instead of staying invisible for the visibility timeout."""
+    source = await harness.make_queue(sqs, "e2e-drain-receive", visibility=30)
+    async with webhook.WebhookSimulator(rate=20.0, burst=5) as sim:
+        document = harness.manifest(
+            queue_url=source,
+            sink_url=sim.url,
+            queue={"visibilityTimeoutSeconds": 30, "maxMessages": 1, "pollers": 8},
+            sink={"rateLimit": {"requestsPerSecond": 20, "burst": 5}},
+        )
+        worker = running.Worker(harness.consumer(document))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        traffic = await harness.feed(
+            sqs, source, conversations=60, length=1, duplicate_ratio=0, poison_ratio=0, max_backlog=200
+        )
+        await harness.wait_until(lambda: len(sim.accepted) >= 20, timeout=20, interval=0.02)
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+        delivered = len(set(harness.accepted_correlation_ids(sim.accepted)))
+    visible, in_flight = await harness.queue_counts(sqs, source)
+    assert in_flight == 0, f"{in_flight} messages stranded until their visibility timeout"
+    assert visible + delivered == len(traffic.events)
 
 
 async def test_probes_and_metrics_are_served(sqs: Any) -> None:

@@ -17,7 +17,8 @@ not sent: claimed elsewhere,   —               visible again in 5 s (not an   
 or the store failed                            attempt)
 Refused, throttled, or the     released (no    kept in hand; delivered again once   (still running)
 circuit is open: the sink's    attempt)        the sink takes work (throttled
-failure, not the event's                       without Retry-After: also a backoff)
+failure, not the event's                       while it takes work: its Retry-After,
+                                               or else a backoff)
 Retry (the event's failure),   released, one   visible again after Retry-After or   failed: delay + grace
 or the processing raised       attempt         the backoff; FIFO and at most a
                                counted         minute: kept in hand (with its group)
@@ -247,9 +248,14 @@ def decide(
     if whose is Whose.SINK:
         pause = 0.0
         if verdict.reason_class is ReasonClass.THROTTLED and sink_accepting:
-            # No pause of the whole sink: this event waits a backoff too, so a downstream
-            # that keeps answering 429 is never hammered by one event.
-            pause = rules.backoff(waits, jitter)
+            # No pause of the whole sink: one without a Retry-After (the limiter slowed
+            # down), or an isolated short one (the limiter skipped a beat, see
+            # ``throttling``). This event waits on its own — the Retry-After it was asked
+            # for, or else a backoff — so a downstream that keeps answering 429 is never
+            # hammered by one event. (The backoff, ``retry.baseDelaySeconds`` and up, would
+            # hold the last events of a backlog for seconds after a one-second Retry-After.)
+            asked = verdict.retry_after
+            pause = asked if asked is not None and asked > 0 else rules.backoff(waits, jitter)
         return Decision(Step.WAIT_FOR_SINK, None, pause, verdict.reason_class, verdict.reason)
     if whose in (Whose.PERMANENT, Whose.POISON):
         return _dead_letter(verdict.reason_class, verdict.reason, rules, receive_count, jitter)

@@ -447,6 +447,11 @@ class Lanes(Generic[T]):
             return False
         return bool(identities & lane.blocked_by) or any(name & identities for name in lane.expected)
 
+    def blocked_count(self) -> int:
+        """Messages held in lanes that wait for a message that is away (failed, given back
+        or refused): they cannot start before it is back, whatever the sink can send."""
+        return sum(len(lane.pending) for lane in self._lanes.values() if lane.blocked_by or lane.expected)
+
     def is_blocked(self, key: Hashable) -> bool:
         lane = self._lanes.get(key)
         return bool(lane and (lane.blocked_by or lane.expected))

@@ -6,9 +6,22 @@
 1. waits while the sink is not accepting (paused by Retry-After, circuit open): the
    messages wait in SQS, where they are safe, instead of in our memory;
 2. reserves room in the in-flight budget (received, not yet settled) and asks for no
-   more than that, so the worker never holds more than it can finish or heartbeat;
+   more than that, so the worker never holds more than it can send soon;
 3. after a receive that came back short (the queue is about empty), rests a moment while
    another poller waits on the queue (:class:`Turns`): fuller receives, fewer calls.
+
+The budget follows what the sink can send (:func:`budget_target`): about
+``HORIZON_SECONDS`` of its capacity — its slice of the fleet's rate, or what its
+concurrency allows at the answers' latency, whichever is less — plus what waits in
+lanes for a message that is away, never more than ``queue.maxInFlight``, which is an upper
+bound, not a setting to get right. A replica that held ``maxInFlight`` messages its
+limiter would let it send over many seconds kept them from the replicas with room to send
+them: in ``bench/fleet.py`` three replicas holding 200 each used 0.52 of the grant. The
+slice is the fleet's rate divided by the replica count, not the replica's current pace:
+what a replica holds is what its share of the fleet's rate is measured by
+(:mod:`workers.fleet`), and a budget that followed the pace would feed the share back into
+itself (with reads a second late the shares swung and the fleet was refused a tenth of its
+requests, in ``tests/test_pacing.py``'s fleet).
 
 Messages whose body is an S3 pointer (an event too large for SQS) are resolved first
 (``payloads``), so the processor takes in the real event. Received messages are tracked by
@@ -30,6 +43,13 @@ unavailable, access denied), the message waits:
   messages while its head is invisible); a group kept in flight is in order on all of them.
   Only past the limit does the group go back: the head after a backoff, the rest a second
   later.
+
+On shutdown (:meth:`Poller.stop`) a receive under way is let finish, for up to
+``STOP_WAIT_SECONDS``, and what it brings goes straight back to the queue: cancelled, it
+would still have taken its messages out of the queue for a whole visibility timeout
+(60 s by default), unseen — the tail of a backlog waited for them after every SIGTERM
+in ``bench/fleet_changes.py``. A receive still under way after that is a long poll on an
+empty queue, and is cancelled.
 """
 
 from __future__ import annotations
@@ -39,6 +59,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -56,6 +77,24 @@ _IN_PLACE_LIMIT_SECONDS = 60.0
 """FIFO: how long a group whose large payload S3 cannot serve waits in our hands."""
 _IN_PLACE_BASE_SECONDS = 1.0
 _IN_PLACE_CAP_SECONDS = 15.0
+HORIZON_SECONDS = 1.0
+"""How much of the sink's capacity a replica holds: received messages wait at most about
+this long for their turn (plus the SQS round trip)."""
+_RECHECK_SECONDS = 0.1
+"""While full, how often a poller looks whether the target grew (the sink sped up)."""
+STOP_WAIT_SECONDS = 2.0
+"""On shutdown, how long a receive under way may still take (SQS answers at once when it
+has messages; one that takes longer was waiting on an empty queue)."""
+
+
+def budget_target(capacity: float | None, held_back: int, *, ceiling: int) -> int:
+    """Messages a replica may hold: ``HORIZON_SECONDS`` of ``capacity`` (messages per second
+    the sink makes room for, :meth:`workers.sinks.base.Sink.capacity`; None: unknown, take
+    the ceiling) plus ``held_back`` (held, but not waiting for the sink: being deleted, or
+    waiting for a message of their lane that is away), within [1, ceiling]."""
+    if capacity is None:
+        return ceiling
+    return max(1, min(ceiling, math.ceil(capacity * HORIZON_SECONDS - 1e-9) + held_back))
 
 
 class Tracker(Protocol):
@@ -67,20 +106,35 @@ class Tracker(Protocol):
 
 
 class Budget:
-    """A bounded count of messages in our hands; pollers reserve before they receive."""
+    """A bounded count of messages in our hands; pollers reserve before they receive.
 
-    def __init__(self, limit: int) -> None:
+    ``target`` (optional) is consulted at each reservation: the limit is
+    ``min(limit, target())``. Without it the limit is fixed.
+    """
+
+    def __init__(self, limit: int, target: Callable[[], int] | None = None) -> None:
         self.limit = limit
+        self._target = target
         self._used = 0
         self._room = asyncio.Event()
         self._room.set()
 
+    @property
+    def current_limit(self) -> int:
+        if self._target is None:
+            return self.limit
+        return max(1, min(self.limit, self._target()))
+
     async def reserve(self, most: int) -> int:
         """Wait for room, then reserve up to ``most`` places; return how many."""
-        while self._used >= self.limit:
+        while self._used >= (limit := self.current_limit):
             self._room.clear()
-            await self._room.wait()
-        granted = min(most, self.limit - self._used)
+            if self._target is None:
+                await self._room.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), _RECHECK_SECONDS)
+        granted = min(most, limit - self._used)
         self._used += granted
         return granted
 
@@ -169,6 +223,14 @@ class Poller:
         # FIFO groups waiting in place for S3, by a serial: their messages and their task.
         self._holding: dict[int, tuple[list[messages.Message], asyncio.Task[None]]] = {}
         self._serials = itertools.count()
+        self._stopping = False
+        self._receiving = False
+
+    def stop(self) -> bool:
+        """Receive no more; True when a receive is under way (the caller waits for it, and what
+        it brings goes back to the queue at once)."""
+        self._stopping = True
+        return self._receiving
 
     async def run(self) -> None:
         try:
@@ -182,11 +244,12 @@ class Poller:
 
     async def _poll(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             await self._sink.wait_accepting()
             granted = await self._budget.reserve(self._queue.max_messages)
             began = self._clock()
             try:
+                self._receiving = True
                 with self._turns.receiving():
                     received = await self._receive(granted)
             except sqs.SqsError as error:
@@ -200,10 +263,17 @@ class Poller:
             except BaseException:
                 self._budget.release(granted)
                 raise
+            finally:
+                self._receiving = False
             failures = 0
             self._on_health(True)
             count = len(received)
             self._budget.release(granted - count)
+            if self._stopping:
+                for message in received:
+                    self._settler.track(message)
+                self._settler.give_back(received)
+                return
             if self._resolver is not None and received:
                 received = await self._resolve(received)
             for message in received:

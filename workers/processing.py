@@ -590,3 +590,8 @@ class Processor:
         # FIFO failures during the drain release their group's messages through finish();
         # anything else still held is given back now.
         self._settler.give_back([work.message for work in self._lanes.take_pending()])
+
+    @property
+    def held_back(self) -> int:
+        """Messages held that cannot start before a message of their lane that is away is back."""
+        return self._lanes.blocked_count()

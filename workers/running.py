@@ -17,11 +17,13 @@ used up is reported (a WARNING line, ``fanout_redrive_policy_conflict``); a queu
 not read is noted and the worker goes on.
 
 Shutdown, in order, bounded by ``spec.shutdown.gracePeriodSeconds`` plus a few seconds
-whatever the sink is doing: stop receiving; give back what has not started (visibility
-0); flush the sink's buffered batches; let running deliveries finish within the grace
-period, then cancel them and give their messages back; flush the delete and visibility
-batches (at most :data:`workers.settling.CLOSE_TIMEOUT_SECONDS`); close the sink —
-which sends nothing more — and the stores. A SIGKILL at any point loses nothing:
+whatever the sink is doing: stop receiving (a receive under way may finish within
+:data:`workers.polling.STOP_WAIT_SECONDS`, and what it brings goes straight back); give
+back what has not started (visibility 0); flush the sink's buffered batches; let running
+deliveries finish within the grace period, then cancel them and give their messages back;
+flush the delete and visibility batches (at most
+:data:`workers.settling.CLOSE_TIMEOUT_SECONDS`); close the sink — which sends nothing
+more — and the stores. A SIGKILL at any point loses nothing:
 un-deleted messages reappear after their visibility timeout, and the idempotency store
 keeps what was completed from being delivered twice.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,7 +84,11 @@ class _Running:
     """The supervised tasks of a running worker."""
 
     dispatcher: asyncio.Task[None]
-    pollers: list[asyncio.Task[None]]
+    pollers: list[polling.Poller]
+    receiving: list[asyncio.Task[None]]
+    """The pollers' tasks, in the pollers' order."""
+    sharing: list[asyncio.Task[None]]
+    """Reading this replica's share of the fleet's work (with a fleet-wide rate limit)."""
 
 
 class Worker:
@@ -174,7 +181,14 @@ class Worker:
             await stack.enter_async_context(_s3_client(region)), self.spec.large_payloads
         )
         stack.push_async_callback(resolver.drain)
-        budget = polling.Budget(queue.max_in_flight)
+
+        def target() -> int:  # called by the pollers, which start after both exist
+            # held but not waiting for the sink: what is being deleted or put back, and
+            # what waits in lanes for a message that is away
+            held_back = settler.settling + processor.held_back
+            return polling.budget_target(sink.capacity(), held_back, ceiling=queue.max_in_flight)
+
+        budget = polling.Budget(queue.max_in_flight, target)
         settler = settling.Settler(
             client=client,
             queue_url=events.QueueUrl(queue.url),
@@ -196,42 +210,54 @@ class Worker:
         return _Stages(client, sink, resolver, budget, settler, processor)
 
     def _start(self, stages: _Stages) -> _Running:
-        """The settler's batchers and heartbeat, the dispatcher and the pollers, supervised."""
+        """The settler's batchers and heartbeat, the dispatcher, the pollers and (with a
+        fleet-wide rate limit) the reading of this replica's share, supervised."""
         queue = self.spec.queue
-        stages.settler.start()
+        settler, sink = stages.settler, stages.sink
+        settler.start()
         dispatcher = asyncio.create_task(self._supervise("dispatcher", stages.processor.run))
         turns = polling.Turns()
-        pollers = [
-            asyncio.create_task(
-                self._supervise(
-                    f"poller-{index}",
-                    polling.Poller(
-                        client=stages.client,
-                        queue=queue,
-                        budget=stages.budget,
-                        sink=stages.sink,
-                        settler=stages.settler,
-                        submit=stages.processor.submit,
-                        telemetry=self.telemetry,
-                        on_health=self._set_receiving,
-                        resolver=stages.resolver,
-                        on_receive=stages.processor.received,
-                        turns=turns,
-                    ).run,
-                )
+        sharing: list[asyncio.Task[None]] = []
+        if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
+            share = functools.partial(
+                fleet.watch_share,
+                stages.client,
+                events.QueueUrl(queue.url),
+                held=lambda: settler.in_flight,
+                away=lambda: settler.away,
+                tell=sink.set_fleet_share,
             )
-            for index in range(queue.pollers)
+            sharing.append(asyncio.create_task(self._supervise("fleet-share", share)))
+        pollers = [
+            polling.Poller(
+                client=stages.client,
+                queue=queue,
+                budget=stages.budget,
+                sink=sink,
+                settler=settler,
+                submit=stages.processor.submit,
+                telemetry=self.telemetry,
+                on_health=self._set_receiving,
+                resolver=stages.resolver,
+                on_receive=stages.processor.received,
+                turns=turns,
+            )
+            for _ in range(queue.pollers)
         ]
-        return _Running(dispatcher, pollers)
+        receiving = [
+            asyncio.create_task(self._supervise(f"poller-{index}", poller.run))
+            for index, poller in enumerate(pollers)
+        ]
+        return _Running(dispatcher, pollers, receiving, sharing)
 
     async def _drain(self, stages: _Stages, tasks: _Running) -> None:
         """Stop receiving, let what runs finish within the grace period, flush the settler."""
         self._stopping = True
         self.telemetry.set_ready(False)
         log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
-        await _cancel(*tasks.pollers)
+        await _stop_polling(tasks.pollers, tasks.receiving)
         await stages.processor.drain(self.spec.shutdown.grace_period_seconds)
-        await _cancel(tasks.dispatcher)
+        await _cancel(tasks.dispatcher, *tasks.sharing)
         await stages.settler.aclose()
         log.info("worker stopped")
 
@@ -314,6 +340,15 @@ async def _s3_client(region: str) -> AsyncIterator[Any]:
 
 def _queue_url(url: str | None) -> events.QueueUrl | None:
     return None if url is None else events.QueueUrl(url)
+
+
+async def _stop_polling(pollers: list[polling.Poller], tasks: list[asyncio.Task[None]]) -> None:
+    """Receive no more: let a receive under way finish (briefly), cancel the rest."""
+    receiving = [task for poller, task in zip(pollers, tasks, strict=True) if poller.stop()]
+    await _cancel(*(task for task in tasks if task not in receiving))
+    if receiving:
+        _, late = await asyncio.wait(receiving, timeout=polling.STOP_WAIT_SECONDS)
+        await _cancel(*late)
 
 
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:

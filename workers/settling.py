@@ -33,6 +33,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -172,6 +173,7 @@ class Settler:
         # its own): two receives of one message are settled apart, and a message taken in
         # later with its payload resolved (a new Message of the same receive) is the same.
         self._held: dict[events.ReceiptHandle, _Holding] = {}  # in arrival order
+        self._away: list[float] = []  # a heap: when messages made invisible for a while are due
         self._deletes = _Batcher(self._send_deletes, linger)
         self._changes = _Batcher(self._send_changes, linger)
         self._heartbeat: asyncio.Task[None] | None = None
@@ -219,6 +221,20 @@ class Settler:
     def in_flight(self) -> int:
         return len(self._held)
 
+    @property
+    def settling(self) -> int:
+        """Held messages whose settling action is queued or under way (done with, for the sink)."""
+        return sum(1 for holding in self._held.values() if holding.state is State.SETTLING)
+
+    @property
+    def away(self) -> int:
+        """Messages this worker put back invisible for a while (a retry, a hand-back with a
+        delay) that are not due yet: in flight for SQS, held by nobody (``workers.fleet``)."""
+        now = self._clock()
+        while self._away and self._away[0] <= now:
+            heapq.heappop(self._away)
+        return len(self._away)
+
     # -- actions ---------------------------------------------------------------------------
     # Each takes a message tracked before; the first action settles it, any later one (or one
     # on a message not in hand) is ignored.
@@ -231,7 +247,7 @@ class Settler:
     def retry_later(self, message: messages.Message, delay_seconds: float) -> None:
         holding = self._begin(message)
         if holding is not None:
-            self._changes.put(_Entry(holding, visibility=self._cap(holding, delay_seconds)))
+            self._put_back(holding, delay_seconds)
 
     def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None:
         """Make messages visible again, now or after ``delay_seconds``; SQS redelivers them."""
@@ -239,7 +255,7 @@ class Settler:
         for message in given:
             holding = self._begin(message)
             if holding is not None:
-                self._changes.put(_Entry(holding, visibility=self._cap(holding, delay_seconds)))
+                self._put_back(holding, delay_seconds)
                 count += 1
         if count:
             self._telemetry.returned(count)
@@ -323,6 +339,12 @@ class Settler:
                     del self._held[holding.message.receipt_handle]
                     self._budget.release(1)
         self._telemetry.set_in_flight(len(self._held))
+
+    def _put_back(self, holding: _Holding, delay_seconds: float) -> None:
+        visibility = self._cap(holding, delay_seconds)
+        self._changes.put(_Entry(holding, visibility=visibility))
+        if visibility > 0:
+            heapq.heappush(self._away, self._clock() + visibility)
 
     def _cap(self, holding: _Holding, seconds: float) -> int:
         """``seconds`` as a VisibilityTimeout within what SQS still allows: 12 hours from the

@@ -4,19 +4,30 @@ Every sink owns one :class:`AsyncLimiter`; each request asks it for a :class:`Pe
 and reports a :class:`Result` when the answer is in. Four mechanisms combine, each
 answering a different failure of the downstream:
 
-* a **token bucket** — this replica's share of the fleet-wide ``rateLimit``
-  (``rate`` tokens per second, at most ``burst`` at once), scaled down by an adaptive
-  factor that shrinks on throttles and recovers with time, so a wrong share (a stale
-  replica count) is corrected by the downstream's own answers;
+* a **token bucket** refilled at this replica's pace of the fleet-wide ``rateLimit``
+  (:mod:`workers.pacing`: the slice ``rate / replicas``, corrected by the downstream's
+  own answers, so a wrong share — a stale replica count — costs a few throttles, not a
+  flood), holding at most the pace's part of the burst;
 * an **adaptive concurrency limit** (AIMD): +1 per window of successes while every slot
-  is busy, halved on a throttle, a 503 or a timeout, always in ``[1, max_concurrency]``;
-  it only grows when it is what holds requests back (latency-only limiters grow without
-  bound against a rate-limited API);
-* a **pause**: a ``Retry-After`` stops the whole sink until then, not just one request;
+  is busy, halved on throttles in a row, a 503 or a timeout, always in
+  ``[1, max_concurrency]``; it only grows when it is what holds requests back
+  (latency-only limiters grow without bound against a rate-limited API);
+* a **pause**: a ``Retry-After`` stops the whole sink until then, not just one request —
+  except after an *isolated* throttle that asks for no more than
+  ``SHORT_RETRY_AFTER`` (the least a delay-seconds header can say): when the configured
+  rate equals the downstream's, the two buckets drift in phase and such a 429 is
+  unavoidable now and then; stopping the sink for a whole second each time cost 5-30%
+  of the grant in ``bench/fleet.py``. The limiter skips a beat instead (its bucket
+  empties) and the throttled request alone waits its Retry-After;
 * a **circuit breaker**: ``failure_threshold`` consecutive failures open it — a refused
-  credential opens it at once; after ``open_seconds`` exactly one probe goes through
-  (half-open); its success closes the circuit, its failure re-opens it for twice as long
-  (capped at ``max_open_seconds``).
+  credential opens it at once; after ``open_seconds`` (plus up to ``OPEN_JITTER`` of it
+  again, at random: replicas that met an outage together do not probe together) exactly
+  one probe goes through (half-open);
+  its success closes the circuit, its failure re-opens it for twice as long (capped at
+  ``max_open_seconds``; the sinks cap it at ``open_seconds``: a downstream that is back
+  is found within a period, and the first replica to find it spares the others nothing).
+  An outage says nothing about the rate: the pace is frozen while the circuit is open
+  and resumes where it was before the failures began.
 
 :class:`Limiter` is the pure core: the caller passes ``now`` and gets a decision
 (:class:`Permit` or :class:`Wait`), so hypothesis can drive it on a fake clock
@@ -30,14 +41,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import enum
 import math
+import random
 import time
 from collections.abc import Callable
 
+from workers import pacing
+
 Clock = Callable[[], float]
 _TOKEN_EPSILON = 1e-9
+OPEN_JITTER = 0.5
+"""An open period lasts ``open_for x (1 + OPEN_JITTER x random())``."""
+SHORT_RETRY_AFTER = 1.0
+"""An isolated throttle asking for at most this long does not pause the whole sink."""
 
 
 class Result(enum.StrEnum):
@@ -83,7 +102,15 @@ class LimiterSettings:
     """One sink's limits; ``rate=None`` means only concurrency and the circuit apply."""
 
     rate: float | None = None
+    """Fleet-wide requests per second (``rateLimit.requestsPerSecond``)."""
     burst: int = 1
+    """Fleet-wide burst."""
+    replicas: int = 1
+    """How many replicas share ``rate`` (this replica's pace starts at ``rate / replicas``)."""
+    replicas_known: bool = True
+    """False when nobody said how many: the pace starts low and climbs (see ``pacing``)."""
+    probe_share: float = pacing.PROBE_SHARE
+    """Requests the fleet may spend on probes for unused grant (see ``pacing``)."""
     max_concurrency: int = 32
     initial_concurrency: int | None = None
     """Starting concurrency limit; default ``max_concurrency``."""
@@ -91,22 +118,17 @@ class LimiterSettings:
     open_seconds: float = 5.0
     max_open_seconds: float = 60.0
     decrease_factor: float = 0.5
-    """Multiplier for the concurrency limit on a throttle."""
-    rate_decrease_factor: float = 0.75
-    """Multiplier for the adaptive rate factor on a throttle."""
-    min_rate_factor: float = 0.05
-    rate_recovery_per_second: float = 0.1
-    """How fast the adaptive rate factor climbs back towards 1 (units per second)."""
+    """Multiplier for the concurrency limit on throttles in a row, a 503 or a timeout."""
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.rate <= 0:
             raise ValueError("rate must be > 0")
-        if self.burst < 1 or self.max_concurrency < 1 or self.failure_threshold < 1:
-            raise ValueError("burst, max_concurrency and failure_threshold must be >= 1")
+        if self.burst < 1 or self.max_concurrency < 1 or self.failure_threshold < 1 or self.replicas < 1:
+            raise ValueError("burst, replicas, max_concurrency and failure_threshold must be >= 1")
         if self.open_seconds <= 0 or self.max_open_seconds < self.open_seconds:
             raise ValueError("need 0 < open_seconds <= max_open_seconds")
-        if not (0 < self.decrease_factor < 1 and 0 < self.rate_decrease_factor < 1):
-            raise ValueError("decrease factors must be in (0, 1)")
+        if not 0 < self.decrease_factor < 1:
+            raise ValueError("decrease_factor must be in (0, 1)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,7 +158,7 @@ class Snapshot:
     """What the telemetry gauges show."""
 
     rate: float | None
-    """Requests per second this replica may send now (share x adaptive factor x scale)."""
+    """Requests per second this replica may send now (its pace x scale)."""
     concurrency: int
     in_flight: int
     paused: bool
@@ -146,14 +168,16 @@ class Snapshot:
 class Limiter:
     """The pure decision core. Not thread-safe; one event loop owns it."""
 
-    def __init__(self, settings: LimiterSettings, now: float) -> None:
+    def __init__(
+        self, settings: LimiterSettings, now: float, *, random_source: Callable[[], float] = random.random
+    ) -> None:
         self._settings = settings
-        self._rate = settings.rate
-        self._burst = settings.burst
-        self._tokens = float(settings.burst)
+        self._random = random_source
+        self._pace = self._new_pace(settings.rate, settings.burst, now)
+        self._tokens = min(1.0, self._capacity(now))
         self._refilled_at = now
-        self._rate_factor = 1.0
         self._scale = 1.0
+        self._pace_before_failures: pacing.Pace | None = None
         self._limit = float(
             min(settings.initial_concurrency or settings.max_concurrency, settings.max_concurrency)
         )
@@ -162,12 +186,16 @@ class Limiter:
         self._serial = 0
         self._paused_until = -math.inf
         self._decreased_after = 0
+        self._reacted_after = 0
+        """Serial of the last permit granted before the pace last reacted to a throttle."""
         """Serial of the last permit granted before the last decrease."""
         self._circuit = CircuitState.CLOSED
         self._failures = 0
         self._open_until = -math.inf
         self._open_for = settings.open_seconds
         self._probe_in_flight = False
+        self._duration: float | None = None
+        """Smoothed seconds from permit to answer (for :meth:`capacity`)."""
 
     # -- reading -----------------------------------------------------------------------
 
@@ -185,9 +213,40 @@ class Limiter:
         ceiling = max(1, math.floor(self._settings.max_concurrency * self._scale))
         return max(1, min(ceiling, math.floor(self._limit)))
 
+    @property
+    def pace(self) -> pacing.Pace | None:
+        return self._pace
+
+    def rate_bound_seconds(self, now: float) -> float:
+        """Seconds in which requests waited for the rate (0 without a rate limit)."""
+        return self._pace.rate_bound_seconds(now) if self._pace is not None else 0.0
+
     def effective_rate(self, now: float) -> float | None:
         self._refill(now)
-        return self._effective_rate()
+        return self._effective_rate(now)
+
+    def capacity(self, now: float) -> float | None:
+        """Permits per second this replica makes room for: the geometric mean of its pace and
+        its slice of the fleet's rate by the replica count, or what its concurrency limit
+        allows at the answers' recent duration, whichever is less; ``None`` while neither
+        bounds it (no rate limit and no answer yet).
+
+        Not the pace alone: a replica's share of the fleet is measured from what it holds
+        (:mod:`workers.fleet`), and a hold proportional to the pace feeds the share back into
+        itself — any split is then where the shares stay, and reads a second late made them
+        swing (a tenth of the requests refused in ``tests/test_pacing.py``'s fleets). Through
+        the mean, a replica above its slice holds less than its pace and the shares settle
+        towards the slices of the replicas that have work; a replica alone in a fleet whose
+        count is three, sending at the whole rate, still holds more than a second of its
+        slice (it refills from SQS three times less often than at its slice, not never).
+        """
+        rate = self._effective_rate(now)
+        if rate is not None and self._pace is not None:
+            rate = math.sqrt(rate * self._pace.settings.rate / self._pace.replicas * self._scale)
+        if self._duration is not None and self._duration > 0:
+            by_concurrency = self.concurrency_limit / self._duration
+            rate = by_concurrency if rate is None else min(rate, by_concurrency)
+        return rate
 
     def circuit(self, now: float) -> CircuitState:
         """OPEN turns HALF_OPEN (for reading) once its open period is over."""
@@ -233,10 +292,12 @@ class Limiter:
         if self._in_flight >= limit:
             return Wait(math.inf, WaitReason.CONCURRENCY)
         self._refill(now)
-        rate = self._effective_rate()
+        rate = self._effective_rate(now)
         # A hair of tolerance: float refills land on 0.9999999...; a wait that short
         # would not even move a float clock forward.
         if rate is not None and self._tokens < 1.0 - _TOKEN_EPSILON:
+            if self._pace is not None:
+                self._pace.wanted(now)
             return Wait(max((1.0 - self._tokens) / rate, _TOKEN_EPSILON), WaitReason.RATE)
         if rate is not None:
             self._tokens -= 1.0
@@ -248,17 +309,31 @@ class Limiter:
     def release(
         self, permit: Permit, result: Result, now: float, *, retry_after: float | None = None
     ) -> None:
-        """Hand a permit back with what happened; ``retry_after`` pauses the whole sink."""
+        """Hand a permit back with what happened; ``retry_after`` pauses the whole sink
+        (unless it is short and the throttle isolated: then the limiter skips a beat)."""
         self._in_flight = max(0, self._in_flight - 1)
-        if result is Result.UNUSED and self._rate is not None:
+        if result is Result.UNUSED and self._pace is not None:
             self._refill(now)
-            self._tokens = min(float(self._burst), self._tokens + 1.0)
+            self._tokens = min(self._capacity(now), self._tokens + 1.0)
+        if result not in (Result.CANCELLED, Result.UNUSED, Result.REFUSED):
+            took = max(0.0, now - permit.issued_at)
+            self._duration = took if self._duration is None else 0.8 * self._duration + 0.2 * took
+        excess = True
+        if result in (Result.THROTTLED, Result.OVERLOADED) and self._circuit is CircuitState.CLOSED:
+            if result is Result.OVERLOADED and self._failures == 0 and self._pace is not None:
+                # perhaps the first answer of an outage: remember the pace it must not cost
+                self._pace_before_failures = copy.copy(self._pace)
+            excess = self._throttled(permit, now)
+        elif result is Result.OK:
+            if self._pace is not None:
+                self._pace.accepted(now)
+            if permit.saturated:
+                self._limit = min(float(self._settings.max_concurrency), self._limit + 1.0 / self._limit)
         if retry_after is not None and retry_after > 0:
-            self.pause_until(now + retry_after, now)
-        if result in (Result.THROTTLED, Result.OVERLOADED):
-            self._decrease(permit, now)
-        elif result is Result.OK and permit.saturated:
-            self._limit = min(float(self._settings.max_concurrency), self._limit + 1.0 / self._limit)
+            if excess or retry_after > SHORT_RETRY_AFTER:
+                self.pause_until(now + retry_after, now)
+            else:
+                self._skip_beat(now)
         self._update_circuit(permit, result, now)
 
     def pause_until(self, until: float, now: float) -> None:
@@ -271,16 +346,31 @@ class Limiter:
         self._refilled_at = max(self._refilled_at, until)
 
     def set_rate(self, rate: float | None, now: float, burst: int | None = None) -> None:
-        """A new share of the fleet-wide rate (the replica count changed)."""
+        """A new fleet-wide limit (``None``: no rate limit); this replica keeps its share of it."""
         self._refill(now)
         if rate is not None and rate <= 0:
             raise ValueError("rate must be > 0")
-        self._rate = rate
-        if burst is not None:
-            if burst < 1:
-                raise ValueError("burst must be >= 1")
-            self._burst = burst
-        self._tokens = min(self._tokens, float(self._burst))
+        if burst is not None and burst < 1:
+            raise ValueError("burst must be >= 1")
+        if rate is None or self._pace is None:
+            self._pace = self._new_pace(rate, burst or self._settings.burst, now)
+        else:
+            self._pace.set_limit(rate, burst or self._pace.settings.burst, now)
+        self._tokens = min(self._tokens, self._capacity(now))
+
+    def set_replicas(self, replicas: int, now: float) -> None:
+        """The replica count sharing the fleet-wide rate changed."""
+        self._refill(now)
+        if self._pace is not None:
+            self._pace.set_replicas(replicas, now)
+            self._tokens = min(self._tokens, self._capacity(now))
+
+    def set_share(self, share: float | None, now: float) -> None:
+        """This replica's measured share of what the fleet holds (see ``pacing``)."""
+        self._refill(now)
+        if self._pace is not None:
+            self._pace.observe_share(share, now)
+            self._tokens = min(self._tokens, self._capacity(now))
 
     def set_scale(self, scale: float, now: float) -> None:
         """An external brake in (0, 1] (e.g. a CRM's daily API usage): scales rate and concurrency."""
@@ -289,32 +379,48 @@ class Limiter:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _effective_rate(self) -> float | None:
-        if self._rate is None:
+    def _new_pace(self, rate: float | None, burst: int, now: float) -> pacing.Pace | None:
+        if rate is None:
             return None
-        return self._rate * self._rate_factor * self._scale
+        settings = pacing.PaceSettings(rate=rate, burst=burst, probe_share=self._settings.probe_share)
+        return pacing.Pace(settings, self._settings.replicas, now, known=self._settings.replicas_known)
+
+    def _capacity(self, now: float) -> float:
+        return self._pace.bucket(now) if self._pace is not None else float(self._settings.burst)
+
+    def _effective_rate(self, now: float) -> float | None:
+        if self._pace is None:
+            return None
+        return self._pace.rate(now) * self._scale
 
     def _refill(self, now: float) -> None:
         elapsed = now - self._refilled_at
         if elapsed <= 0:
             return
-        rate = self._effective_rate()
+        rate = self._effective_rate(now)
         if rate is not None:
-            self._tokens = min(float(self._burst), self._tokens + elapsed * rate)
-        self._rate_factor = min(1.0, self._rate_factor + elapsed * self._settings.rate_recovery_per_second)
+            self._tokens = min(self._capacity(now), self._tokens + elapsed * rate)
         self._refilled_at = now
 
-    def _decrease(self, permit: Permit, now: float) -> None:
+    def _throttled(self, permit: Permit, now: float) -> bool:
+        """The downstream refused for its rate or load; True when that was excess."""
+        self._refill(now)
+        if self._pace is not None and permit.serial <= self._reacted_after:
+            self._pace.echoed(now)  # sent before the pace reacted: the same news again
+            return False
+        self._reacted_after = self._serial
+        excess = self._pace.throttled(now) if self._pace is not None else True
         # One decrease per window: answers to requests sent before the last decrease
         # describe the old limit and must not shrink it again.
-        if permit.serial <= self._decreased_after:
-            return
-        self._limit = max(1.0, self._limit * self._settings.decrease_factor)
+        if excess and permit.serial > self._decreased_after:
+            self._limit = max(1.0, self._limit * self._settings.decrease_factor)
+            self._decreased_after = self._serial
+        return excess
+
+    def _skip_beat(self, now: float) -> None:
+        """After an isolated short throttle: send nothing for one interval of the pace."""
         self._refill(now)
-        self._rate_factor = max(
-            self._settings.min_rate_factor, self._rate_factor * self._settings.rate_decrease_factor
-        )
-        self._decreased_after = self._serial
+        self._tokens = min(self._tokens, 0.0)
 
     def _update_circuit(self, permit: Permit, result: Result, now: float) -> None:
         failure = result in (Result.OVERLOADED, Result.FAILED, Result.REFUSED)
@@ -329,6 +435,8 @@ class Limiter:
                 self._circuit = CircuitState.CLOSED
                 self._failures = 0
                 self._open_for = self._settings.open_seconds
+                if self._pace is not None:
+                    self._pace.thaw(now)
             return
         if self._circuit is not CircuitState.CLOSED:
             return  # only the probe decides while open or half-open
@@ -340,11 +448,17 @@ class Limiter:
                 self._open(now)
         elif result in (Result.OK, Result.REJECTED):
             self._failures = 0
+            self._pace_before_failures = None
 
     def _open(self, now: float) -> None:
         self._circuit = CircuitState.OPEN
-        self._open_until = now + self._open_for
+        self._open_until = now + self._open_for * (1.0 + OPEN_JITTER * self._random())
         self._failures = 0
+        if self._pace is not None:
+            if self._pace_before_failures is not None:
+                self._pace = self._pace_before_failures
+                self._pace_before_failures = None
+            self._pace.freeze(now)
 
 
 class AsyncLimiter:
@@ -412,6 +526,21 @@ class AsyncLimiter:
     def set_rate(self, rate: float | None, burst: int | None = None) -> None:
         self._core.set_rate(rate, self._clock(), burst)
         self._notify()
+
+    def set_replicas(self, replicas: int) -> None:
+        self._core.set_replicas(replicas, self._clock())
+        self._notify()
+
+    def set_share(self, share: float | None) -> None:
+        self._core.set_share(share, self._clock())
+        self._notify()
+
+    def capacity(self) -> float | None:
+        """Permits per second this limiter can grant now (see :meth:`Limiter.capacity`)."""
+        return self._core.capacity(self._clock())
+
+    def rate_bound_seconds(self) -> float:
+        return self._core.rate_bound_seconds(self._clock())
 
     def set_scale(self, scale: float) -> None:
         self._core.set_scale(scale, self._clock())

@@ -161,6 +161,16 @@ def _conversations(generator: genesys.Generator, count: int, length: int) -> lis
     ]
 
 
+def interleaved_bodies(count: int, *, length: int = 10, seed: int = 11) -> list[str]:
+    """``count`` message bodies (EventBridge envelopes): conversations of ``length`` events,
+    interleaved round by round — a backlog in which every conversation is under way at once."""
+    generator = genesys.Generator(seed)
+    flows = _conversations(generator, max(1, count // length), length)
+    envelope = events.EnvelopeKind.EVENTBRIDGE
+    bodies = [generator.body(flow[index], envelope) for index in range(length) for flow in flows]
+    return bodies[:count]
+
+
 async def feed(
     sqs: Any,
     queue_url: str,
@@ -261,11 +271,16 @@ async def feed_paced(
     max_backlog: int = 200,
     traffic: Traffic | None = None,
     sent_at: list[float] | None = None,
+    head_start: int = 0,
 ) -> Traffic:
     """Like :func:`feed` (no poison), but at about ``rate`` messages per second, not as fast as
     the backlog allows: a test can then tell "the workers stopped receiving" (the visible
     backlog grows) from "the workers' budgets are full". ``traffic`` fills as it goes;
-    ``sent_at`` gets the ``time.monotonic()`` of every message sent."""
+    ``sent_at`` gets the ``time.monotonic()`` of every message sent.
+
+    The first ``head_start`` messages go at once, and the pace counts from the moment they are
+    in: a backlog from the start, which a feeder that falls behind on a busy machine (it drops
+    lag of more than a second) cannot spend before the workers have taken it."""
     generator = genesys.Generator(seed)
     rng = random.Random(seed)
     traffic = traffic if traffic is not None else Traffic()
@@ -287,8 +302,11 @@ async def feed_paced(
     due = loop.time()
     for start in range(0, len(entries), BATCH):
         batch = entries[start : start + BATCH]
-        await asyncio.sleep(max(0.0, due - loop.time()))
-        await wait_for_room(sqs, queue_url, max_backlog=max_backlog, pause=0.1)
+        if start < head_start:
+            due = loop.time()
+        else:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await wait_for_room(sqs, queue_url, max_backlog=max_backlog, pause=0.1)
         await send_batch(sqs, queue_url, [entry for _, entry in batch])
         if sent_at is not None:
             sent_at.extend([time.monotonic()] * len(batch))

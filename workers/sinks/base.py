@@ -15,7 +15,10 @@ being delivered elsewhere): the sink hands its permit back unused and answers
 **Backpressure.** ``accepting`` and ``wait_accepting`` are the signal the pollers read:
 while a sink is paused by a Retry-After or its circuit is open (after failures, or at
 once when our credential is refused), the pollers stop receiving and the messages wait
-safely in SQS.
+safely in SQS. ``capacity`` sizes what they receive: about a second of what the sink
+makes room for (``polling.budget_target``). ``set_fleet_share`` passes on this replica's share
+of what the whole fleet holds, which the runtime measures (:mod:`workers.fleet`): a rate
+limit shared by the fleet goes where the work is.
 
 **Shutdown.** ``flush`` sends what is buffered now (the runtime calls it when it starts
 draining, so no delivery waits for a batch timer); ``aclose`` then releases connections
@@ -53,6 +56,15 @@ class Sink(Protocol):
 
     async def wait_accepting(self) -> None:
         """Return once the sink takes work again (immediately when it does)."""
+        ...
+
+    def capacity(self) -> float | None:
+        """Events per second the sink makes room for: its slice of a fleet-wide rate limit, or
+        what its concurrency allows, whichever is less; None when nothing bounds it."""
+        ...
+
+    def set_fleet_share(self, share: float | None) -> None:
+        """This replica's share of the messages the fleet holds (None: not measured)."""
         ...
 
     async def deliver(self, event: events.Event, admit: Admission | None = None) -> events.Outcome:

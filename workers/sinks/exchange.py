@@ -3,7 +3,8 @@
 Each sink module (``webhook``, ``crm``, ``siem``) knows its wire format and how to read
 its downstream's answers; :class:`Exchanger` does the rest, the same way for all three:
 
-1. keeps the limiter's rate at this replica's share (:mod:`workers.fleet`);
+1. tells the limiter when the replica count sharing the rate changed, and passes on this
+   replica's share of the fleet's work as the runtime reads it (:mod:`workers.fleet`);
 2. waits for a permit (:class:`workers.throttling.AsyncLimiter`);
 3. once the permit is granted, lets the sink ``prepare`` the request: that is when the
    event is *admitted* (its idempotency claim is taken, see :class:`~workers.sinks.base.Admission`)
@@ -44,8 +45,6 @@ from workers.sinks import transport as http_transport
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-MAX_OPEN_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,16 +94,20 @@ class Request:
     headers: Mapping[str, str]
 
 
-def limiter_settings(sink: spec.SinkSpec, replicas: int) -> throttling.LimiterSettings:
-    """The spec's limits for one replica of ``replicas``."""
-    part = fleet.share(sink.rate_limit, replicas)
+def limiter_settings(sink: spec.SinkSpec, replicas: int, *, known: bool = True) -> throttling.LimiterSettings:
+    """The spec's limits for one replica of ``replicas`` (``known``: somebody said so)."""
+    limit = sink.rate_limit
     return throttling.LimiterSettings(
-        rate=part.rate,
-        burst=part.burst,
+        rate=limit.requests_per_second if limit is not None else None,
+        burst=limit.burst if limit is not None else 1,
+        replicas=max(1, replicas),
+        replicas_known=known,
         max_concurrency=sink.max_concurrency,
         failure_threshold=sink.circuit_failure_threshold,
         open_seconds=sink.circuit_open_seconds,
-        max_open_seconds=max(MAX_OPEN_SECONDS, sink.circuit_open_seconds),
+        # A fixed period: after an outage the fleet resumes within one period, not after
+        # the doubled periods a long outage would have grown (60 s cost 0.5 of the grant).
+        max_open_seconds=sink.circuit_open_seconds,
     )
 
 
@@ -134,7 +137,9 @@ class Exchanger:
         self._replica_count = replicas.current()
         self.telemetry = telemetry.SinkTelemetry(name, metrics=metrics)
         self.limiter = throttling.AsyncLimiter(
-            limiter_settings(sink, self._replica_count), clock=clock, on_change=self._publish
+            limiter_settings(sink, self._replica_count, known=replicas.known()),
+            clock=clock,
+            on_change=self._publish,
         )
         limits = httpx.Limits(
             max_connections=sink.max_concurrency, max_keepalive_connections=sink.max_concurrency
@@ -167,8 +172,7 @@ class Exchanger:
         count = self._replicas.current()
         if count != self._replica_count:
             self._replica_count = count
-            part = fleet.share(self._spec.rate_limit, count)
-            self.limiter.set_rate(part.rate, part.burst)
+            self.limiter.set_replicas(count)
 
     async def send(
         self,
@@ -329,6 +333,19 @@ class ExchangeSink:
 
     async def wait_accepting(self) -> None:
         await self._exchange.wait_accepting()
+
+    def capacity(self) -> float | None:
+        """The limiter's permits per second times the events one request carries."""
+        permits = self._exchange.limiter.capacity()
+        return None if permits is None else permits * self.events_per_request()
+
+    def set_fleet_share(self, share: float | None) -> None:
+        """Passed on to the limiter's pace (a fleet-wide rate limit follows the work)."""
+        self._exchange.limiter.set_share(share)
+
+    def events_per_request(self) -> float:
+        """Events one request carries (1; a batching sink says how many, lately)."""
+        return 1.0
 
     async def flush(self) -> None:
         """Nothing is buffered by a one-request-per-event sink."""

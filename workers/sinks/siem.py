@@ -106,6 +106,10 @@ class HecSink(exchange.ExchangeSink):
             self._timer = asyncio.get_running_loop().call_later(self._hec.linger_seconds, self._flush)
         return await asyncio.shield(item.done)
 
+    def events_per_request(self) -> float:
+        """A full batch: what a request can carry is what the budget should make room for."""
+        return float(self._hec.max_batch_events)
+
     async def flush(self) -> None:
         """Send the open batch now."""
         self._flush()

@@ -30,6 +30,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from fanout_lab.demo import traffic
 
+SATURATED_SHARE = 0.5
+"""Share of an interval the consumer's requests must have waited for its rate limit for the
+interval to count as saturated (see :func:`goodput`)."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accepted:
@@ -60,6 +64,8 @@ class Sample:
     """Successful downstream requests so far."""
     outage: bool = False
     """The downstream refused everything at that moment (its limit was zero)."""
+    rate_bound_seconds: float = 0.0
+    """Seconds the consumer's requests had waited for its rate limit so far (per replica)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,9 +245,14 @@ def percentile(values: Sequence[float], share: float) -> float | None:
 def goodput(samples: Sequence[Sample], rate_limit: float | None, backlog: int) -> tuple[float | None, float]:
     """(successful requests per second / limit over the saturated intervals, their seconds).
 
-    An interval counts as saturated when the consumer had at least ``backlog`` messages
-    waiting at both its ends: the downstream, not the traffic, was what limited it. An
-    interval touching an outage does not count: the downstream granted nothing then.
+    An interval counts as saturated when the downstream's grant was what limited the
+    consumer: it had at least ``backlog`` messages waiting at both ends, and its requests
+    waited for its rate limit for at least :data:`SATURATED_SHARE` of the interval. A backlog
+    alone does not say that: a SIEM consumer whose batches are capped by its concurrency
+    (eight events in the sink at once, a dozen requests per second) holds a backlog while
+    its downstream, which would take twenty requests of fifty events each per second, idles;
+    counted as saturated it read 0.26 of "the limit". An interval touching an outage does
+    not count either: the downstream granted nothing then.
     """
     if rate_limit is None:
         return None, 0.0
@@ -250,7 +261,12 @@ def goodput(samples: Sequence[Sample], rate_limit: float | None, backlog: int) -
     for before, after in itertools.pairwise(samples):
         if before.outage or after.outage:
             continue
-        if before.backlog >= backlog and after.backlog >= backlog:
+        bound = after.rate_bound_seconds - before.rate_bound_seconds
+        if (
+            before.backlog >= backlog
+            and after.backlog >= backlog
+            and bound >= SATURATED_SHARE * (after.at - before.at)
+        ):
             seconds += after.at - before.at
             requests += after.requests_ok - before.requests_ok
     if seconds < 1.0:

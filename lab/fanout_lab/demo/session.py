@@ -54,7 +54,8 @@ from fanout_ingest import config as ingest_config
 from fanout_ingest import serving
 from fanout_lab.demo import consumers, recovery, referee, stage, traffic
 from fanout_lab.simulators import aws, crm, downstream, webhooks
-from workers import fleet, running, sinks, telemetry
+from workers import fleet, running, sinks, telemetry, throttling
+from workers.sinks import exchange
 
 TOPIC = "genesys-interactions"
 PAYLOAD_BUCKET = "genesys-large-events"
@@ -93,6 +94,8 @@ class ConsumerState:
     dead: int = 0
     samples: list[referee.Sample] = dataclasses.field(default_factory=list)
     delivered: set[str] = dataclasses.field(default_factory=set)
+    limiters: list[throttling.AsyncLimiter] = dataclasses.field(default_factory=list)
+    """Its replicas' sink limiters (to tell when the downstream's grant held it back)."""
     workers: list[running.Worker] = dataclasses.field(default_factory=list)
     _seen: int = 0
 
@@ -106,6 +109,13 @@ class ConsumerState:
     @property
     def requests_ok(self) -> int:
         return sum(count for status, count in self.simulator.status_counts.items() if 200 <= status < 300)
+
+    @property
+    def rate_bound_seconds(self) -> float:
+        """Seconds its replicas' requests waited for their rate, per replica (so far)."""
+        if not self.limiters:
+            return 0.0
+        return sum(limiter.rate_bound_seconds() for limiter in self.limiters) / len(self.limiters)
 
     @property
     def refused(self) -> int:
@@ -352,7 +362,12 @@ class _Run:
             state.dead = sum(await aws.queue_counts(self.sqs, state.dead_letter_url))
             state.catch_up()
             state.samples.append(
-                referee.Sample(time.monotonic(), state.visible + state.in_flight, state.requests_ok)
+                referee.Sample(
+                    time.monotonic(),
+                    state.visible + state.in_flight,
+                    state.requests_ok,
+                    rate_bound_seconds=state.rate_bound_seconds,
+                )
             )
 
     def snapshot(self) -> Snapshot:
@@ -449,6 +464,8 @@ async def _run_workers(
             sink = sinks.build_sink(
                 consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas), metrics=metrics
             )
+            if isinstance(sink, exchange.ExchangeSink):
+                state.limiters.append(sink.limiter)
             stack.push_async_callback(sink.aclose)
             worker = running.Worker(consumer, sink=sink, metrics=metrics)
             state.workers.append(worker)

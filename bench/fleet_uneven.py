@@ -1,0 +1,14 @@
+"""Work spread unevenly: one replica first, no replica count at all, a count read late after a scale-up.
+
+Goodput (unique events accepted / the grant over the whole busy period, tail included) and
+the share of requests throttled, for the shipped worker and the naive per-instance
+baseline in the same run; the harness, the scenarios and the options are in
+``bench/_fleet.py``.
+
+    .venv/bin/python bench/fleet_uneven.py [--full] [--candidates] [--trace]
+"""
+
+import _fleet
+
+if __name__ == "__main__":
+    _fleet.main("fleet_uneven")
