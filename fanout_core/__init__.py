@@ -22,4 +22,8 @@ deadletters     dead letters as values: parse, select, keep FIFO groups in order
 pacing          how fast a redrive goes: the default rate and a pacer on an injected clock
 redrive_reports a redrive's progress and report, as values
 redriving       reading and redriving a dead-letter queue over SQS (I/O)
+
+Serving:
+
+probing         /healthz, /readyz, /metrics and the listening socket, for every process
 """
