@@ -2,6 +2,7 @@
 
 spec            the FanoutConsumer spec model: the single source of truth for the resource
 awserrors       what an AWS error code means (throttled, credentials, denied, ...)
+backoff         the pause after failures in a row: one capped exponential
 
 The consumer's AWS topology (verified always, provisioned on request), pure rules first:
 
