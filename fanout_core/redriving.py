@@ -11,7 +11,10 @@ redrive, so both move messages by one set of rules::
     Redrive.run()      receive → decide (deadletters.GroupGate) → copy to the source queue
                        (SendMessageBatch) → delete the copied ones from the dead-letter queue
                        (DeleteMessageBatch), paced by pacing.Pacer; what stays is made
-                       visible again at the end.
+                       visible again at the end. The run is over when a count finds nothing
+                       in flight but this run's own live holds (a killed run's come back
+                       when they run out: it waits for them, up to a bound) and a receive
+                       after that count brings nothing new.
 
 Copy, then delete: a crash between the two leaves the message in both queues and the next
 run copies it again. On a FIFO source queue the copy carries the dead letter's message id
@@ -217,6 +220,16 @@ async def peek(
 SAMPLE_SIZE = 20
 
 
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    """A dead letter this run keeps hidden (it stays), and until when it surely is."""
+
+    receipt: str
+    """The latest receipt handle: what makes it visible again at the end."""
+    until: float
+    """Clock time its hold surely runs to (the receive that returned it started earlier)."""
+
+
 class Redrive:
     """One redrive from ``dead_letter_url`` to ``source_url``; :meth:`run` once.
 
@@ -263,7 +276,8 @@ class Redrive:
         self._gate = deadletters.GroupGate(selection, fifo=is_fifo(dead_letter_url))
         self._pacer = pacing.Pacer(rate, clock())
         self._started = clock()
-        self._held: dict[str, str] = {}  # message id → latest receipt handle, made visible at the end
+        self._held: dict[str, Hold] = {}  # message id → its hold; made visible at the end
+        self._received_at = clock()  # when the latest receive started
         self._moved_by_class: dict[str, int] = {}
         self._sample: list[deadletters.DeadLetter] = []
         self._moved = self._skipped = self._stayed = self._failed = self._not_deleted = 0
@@ -278,7 +292,9 @@ class Redrive:
         try:
             unseen = await self._loop()
         finally:
-            await asyncio.shield(release(self._client, self._dlq, list(self._held.values())))
+            await asyncio.shield(
+                release(self._client, self._dlq, [hold.receipt for hold in self._held.values()])
+            )
         self._report_progress()
         return redrive_reports.Report(
             dead_letter_queue=self._dlq,
@@ -301,9 +317,17 @@ class Redrive:
     # -- the loop ----------------------------------------------------------------------
 
     async def _loop(self) -> int:
-        """Until the queue is read through (or stopped); the foreign in-flight count left."""
+        """Until the queue is read through (or stopped); the foreign in-flight count left.
+
+        Read through means: a count found nothing in flight but this run's own holds, and a
+        receive *after* that count brought nothing new. The order matters: a hold (a killed
+        run's) can run out at any moment, and a message whose hold ran out after the last
+        receive but before the count is neither received nor in flight; only a receive after
+        the count sees it.
+        """
         quiet = 0
         quiet_since: float | None = None
+        counted_clear = False
         while not self._stop.is_set():
             now = self._clock()
             if not self._dry_run and self._pacer.backlog_due(now):
@@ -314,22 +338,26 @@ class Redrive:
                 self._report_progress()
                 await self._pause(min(self._pacer.wait(now), 1.0))
                 continue
+            self._received_at = self._clock()
             messages = await _receive(
                 self._client, self._dlq, count=allowance, wait=1 if quiet else 0, visibility=self._visibility
             )
             if await self._handle(messages):
-                quiet, quiet_since = 0, None
+                quiet, quiet_since, counted_clear = 0, None, False
                 self._report_progress()
                 continue
+            if counted_clear:
+                return 0
             quiet += 1
             if quiet < QUIET_RECEIVES:
                 continue
-            # Read through. Messages someone else holds (a killed run's hold) come back when
-            # their visibility runs out: wait for them, up to a bound.
+            # Nothing new. Messages someone else holds (a killed run's hold) come back when
+            # their visibility runs out: wait for them, up to a bound; then receive once more.
             quiet_since = quiet_since if quiet_since is not None else self._clock()
             foreign = await self._foreign_in_flight()
             if foreign <= 0:
-                return 0
+                counted_clear = True
+                continue
             if self._clock() - quiet_since >= self._in_flight_wait:
                 return foreign
             self._report_progress()
@@ -342,9 +370,19 @@ class Redrive:
                 await self._stop.wait()
 
     async def _foreign_in_flight(self) -> int:
-        """In flight in the dead-letter queue, less what this run holds itself."""
+        """In flight in the dead-letter queue, less what this run surely holds itself.
+
+        A hold of this run that ran out is not in flight any more: subtracting it would hide
+        someone else's. One that may have run out counts as foreign (the run waits a little
+        longer and receives it back as already seen, held anew).
+        """
         now_counts = await counts(self._client, self._dlq)
-        return max(0, now_counts.in_flight - len(self._held))
+        answered_at = self._clock()  # SQS counted at some moment before this
+        own = sum(1 for hold in self._held.values() if hold.until > answered_at)
+        return max(0, now_counts.in_flight - own)
+
+    def _hold(self, letter: deadletters.DeadLetter) -> None:
+        self._held[letter.message_id] = Hold(letter.receipt_handle, self._received_at + self._visibility)
 
     async def _handle(self, messages: list[dict[str, Any]]) -> bool:
         """Decide and execute one received batch; whether it brought anything new."""
@@ -357,7 +395,7 @@ class Redrive:
             verdict = self._gate.decide(letter, now_ms)
             if verdict is deadletters.Verdict.SEEN:
                 if letter.message_id in self._held:
-                    self._held[letter.message_id] = letter.receipt_handle
+                    self._hold(letter)
                 elif not self._dry_run:
                     # Copied earlier in this run, but its delete failed: delete it now.
                     to_delete_again.append(letter.receipt_handle)
@@ -366,7 +404,7 @@ class Redrive:
             if verdict is deadletters.Verdict.MOVE:
                 to_move.append(letter)
                 continue
-            self._held[letter.message_id] = letter.receipt_handle
+            self._hold(letter)
             if verdict is deadletters.Verdict.SKIP:
                 self._skipped += 1
             else:
@@ -381,7 +419,7 @@ class Redrive:
     async def _move(self, letters: list[deadletters.DeadLetter]) -> None:
         if self._dry_run:
             for letter in letters:
-                self._held[letter.message_id] = letter.receipt_handle
+                self._hold(letter)
                 self._count_moved(letter)
                 if len(self._sample) < SAMPLE_SIZE:
                     self._sample.append(letter)
@@ -407,7 +445,7 @@ class Redrive:
             if index in refused:
                 self._failed += 1
                 self._gate.undo(letter)
-                self._held[letter.message_id] = letter.receipt_handle
+                self._hold(letter)
             else:
                 copied.append(letter)
         deleted = await self._delete([letter.receipt_handle for letter in copied])

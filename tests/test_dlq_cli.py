@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from fanout_cli import main
+from fanout_cli import dlq, main
+from fanout_core import deadletters, pacing, redriving
 from fanout_lab import harness
 from fanout_lab.simulators import aws, webhook
 from tests import dead_letters
@@ -390,34 +391,17 @@ class ProcessDied(Exception):
 async def test_a_death_between_copy_and_delete_is_absorbed_on_rerun(
     sqs: Any, tmp_path: pathlib.Path, fifo: bool
 ) -> None:
-    from fanout_cli import dlq
-    from fanout_core import deadletters, pacing, redriving
-
     queues = await setup(sqs, tmp_path, fifo=fifo)
     incident = await dead_letters.incident(
         sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=10, poison=0
     )
-    identify = dlq.identifier(
-        harness.consumer(harness.manifest(queue_url=queues.source, sink_url="http://x/"))
-    )
-
-    def redrive(client: Any) -> redriving.Redrive:
-        return redriving.Redrive(
-            client,
-            dead_letter_url=queues.dead,
-            source_url=queues.source,
-            selection=deadletters.Selection(),
-            rate=pacing.choose_rate(explicit=100, rate_limit=None),
-            identify=identify,
-            visibility_seconds=2,
-        )
 
     dying = DiesAfterCopying(sqs)
     with pytest.raises(ProcessDied):
-        await redrive(dying).run()
+        await redrive_engine(dying, queues).run()
     assert dying.copied == 10  # one batch in the source queue ...
     assert sum(await harness.queue_counts(sqs, queues.dead)) == len(incident.written)  # ... and still here
-    report = await redrive(sqs).run()
+    report = await redrive_engine(sqs, queues).run()
     assert report.complete and report.moved == len(incident.written)
     assert await harness.queue_counts(sqs, queues.dead) == (0, 0)
     expected = sorted(str(item.correlation_id) for item in incident.written)
@@ -428,6 +412,136 @@ async def test_a_death_between_copy_and_delete_is_absorbed_on_rerun(
     visible, _ = await harness.queue_counts(sqs, queues.source)
     assert visible == len(incident.written) + 10  # the repeat is in the queue ...
     assert sorted(await deliver_once(sqs, queues, set(expected))) == expected  # ... and delivered once
+
+
+class AnotherRunsHold:
+    """An SQS client beside which another run (a killed one) holds one dead letter; that hold
+    runs out just before the redrive's ``runs_out_at``-th count of the dead-letter queue (the
+    first opens the run, the later ones are its checks at the end, after a receive came back
+    empty). A hold can run out at any instant on SQS; this picks the worst one. With
+    ``end_check_delay`` the first check at the end is answered that much later (a slow
+    answer, or a long run: the redrive's own holds may have run out by then)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        dead_letter_url: str,
+        receipt: str,
+        runs_out_at: int = 2,
+        end_check_delay: float = 0.0,
+    ) -> None:
+        self._client = client
+        self._dead = dead_letter_url
+        self._receipt: str | None = receipt
+        self._runs_out_at = runs_out_at
+        self._end_check_delay = end_check_delay
+        self._dead_counts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        if kwargs.get("QueueUrl") == self._dead:
+            self._dead_counts += 1
+            if self._dead_counts == 2:
+                await asyncio.sleep(self._end_check_delay)
+            if self._dead_counts >= self._runs_out_at and self._receipt is not None:
+                await self._client.change_message_visibility(
+                    QueueUrl=self._dead, ReceiptHandle=self._receipt, VisibilityTimeout=0
+                )
+                self._receipt = None
+        reply: dict[str, Any] = await self._client.get_queue_attributes(**kwargs)
+        return reply
+
+
+async def hold_one(sqs: Any, url: str, reason_class: str) -> str:
+    """Receive one dead letter of ``reason_class`` for a minute, as a killed run left it held;
+    its receipt handle. The others received on the way are made visible again."""
+    reply = await sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60, MessageAttributeNames=["All"]
+    )
+    messages = reply["Messages"]
+    held = next(
+        m for m in messages if m["MessageAttributes"]["fanout.reason-class"]["StringValue"] == reason_class
+    )
+    others = [m for m in messages if m is not held]
+    if others:
+        await sqs.change_message_visibility_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(others)
+            ],
+        )
+    return str(held["ReceiptHandle"])
+
+
+def redrive_engine(
+    client: Any,
+    queues: Setup,
+    selection: deadletters.Selection | None = None,
+    *,
+    visibility_seconds: int = 2,
+) -> redriving.Redrive:
+    """The engine ``fanout dlq redrive`` runs, over ``client``, at 100/s."""
+    return redriving.Redrive(
+        client,
+        dead_letter_url=queues.dead,
+        source_url=queues.source,
+        selection=selection or deadletters.Selection(),
+        rate=pacing.choose_rate(explicit=100, rate_limit=None),
+        identify=dlq.identifier(
+            harness.consumer(harness.manifest(queue_url=queues.source, sink_url="http://x/"))
+        ),
+        visibility_seconds=visibility_seconds,
+    )
+
+
+@FIFO
+async def test_a_hold_that_runs_out_as_the_run_ends_is_still_moved(
+    sqs: Any, tmp_path: pathlib.Path, fifo: bool
+) -> None:
+    """A rerun after a kill waits for the killed run's holds; one that runs out between the
+    rerun's last receive and its in-flight count must be moved, not reported "complete" and
+    left behind (the SIGKILL test above hit this about one run in three)."""
+    queues = await setup(sqs, tmp_path, fifo=fifo)
+    incident = await dead_letters.incident(
+        sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=3, poison=0
+    )
+    receipt = await hold_one(sqs, queues.dead, "permanent")
+    report = await redrive_engine(
+        AnotherRunsHold(sqs, dead_letter_url=queues.dead, receipt=receipt), queues
+    ).run()
+
+    assert await harness.queue_counts(sqs, queues.dead) == (0, 0), "left behind"
+    assert report.complete and report.moved == len(incident.written)
+    bodies = [message["Body"] for message in await take_all(sqs, queues.source)]
+    assert sorted(bodies) == sorted(item.body for item in incident.written)
+
+
+async def test_a_hold_of_its_own_that_ran_out_does_not_hide_another_runs(
+    sqs: Any, tmp_path: pathlib.Path
+) -> None:
+    """At the end a redrive tells its own holds (what it leaves behind) from a killed run's by
+    counting: a hold of its own that already ran out is no longer in flight, and must not be
+    subtracted from what is, or the killed run's message is never waited for."""
+    queues = await setup(sqs, tmp_path, fifo=False)
+    incident = await dead_letters.incident(
+        sqs, dead_letter_url=queues.dead, source_url=queues.source, conversations=3, poison=0
+    )
+    receipt = await hold_one(sqs, queues.dead, "permanent")
+    client = AnotherRunsHold(
+        sqs, dead_letter_url=queues.dead, receipt=receipt, runs_out_at=3, end_check_delay=1.5
+    )
+    selection = deadletters.Selection(reason_classes=frozenset({"permanent"}))
+    report = await redrive_engine(client, queues, selection, visibility_seconds=1).run()
+
+    assert report.complete and report.moved == len(incident.of("permanent")), "the killed run's message"
+    assert report.skipped == len(incident.of("exhausted"))
+    assert await harness.queue_counts(sqs, queues.dead) == (len(incident.of("exhausted")), 0)
+    bodies = [message["Body"] for message in await take_all(sqs, queues.source)]
+    assert sorted(bodies) == sorted(item.body for item in incident.of("permanent"))
 
 
 # --- bad input ---------------------------------------------------------------------------------
