@@ -154,15 +154,9 @@ class Child:
         raise RuntimeError(f"child {self.pid} said nothing (exit {self.process.poll()}); see {self.log_path}")
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = aws.stop_process(self.process, timeout=timeout)
         self._log.close()
-        return self.process.returncode
+        return code
 
     def __enter__(self) -> Self:
         return self

@@ -94,14 +94,7 @@ async def _serve_naive(port: int, topic_arn: str) -> None:
 
         app = web.Application()
         app.router.add_post("/events", handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
-        print("ready", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        await _serve_until_sigterm(app, port)
 
 
 # --------------------------------------------------------------------- a no-op SNS endpoint
@@ -136,6 +129,11 @@ async def _serve_null_sns(port: int) -> None:
 
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_post("/", handle)
+    await _serve_until_sigterm(app, port)
+
+
+async def _serve_until_sigterm(app: web.Application, port: int) -> None:
+    """Serve ``app`` on loopback, say ``ready`` on stdout (the parent waits for it), stop on SIGTERM."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()

@@ -2,6 +2,7 @@
 
 spec            the FanoutConsumer spec model: the single source of truth for the resource
 awserrors       what an AWS error code means (throttled, credentials, denied, ...)
+backoff         the pause after failures in a row: one capped exponential
 
 The consumer's AWS topology (verified always, provisioned on request), pure rules first:
 
@@ -22,4 +23,8 @@ deadletters     dead letters as values: parse, select, keep FIFO groups in order
 pacing          how fast a redrive goes: the default rate and a pacer on an injected clock
 redrive_reports a redrive's progress and report, as values
 redriving       reading and redriving a dead-letter queue over SQS (I/O)
+
+Serving:
+
+probing         /healthz, /readyz, /metrics and the listening socket, for every process
 """

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiobotocore.session
@@ -69,12 +69,15 @@ ERRORS = (
 @dataclasses.dataclass(frozen=True, slots=True)
 class Failure:
     """What a failed AWS call means: its kind, the AWS error code of a reply (may be empty) or
-    else the exception's type name, the HTTP status (0: no reply) and AWS's message, if any."""
+    else the exception's type name, the HTTP status (0: none), AWS's message, if any, and
+    whether AWS answered at all (``answered``: an error reply or a failed batch entry, not a
+    request that never left, such as one without credentials, or never got an answer)."""
 
     kind: awserrors.Kind
     code: str
     status: int = 0
     detail: str = ""
+    answered: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -83,17 +86,29 @@ class Failure:
 
 def failure_of(error: BaseException) -> Failure:
     """Read an exception an AWS call raised (one of :data:`ERRORS`): an error reply is what
-    :func:`fanout_core.awserrors.classify` makes of its code and status; missing credentials
-    are :attr:`~awserrors.Kind.CREDENTIALS`; anything else (no reply) is unavailable."""
+    :func:`fanout_core.awserrors.classify` makes of its code and status; missing or partial
+    credentials are :attr:`~awserrors.Kind.CREDENTIALS`; anything else (no reply) is
+    unavailable."""
     if isinstance(error, botocore.exceptions.ClientError):
         code, status = awserrors.code_and_status(error.response)
         detail = str(error.response.get("Error", {}).get("Message", ""))
-        return Failure(awserrors.classify(code, status), code, status, detail)
+        return Failure(awserrors.classify(code, status), code, status, detail, answered=True)
     if isinstance(
         error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
     ):
         return Failure(awserrors.Kind.CREDENTIALS, type(error).__name__, detail=str(error))
     return Failure(awserrors.Kind.UNAVAILABLE, type(error).__name__, detail=str(error))
+
+
+def entry_failure(entry: Mapping[str, Any]) -> Failure:
+    """Read one ``Failed`` entry of a batch call's reply (SQS ``DeleteMessageBatch``,
+    ``ChangeMessageVisibilityBatch``, SNS ``PublishBatch``): ``Code``, ``Message`` and
+    ``SenderFault``. An entry has no HTTP status of its own; ``SenderFault`` says whose fault
+    it is, so a code :func:`~fanout_core.awserrors.classify` does not know is invalid when the
+    sender's (as a 4xx would be) and unavailable when AWS's (as a 5xx would be)."""
+    code = str(entry.get("Code") or "Unknown")
+    kind = awserrors.classify(code, 400 if entry.get("SenderFault") else 500)
+    return Failure(kind, code, detail=str(entry.get("Message", "")), answered=True)
 
 
 class ProvisioningError(TopologyError):

@@ -1,10 +1,10 @@
 """What an AWS error means for the caller: one pure classifier for every AWS call we make.
 
-The worker (SQS, DynamoDB, S3), the operator (SQS depth, topology) and the ``fanout`` tool
-all translate botocore's exceptions where they enter; each extracts the error code and
-HTTP status (:func:`code_and_status` reads them off a botocore error's ``response``) and
-asks :func:`classify` what they mean, so an ``ExpiredToken`` means the same thing
-everywhere::
+The worker (SQS, DynamoDB, S3), the front door (SNS, S3), the operator (SQS depth,
+topology) and the redrive all translate botocore's exceptions where they enter, through
+``fanout_core.awsclients.failure_of``, which takes the error code and HTTP status off a
+botocore error's ``response`` (:func:`code_and_status`) and asks :func:`classify` what they
+mean, so an ``ExpiredToken`` means the same thing everywhere::
 
     Kind.THROTTLED      slow down, then retry            Throttling, RequestLimitExceeded, 429
     Kind.UNAVAILABLE    the service or the network       5xx, InternalError, timeouts, status 0

@@ -62,8 +62,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import botocore.exceptions
-
 from fanout_core import awsclients, keying
 from fanout_core import spec as spec_model
 
@@ -375,11 +373,9 @@ class DynamoDbStore:
         try:
             response: dict[str, Any] = await method(TableName=self._table, **kwargs)
         except awsclients.ERRORS as error:
-            if (
-                isinstance(error, botocore.exceptions.ClientError)
-                and error.response.get("Error", {}).get("Code") == _CONDITION_FAILED
-            ):
-                raise _ConditionFailed(error.response.get("Item")) from error
+            if awsclients.failure_of(error).code == _CONDITION_FAILED:
+                # the reply carries the item that failed the condition (ReturnValuesOnConditionCheckFailure)
+                raise _ConditionFailed(getattr(error, "response", {}).get("Item")) from error
             raise translate(error, operation=operation, table=self._table) from error
         return response
 

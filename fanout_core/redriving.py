@@ -24,7 +24,7 @@ comes from the payload) delivers it once. Never is a message deleted that was no
 
 Progress is reported as values (``redrive_reports.Progress``, then ``redrive_reports.Report``);
 the caller draws a progress bar, writes ``status``, or counts metrics. botocore's errors are translated
-where they enter (:func:`call`) with ``fanout_core.awserrors`` into :class:`RedriveError`,
+where they enter (:func:`call`), read by ``fanout_core.awsclients.failure_of``, into :class:`RedriveError`,
 whose message is one line saying what is missing.
 """
 
@@ -37,10 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import aiohttp
-import botocore.exceptions
-
-from fanout_core import awserrors, deadletters, pacing, redrive_reports
+from fanout_core import awsclients, awserrors, deadletters, pacing, redrive_reports
 
 BATCH = 10
 PEEK_HOLD_SECONDS = 60
@@ -74,12 +71,18 @@ def is_fifo(url: str) -> bool:
     return url.rstrip("/").endswith(".fifo")
 
 
-def _describe(kind: awserrors.Kind, action: str, url: str, code: str) -> str:
+def _describe(failure: awsclients.Failure, action: str, url: str) -> str:
     queue = queue_name(url)
+    kind, code = failure.kind, failure.code or f"HTTP {failure.status}"
     if kind is awserrors.Kind.NOT_FOUND:
         return f"queue {queue} does not exist ({url})"
     if kind is awserrors.Kind.DENIED:
         return f"not allowed to call sqs:{action} on {queue} ({code}): grant it to this identity"
+    if kind is awserrors.Kind.CREDENTIALS and not failure.answered:
+        return (
+            f"no AWS credentials found, or only part of them ({failure.detail}): set"
+            " AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role"
+        )
     if kind is awserrors.Kind.CREDENTIALS:
         return f"AWS refused the credentials ({code}): refresh them and run again"
     if kind is awserrors.Kind.THROTTLED:
@@ -99,18 +102,9 @@ async def call(
     """
     try:
         return await operation(QueueUrl=url, **kwargs)
-    except botocore.exceptions.ClientError as error:
-        code, status = awserrors.code_and_status(error.response)
-        kind = awserrors.classify(code, status)
-        raise RedriveError(_describe(kind, action, url, code or f"HTTP {status}"), kind=kind) from error
-    except botocore.exceptions.NoCredentialsError as error:
-        raise RedriveError(
-            "no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role)",
-            kind=awserrors.Kind.CREDENTIALS,
-        ) from error
-    except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
-        kind = awserrors.Kind.UNAVAILABLE
-        raise RedriveError(_describe(kind, action, url, type(error).__name__), kind=kind) from error
+    except awsclients.ERRORS as error:
+        failure = awsclients.failure_of(error)
+        raise RedriveError(_describe(failure, action, url), kind=failure.kind) from error
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from fanout_core import idempotency, keying
+from fanout_core import backoff, idempotency, keying
 from fanout_ingest import classifying, publishing, telemetry
 
 log = logging.getLogger(__name__)
@@ -200,14 +200,15 @@ class Deduplicator:
     async def _after_elsewhere(self, claim: _Claim, publish: PublishFunction, deadline: float) -> int:
         """Another replica holds the event: claim again until it is completed (a duplicate)
         or released (ours now: publish it)."""
-        pause = _POLL_FIRST_SECONDS
+        polls = 0
         while claim.state is idempotency.ClaimState.IN_PROGRESS:
+            polls += 1
+            pause = backoff.exponential(polls, base=_POLL_FIRST_SECONDS, cap=_POLL_CAP_SECONDS)
             if self._clock() + pause >= deadline:
                 raise publishing.TimedOut(
                     "another request is still publishing one of the events", code="InProgress"
                 )
             await asyncio.sleep(pause)
-            pause = min(pause * 2, _POLL_CAP_SECONDS)
             await self._claim(claim)
         if claim.state is idempotency.ClaimState.COMPLETED:
             claim.settle()

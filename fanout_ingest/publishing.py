@@ -16,7 +16,7 @@ entry that SNS says may succeed later (throttling, an internal error) is retried
 next call. What gave up waiting (the request's deadline passed) is taken out of the queue,
 so it is never published after its request was told 503.
 
-Errors (botocore's translated where they enter, through ``fanout_core.awserrors``)::
+Errors (botocore's translated where they enter, read by ``fanout_core.awsclients``)::
 
     PublishError (.code: str)
     ├── Saturated     more events waiting than ``limits.maxPendingEvents``
@@ -38,15 +38,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import aiohttp
-import botocore.exceptions
-
-from fanout_core import awserrors, offloading
+from fanout_core import awsclients, awserrors, offloading
 from fanout_ingest import attributes, batching, classifying, config, telemetry
 
 log = logging.getLogger(__name__)
 
 _ENTRY_RETRIES = 1
+_NOT_ANSWERED = awsclients.Failure(awserrors.Kind.UNAVAILABLE, "NotAnswered", answered=True)
+"""An entry SNS's reply lists neither as successful nor as failed: worth one more try."""
 
 
 _FORM_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
@@ -134,20 +133,13 @@ class _Waiting:
 
 
 def translate(error: BaseException, service: str) -> PublishFailed:
-    """botocore / network errors → :class:`PublishFailed` with the AWS error code (or the type)."""
-    if isinstance(error, botocore.exceptions.ClientError):
-        code, status = awserrors.code_and_status(error.response)
-        kind = awserrors.classify(code, status)
-        return PublishFailed(f"{service}: {code or status} ({kind})", code=code or str(status))
-    return PublishFailed(f"{service}: {type(error).__name__}", code=type(error).__name__)
-
-
-_CLIENT_ERRORS = (
-    botocore.exceptions.BotoCoreError,
-    botocore.exceptions.ClientError,
-    aiohttp.ClientError,
-    OSError,
-)
+    """botocore / network errors → :class:`PublishFailed` with the AWS error code (or the type),
+    as ``fanout_core.awsclients.failure_of`` reads them."""
+    failure = awsclients.failure_of(error)
+    if failure.answered:
+        code = failure.code or str(failure.status)
+        return PublishFailed(f"{service}: {code} ({failure.kind})", code=code)
+    return PublishFailed(f"{service}: {failure.code}", code=failure.code)
 
 
 class Publisher:
@@ -256,7 +248,7 @@ class Publisher:
                 Body=event.text.encode("utf-8"),
                 ContentType="application/json",
             )
-        except _CLIENT_ERRORS as error:
+        except awsclients.ERRORS as error:
             failure = translate(error, "S3")
             self._telemetry.aws_error("s3", failure.code)
             raise failure from error
@@ -323,7 +315,7 @@ class Publisher:
                 TopicArn=self._topic.arn,
                 PublishBatchRequestEntries=[waiting.entry for waiting in batch],
             )
-        except _CLIENT_ERRORS as error:
+        except awsclients.ERRORS as error:
             failure = translate(error, "SNS")
             self.sns_ok = False
             self._telemetry.aws_error("sns", failure.code)
@@ -351,15 +343,13 @@ class Publisher:
         failed = {str(item.get("Id")): item for item in reply.get("Failed", [])}
         retry = []
         for entry_id, waiting in by_id.items():
-            item = failed.get(entry_id, {})
-            code = str(item.get("Code", "NotAnswered"))
-            self._telemetry.aws_error("sns", code)
-            kind = awserrors.classify(code, 400 if item.get("SenderFault") else 500)
-            if awserrors.retryable(kind) and waiting.retries < _ENTRY_RETRIES:
+            failure = awsclients.entry_failure(failed[entry_id]) if entry_id in failed else _NOT_ANSWERED
+            self._telemetry.aws_error("sns", failure.code)
+            if failure.retryable and waiting.retries < _ENTRY_RETRIES:
                 waiting.retries += 1
                 retry.append(waiting)
             else:
-                _fail(waiting, PublishFailed(f"SNS refused the entry: {code}", code=code))
+                _fail(waiting, PublishFailed(f"SNS refused the entry: {failure.code}", code=failure.code))
         if retry:
             self._waiting.extendleft(reversed(retry))
             self._pump()

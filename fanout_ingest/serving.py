@@ -17,7 +17,8 @@ one is not (a batch that was partly published is answered 503 and retried whole:
 workers' deduplication, and on a FIFO topic SNS's, drop the repeats).
 
 ``/healthz`` (the event loop answers), ``/readyz`` (started and not draining) and
-``/metrics`` share the port; the chart's Ingress routes only the sources' paths.
+``/metrics`` (``fanout_core.probing``, as the worker serves them) share the port; the chart's
+Ingress routes only the sources' paths.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import dataclasses
 import logging
 import os
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -38,7 +38,7 @@ import aiobotocore.session
 import aiohttp.web
 import prometheus_client
 
-from fanout_core import idempotency
+from fanout_core import idempotency, probing
 from fanout_core import spec as spec_model
 from fanout_ingest import (
     attributes,
@@ -130,7 +130,7 @@ class Gateway:
                 lease_seconds=self.spec.lease_seconds,
                 telemetry=self.telemetry,
             )
-            runner = await self._serve()
+            listening = await self._serve()
             self._started.set()
             self.telemetry.set_ready(True)
             log.info("gateway started", extra={"url": self.url, "topic": self.spec.topic.arn})
@@ -143,7 +143,7 @@ class Gateway:
             finally:
                 # Stops listening and lets running handlers finish (each is bounded by the
                 # publish timeout, and its events' calls are in flight), then the publisher.
-                await runner.cleanup()
+                await listening.close()
                 await self._publisher.aclose()
                 await self._deduplicator.aclose(timeout=self.spec.limits.publish_timeout_seconds)
             log.info("gateway stopped")
@@ -174,28 +174,19 @@ class Gateway:
             )
         return sns, s3, dynamodb
 
-    async def _serve(self) -> aiohttp.web.AppRunner:
+    async def _serve(self) -> probing.Listening:
         app = aiohttp.web.Application(client_max_size=self.spec.limits.max_body_bytes)
         for source in self._sources:
             app.router.add_post(source.spec.path, self._handler(source))
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", _metrics)
-        runner = aiohttp.web.AppRunner(
+        probing.add_probes(app, readiness=self._readiness, exposition=prometheus_client.generate_latest)
+        listening = await probing.listen(
             app,
-            access_log=None,
-            handle_signals=False,
+            self._http_host,
+            self._http_port,
             shutdown_timeout=self.spec.limits.publish_timeout_seconds + 1,
         )
-        await runner.setup()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self._http_host, self._http_port))
-        await aiohttp.web.SockSite(runner, listener).start()
-        port = listener.getsockname()[1]
-        host = "127.0.0.1" if self._http_host in ("0.0.0.0", "") else self._http_host
-        self.url = f"http://{host}:{port}"
-        return runner
+        self.url = listening.url
+        return listening
 
     # -- requests --------------------------------------------------------------------------
 
@@ -273,20 +264,9 @@ class Gateway:
 
     # -- probes ----------------------------------------------------------------------------
 
-    async def _healthz(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+    def _readiness(self) -> probing.Readiness:
         sns_ok = self._publisher.sns_ok if self._publisher is not None else False
-        body = {"ready": self.ready, "sns": sns_ok, "stopping": self._stopping}
-        return aiohttp.web.json_response(body, status=200 if self.ready else 503)
-
-
-async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
-    return aiohttp.web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
+        return probing.Readiness(self.ready, {"sns": sns_ok, "stopping": self._stopping})
 
 
 @contextlib.asynccontextmanager

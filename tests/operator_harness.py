@@ -48,6 +48,7 @@ import kopf
 import pytest
 import yaml
 
+from fanout_lab.simulators import aws
 from fanout_operator import cli, crd, kube, settings
 
 RESOURCES: dict[str, tuple[str, set[str]]] = {
@@ -388,15 +389,9 @@ class OperatorProcess:
         self.process.wait(10)
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        code = aws.stop_process(self.process, timeout=timeout)
         self._output.close()
-        return self.process.returncode
+        return code
 
     def __enter__(self) -> OperatorProcess:
         return self

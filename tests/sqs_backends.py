@@ -207,12 +207,7 @@ class LocalStackServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            aws.stop_process(self._process)
             self._process = None
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -96,17 +96,8 @@ def test_no_region_anywhere_exits_2_naming_the_field(tmp_path: pathlib.Path) -> 
 
 
 async def start_worker(config: pathlib.Path, server: aws.MotoServer) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "workers",
-        "--config",
-        str(config),
-        "--http-port",
-        "0",
-        env={**os.environ, **server.environment(), "FANOUT_REPLICAS": "1"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    return await harness.start_worker(
+        config, environment=server.environment(), stderr=asyncio.subprocess.PIPE
     )
 
 

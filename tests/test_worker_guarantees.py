@@ -15,10 +15,8 @@ import collections
 import contextlib
 import json
 import math
-import os
 import pathlib
 import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -392,22 +390,6 @@ async def idempotency_table(dynamodb: Any) -> str:
 # -- real processes: SIGKILL and SIGTERM ---------------------------------------------------
 
 
-async def start_worker(config: pathlib.Path) -> asyncio.subprocess.Process:
-    """``fanout-worker`` in a child process; the AWS variables are the test's (its backend)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "workers",
-        "--config",
-        str(config),
-        "--http-port",
-        "0",
-        env={**os.environ, "FANOUT_REPLICAS": "1"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.serial  # worker processes killed on a schedule: run alone (make test)
 async def test_fifo_with_two_pollers_and_two_sigkills_loses_nothing_and_repeats_only_in_flight_events(
     sqs_backend: sqs_backends.SqsBackend, idempotency_table: str, tmp_path: pathlib.Path
@@ -430,7 +412,7 @@ async def test_fifo_with_two_pollers_and_two_sigkills_loses_nothing_and_repeats_
         feeding = asyncio.create_task(
             harness.feed(sqs, source, conversations=30, length=6, fifo=True, poison_ratio=0, seed=21)
         )
-        process = await start_worker(config)
+        process = await harness.start_worker(config)
         killed_at: list[int] = []
         try:
             for kill_at in (40, 100):
@@ -438,7 +420,7 @@ async def test_fifo_with_two_pollers_and_two_sigkills_loses_nothing_and_repeats_
                 process.kill()
                 await process.wait()
                 killed_at.append(len(sim.accepted))
-                process = await start_worker(config)
+                process = await harness.start_worker(config)
             traffic = await feeding
 
             async def done() -> bool:
@@ -486,7 +468,7 @@ async def test_sigterm_ends_within_the_grace_period_while_the_siem_circuit_is_op
         traffic = await harness.feed(
             sqs, source, conversations=10, length=3, poison_ratio=0, duplicate_ratio=0
         )
-        process = await start_worker(config)
+        process = await harness.start_worker(config)
         # The first batch fails, the circuit opens for 20 s: the batches formed meanwhile wait
         # for a permit behind it.
         assert await harness.wait_until(lambda: sim.outage_count >= 1, timeout=20)

@@ -29,7 +29,7 @@ import random as random_module
 import re
 from collections.abc import Callable
 
-from fanout_core import spec
+from fanout_core import backoff, spec
 
 SQS_MAX_VISIBILITY_SECONDS = float(spec.SQS_MAX_VISIBILITY_SECONDS)
 
@@ -39,12 +39,7 @@ _DELTA_SECONDS = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,9})?$")
 def backoff_ceiling(receive_count: int, policy: spec.RetrySpec) -> float:
     """The exponential step for this attempt, capped: the most :func:`backoff_delay` returns."""
     cap = min(policy.max_delay_seconds, SQS_MAX_VISIBILITY_SECONDS)
-    doublings = max(receive_count, 1) - 1
-    try:
-        step = math.ldexp(policy.base_delay_seconds, doublings)
-    except OverflowError:  # far past the cap
-        return cap
-    return min(step, cap)
+    return backoff.exponential(receive_count, base=policy.base_delay_seconds, cap=cap)
 
 
 def backoff_delay(
@@ -65,11 +60,10 @@ def backoff_delay(
     return step - (1.0 - fraction) * (step / 2)
 
 
-def exponential_delay(failures: int, *, base: float, cap: float) -> float:
-    """``base * 2**(failures-1)``, capped: the pause after the ``failures``-th failure in a
-    row of something that is not a message (an SQS call, a crashed task, a store write)."""
-    doublings = min(max(failures, 1) - 1, 60)
-    return min(cap, base * 2.0**doublings)
+exponential_delay = backoff.exponential
+"""``base * 2**(failures-1)``, capped: the pause after the ``failures``-th failure in a row
+of something that is not a message (an SQS call, a crashed task, a store write); the shared
+core's :func:`fanout_core.backoff.exponential`, under the name the worker's modules call."""
 
 
 VISIBILITY_CAP_MARGIN_SECONDS = 30.0

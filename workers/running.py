@@ -29,7 +29,7 @@ keeps what was completed from being delivered twice.
 
 Probes on ``--http-port``: ``/healthz`` (the event loop answers), ``/readyz`` (SQS
 answered the last receive, no task keeps crashing, and we are not shutting down) and
-``/metrics``.
+``/metrics`` (``fanout_core.probing``, as the front door serves them).
 """
 
 from __future__ import annotations
@@ -39,15 +39,13 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiobotocore.session
 import aiohttp.web
-import prometheus_client
 
-from fanout_core import findings
+from fanout_core import findings, probing
 from fanout_core import idempotency as dedupe
 from fanout_core import spec as spec_model
 from workers import (
@@ -299,35 +297,16 @@ class Worker:
             yield
             return
         app = aiohttp.web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        runner = aiohttp.web.AppRunner(app, access_log=None)
-        await runner.setup()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self._http_host, self._http_port))
-        await aiohttp.web.SockSite(runner, listener).start()
-        port = listener.getsockname()[1]
-        self.http_url = (
-            f"http://{'127.0.0.1' if self._http_host in ('0.0.0.0', '') else self._http_host}:{port}"
-        )
+        probing.add_probes(app, readiness=self._readiness, exposition=self.metrics.exposition)
+        listening = await probing.listen(app, self._http_host, self._http_port)
+        self.http_url = listening.url
         try:
             yield
         finally:
-            await runner.cleanup()
+            await listening.close()
 
-    async def _healthz(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        body = {"ready": self.ready, "sqs": self._receiving_ok, "stopping": self._stopping}
-        return aiohttp.web.json_response(body, status=200 if self.ready else 503)
-
-    async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(
-            body=self.metrics.exposition(), headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
-        )
+    def _readiness(self) -> probing.Readiness:
+        return probing.Readiness(self.ready, {"sqs": self._receiving_ok, "stopping": self._stopping})
 
 
 @contextlib.asynccontextmanager

@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from fanout_core import awserrors
+from fanout_core import awsclients
 from workers import events, messages, retrying, sqs, supervision, telemetry
 
 log = logging.getLogger(__name__)
@@ -425,13 +425,12 @@ class Settler:
                 entry = pending.get(int(failure["Id"]))
                 if entry is None:
                     continue
-                code = str(failure.get("Code", "Unknown"))
-                # A batch entry has no HTTP status of its own: SenderFault says whose fault.
-                kind = awserrors.classify(code, 400 if failure.get("SenderFault", False) else 500)
+                read = awsclients.entry_failure(failure)
+                code = read.code
                 if sqs.is_expired_receipt(code):
                     self._telemetry.receipt_expired(1)
                     sent.expired.add(entry)
-                elif awserrors.retryable(kind):
+                elif read.retryable:
                     retry[int(failure["Id"])] = entry
                 else:
                     sent.failed[entry] = code

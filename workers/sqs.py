@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import aiobotocore.config
 import aiobotocore.session
-import botocore.exceptions
 
 from fanout_core import awsclients, awserrors, spec
 
@@ -78,9 +77,7 @@ async def call(operation: Callable[..., Awaitable[dict[str, Any]]], **kwargs: An
         return await operation(**kwargs)
     except awsclients.ERRORS as error:
         failure = awsclients.failure_of(error)
-        text = (
-            str(error) if isinstance(error, botocore.exceptions.ClientError) else f"{failure.code}: {error}"
-        )
+        text = str(error) if failure.answered else f"{failure.code}: {error}"
         raise SqsError(text, code=failure.code, kind=failure.kind) from error
 
 

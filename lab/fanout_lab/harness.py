@@ -14,8 +14,10 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import os
 import pathlib
 import random
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -92,6 +94,26 @@ def write_manifest(path: pathlib.Path, document: dict[str, Any]) -> pathlib.Path
 
 def consumer(document: dict[str, Any]) -> spec_model.FanoutConsumer:
     return spec_model.parse_manifest(document)
+
+
+async def start_worker(
+    config: pathlib.Path, *, environment: dict[str, str] | None = None, stderr: int | None = None
+) -> asyncio.subprocess.Process:
+    """``fanout-worker --config config`` in a child process (probes on a free port, one
+    replica), with this process's environment plus ``environment`` (the AWS variables of a
+    backend, when the test's own are not it); ``stderr`` DEVNULL unless asked for (PIPE)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "workers",
+        "--config",
+        str(config),
+        "--http-port",
+        "0",
+        env={**os.environ, **(environment or {}), "FANOUT_REPLICAS": "1"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL if stderr is None else stderr,
+    )
 
 
 async def wait_for_room(

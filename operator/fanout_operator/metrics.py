@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import socket
 from collections.abc import Mapping
 
 import aiohttp.web
 import prometheus_client
 
+from fanout_core import probing
 from fanout_operator import queues, scaling
 
 LABELS = ("namespace", "consumer")
@@ -267,35 +267,17 @@ class MetricsServer:
         self._families = families
         self._host = host
         self._port = port
-        self._runner: aiohttp.web.AppRunner | None = None
+        self._listening: probing.Listening | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
         """Listen; an address already in use raises ``OSError`` (the operator must not start)."""
         app = aiohttp.web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        runner = aiohttp.web.AppRunner(app, access_log=None)
-        await runner.setup()
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self._host, self._port))
-            await aiohttp.web.SockSite(runner, listener).start()
-        except BaseException:
-            listener.close()
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(listener.getsockname()[1])
+        probing.add_probes(app, readiness=None, exposition=self._families.exposition)
+        self._listening = await probing.listen(app, self._host, self._port)
+        self.port = self._listening.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(
-            body=self._families.exposition(),
-            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-        )
+        if self._listening is not None:
+            await self._listening.close()
+            self._listening = None

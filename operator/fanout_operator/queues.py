@@ -14,8 +14,8 @@ say *why* it is degraded without knowing botocore::
     ├── QueueCredentialsRejected  ExpiredToken, RequestExpired, InvalidClientTokenId, ...
     └── QueueNotFound             the URL names no queue
 
-What an AWS error code means is decided once, for the whole project, by
-``fanout_core.awserrors.classify``; this module only maps its kinds onto the tree. A credential
+What an AWS error means is read once, for the whole project, by
+``fanout_core.awsclients.failure_of``; this module only maps its kinds onto the tree. A credential
 the service does not accept (expired above all) is a credential problem, never "denied" and
 never "no such queue": the reader drops its client, so the next one re-reads the credentials
 (an IRSA or Pod Identity token, a rotated file), and retries once at once; if they are still
@@ -30,9 +30,8 @@ from typing import Any, Protocol
 
 import aiobotocore.config
 import aiobotocore.session
-import botocore.exceptions
 
-from fanout_core import awserrors
+from fanout_core import awsclients, awserrors
 
 ATTRIBUTES = (
     "ApproximateNumberOfMessages",
@@ -74,25 +73,20 @@ class DepthReader(Protocol):
     async def depth(self, queue_url: str, region: str | None) -> Depth: ...
 
 
-def _translate(error: Exception, queue_url: str) -> QueueError:
-    if isinstance(error, botocore.exceptions.ClientError):
-        code, status = awserrors.code_and_status(error.response)
-        message = str(error.response.get("Error", {}).get("Message", "")) or code
-        kind = awserrors.classify(code, status)
-        if kind is awserrors.Kind.NOT_FOUND:
-            return QueueNotFound(f"{queue_url}: no such queue ({code})")
-        if kind is awserrors.Kind.CREDENTIALS:
-            return QueueCredentialsRejected(f"{queue_url}: AWS credentials not accepted ({code}: {message})")
-        if kind is awserrors.Kind.DENIED:
-            return QueueAccessDenied(f"{queue_url}: {code}: {message}")
-        return QueueUnreachable(f"{queue_url}: {code}: {message}")
-    if isinstance(
-        error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
-    ):
-        return QueueAccessDenied(f"{queue_url}: no AWS credentials: {error}")
-    if isinstance(error, botocore.exceptions.NoRegionError):
+def _translate(error: BaseException, queue_url: str) -> QueueError:
+    failure = awsclients.failure_of(error)
+    code, message = failure.code, failure.detail or failure.code
+    if failure.kind is awserrors.Kind.NOT_FOUND:
+        return QueueNotFound(f"{queue_url}: no such queue ({code})")
+    if failure.kind is awserrors.Kind.CREDENTIALS:
+        if not failure.answered:  # none found: nothing to re-read until someone provides them
+            return QueueAccessDenied(f"{queue_url}: no AWS credentials: {failure.detail}")
+        return QueueCredentialsRejected(f"{queue_url}: AWS credentials not accepted ({code}: {message})")
+    if failure.kind is awserrors.Kind.DENIED:
+        return QueueAccessDenied(f"{queue_url}: {code}: {message}")
+    if code == "NoRegionError":
         return QueueUnreachable(f"{queue_url}: no AWS region (set spec.queue.region or AWS_REGION)")
-    return QueueUnreachable(f"{queue_url}: {type(error).__name__}: {error}")
+    return QueueUnreachable(f"{queue_url}: {code}: {message}")
 
 
 class SqsDepthReader:
@@ -141,10 +135,8 @@ class SqsDepthReader:
             reply: dict[str, Any] = await client.get_queue_attributes(
                 QueueUrl=queue_url, AttributeNames=list(ATTRIBUTES)
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except awsclients.ERRORS as error:
             raise _translate(error, queue_url) from error
-        except OSError as error:
-            raise QueueUnreachable(f"{queue_url}: {error}") from error
         return reply
 
     async def depth(self, queue_url: str, region: str | None) -> Depth:

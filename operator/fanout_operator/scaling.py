@@ -39,7 +39,7 @@ import dataclasses
 import enum
 import math
 
-from fanout_core import spec
+from fanout_core import backoff, spec
 
 # Tolerance when dividing the fleet rate by the measured per-replica rate: a fleet already held
 # by the shared limiter measures slightly under its share (rate / n); without the tolerance the
@@ -317,7 +317,8 @@ def next_poll_delay(interval: float, consecutive_failures: int) -> float:
     """Exponential backoff after failed queue reads, never shorter than the polling interval."""
     if consecutive_failures <= 0:
         return interval
-    return max(interval, min(interval * 2.0 ** min(consecutive_failures, 16), MAX_BACKOFF_SECONDS))
+    doubled = backoff.exponential(consecutive_failures + 1, base=interval, cap=MAX_BACKOFF_SECONDS)
+    return max(interval, doubled)
 
 
 def _num(value: float) -> str:

@@ -97,12 +97,7 @@ class MotoServer:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process)
         self._process = None
 
     @property
@@ -121,6 +116,20 @@ class MotoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[Any], *, timeout: float = 10.0) -> int:
+    """SIGTERM a child server (if it still runs), give it ``timeout`` seconds to exit, then
+    SIGKILL it; its exit code. Every child the lab starts (moto, LocalStack, the benchmarks'
+    and the operator tests' processes) stops this way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 async def create_queue(sqs: Any, name: str, *, fifo: bool = False, visibility: int = 30) -> str:
