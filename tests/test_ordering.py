@@ -95,9 +95,9 @@ def test_a_failure_holds_its_lane_only_as_long_as_the_caller_says_within_the_lim
         lanes.finish(name, ordering.Finish.DONE, identities=frozenset(), now=expected)
 
 
-def test_a_failed_message_is_overdue_only_once_receives_after_it_was_due_missed_it() -> None:
-    # Due back 2 s after failing, held 7 s by time; a worker that did not receive meanwhile
-    # (its budget full of slow deliveries, a slow SQS) has not given it its chance to return.
+def blocked_behind_a_failure() -> ordering.Lanes[Item]:
+    """Lane "c": "first" failed at 0, due back at 2, held by time until 7 (60 at most);
+    "second" arrived at 1 and waits behind it."""
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60, receives_to_overdue=2)
     add(lanes, Item("first", "c", 1))
     (first,) = lanes.start_ready(0, limit=1)
@@ -105,6 +105,13 @@ def test_a_failed_message_is_overdue_only_once_receives_after_it_was_due_missed_
         "c", ordering.Finish.FAILED, identities=first.item.identities, now=0, hold_seconds=7, due_seconds=2
     )
     add(lanes, Item("second", "c", 2), now=1)
+    return lanes
+
+
+def test_a_failed_message_is_overdue_only_once_receives_after_it_was_due_missed_it() -> None:
+    # Due back 2 s after failing, held 7 s by time; a worker that did not receive meanwhile
+    # (its budget full of slow deliveries, a slow SQS) has not given it its chance to return.
+    lanes = blocked_behind_a_failure()
     assert lanes.next_deadline() == 60  # time alone: only the hold limit
     assert lanes.start_ready(30, limit=1) == []
     lanes.received(1.5, now=31)  # began before it was due: no chance to bring it
@@ -115,13 +122,7 @@ def test_a_failed_message_is_overdue_only_once_receives_after_it_was_due_missed_
 
 
 def test_receives_alone_do_not_end_a_hold_before_its_time() -> None:
-    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60, receives_to_overdue=2)
-    add(lanes, Item("first", "c", 1))
-    (first,) = lanes.start_ready(0, limit=1)
-    lanes.finish(
-        "c", ordering.Finish.FAILED, identities=first.item.identities, now=0, hold_seconds=7, due_seconds=2
-    )
-    add(lanes, Item("second", "c", 2), now=1)
+    lanes = blocked_behind_a_failure()
     for began in (2.0, 3.0, 4.0):
         lanes.received(began, now=began + 1)
     assert lanes.next_deadline() == 7
@@ -131,13 +132,7 @@ def test_receives_alone_do_not_end_a_hold_before_its_time() -> None:
 
 def test_a_stalled_worker_lets_time_alone_end_a_hold() -> None:
     # Every place in hand taken by blocked lanes: no receive can begin, so none can count.
-    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60, receives_to_overdue=2)
-    add(lanes, Item("first", "c", 1))
-    (first,) = lanes.start_ready(0, limit=1)
-    lanes.finish(
-        "c", ordering.Finish.FAILED, identities=first.item.identities, now=0, hold_seconds=7, due_seconds=2
-    )
-    add(lanes, Item("second", "c", 2), now=1)
+    lanes = blocked_behind_a_failure()
     lanes.stalled(True, now=5)
     assert lanes.next_deadline() == 7
     assert names(lanes.start_ready(7, limit=1)) == ["second"]

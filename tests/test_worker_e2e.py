@@ -92,6 +92,21 @@ async def test_exactly_once_in_order_with_duplicates_poison_faults_and_throttles
             assert message["Attributes"]["MessageDeduplicationId"]
 
 
+class FailFirstEventOnce:
+    """A downstream's verdict: the first event the feeder sent fails once (500), then passes."""
+
+    def __init__(self, traffic: harness.Traffic) -> None:
+        self.traffic = traffic
+        self.failed = False
+
+    def __call__(self, document: Any) -> int | None:
+        correlation_id = str(document.get("metadata", {}).get("CorrelationId"))
+        if not self.failed and correlation_id == self.traffic.events[0].correlation_id:
+            self.failed = True
+            return 500
+        return None
+
+
 @pytest.mark.parametrize("sqs_backend", ["moto", "localstack"], indirect=True)
 async def test_a_failed_event_keeps_its_place_while_the_worker_cannot_receive_it(
     sqs_backend: sqs_backends.SqsBackend,
@@ -103,14 +118,7 @@ async def test_a_failed_event_keeps_its_place_while_the_worker_cannot_receive_it
     sqs = sqs_backend.sqs
     source = await harness.make_queue(sqs, "e2e-starved")
     traffic = harness.Traffic()
-    failed_once: set[str] = set()
-
-    def fail_first_event_once(document: Any) -> int | None:
-        correlation_id = str(document.get("metadata", {}).get("CorrelationId"))
-        if correlation_id == traffic.events[0].correlation_id and correlation_id not in failed_once:
-            failed_once.add(correlation_id)
-            return 500
-        return None
+    fail_first_event_once = FailFirstEventOnce(traffic)
 
     # Every answer takes 8 s: longer than the failure's hold by time (its 1 s retry delay
     # plus the 5 s redelivery grace), so the budget stays full past it.
@@ -129,7 +137,7 @@ async def test_a_failed_event_keeps_its_place_while_the_worker_cannot_receive_it
             )
         )
         await run_worker_until_done(sqs, worker, source, feeding, sim)
-        assert failed_once, "the first event failed once"
+        assert fail_first_event_once.failed, "the first event failed once"
         harness.check_exactly_once_in_order(sim, traffic)
 
 
@@ -142,14 +150,7 @@ async def test_a_worker_whose_hands_are_full_of_held_events_does_not_wait_out_th
     up that conversation's order rather than stall."""
     source = await harness.make_queue(sqs, "e2e-stalled")
     traffic = harness.Traffic()
-    failed_once: set[str] = set()
-
-    def fail_first_event_once(document: Any) -> int | None:
-        correlation_id = str(document.get("metadata", {}).get("CorrelationId"))
-        if correlation_id == traffic.events[0].correlation_id and correlation_id not in failed_once:
-            failed_once.add(correlation_id)
-            return 500
-        return None
+    fail_first_event_once = FailFirstEventOnce(traffic)
 
     async with webhook.WebhookSimulator(reject=fail_first_event_once) as sim:
         document = harness.manifest(
@@ -180,7 +181,7 @@ async def test_a_worker_whose_hands_are_full_of_held_events_does_not_wait_out_th
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=30)
-        assert failed_once
+        assert fail_first_event_once.failed
         harness.check_exactly_once(sim, traffic)
 
 
