@@ -12,7 +12,7 @@ import hypothesis
 import pytest
 
 from fanout_lab.simulators import aws
-from tests import sqs_backends
+from tests import external_tools, sqs_backends
 from tests.operator_harness import kube_api, kube_client, kube_namespace  # noqa: F401  (operator e2e fixtures)
 
 # The properties are about values, not speed: a busy 2-core machine (the suite runs on two
@@ -57,12 +57,10 @@ async def sns(moto_server: aws.MotoServer) -> AsyncIterator[Any]:
 @pytest.fixture(scope="session")
 def localstack_server() -> Iterator[sqs_backends.LocalStackServer]:
     """One LocalStack (SQS, SNS) for the session; skips when it is not installed, fails then
-    when FANOUT_REQUIRE_LOCALSTACK=1 (CI)."""
+    in CI or when FANOUT_REQUIRE_LOCALSTACK=1."""
     missing = sqs_backends.localstack_missing()
     if missing:
-        if sqs_backends.localstack_required():
-            pytest.fail(f"{missing}; {sqs_backends.REQUIRE_VARIABLE}=1 requires it")
-        pytest.skip(missing)
+        external_tools.unavailable(missing, required=sqs_backends.localstack_required())
     with sqs_backends.LocalStackServer() as server:
         yield server
 
