@@ -133,7 +133,7 @@ def test_receives_alone_do_not_end_a_hold_before_its_time() -> None:
 def test_a_stalled_worker_lets_time_alone_end_a_hold() -> None:
     # Every place in hand taken by blocked lanes: no receive can begin, so none can count.
     lanes = blocked_behind_a_failure()
-    lanes.stalled(True, now=5)
+    lanes.set_stalled(True, now=5)
     assert lanes.next_deadline() == 7
     assert names(lanes.start_ready(7, limit=1)) == ["second"]
 
@@ -308,7 +308,7 @@ class LaneMachine(RuleBasedStateMachine):
 
     @rule(stalled=st.booleans())
     def stall(self, stalled: bool) -> None:
-        self.lanes.stalled(stalled, self.now)
+        self.lanes.set_stalled(stalled, self.now)
         if stalled and not self.stalled:
             self.stalled = True
             for key in list(self.blocked):

@@ -380,18 +380,22 @@ class Lanes(Generic[T]):
         self._forget_if_idle(key, lane)
         return released
 
-    def received(self, began: float, now: float) -> None:
+    def received(self, began: float, now: float) -> bool:
         """A receive that began at ``began`` came back (whatever it brought, even nothing):
-        each failed message due back by then has had one more chance to come back here."""
+        each failed message due back by then has had one more chance to come back here.
+        Whether any had (a lane's wait may have ended)."""
+        counted = False
         for key in list(self._timed):
             lane = self._lanes[key]
             if lane.blocked_by and lane.blocked_due <= began:
+                counted = True
                 lane.blocked_receives += 1
                 self._prune(lane, now)
                 self._mark_if_ready(key, lane)
                 self._forget_if_idle(key, lane)
+        return counted
 
-    def stalled(self, stalled: bool, now: float) -> None:
+    def set_stalled(self, stalled: bool, now: float) -> None:
         """The caller's word on whether the worker is stalled: nothing runs, nothing can start
         and no receive can begin. While it is, a failed message's hold ends by time alone."""
         if stalled == self._stalled:
@@ -450,7 +454,10 @@ class Lanes(Generic[T]):
     def blocked_count(self) -> int:
         """Messages held in lanes that wait for a message that is away (failed, given back
         or refused): they cannot start before it is back, whatever the sink can send."""
-        return sum(len(lane.pending) for lane in self._lanes.values() if lane.blocked_by or lane.expected)
+        # A lane that waits for a message away waits for a time too: only ``_timed`` can hold it.
+        return sum(
+            len(lane.pending) for key in self._timed if (lane := self._lanes[key]).blocked_by or lane.expected
+        )
 
     def is_blocked(self, key: Hashable) -> bool:
         lane = self._lanes.get(key)

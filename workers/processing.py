@@ -202,8 +202,8 @@ class Processor:
     def received(self, began: float) -> None:
         """A receive that began at ``began`` came back (even empty): a lane waiting for a
         failed message counts it as one more chance the message had to come back here."""
-        self._lanes.received(began, self._clock())
-        self._wake.set()
+        if self._lanes.received(began, self._clock()):
+            self._wake.set()
 
     def _intake(self, message: messages.Message) -> None:
         if not self._accepting:
@@ -286,7 +286,7 @@ class Processor:
                         and not self._lanes.startable
                         and self._lanes.waiting_count >= self._in_hand_limit()
                     )
-                    self._lanes.stalled(stalled, self._clock())
+                    self._lanes.set_stalled(stalled, self._clock())
                     if stalled and self._lanes.startable:
                         continue  # time alone freed a lane: start it
                 self._telemetry.set_lanes(len(self._lanes))

@@ -203,6 +203,8 @@ class Worker:
             store=store,
             settler=settler,
             telemetry=self.telemetry,
+            # The ceiling, not the target: the target makes room for what waits on a message
+            # that is away (``held_back``), so only the ceiling can leave no receive possible.
             in_hand_limit=lambda: budget.limit,
         )
         return _Stages(client, sink, resolver, budget, settler, processor)
