@@ -22,8 +22,8 @@ publishing starts); ``referee`` judges the consumers against :attr:`Day.events` 
 * a few **poison** bodies, which must end in every receiving consumer's dead-letter
   queue with a reason;
 * with ``backlog``, that many conversations of the **hour before** (07:00-08:00), in
-  :attr:`Day.backlog`: published before the day, all at once (each conversation on its own
-  clock), while the CRM and SIEM workers are down — what they catch up on at 08:00.
+  :attr:`Day.backlog`: published before the day within seconds (each conversation on its
+  own clock), while the CRM and SIEM workers are down — what they catch up on at 08:00.
 
 Every event is sent to the front door as a signed webhook (``session``); the poison bodies,
 which the front door would refuse, are published to SNS directly, as another producer would.
@@ -58,6 +58,9 @@ REORDER_GAP_SECONDS = 0.003
 TRANSCRIPT_BYTES = 300_000
 TRANSCRIPT_EVERY = 50
 """One conversation in this many (at least one) ends with a transcript too large for SNS."""
+BACKLOG_SECONDS = 2.0
+"""The backlog's conversations start within this many seconds (the front door keeps up, so a
+conversation's events are not bunched behind the others')."""
 NIGHT_SEED = 7_919
 """Added to the seed for the backlog's draws."""
 CONVERSATION_SPEEDUP = 60.0
@@ -121,7 +124,7 @@ class Day:
     """(earlier, later) event pairs of one key published later-first."""
     backlog: list[Publication] = dataclasses.field(default_factory=list)
     """The hour before the day (07:00-08:00), published before :attr:`publications`; ``at``
-    counts from the start of that publishing, every conversation starting at 0."""
+    counts from the start of that publishing (the hour in :data:`BACKLOG_SECONDS`)."""
 
     @property
     def backlog_events(self) -> frozenset[str]:
@@ -169,10 +172,13 @@ class _Builder:
 
     def at(self, event_time_ms: int, conversation_start_ms: int, *, night: bool = False) -> float:
         """When to publish an event: the day's clock for the conversation's start, the
-        conversation's own (slower) clock from there on. The backlog's conversations all
-        start at 0: what took an hour reaches the queues at once, each conversation's events
+        conversation's own (slower) clock from there on. The backlog's hour is compressed to
+        ``BACKLOG_SECONDS``: it reaches the queues within seconds, each conversation's events
         still as far apart as the day's."""
-        started = 0.0 if night else (conversation_start_ms - DAY_START_MS) / self.day_ms * self.seconds
+        if night:  # the hour in BACKLOG_SECONDS
+            started = (conversation_start_ms - DAY_START_MS + 3_600_000) / 3_600_000 * BACKLOG_SECONDS
+        else:
+            started = (conversation_start_ms - DAY_START_MS) / self.day_ms * self.seconds
         return started + max(0, event_time_ms - conversation_start_ms) / 1000 / CONVERSATION_SPEEDUP
 
     def conversation(self, start_ms: int, *, transcript: bool, night: bool) -> list[_Draft]:
