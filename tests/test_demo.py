@@ -66,7 +66,9 @@ def test_the_backlog_is_published_before_the_day_and_leaves_the_day_as_it_was() 
 
     queued = [night.events[cid] for cid in night.backlog_events]
     assert len({e.key for e in queued if e.category is traffic.Category.CONVERSATION}) == 5
-    assert {e.category for e in queued} == set(traffic.Category)
+    # Conversation events only: the dashboard consumed its own of that hour (two replicas
+    # handed a burst of one key's events at once cannot keep them in order).
+    assert {e.category for e in queued} == {traffic.Category.CONVERSATION}
     assert max(e.sequence for e in queued) < min(e.sequence for e in night.day_events)
     # No poison and nothing over SNS's 256 KiB; every conversation on its own clock from 0.
     assert all(p.event is not None and len(p.message) < 256 * 1024 for p in night.backlog)

@@ -27,8 +27,9 @@ apart, which two replicas keep in order as long as the webhook keeps up.
 
 The CRM's and the SIEM's workers start late (:attr:`Plan.late_start`): their queues hold the
 hour before the day when they start, so each is driven at its downstream's limit for a few
-seconds. The dashboard's do not: a backlog on a standard queue read by two replicas would
-hand events of one key to both at once, and no worker can keep those in order.
+seconds. The dashboard's do not, and the backlog holds none of its events (it ran through
+that hour): a backlog on a standard queue read by two replicas would hand events of one key to
+both at once, and no worker can keep those in order.
 """
 
 from __future__ import annotations

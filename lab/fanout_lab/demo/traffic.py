@@ -23,7 +23,8 @@ publishing starts); ``referee`` judges the consumers against :attr:`Day.events` 
   queue with a reason;
 * with ``backlog``, that many conversations of the **hour before** (07:00-08:00), in
   :attr:`Day.backlog`: published before the day within seconds (each conversation on its
-  own clock), while the CRM and SIEM workers are down — what they catch up on at 08:00.
+  own clock), while the CRM and SIEM workers are down — what they catch up on at 08:00
+  (conversation events only: the dashboard ran through that hour and consumed its own).
 
 Every event is sent to the front door as a signed webhook (``session``); the poison bodies,
 which the front door would refuse, are published to SNS directly, as another producer would.
@@ -217,6 +218,11 @@ class _Builder:
                     night,
                 )
             )
+        if night:
+            # The dashboard ran through the hour before: its queue and agent events of then
+            # were consumed then. Queued for it now, two replicas would hold events of one
+            # key at once, which no worker can keep in order on a standard queue.
+            return drafts
         for detail, when in self.dashboard_events(flow):
             self.tie += 1
             category = Category.AGENT if ".users." in detail["topicName"] else Category.QUEUE
