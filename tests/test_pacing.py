@@ -175,6 +175,17 @@ def test_a_replica_that_starts_alone_takes_the_whole_rate_at_its_first_read() ->
     assert pace.rate(0.5) == pytest.approx(RATE)
 
 
+def test_a_replica_the_count_says_is_alone_keeps_its_whole_slice_when_it_holds_nothing() -> None:
+    """Nobody else to make room for: at its start and each time it ran dry, half its slice
+    was grant left unused while a backlog waited (the demo's lone CRM replica catching up)."""
+    pace = _joining_pace(1)
+    assert pace.rate(0.0) == pytest.approx(RATE)
+    pace.observe_share(1.0, 0.5)
+    pace.observe_share(None, 1.0)  # ran dry; the next backlog is sent at the whole rate
+    assert pace.slice == pytest.approx(RATE)
+    assert pace.rate(1.0) == pytest.approx(RATE)
+
+
 def test_after_excess_throttles_a_larger_share_is_not_taken_at_once() -> None:
     pace = _joining_pace(3)
     pace.observe_share(1 / 3, 0.5)

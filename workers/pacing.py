@@ -20,6 +20,7 @@ The rules, and why:
   receive: meanwhile the others, which read every half second, send as if it were not
   there (a replica that joined a busy fleet at its whole slice cost the downstream a few
   429s), and a read at its first receive would say little (the fleet is still receiving).
+  Not when the count is one: there are no others.
 
 * **A throttle says how much is too much.** The pace keeps a short memory (time constant
   ``memory_seconds``) of how many of its requests were accepted and how many throttled.
@@ -349,7 +350,9 @@ class Pace:
         self._advance(now)
         before, previous, joining = self.slice, self._share, self._joining
         guessing = self._slow_start
-        self._joining = share is None and self._settings.join_seconds > 0
+        # A replica the count says is alone has nobody to make room for: half its slice at
+        # each start (and each time it ran dry) was lost grant (``fanout demo``'s catch-up).
+        self._joining = share is None and self._replicas > 1 and self._settings.join_seconds > 0
         self._join_ends = self._rate_bound + self._settings.join_seconds
         if share is not None:
             share = min(1.0, max(MIN_SHARE, share))

@@ -36,6 +36,7 @@ def options_from(args: argparse.Namespace) -> session.Options:
         seconds=given("seconds", defaults.seconds),
         seed=given("seed", defaults.seed),
         drain_timeout=given("drain_timeout", defaults.drain_timeout),
+        backlog=given("backlog", defaults.backlog),
         log_path=pathlib.Path(log_path)
         if log_path
         else pathlib.Path(tempfile.gettempdir()) / "fanout-demo-workers.log",
@@ -48,12 +49,13 @@ def main(args: argparse.Namespace, rest: Sequence[str]) -> int:
         print(f"fanout demo: unrecognised arguments: {' '.join(rest)}", file=sys.stderr)
         return EXIT_USAGE
     options = options_from(args)
-    if options.conversations < 1 or options.seconds <= 0:
-        print("fanout demo: --conversations must be >= 1 and --seconds > 0", file=sys.stderr)
+    if options.conversations < 1 or options.seconds <= 0 or options.backlog < 0:
+        print("fanout demo: --conversations must be >= 1, --seconds > 0 and --backlog >= 0", file=sys.stderr)
         return EXIT_USAGE
     live = sys.stdout.isatty() and not getattr(args, "plain", False)
     print(
-        f"fanout demo: {options.conversations} conversations over a {options.seconds:g}-second day; "
+        f"fanout demo: {options.conversations} conversations over a {options.seconds:g}-second day "
+        f"after a backlog of {options.backlog} conversations; "
         "moto SQS/SNS/DynamoDB, simulated CRM, Splunk HEC and webhook on loopback",
         flush=True,
     )
@@ -76,6 +78,12 @@ class Demo:
         parser.add_argument("--conversations", type=int, default=None, help="how many conversations")
         parser.add_argument("--seconds", type=float, default=None, help="how long the compressed day lasts")
         parser.add_argument("--seed", type=int, default=None, help="traffic seed (same seed, same day)")
+        parser.add_argument(
+            "--backlog",
+            type=int,
+            default=None,
+            help="conversations queued before the day while the CRM and SIEM workers are down (0: none)",
+        )
         parser.add_argument(
             "--drain-timeout", type=float, default=None, help="seconds to wait after publishing"
         )

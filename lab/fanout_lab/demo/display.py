@@ -58,6 +58,8 @@ def _headline(snapshot: session.Snapshot) -> str:
         f"day {snapshot.clock}",
         f"published {snapshot.published}/{snapshot.total}",
     ]
+    if snapshot.catching_up:
+        parts.append("CATCH-UP: CRM and SIEM workers back, draining 07:00-08:00")
     if snapshot.burst:
         parts.append("INCIDENT BURST")
     if snapshot.outage:
@@ -138,7 +140,6 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
     console = Console(
         file=stream, force_terminal=color or None, highlight=False, width=None if color else 140
     )
-    day = outcome.day
     table = Table(title="fanout demo: report", box=box.SIMPLE_HEAD)
     table.add_column("", style="bold")
     for plan in outcome.plans:
@@ -176,15 +177,7 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
     for plan in outcome.plans:
         for line in _reasons(dict(outcome.verdicts[plan.name].dead_letters)):
             console.print(f"  {plan.name} dead letter: {line}")
-    published = sum(1 for publication in day.publications)
-    console.print(
-        f"{published} SNS publications ({len(day.events)} unique events, "
-        f"{published - len(day.events) - len(day.poison)} redeliveries, {len(day.poison)} poison, "
-        f"{day.reordered_pairs} pairs published out of event order) over "
-        f"{outcome.publishing_seconds:.1f} s for a {day.seconds:g}-second day "
-        f"(the moto server sets the pace; {outcome.paused_seconds:.1f} s paused to keep queues short); "
-        f"{outcome.elapsed:.1f} s in all."
-    )
+    console.print(_publications(outcome))
     door = outcome.door
     console.print(
         f"front door: {door.accepted} signed webhooks answered 202 ({door.offloaded} transcripts over "
@@ -215,6 +208,27 @@ def report(outcome: session.Outcome, *, stream: TextIO, color: bool) -> None:
             "no ordering violation, every poison message dead-lettered with its reason, every queue empty",
             style="bold green",
         )
+
+
+def _publications(outcome: session.Outcome) -> str:
+    """What was published, when, and how long it all took."""
+    day = outcome.day
+    published = len(day.backlog) + len(day.publications)
+    catch_up = (
+        f"first {len(day.backlog)} from the hour before the day, queued while the CRM and SIEM workers "
+        f"were down, which they caught up on in {outcome.catch_up_seconds:.1f} s at their downstreams' "
+        "limits (the goodput line; their wait is left out of the latencies); then "
+        if day.backlog
+        else ""
+    )
+    return (
+        f"{published} SNS publications ({len(day.events)} unique events, "
+        f"{published - len(day.events) - len(day.poison)} redeliveries, {len(day.poison)} poison, "
+        f"{day.reordered_pairs} pairs published out of event order): {catch_up}"
+        f"the day's over {outcome.publishing_seconds:.1f} s for a {day.seconds:g}-second day "
+        f"(the moto server sets the pace; {outcome.paused_seconds:.1f} s paused to keep queues short); "
+        f"{outcome.elapsed:.1f} s in all."
+    )
 
 
 def _refusals(outcome: session.Outcome, name: str) -> str:

@@ -35,9 +35,10 @@ EVERY = 20
 
 
 def affected_conversations(day: traffic.Day) -> frozenset[str]:
-    """The conversations whose CRM record is duplicated: every :data:`EVERY`-th, at least one."""
+    """The conversations whose CRM record is duplicated: every :data:`EVERY`-th of the day's
+    (the import came after the backlog's records), at least one."""
     first: dict[str, int] = {}
-    for event in day.events.values():
+    for event in day.day_events:
         if event.category is traffic.Category.CONVERSATION:
             first[event.key] = min(first.get(event.key, event.sequence), event.sequence)
     return frozenset(sorted(first, key=first.__getitem__)[::EVERY])

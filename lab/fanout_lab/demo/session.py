@@ -5,32 +5,38 @@ watching, draining, judging.
 one :class:`Outcome` (a :class:`~fanout_lab.demo.referee.Verdict` per consumer) and hands a
 :class:`Snapshot` to ``on_progress`` twice a second while it runs. In order:
 
-1. a moto server child process on a free loopback port (the standard ``AWS_*`` variables
-   point at it for the run) and one SNS topic; the CRM, Splunk HEC and webhook simulators on
-   loopback ports, with rate limits and latency (their credentials reach the sinks through
-   environment variables, as secrets do);
+1. a moto server child process on a free loopback port, mended for long queues (the standard
+   ``AWS_*`` variables point at it for the run) and one SNS topic; the CRM, Splunk HEC and
+   webhook simulators on loopback ports, with rate limits and latency (their credentials
+   reach the sinks through environment variables, as secrets do);
 2. per consumer, its topology built from its manifest's ``spec.topology`` by
    ``fanout_core.provisioning`` — the code the operator runs: the queue, its dead-letter
    queue and redrive policy, the queue policy for the topic, the subscription with its filter
    policy, the dashboard's DynamoDB idempotency table — then verified by
    ``fanout_core.findings``: the run stops if anything is found;
-3. the workers, in this process (``running.Worker``, the runtime ``fanout-worker`` runs),
+3. the front door (``fanout_ingest``, in this process) on a loopback port, publishing to the
+   topic and offloading the large transcripts to an S3 bucket;
+4. the workers, in this process (``running.Worker``, the runtime ``fanout-worker`` runs),
    each replica with its own sink told the replica count, so it takes its share of the
-   fleet-wide rate limit;
-4. the front door (``fanout_ingest``, in this process) on a loopback port, publishing to the
-   topic and offloading the large transcripts to an S3 bucket; the day's events are sent to
-   it as signed Genesys webhooks (a 503 is retried after its Retry-After, as Genesys does),
-   with a few requests signed with a stale secret, which it must refuse (401); the poison
-   bodies, which it would refuse too, are published to SNS directly, as another producer's;
-   each at its time — but never while a queue holds more than
-   ``backlog_cap`` messages (the moto server scans a whole queue for every message it
-   moves, so a long queue would make it, not the workers, the bottleneck): a pause
+   fleet-wide rate limit — first those of the consumers that run all along (the dashboard);
+5. the catch-up (:meth:`_Run.catch_up`): the hour before the day (``--backlog``
+   conversations) goes through the front door while the late consumers' workers are down
+   (the CRM's and the SIEM's: an upgrade from 07:00 to 08:00), so their queues hold more than
+   their downstreams take in seconds; at 08:00 their workers start, and the day waits until
+   every queue is empty. That is when each of them is driven at its downstream's limit, and
+   what the report's goodput line measures (:func:`referee.goodput`);
+6. the day: its events sent to the front door as signed Genesys webhooks (a 503 is retried
+   after its Retry-After, as Genesys does), with a few requests signed with a stale secret,
+   which it must refuse (401); the poison bodies, which it would refuse too, are published
+   to SNS directly, as another producer's; each at its time — but never while a queue holds
+   more than ``backlog_cap`` messages (the moto server scans a whole queue for every message
+   it moves, so a long queue would make it, not the workers, the bottleneck): a pause
    stretches the day, and the report says by how much;
-5. the wait until every consumer has everything (or ``drain_timeout``) — except the events
+7. the wait until every consumer has everything (or ``drain_timeout``) — except the events
    of the conversations whose CRM records are duplicated (:mod:`recovery`), which are in the
    CRM's dead-letter queue; then the fix and the redrive of those, with the workers still
    running, and the wait until they are delivered too;
-6. the workers' drain (SIGTERM's path), the dead-letter queues read, the verdicts.
+8. the workers' drain (SIGTERM's path), the dead-letter queues read, the verdicts.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -76,6 +83,8 @@ class Options:
     drain_timeout: float = 60.0
     backlog_cap: int = 300
     outage_seconds: float = 3.0
+    backlog: int = 20
+    """Conversations of the hour before the day, queued while the consumers were down."""
     log_path: pathlib.Path | None = None
 
 
@@ -98,6 +107,7 @@ class ConsumerState:
     """Its replicas' sink limiters (to tell when the downstream's grant held it back)."""
     workers: list[running.Worker] = dataclasses.field(default_factory=list)
     _seen: int = 0
+    _outages_seen: int = 0
 
     def catch_up(self) -> None:
         accepted = self.simulator.accepted
@@ -160,6 +170,8 @@ class Snapshot:
     consumers: list[ConsumerState]
     redrive: str | None = None
     """The redrive under way, as the headline shows it."""
+    catching_up: bool = False
+    """The consumers are draining the backlog of the hour before the day."""
 
 
 @dataclasses.dataclass
@@ -184,6 +196,8 @@ class Outcome:
     elapsed: float
     paused_seconds: float
     publishing_seconds: float
+    catch_up_seconds: float
+    """From the workers' start until every queue was empty of the backlog."""
     door: DoorCounts
     timed_out: bool
     log_path: pathlib.Path | None
@@ -210,6 +224,10 @@ class _Run:
         self.outage = False
         self.publishing_done = False
         self.publishing_seconds = 0.0
+        self.catching_up = False
+        self.catch_up_seconds = 0.0
+        self.observed_from = 0.0
+        """When the last complete observation of every queue began."""
         self.sender: webhooks.Sender | None = None
         self.door = DoorCounts()
         self.redrive_line: str | None = None
@@ -251,6 +269,30 @@ class _Run:
     def busiest_queue(self) -> int:
         return max((state.visible + state.in_flight for state in self.states), default=0)
 
+    async def catch_up(self, start_late_workers: Callable[[], None]) -> None:
+        """The hour before the day: its events go through the front door while the late
+        consumers' workers are down; then they start, and the day waits until every queue
+        is empty again."""
+        backlog = self.day.backlog
+        by_key: dict[str, list[traffic.Publication]] = {}
+        for publication in backlog:
+            by_key.setdefault(publication.group, []).append(publication)
+        clock_start = time.monotonic()
+        await asyncio.gather(*(self._send_on_clock(group, clock_start) for group in by_key.values()))
+        started = time.monotonic()
+        start_late_workers()
+        if not backlog:
+            return
+        self.catching_up = True
+        try:
+            while not (self.observed_from > started and self.busiest_queue() == 0):
+                if time.monotonic() - started > self.options.drain_timeout:
+                    break  # the verdicts will say what is left
+                await asyncio.sleep(0.1)
+        finally:
+            self.catching_up = False
+            self.catch_up_seconds = time.monotonic() - started
+
     async def publish(self, topic_arn: str) -> None:
         publications = self.day.publications
         index = 0
@@ -278,7 +320,7 @@ class _Run:
             # Different conversations at once; one conversation's events one after the other,
             # as a sender keeps them (concurrent requests may reach SNS in either order).
             await asyncio.gather(*(self._send_in_turn(group) for group in by_key.values()))
-            for publication in door:
+            for publication in door:  # (the backlog's are not here: its wait is no latency)
                 assert publication.event is not None
                 self.published_at.setdefault(publication.event.correlation_id, sent_at)
             poison = [publication for publication in batch if publication.event is None]
@@ -290,6 +332,15 @@ class _Run:
         self.schedule_time = self.day.seconds
         self.publishing_seconds = time.monotonic() - clock_start
         self.publishing_done = True
+
+    async def _send_on_clock(self, publications: list[traffic.Publication], clock_start: float) -> None:
+        """One conversation's publications of the backlog, each at its ``at``."""
+        for publication in publications:
+            delay = clock_start + publication.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._through_the_door(publication)
+            self.published += 1
 
     async def _send_in_turn(self, publications: list[traffic.Publication]) -> None:
         for publication in publications:
@@ -357,18 +408,26 @@ class _Run:
     # -- watching --------------------------------------------------------------------------
 
     async def observe(self) -> None:
+        began = time.monotonic()
         for state in self.states:
             state.visible, state.in_flight = await aws.queue_counts(self.sqs, state.queue_url)
             state.dead = sum(await aws.queue_counts(self.sqs, state.dead_letter_url))
             state.catch_up()
+            # An outage touched the interval if the downstream refused a request for it since
+            # the last sample, or is refusing now.
+            outages = state.simulator.outage_count
+            outage = state.simulator.outage or outages > state._outages_seen
+            state._outages_seen = outages
             state.samples.append(
                 referee.Sample(
                     time.monotonic(),
                     state.visible + state.in_flight,
                     state.requests_ok,
+                    outage=outage,
                     rate_bound_seconds=state.rate_bound_seconds,
                 )
             )
+        self.observed_from = began
 
     def snapshot(self) -> Snapshot:
         burst_start, burst_end = self.day.burst
@@ -376,21 +435,27 @@ class _Run:
             elapsed=time.monotonic() - self.started,
             clock=self.day.clock(min(self.schedule_time, self.day.seconds)),
             published=self.published,
-            total=len(self.day.publications),
+            total=len(self.day.backlog) + len(self.day.publications),
             burst=burst_start <= self.schedule_time <= burst_end and not self.publishing_done,
             outage=self.outage,
             paused_seconds=self.paused_seconds,
             consumers=self.states,
             redrive=self.redrive_line,
+            catching_up=self.catching_up,
         )
 
 
 async def run(options: Options, on_progress: Callable[[Snapshot], None]) -> Outcome:
     """The whole demo; see the module docstring."""
-    day = traffic.build(conversations=options.conversations, seconds=options.seconds, seed=options.seed)
+    day = traffic.build(
+        conversations=options.conversations,
+        seconds=options.seconds,
+        seed=options.seed,
+        backlog=options.backlog,
+    )
     plans = consumers.plans(day)
     with (
-        aws.MotoServer() as server,
+        aws.MotoServer(long_queues=True) as server,
         aws.environment(server.environment()),
         stage.worker_logs(options.log_path),
     ):
@@ -456,22 +521,35 @@ async def _run_workers(
     crm_simulator = next(s.simulator for s in run_.states if isinstance(s.simulator, crm.CrmSimulator))
     recovery.break_crm(crm_simulator, recovery.affected_conversations(day))
     for state in run_.states:
-        plan, consumer = state.plan, state.consumer
-        assert consumer is not None, "create_resources() sets it"
-        manifests[plan.name] = consumer
-        for _ in range(plan.replicas):
-            metrics = telemetry.WorkerMetrics()  # the worker's and its sink's series, one registry
-            sink = sinks.build_sink(
-                consumer.spec.sink, replicas=fleet.FixedReplicas(plan.replicas), metrics=metrics
-            )
-            if isinstance(sink, exchange.ExchangeSink):
-                state.limiters.append(sink.limiter)
-            stack.push_async_callback(sink.aclose)
-            worker = running.Worker(consumer, sink=sink, metrics=metrics)
-            state.workers.append(worker)
-            tasks.append(asyncio.create_task(worker.run(stop)))
+        assert state.consumer is not None, "create_resources() sets it"
+        manifests[state.plan.name] = state.consumer
+
+    def start_workers(*, late: bool) -> None:
+        """The replicas of the consumers that start now, each with its own sink told the
+        replica count (so it takes its share of the fleet-wide rate limit)."""
+        for state in run_.states:
+            consumer = state.consumer
+            if state.plan.late_start != late or consumer is None:
+                continue
+            for _ in range(state.plan.replicas):
+                metrics = telemetry.WorkerMetrics()  # the worker's and its sink's series, one registry
+                sink = sinks.build_sink(
+                    consumer.spec.sink, replicas=fleet.FixedReplicas(state.plan.replicas), metrics=metrics
+                )
+                if isinstance(sink, exchange.ExchangeSink):
+                    state.limiters.append(sink.limiter)
+                stack.push_async_callback(sink.aclose)
+                worker = running.Worker(consumer, sink=sink, metrics=metrics)
+                state.workers.append(worker)
+                tasks.append(asyncio.create_task(worker.run(stop)))
+
+    async def the_day() -> None:
+        start_workers(late=False)
+        await run_.catch_up(functools.partial(start_workers, late=True))
+        await run_.publish(topic_arn)
+
     siem = next(state.simulator for state in run_.states if state.plan.name == "siem-audit")
-    helpers = [asyncio.create_task(run_.publish(topic_arn)), asyncio.create_task(run_.siem_outage(siem))]
+    helpers = [asyncio.create_task(the_day()), asyncio.create_task(run_.siem_outage(siem))]
     redriving: asyncio.Task[None] | None = None
     timed_out = False
     try:
@@ -573,6 +651,7 @@ async def _judge(run_: _Run, timed_out: bool) -> Outcome:
         elapsed=time.monotonic() - run_.started,
         paused_seconds=run_.paused_seconds,
         publishing_seconds=run_.publishing_seconds,
+        catch_up_seconds=run_.catch_up_seconds,
         door=run_.door,
         timed_out=timed_out,
         log_path=run_.options.log_path,

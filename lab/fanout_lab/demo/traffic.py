@@ -20,7 +20,11 @@ publishing starts); ``referee`` judges the consumers against :attr:`Day.events` 
 * a few **transcripts** (``v2.conversations.{id}.transcription``) of ~300 KB, over SNS's
   256 KiB: the front door offloads them to S3, the workers resolve the pointers;
 * a few **poison** bodies, which must end in every receiving consumer's dead-letter
-  queue with a reason.
+  queue with a reason;
+* with ``backlog``, that many conversations of the **hour before** (07:00-08:00), in
+  :attr:`Day.backlog`: published before the day within seconds (each conversation on its
+  own clock), while the CRM and SIEM workers are down — what they catch up on at 08:00
+  (conversation events only: the dashboard ran through that hour and consumed its own).
 
 Every event is sent to the front door as a signed webhook (``session``); the poison bodies,
 which the front door would refuse, are published to SNS directly, as another producer would.
@@ -55,6 +59,11 @@ REORDER_GAP_SECONDS = 0.003
 TRANSCRIPT_BYTES = 300_000
 TRANSCRIPT_EVERY = 50
 """One conversation in this many (at least one) ends with a transcript too large for SNS."""
+BACKLOG_SECONDS = 2.0
+"""The backlog's conversations start within this many seconds (the front door keeps up, so a
+conversation's events are not bunched behind the others')."""
+NIGHT_SEED = 7_919
+"""Added to the seed for the backlog's draws."""
 CONVERSATION_SPEEDUP = 60.0
 """A conversation's own clock runs this much faster than real time — far slower than the
 day's (a 12-hour day in ~40 s is ~1000x): otherwise a conversation's ten events would land
@@ -114,6 +123,20 @@ class Day:
     """When the incident burst is published (seconds after the start)."""
     reordered_pairs: int
     """(earlier, later) event pairs of one key published later-first."""
+    backlog: list[Publication] = dataclasses.field(default_factory=list)
+    """The hour before the day (07:00-08:00), published before :attr:`publications`; ``at``
+    counts from the start of that publishing (the hour in :data:`BACKLOG_SECONDS`)."""
+
+    @property
+    def backlog_events(self) -> frozenset[str]:
+        """Correlation ids of the events in :attr:`backlog`."""
+        return frozenset(p.event.correlation_id for p in self.backlog if p.event is not None)
+
+    @property
+    def day_events(self) -> list[TrafficEvent]:
+        """The events published during the day (the backlog's left out)."""
+        backlog = self.backlog_events
+        return [event for event in self.events.values() if event.correlation_id not in backlog]
 
     def clock(self, at: float) -> str:
         """The simulated time of day at ``at`` seconds into publishing (HH:MM)."""
@@ -126,19 +149,92 @@ def _iso(epoch_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Draft:
+    """One unique event before the day is put in publication order."""
+
+    at: float
+    tie: int
+    detail: dict[str, Any]
+    event_time_ms: int
+    category: Category
+    key: str
+    night: bool
+    """Of the backlog (the hour before the day), published before the day starts."""
+
+
 class _Builder:
     def __init__(self, seed: int, seconds: float) -> None:
         self.rng = random.Random(seed)
         self.generator = genesys.Generator(seed)
         self.seconds = seconds
         self.day_ms = DAY_HOURS * 3_600_000
+        self.tie = 0
 
-    def at(self, event_time_ms: int, conversation_start_ms: int | None = None) -> float:
+    def at(self, event_time_ms: int, conversation_start_ms: int, *, night: bool = False) -> float:
         """When to publish an event: the day's clock for the conversation's start, the
-        conversation's own (slower) clock from there on."""
-        start_ms = event_time_ms if conversation_start_ms is None else conversation_start_ms
-        started = max(0.0, (start_ms - DAY_START_MS) / self.day_ms * self.seconds)
-        return started + max(0, event_time_ms - start_ms) / 1000 / CONVERSATION_SPEEDUP
+        conversation's own (slower) clock from there on. The backlog's hour is compressed to
+        ``BACKLOG_SECONDS``: it reaches the queues within seconds, each conversation's events
+        still as far apart as the day's."""
+        if night:  # the hour in BACKLOG_SECONDS
+            started = (conversation_start_ms - DAY_START_MS + 3_600_000) / 3_600_000 * BACKLOG_SECONDS
+        else:
+            started = (conversation_start_ms - DAY_START_MS) / self.day_ms * self.seconds
+        return started + max(0, event_time_ms - conversation_start_ms) / 1000 / CONVERSATION_SPEEDUP
+
+    def conversation(self, start_ms: int, *, transcript: bool, night: bool) -> list[_Draft]:
+        """One conversation's events (and the dashboard's around it), in its own clock's order
+        but for the pair the source sometimes swaps."""
+        flow = self.generator.conversation(start_ms=start_ms)
+        if transcript:
+            last = flow[-1]
+            flow.append(
+                genesys.GenesysEvent(
+                    genesys.transcript(
+                        last.conversation_id,
+                        self.generator.uuid(),
+                        size=TRANSCRIPT_BYTES,
+                        event_time_ms=last.event_time_ms + 1_000,
+                    )
+                )
+            )
+        timed = [(self.at(event.event_time_ms, start_ms, night=night), event) for event in flow]
+        if self.rng.random() < REORDER_RATIO:
+            # Swap two adjacent late events (ends and wrap-up arrive close together).
+            index = self.rng.randrange(len(timed) - 4, len(timed) - 1)
+            (first_at, first), (_, second) = timed[index], timed[index + 1]
+            timed[index], timed[index + 1] = (first_at, second), (first_at + REORDER_GAP_SECONDS, first)
+        drafts = []
+        for at, event in timed:
+            self.tie += 1
+            drafts.append(
+                _Draft(
+                    at,
+                    self.tie,
+                    event.detail,
+                    event.event_time_ms,
+                    Category.CONVERSATION,
+                    event.conversation_id,
+                    night,
+                )
+            )
+        if night:
+            # The dashboard ran through the hour before: its queue and agent events of then
+            # were consumed then. Queued for it now, two replicas would hold events of one
+            # key at once, which no worker can keep in order on a standard queue.
+            return drafts
+        for detail, when in self.dashboard_events(flow):
+            self.tie += 1
+            category = Category.AGENT if ".users." in detail["topicName"] else Category.QUEUE
+            key = str(detail["eventBody"]["id"])
+            at = self.at(when, start_ms, night=night)
+            drafts.append(_Draft(at, self.tie, detail, when, category, key, night))
+        return drafts
+
+    def night_start_times(self, conversations: int) -> list[int]:
+        """Conversations of the hour before the day (07:00-08:00): the backlog."""
+        hour_before = DAY_START_MS - 3_600_000
+        return sorted(hour_before + int(self.rng.random() * 3_600_000) for _ in range(conversations))
 
     def start_times(self, conversations: int) -> list[int]:
         burst = round(conversations * BURST_SHARE)
@@ -217,66 +313,43 @@ class _Builder:
             )
 
 
-def build(*, conversations: int, seconds: float, seed: int = 1, poison: int | None = None) -> Day:
-    """The day's traffic: ``conversations`` conversations published over ``seconds``."""
-    if conversations < 1 or seconds <= 0:
-        raise ValueError("conversations must be >= 1 and seconds > 0")
+def build(
+    *, conversations: int, seconds: float, seed: int = 1, poison: int | None = None, backlog: int = 0
+) -> Day:
+    """The day's traffic: ``conversations`` conversations published over ``seconds``, after
+    ``backlog`` conversations of the hour before the day queued while the consumers were down."""
+    if conversations < 1 or seconds <= 0 or backlog < 0:
+        raise ValueError("conversations must be >= 1, seconds > 0 and backlog >= 0")
     builder = _Builder(seed, seconds)
-    rng = builder.rng
-    drafts: list[tuple[float, int, dict[str, Any], int, Category, str]] = []  # at, tie, detail, ms, cat, key
-    tie = 0
+    night = _Builder(seed + NIGHT_SEED, seconds)  # its own draws: the day is the same with or without it
+    drafts: list[_Draft] = []
     transcripts = max(1, conversations // TRANSCRIPT_EVERY)
     for number, start_ms in enumerate(builder.start_times(conversations)):
-        flow = builder.generator.conversation(start_ms=start_ms)
-        if number < transcripts:
-            last = flow[-1]
-            flow.append(
-                genesys.GenesysEvent(
-                    genesys.transcript(
-                        last.conversation_id,
-                        builder.generator.uuid(),
-                        size=TRANSCRIPT_BYTES,
-                        event_time_ms=last.event_time_ms + 1_000,
-                    )
-                )
-            )
-        timed = [(builder.at(event.event_time_ms, start_ms), event) for event in flow]
-        if rng.random() < REORDER_RATIO:
-            # Swap two adjacent late events (ends and wrap-up arrive close together).
-            index = rng.randrange(len(timed) - 4, len(timed) - 1)
-            (first_at, first), (_, second) = timed[index], timed[index + 1]
-            timed[index], timed[index + 1] = (first_at, second), (first_at + REORDER_GAP_SECONDS, first)
-        for at, event in timed:
-            tie += 1
-            drafts.append(
-                (at, tie, event.detail, event.event_time_ms, Category.CONVERSATION, event.conversation_id)
-            )
-        for detail, when in builder.dashboard_events(flow):
-            tie += 1
-            category = Category.AGENT if ".users." in detail["topicName"] else Category.QUEUE
-            drafts.append(
-                (builder.at(when, start_ms), tie, detail, when, category, str(detail["eventBody"]["id"]))
-            )
+        drafts += builder.conversation(start_ms, transcript=number < transcripts, night=False)
+    for start_ms in night.night_start_times(backlog):
+        drafts += night.conversation(start_ms, transcript=False, night=True)
 
-    drafts.sort(key=lambda draft: (draft[0], draft[1]))
+    # The backlog was published first (before the day), each part in its own clock's order.
+    drafts.sort(key=lambda draft: (not draft.night, draft.at, draft.tie))
     publications: list[Publication] = []
+    queued: list[Publication] = []
     traffic_events: dict[str, TrafficEvent] = {}
-    for sequence, (at, _, detail, when, category, key) in enumerate(drafts):
+    for sequence, draft in enumerate(drafts):
+        detail, when, category = draft.detail, draft.event_time_ms, draft.category
         record = TrafficEvent(
             correlation_id=str(detail["metadata"]["CorrelationId"]),
-            key=key,
+            key=draft.key,
             event_time_ms=when,
             event_type=keying.topic_template(str(detail["topicName"])),
             category=category,
             sequence=sequence,
         )
         traffic_events[record.correlation_id] = record
-        publications.append(Publication(at, builder.eventbridge(detail, when), key, category, record))
-        if rng.random() < DUPLICATE_RATIO:
-            later = at + rng.uniform(*DUPLICATE_DELAY_SECONDS)
-            publications.append(
-                Publication(later, builder.eventbridge(detail, when), key, category, record, 1)
-            )
+        into, source = (queued, night) if draft.night else (publications, builder)
+        into.append(Publication(draft.at, source.eventbridge(detail, when), draft.key, category, record))
+        if source.rng.random() < DUPLICATE_RATIO:
+            later = draft.at + source.rng.uniform(*DUPLICATE_DELAY_SECONDS)
+            into.append(Publication(later, source.eventbridge(detail, when), draft.key, category, record, 1))
 
     poison_count = poison if poison is not None else max(3, math.ceil(conversations / 50))
     bodies = poison_bodies()
@@ -289,6 +362,7 @@ def build(*, conversations: int, seconds: float, seed: int = 1, poison: int | No
         poison_list.append(Poison(index, category))
 
     publications.sort(key=lambda publication: publication.at)
+    queued.sort(key=lambda publication: publication.at)
     burst_at = (BURST_HOUR / DAY_HOURS) * seconds
     return Day(
         publications=publications,
@@ -297,6 +371,7 @@ def build(*, conversations: int, seconds: float, seed: int = 1, poison: int | No
         seconds=seconds,
         burst=(burst_at, burst_at + BURST_MINUTES / 60 / DAY_HOURS * seconds),
         reordered_pairs=count_reordered(traffic_events.values()),
+        backlog=queued,
     )
 
 
