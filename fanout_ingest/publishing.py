@@ -196,6 +196,7 @@ class Publisher:
             async with asyncio.timeout(deadline):
                 prepared = await self._prepare(events, source=source, traceparent=traceparent)
                 futures = [self._enqueue(made, size) for made, size in prepared]
+                self._pump()  # once for the whole request: its events leave together
                 try:
                     outcomes = await asyncio.gather(*futures, return_exceptions=True)
                 finally:
@@ -267,8 +268,6 @@ class Publisher:
     def _enqueue(self, entry: attributes.Entry, size: int) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(entry, size, self._clock(), done))
-        self._telemetry.set_waiting(len(self._waiting))
-        self._pump()
         return done
 
     # -- the calls' side -------------------------------------------------------------------

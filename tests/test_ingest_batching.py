@@ -118,6 +118,22 @@ async def test_arrivals_during_a_call_leave_together_when_it_comes_back(
     assert await published_ids(sqs, fabric) == sorted(event.event_id for event in [first, *later])
 
 
+async def test_the_events_of_one_request_leave_together(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    held = HeldSns(sns)
+    door = publisher(held, fabric, tmp_path, lingerMilliseconds=1000)
+    batch = events(12)
+    held.gate.clear()
+    task = publish(door, batch)
+    await held.reached(1)
+    await asyncio.sleep(0.1)
+    assert held.calls == [[event.event_id for event in batch[:10]]]  # not the first one alone
+    held.gate.set()
+    await task
+    assert held.calls[1:] == [[event.event_id for event in batch[10:]]]
+
+
 async def test_full_calls_leave_at_once_up_to_the_bound_on_calls_in_flight(
     sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
 ) -> None:
