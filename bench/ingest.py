@@ -303,32 +303,50 @@ def _requests(url: str, bodies: list[bytes]) -> list[bytes]:
     ]
 
 
+CONNECTIONS = 400
+"""At most this many connections to a server at once; a request that finds none idle waits for
+one, its wait counted in its latency (as aiohttp's client pool did)."""
+
+
 async def _load(url: str, requests: list[bytes], rate: float) -> Step:
     """Open loop: request i (made by :func:`_requests`) leaves at i / rate, whatever earlier
-    answers took, on a connection that is idle then (a new one when none is)."""
+    answers took, on a connection idle then (a new one while fewer than CONNECTIONS are open;
+    else it waits for one). Every request gets 15 s to be answered, wait included."""
     step = Step()
     address = urllib.parse.urlsplit(url)
     host, port = address.hostname or "127.0.0.1", address.port or 80
     loop = asyncio.get_running_loop()
-    idle: list[_Exchange] = []
+    idle: asyncio.Queue[_Exchange] = asyncio.Queue()
     opened: list[_Exchange] = []
+    usable = 0
 
     async def one(request: bytes) -> None:
+        nonlocal usable
         started = time.perf_counter()
+        connection: _Exchange | None = None
         try:
-            if idle:
-                connection = idle.pop()
-            else:
-                _, connection = await loop.create_connection(_Exchange, host, port)
-                opened.append(connection)
             async with asyncio.timeout(15):
+                if idle.empty() and usable < CONNECTIONS:
+                    usable += 1  # counted before the connect yields
+                    connection = _Exchange()
+                    opened.append(connection)
+                    made = connection
+                    await loop.create_connection(lambda: made, host, port)
+                else:
+                    connection = await idle.get()
                 status = await connection.exchange(request)
         except (OSError, TimeoutError):
             step.other[0] = step.other.get(0, 0) + 1
+            if connection is not None:  # its answer may still come: never reused
+                usable -= 1
+                if connection.transport is not None:
+                    connection.transport.close()
             return
         seconds = time.perf_counter() - started
-        if not connection.closed:
-            idle.append(connection)
+        if connection.closed:
+            usable -= 1
+        else:
+            idle.put_nowait(connection)
         if status == 202:
             step.latencies.append(seconds)
         else:
