@@ -13,13 +13,16 @@ sink told ``replicas=3`` (so each takes a third of the fleet-wide ``rateLimit``)
 one SQS queue on the moto server and upserting into one
 :class:`~fanout_lab.simulators.crm.CrmSimulator` that grants ``RATE`` requests per second with a
 burst of ``BURST`` (429 + Retry-After above that). The fleet shares one DynamoDB idempotency
-table. Events are fed at a steady pace above the granted rate, so there is always work, and
-the pollers keep taking the surplus from SQS. One run, three phases:
+table. A backlog for the whole measured steady state is queued first, then events are fed at
+a steady pace above the granted rate, so there is always work, and the pollers keep taking
+the surplus from SQS. One run, three phases:
 
-1. steady state: goodput >= 95% of the granted rate (90% in the suite's short run on a possibly
-   busy machine; 95% in the soak run), <= 1% of requests throttled;
-2. a full outage (every request 503): every replica's circuit opens, only a handful of probes
-   per second reach the CRM, the pollers stop receiving and the backlog waits in SQS;
+1. steady state, and the seconds after the outage: goodput >= 90% of the granted rate over
+   both (95% in the soak run), <= 1% of requests throttled. The seconds after the outage
+   count: each replica must find the CRM back by itself, at its own probe through the
+   half-open circuit, and until then its part of the grant is lost;
+2. a full outage (every request 503): every replica's circuit opens, only a few probes per
+   second reach the CRM, the pollers stop receiving and the backlog waits in SQS;
 3. recovery: every event delivered exactly once, the queue and the dead-letter queue empty.
    The feed carries duplicates (new envelope ids, same event), which land on any replica, and
    moto now and then hands one message to two concurrent receives (its receive checks and
@@ -65,12 +68,20 @@ from workers.sinks import crm as crm_sink
 pytestmark = pytest.mark.serial
 
 REPLICAS = 3
-RATE = 30.0
-BURST = 6
-FEED_RATE = RATE * 1.3
+RATE = 20.0
+"""Low enough for this one process and moto to keep up on a loaded machine: at 30 the steady
+window measured 0.89-0.93 at a load average above 5, the workers starved of CPU."""
+BURST = 10
+"""The fleet benchmarks' downstream's (``bench/_fleet.py``). With a burst of 6 (at 30 requests
+per second) 1.0-1.6% of the requests were throttled in six runs at a load average of 2 to 5:
+the fleet's buckets together save up to the whole burst (to make up for stalls), which leaves
+the CRM's bucket little slack when three workers in this one process stall together."""
+FEED_RATE = RATE * 1.5
 WARMUP_SECONDS = 1.5
 """From the first request: the sinks start with a full burst and empty lanes."""
-STEADY_SECONDS = 5.0
+STEADY_SECONDS = 7.0
+RECOVERY_SECONDS = 4.0
+"""Measured after the outage, from its end: the replicas find the CRM back and resume."""
 # One poller per replica asking for five messages: while a circuit is half-open its poller may
 # take a batch (the probe must come from somewhere), and small batches keep that apart from
 # what a poller that ignored the circuit would take from the steady feed.
@@ -89,6 +100,8 @@ class Scenario:
     recovery_timeout: float
     head_start: int = 0
     """Messages queued at once before the feeder's pace begins (``harness.feed_paced``)."""
+    max_backlog: int = 200
+    """The feeder waits while this many messages are visible (``harness.feed_paced``)."""
 
 
 @dataclasses.dataclass
@@ -101,7 +114,11 @@ class Run:
     """When the feeder sent each message (``time.monotonic()``)."""
     steady: tuple[float, float]
     outage: tuple[float, float]
+    recovery: tuple[float, float]
     circuits_in_outage: list[throttling.CircuitState]
+    found_back: list[float]
+    """Seconds from the outage's end until each replica's circuit closed (inf: not in the
+    recovery window)."""
     received_in_outage: float
     """``fanout_messages_received_total`` growth from one second into the outage to its end."""
     visible_at_outage: tuple[int, int]
@@ -113,10 +130,18 @@ class Run:
 
     @property
     def goodput(self) -> float:
-        """Events accepted per second in the steady window, over the granted rate."""
-        start, end = self.steady
-        accepted = sum(1 for item in self.sim.accepted if start <= item.received_at < end)
-        return accepted / (RATE * (end - start))
+        """Events accepted per second in the steady window and the recovery window, over the
+        granted rate."""
+        return self.goodput_in(self.steady, self.recovery)
+
+    def goodput_in(self, *windows: tuple[float, float]) -> float:
+        """What the CRM accepted in ``windows`` over what it granted in them: the rate, and its
+        burst once (its bucket fills up while it is down, and the fleet may spend it after)."""
+        accepted = sum(
+            1 for item in self.sim.accepted for start, end in windows if start <= item.received_at < end
+        )
+        granted = RATE * sum(end - start for start, end in windows)
+        return accepted / (granted + (BURST if self.recovery in windows else 0))
 
     @property
     def throttled_share(self) -> float:
@@ -143,38 +168,67 @@ class Run:
 
         Every request that reaches the CRM then is the probe of a half-open circuit, and
         while it is under way that replica's poller may take a batch (the probe must come from
-        somewhere) or two; one batch more per replica for a period that straddles the start.
+        somewhere); one batch more per replica for a period that straddles the start.
         """
         batch = POLLERS * MAX_MESSAGES
-        return 2 * batch * self.probes + REPLICAS * batch
+        return batch * self.probes + REPLICAS * batch
 
     def fed_between(self, start: float, end: float) -> int:
         return sum(1 for moment in self.sent_at if start <= moment < end)
 
     @property
     def supply(self) -> float:
-        """The most the fleet could have delivered in the steady window, over the granted rate:
-        the events fed before the window ended (duplicates aside), less those accepted before
-        it began."""
-        start, end = self.steady
+        """The backlog as each measured window began, over what the grant lets through in it
+        (the lesser of the two): the events fed before it (duplicates aside), less those
+        accepted before it. Below one, the window measures the feeder, not the fleet."""
         unique = 1.0 - self.traffic.duplicates / max(1, len(self.sent_at))
-        fed = self.fed_between(-math.inf, end) * unique
-        before = sum(1 for item in self.sim.accepted if item.received_at < start)
-        return (fed - before) / (RATE * (end - start))
+
+        def backlog(start: float, end: float) -> float:
+            fed = self.fed_between(-math.inf, start) * unique
+            before = sum(1 for item in self.sim.accepted if item.received_at < start)
+            return (fed - before) / (RATE * (end - start) + BURST)
+
+        return min(backlog(*self.steady), backlog(*self.recovery))
 
     def summary(self) -> str:
         start, end = self.outage
         return (
-            f"goodput/R={self.goodput:.3f} throttled={self.sim.throttled_count}/{self.sim.requests_total}"
+            f"goodput/R={self.goodput:.3f} (steady {self.goodput_in(self.steady):.3f},"
+            f" after the outage {self.goodput_in(self.recovery):.3f}) supply={self.supply:.2f}"
+            f" throttled={self.sim.throttled_count}/{self.sim.requests_total}"
             f" probes/s={self.probes_per_second:.2f} (503s: {self.sim.outage_count})"
             f" received_in_outage={self.received_in_outage:g} (may {self.may_receive},"
             f" fed {self.fed_between(*self.outage_measured)})"
             f" visible={self.visible_at_outage} (fed {self.fed_between(start, end)})"
             f" circuits={[state.name for state in self.circuits_in_outage]}"
+            f" found back after {[round(seconds, 2) for seconds in self.found_back]} s"
             f" events={len(self.traffic.events)} duplicates_fed={self.traffic.duplicates}"
             f" suppressed={self.duplicates_suppressed:g} accepted={len(self.sim.accepted)}"
             f" order_violations={len(self.sim.order_violations())}"
         )
+
+
+@pytest.fixture(scope="module")
+def long_queue_moto(moto_server: aws.MotoServer) -> Iterator[aws.MotoServer]:
+    """A moto that keeps up with a queue of hundreds of messages (the session's scans the whole
+    queue several times per message: 360 queued would make moto, not the fleet, set the pace)."""
+    with aws.MotoServer(long_queues=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def long_queue_sqs(long_queue_moto: aws.MotoServer) -> AsyncIterator[Any]:
+    """An SQS client on it; the workers the test starts meanwhile use it too (the environment)."""
+    with aws.environment({"AWS_ENDPOINT_URL": long_queue_moto.endpoint_url}):
+        async with aiobotocore.session.get_session().create_client("sqs") as client:
+            yield client
+
+
+@pytest.fixture
+async def long_queue_dynamodb(long_queue_moto: aws.MotoServer, long_queue_sqs: Any) -> AsyncIterator[Any]:
+    """A DynamoDB client on the same server (its conditional writes made atomic there)."""
+    async with aiobotocore.session.get_session().create_client("dynamodb") as client:
+        yield client
 
 
 async def _create_table(dynamodb: Any) -> str:
@@ -214,8 +268,10 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
     dead = await harness.make_queue(sqs, name + "-dlq" + suffix, fifo=scenario.fifo)
     table = await _create_table(dynamodb)
     token_file = tmp_path / "crm-token"
-    async with crm.CrmSimulator(
-        rate=RATE, burst=BURST, latency=0.01, throttle_status=429, retry_after=1
+    # The CRM serves from a thread of its own: in this loop, beside three workers, a stall of
+    # the loop handed its rate limit a burst of requests that never was on the wire.
+    async with remote.in_thread(
+        crm.CrmSimulator(rate=RATE, burst=BURST, latency=0.01, throttle_status=429, retry_after=1)
     ) as sim:
         token_file.write_text(sim.token)
         document = harness.manifest(
@@ -245,7 +301,6 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
         ]
         workers = [running.Worker(consumer, sink=sink, http_host="127.0.0.1", http_port=0) for sink in sinks]
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
         traffic = harness.Traffic()
         sent_at: list[float] = []
         feeder = asyncio.create_task(
@@ -259,9 +314,17 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
                 traffic=traffic,
                 sent_at=sent_at,
                 head_start=scenario.head_start,
+                max_backlog=scenario.max_backlog,
             )
         )
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # the head start is in the queue before the first worker starts
+            head_start_in = await harness.wait_until(
+                lambda: len(sent_at) >= scenario.head_start, timeout=60, interval=0.05
+            )
+            assert head_start_in, f"the feeder queued {len(sent_at)} of {scenario.head_start} in 60 s"
+            tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
             for worker in workers:
                 await worker.wait_started()
             urls = [worker.http_url for worker in workers]
@@ -286,6 +349,15 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
                 outage_end = time.monotonic()
                 sim.set_outage(False)
 
+                found_back = [math.inf] * len(sinks)
+                while time.monotonic() < outage_end + RECOVERY_SECONDS:
+                    for index, sink in enumerate(sinks):
+                        closed = (
+                            sink.limiter.core.circuit(sink.limiter.now()) is throttling.CircuitState.CLOSED
+                        )
+                        if closed and math.isinf(found_back[index]):
+                            found_back[index] = time.monotonic() - outage_end
+                    await asyncio.sleep(0.02)
                 await feeder
 
                 async def all_done() -> bool:
@@ -313,7 +385,9 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
         sent_at=sent_at,
         steady=(steady_start, outage_start),
         outage=(outage_start, outage_end),
+        recovery=(outage_end, outage_end + RECOVERY_SECONDS),
         circuits_in_outage=circuits,
+        found_back=found_back,
         received_in_outage=received_after - received_before,
         visible_at_outage=(visible_before, visible_after),
         finished=finished,
@@ -331,13 +405,14 @@ async def _run_fleet(sqs: Any, dynamodb: Any, tmp_path: pathlib.Path, scenario: 
 SUITE_MIN_GOODPUT = 0.9
 ACCEPTANCE_MIN_GOODPUT = 0.95
 MIN_SUPPLY = 1.2
-"""The rate is asserted when the feed kept a backlog in the steady window: events fed (less
-those delivered before it) of at least this much of the grant over the window."""
+"""The backlog each measured window starts with, over what the grant lets through in it."""
 
 
-def _check_rate(run: Run, *, min_goodput: float) -> None:
-    """Steady state: the fleet uses the granted rate and is (almost) never throttled."""
-    assert run.goodput >= min_goodput, run.summary()
+def _check_rate(run: Run, *, min_goodput: float, steady_only: bool = False) -> None:
+    """The fleet uses the granted rate (in the steady window and after the outage, or in the
+    steady window alone) and is (almost) never throttled."""
+    goodput = run.goodput_in(run.steady) if steady_only else run.goodput
+    assert goodput >= min_goodput, run.summary()
     assert run.throttled_share <= 0.01, run.summary()
 
 
@@ -346,15 +421,34 @@ def _check_outage(run: Run, scenario: Scenario) -> None:
     sim = run.sim
     assert all(state is not throttling.CircuitState.CLOSED for state in run.circuits_in_outage), run.summary()
     assert sim.outage_count >= REPLICAS, "every replica met the outage"
-    # at most one probe per replica per open period (never shorter than open_seconds), plus the
-    # probes of periods that began before the measured part of the outage
-    probe_ceiling = REPLICAS / scenario.open_seconds + REPLICAS / (scenario.outage_seconds - 1.0)
+    # after the first open period, one probe per replica per short period (``throttling``:
+    # a quarter of its slice of the rate at most), plus the probes of periods that began before
+    # the measured part of the outage
+    every = throttling.outage_probe_seconds(
+        scenario.open_seconds, RATE / REPLICAS, throttling.OUTAGE_PROBE_SHARE
+    )
+    probe_ceiling = REPLICAS / every + REPLICAS / (scenario.outage_seconds - 1.0)
     assert run.probes_per_second <= probe_ceiling, run.summary()
     assert run.received_in_outage <= run.may_receive, run.summary()
     # the feed went on meanwhile, and most of it waits in SQS (the pollers took some before
     # the circuits opened, and failed messages come back after their backoff)
     visible_before, visible_after = run.visible_at_outage
     assert visible_after >= visible_before + 0.5 * run.fed_between(*run.outage), run.summary()
+
+
+FOUND_BACK_SLACK_SECONDS = 0.5
+"""A probe may leave late on a loaded machine (its task waits for the loop)."""
+
+
+def _check_found_back(run: Run, scenario: Scenario) -> None:
+    """Each replica finds the CRM back by itself within one short probe period of its return
+    (``throttling.outage_probe_seconds``, jittered), not an open period later: the seconds
+    its part of the grant is lost. (One probe per open period: up to 3 s here.)"""
+    every = throttling.outage_probe_seconds(
+        scenario.open_seconds, RATE / REPLICAS, throttling.OUTAGE_PROBE_SHARE
+    )
+    within = every * (1 + throttling.OPEN_JITTER) + FOUND_BACK_SLACK_SECONDS
+    assert max(run.found_back) <= within, f"found back later than {within:.2f} s: {run.summary()}"
 
 
 def _check_recovery(run: Run, *, ordered: bool) -> None:
@@ -371,36 +465,35 @@ def _check_recovery(run: Run, *, ordered: bool) -> None:
 
 
 async def test_three_replicas_share_the_limit_and_ride_out_an_outage(
-    sqs: Any, dynamodb: Any, tmp_path: pathlib.Path
+    long_queue_sqs: Any, long_queue_dynamodb: Any, tmp_path: pathlib.Path
 ) -> None:
-    # Two seconds of the grant queued first: the steady window then measures the fleet, not how
-    # fast a feeder sharing the event loop with three workers gets its batches into moto.
+    """Issue 3's fleet, on a moto that keeps up with a backlog of hundreds (its receives no
+    longer scan the whole queue per message, and its conditional writes are atomic)."""
+    # The backlog for the whole steady window is queued first: the window then measures the
+    # fleet, not how fast a feeder sharing this event loop with three workers gets its batches
+    # into moto (with two seconds of the grant queued first it fed 0.94-1.16 of the grant
+    # under load, and the window measured that). The paced feed after it runs through the
+    # outage; it never waits for room (``max_backlog``): the backlog must grow in the outage.
+    head_start = math.ceil(MIN_SUPPLY * (RATE * (WARMUP_SECONDS + STEADY_SECONDS) + BURST))
     scenario = Scenario(
         fifo=False,
-        conversations=46,
+        conversations=56,
         length=10,
         outage_seconds=3.0,
         open_seconds=2.0,
         recovery_timeout=40.0,
-        head_start=int(2 * RATE),
+        head_start=head_start,
+        max_backlog=10_000,
     )
-    run = await _run_fleet(sqs, dynamodb, tmp_path, scenario)
+    run = await _run_fleet(long_queue_sqs, long_queue_dynamodb, tmp_path, scenario)
     print(run.summary())
+    assert run.supply >= MIN_SUPPLY, run.summary()  # the scenario itself kept a backlog
     # the feed outran the pollers' leeway, so the outage checks below can fail
     assert run.fed_between(*run.outage_measured) > run.may_receive, run.summary()
+    _check_rate(run, min_goodput=SUITE_MIN_GOODPUT)
     _check_outage(run, scenario)
+    _check_found_back(run, scenario)
     _check_recovery(run, ordered=False)
-    if run.supply < MIN_SUPPLY:
-        # The head start keeps a backlog through the window on a quiet machine (without it,
-        # moto fed 0.87 of the grant); under load it once fell to 1.16: the window then
-        # measures the feeder, not the fleet. Reported, never hidden.
-        pytest.xfail(f"moto fed {run.supply:.2f} of the grant in the window: {run.summary()}")
-    if run.goodput < SUITE_MIN_GOODPUT or run.throttled_share > 0.01:
-        # Known and open: the rate of three workers sharing this process's event loop follows
-        # the machine's load. Run alone at a load average under 3: goodput 0.933-0.960 in five
-        # runs, 0.2-0.8% throttled; at 4 to 6 (other jobs on the two cores): 0.53-0.90, and
-        # once 2% throttled. Reported, never hidden; the outage and the recovery stay asserted.
-        pytest.xfail(f"the fleet's rate before the outage (load-bound): {run.summary()}")
 
 
 @pytest.mark.soak
@@ -410,7 +503,8 @@ async def test_a_sixty_second_outage_soak(sqs: Any, dynamodb: Any, tmp_path: pat
     )
     run = await _run_fleet(sqs, dynamodb, tmp_path, scenario)
     print(run.summary())
-    _check_rate(run, min_goodput=ACCEPTANCE_MIN_GOODPUT)
+    # the steady state alone, as before (the summary reports the seconds after the outage)
+    _check_rate(run, min_goodput=ACCEPTANCE_MIN_GOODPUT, steady_only=True)
     _check_outage(run, scenario)
     _check_recovery(run, ordered=False)
 
@@ -434,22 +528,6 @@ async def test_a_fifo_fleet_keeps_each_conversation_in_order_through_an_outage(
 DEFAULT_RATE = 30.0
 DEFAULT_BURST = 10
 DEFAULT_EVENTS = 360
-
-
-@pytest.fixture(scope="module")
-def long_queue_moto(moto_server: aws.MotoServer) -> Iterator[aws.MotoServer]:
-    """A moto that keeps up with a queue of hundreds of messages (the session's scans the whole
-    queue several times per message: 360 queued would make moto, not the fleet, set the pace)."""
-    with aws.MotoServer(long_queues=True) as server:
-        yield server
-
-
-@pytest.fixture
-async def long_queue_sqs(long_queue_moto: aws.MotoServer) -> AsyncIterator[Any]:
-    """An SQS client on it; the workers the test starts meanwhile use it too (the environment)."""
-    with aws.environment({"AWS_ENDPOINT_URL": long_queue_moto.endpoint_url}):
-        async with aiobotocore.session.get_session().create_client("sqs") as client:
-            yield client
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fanout_core import spec
 from workers import throttling
+from workers.sinks import exchange
 
 EPS = 1e-6
 RESULTS = list(throttling.Result)
@@ -321,6 +323,134 @@ def test_an_outage_does_not_cost_the_pace() -> None:
     limiter.release(probe, throttling.Result.OK, now + 1.0)
     assert limiter.circuit(now + 1.0) is throttling.CircuitState.CLOSED
     assert limiter.effective_rate(now + 1.0) == pytest.approx(10.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outage:
+    opened_at: float
+    probes: list[float]
+    found_at: float
+    """When a probe first met the downstream back (the circuit closed)."""
+
+
+def _ride_out(limiter: throttling.Limiter, *, back_after: float) -> Outage:
+    """Every request fails until ``back_after`` seconds after the circuit opened, and succeeds
+    from then on; ask again exactly when told to (as :class:`throttling.AsyncLimiter` does),
+    answers at once."""
+    now, opened_at, probes = 0.0, math.inf, []
+    while now < opened_at + back_after + 100:
+        decision = limiter.try_acquire(now)
+        if isinstance(decision, throttling.Wait):
+            now += decision.seconds
+            continue
+        if decision.probe:
+            probes.append(now)
+        back = now >= opened_at + back_after
+        limiter.release(decision, throttling.Result.OK if back else throttling.Result.OVERLOADED, now)
+        if limiter.circuit(now) is throttling.CircuitState.OPEN:
+            opened_at = min(opened_at, now)
+        if back and decision.probe:
+            return Outage(opened_at, probes, now)
+    return Outage(opened_at, probes, math.inf)
+
+
+def _sink_limiter(rate: float, replicas: int, open_seconds: float, draws: list[float]) -> throttling.Limiter:
+    """A limiter as a sink builds it from its spec (``rateLimit`` and ``circuitOpenSeconds``)."""
+    sink = spec.SinkSpec.model_validate(
+        {
+            "type": "webhook",
+            "url": "http://127.0.0.1:9/events",
+            "rateLimit": {"requestsPerSecond": rate, "burst": 10},
+            "circuitOpenSeconds": open_seconds,
+        }
+    )
+    jitter = itertools.cycle(draws or [0.5])
+    return throttling.Limiter(
+        exchange.limiter_settings(sink, replicas), 0.0, random_source=lambda: next(jitter)
+    )
+
+
+@settings(max_examples=200)
+@given(
+    rate=st.floats(1, 500),
+    replicas=st.integers(1, 20),
+    open_seconds=st.floats(0.2, 5),
+    draws=st.lists(st.floats(0, 1), max_size=20),
+    back_after=st.floats(0, 40),
+)
+def test_a_replica_finds_a_downstream_back_within_a_short_probe_and_never_floods_it(
+    rate: float, replicas: int, open_seconds: float, draws: list[float], back_after: float
+) -> None:
+    """While a downstream stays down, a sink's replica probes every quarter of a second to an
+    open period (jittered), so it finds the downstream back within a fraction of a second, not
+    a whole period later; its probes are never more than a quarter of its slice of the rate,
+    never more than four a second, and never more often than before (one per open period)."""
+    limiter = _sink_limiter(rate, replicas, open_seconds, draws)
+    pace = limiter.pace
+    assert pace is not None
+    every = throttling.outage_probe_seconds(open_seconds, pace.slice, throttling.OUTAGE_PROBE_SHARE)
+    assert every <= open_seconds
+    outage = _ride_out(limiter, back_after=back_after)
+    back_at = outage.opened_at + back_after
+    # the first probe waits the whole open period: the downstream has just failed
+    assert outage.probes[0] - outage.opened_at >= open_seconds - EPS
+    # then never a flood: at most a quarter of the slice in probes and at most 4 a second —
+    # or one per open period where that is more (a small slice, or a shorter open period)
+    assert 1 / every <= max(1 / open_seconds, throttling.OUTAGE_PROBE_SHARE * pace.slice) + EPS
+    assert every >= min(open_seconds, throttling.MIN_PROBE_SECONDS) - EPS
+    for earlier, later in itertools.pairwise(outage.probes):
+        assert later - earlier >= every - EPS
+    # and prompt: back is found within one short (jittered) period, not a whole open period
+    # (plus, at a pace under one request a second, the wait for the probe's token)
+    first_probe = outage.probes[0]
+    if back_at > first_probe:
+        assert outage.found_at - back_at <= every * (1 + throttling.OPEN_JITTER) + 1 / pace.slice + EPS
+    else:
+        assert outage.found_at == first_probe
+
+
+def test_three_replicas_find_the_downstream_back_within_a_fraction_of_a_second() -> None:
+    """The bench's fleet (30 requests/s, three replicas, default circuit): each replica probes
+    every 0.4 to 0.6 s while the downstream is down — 7.5 probes a second for the fleet at
+    most, a quarter of the grant — and finds it back 0.25 s after its return on average
+    (0.63 s with the one-second period it had before)."""
+    found = []
+    for replica in range(3):
+        draws = [(replica * 0.37 + n * 0.61) % 1 for n in range(50)]
+        for back_after in (20.0, 20.13, 20.29, 20.41):
+            outage = _ride_out(_sink_limiter(30.0, 3, 1.0, draws), back_after=back_after)
+            found.append(outage.found_at - outage.opened_at - back_after)
+            seconds = outage.probes[-1] - outage.opened_at
+            assert len(outage.probes) <= 1 + seconds / 0.4 + EPS  # 2.5 a second at most
+    assert max(found) <= 0.6 + EPS
+    assert sum(found) / len(found) <= 0.4
+
+
+def test_a_refused_credential_still_backs_off_the_doubled_period() -> None:
+    """Short probes are for an outage; a credential the downstream refuses waits for a person
+    (and probes re-read it): the open period doubles, up to ``max_open_seconds``."""
+    limiter = throttling.Limiter(
+        throttling.LimiterSettings(
+            rate=30,
+            burst=10,
+            open_seconds=1,
+            max_open_seconds=8,
+            outage_probe_share=throttling.OUTAGE_PROBE_SHARE,
+        ),
+        0.0,
+        random_source=lambda: 0.0,
+    )
+    permit = limiter.try_acquire(0.0)
+    assert isinstance(permit, throttling.Permit)
+    limiter.release(permit, throttling.Result.REFUSED, 0.0)
+    now, waits = 0.0, []
+    for _ in range(4):
+        now += limiter.accepting_in(now)
+        probe = limiter.try_acquire(now)
+        assert isinstance(probe, throttling.Permit) and probe.probe
+        limiter.release(probe, throttling.Result.REFUSED, now)
+        waits.append(limiter.accepting_in(now))
+    assert waits == [pytest.approx(2.0), pytest.approx(4.0), pytest.approx(8.0), pytest.approx(8.0)]
 
 
 def _drive_at_full_demand(limiter: throttling.Limiter, start: float, end: float) -> list[float]:

@@ -68,13 +68,18 @@ The rules, and why:
   The first probe waits ``PROBE_COST x replicas / (probe_share x rate)`` seconds, so that
   a fleet that is full spends at most about ``probe_share`` of its requests on probes that
   find nothing: at 30 requests per second three replicas probe every 40 s at most, at
-  300 every 4 s. The downstream's 429 is the only news of an unused slice; this is what
-  listening for it costs.
+  300 every 4 s. ``replicas`` is the count, or one over the replica's measured share where
+  that is more: each replica of a fleet that does not know its count counts itself as one,
+  and probing as if alone, ten of them were refused 2-2.7% of their requests (the
+  fake-clock fleet in ``tests/test_pacing.py``). The downstream's 429 is the only news of
+  an unused slice; this is what listening for it costs.
 * **Nobody said how many: start low.** When the replica count is not known (no file, no
   ``FANOUT_REPLICAS``) the pace starts at ``slow_start_share`` of the rate and grows by half
   every ``slow_start_seconds`` of wanting more, until the first throttle or the full rate: a
   fleet whose replicas each think they are alone learns the truth from a few throttles,
   not from a flood, and a replica that is alone reaches the rate within a couple of seconds.
+  The first read of what the fleet holds ends the slow start at once, at the share read
+  (it now knows its part, as a replica told the count does).
 * **The burst is shared, and starts unspent.** Each replica may save up its part of the
   fleet's burst (its share of the rate; one token at least), but no more than
   ``CATCH_UP_SECONDS`` of its pace: a stall (a loaded node, CPU throttling) is made up,
@@ -343,12 +348,16 @@ class Pace:
         that long (meanwhile the pace climbs by its own rules, throttle by throttle)."""
         self._advance(now)
         before, previous, joining = self.slice, self._share, self._joining
+        guessing = self._slow_start
         self._joining = share is None and self._settings.join_seconds > 0
         self._join_ends = self._rate_bound + self._settings.join_seconds
         if share is not None:
             share = min(1.0, max(MIN_SHARE, share))
             self._slow_start = False  # measured: no need to guess from below any more
         self._share = share
+        if share is not None:
+            # the fleet the share speaks of probes too: keep its probes to ``probe_share``
+            self._probe_every = max(self._probe_every, self._first_probe())
         after = self.slice
         if after < before:
             self._rate = min(self._rate, after)
@@ -360,6 +369,12 @@ class Pace:
             elif after > self._rate:
                 self._probe = None
                 self._rate = self._peak = self._low = after
+        if guessing and share is not None and self._rate < after:
+            # the first read ends the slow start of a replica that did not know the count:
+            # it now knows its part, as a replica told the count knows it from the start
+            # (left to climb from the slow start's rate, three such replicas took 5-8 s to
+            # reach their slices: 0.93 of the grant over 40 s in ``tests/test_pacing.py``)
+            self._rate = self._peak = self._low = after
 
     def set_limit(self, rate: float, burst: int, now: float) -> None:
         """The fleet's limit itself changed: keep the pace's share of it."""
@@ -388,8 +403,15 @@ class Pace:
 
     def _first_probe(self) -> float:
         settings = self._settings
-        seconds = PROBE_COST * self._replicas / (settings.probe_share * settings.rate)
+        seconds = PROBE_COST * self._fleet_size() / (settings.probe_share * settings.rate)
         return min(settings.probe_max_seconds, max(settings.probe_min_seconds, seconds))
+
+    def _fleet_size(self) -> float:
+        """How many replicas probe, as far as this one can tell: the count, or one over its
+        measured share where that says more (a count unknown, or stale after a scale-up)."""
+        if self._share is None:
+            return float(self._replicas)
+        return max(float(self._replicas), 1.0 / self._share)
 
     def _floor(self) -> float:
         return self.slice * self._settings.floor_share

@@ -24,8 +24,17 @@ answering a different failure of the downstream:
   again, at random: replicas that met an outage together do not probe together) exactly
   one probe goes through (half-open);
   its success closes the circuit, its failure re-opens it for twice as long (capped at
-  ``max_open_seconds``; the sinks cap it at ``open_seconds``: a downstream that is back
-  is found within a period, and the first replica to find it spares the others nothing).
+  ``max_open_seconds``) — or, with ``outage_probe_share`` (the sinks set it), for the
+  short period of :func:`outage_probe_seconds`: while a downstream stays down, each
+  replica probes every quarter of a second to a second (jittered the same way), so that
+  each finds it back within a fraction of a second. Each replica must find it itself
+  (the first replica to find it spares the others nothing: they hold their share of the
+  messages), and with a fixed one-second period each lost about 0.6 s of its slice per
+  outage. The probes never flood: a replica sends at most ``outage_probe_share`` of its
+  slice of the rate in probes and never more than one per ``MIN_PROBE_SECONDS``, or one
+  per ``open_seconds`` where that is more (the fleet: at most a quarter of its rate, or
+  one probe per replica per open period). A refused credential keeps the doubling: a
+  probe cannot fix it before a person does.
   An outage says nothing about the rate: the pace is frozen while the circuit is open
   and resumes where it was before the failures began.
 
@@ -57,6 +66,23 @@ OPEN_JITTER = 0.5
 """An open period lasts ``open_for x (1 + OPEN_JITTER x random())``."""
 SHORT_RETRY_AFTER = 1.0
 """An isolated throttle asking for at most this long does not pause the whole sink."""
+OUTAGE_PROBE_SHARE = 0.25
+"""While an outage lasts, a replica's probes are at most this share of its slice of the rate."""
+MIN_PROBE_SECONDS = 0.25
+"""... and at most one per this many seconds (4 per second), before ``OPEN_JITTER``."""
+
+
+def outage_probe_seconds(open_seconds: float, slice_rate: float | None, share: float) -> float:
+    """How long a circuit stays open after a failed probe while a downstream stays down.
+
+    ``1 / (share x slice_rate)`` — the replica's probes are ``share`` of what it may send —
+    but never shorter than :data:`MIN_PROBE_SECONDS` nor longer than ``open_seconds`` (a
+    small slice probes as it did before: once per open period). ``slice_rate`` ``None`` (no
+    rate limit: nothing says what a flood is) keeps ``open_seconds``.
+    """
+    if slice_rate is None or slice_rate <= 0:
+        return open_seconds
+    return min(open_seconds, max(MIN_PROBE_SECONDS, 1.0 / (share * slice_rate)))
 
 
 class Result(enum.StrEnum):
@@ -119,6 +145,10 @@ class LimiterSettings:
     max_open_seconds: float = 60.0
     decrease_factor: float = 0.5
     """Multiplier for the concurrency limit on throttles in a row, a 503 or a timeout."""
+    outage_probe_share: float | None = None
+    """After a failed probe (not a refused credential), re-open for
+    :func:`outage_probe_seconds` of the pace's slice instead of the doubled period; ``None``:
+    the doubled period."""
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.rate <= 0:
@@ -129,6 +159,8 @@ class LimiterSettings:
             raise ValueError("need 0 < open_seconds <= max_open_seconds")
         if not 0 < self.decrease_factor < 1:
             raise ValueError("decrease_factor must be in (0, 1)")
+        if self.outage_probe_share is not None and not 0 < self.outage_probe_share <= 1:
+            raise ValueError("outage_probe_share must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -429,7 +461,7 @@ class Limiter:
             if result in (Result.CANCELLED, Result.UNUSED):
                 return
             if failure:
-                self._open_for = min(self._settings.max_open_seconds, self._open_for * 2)
+                self._open_for = self._reopen_for(result)
                 self._open(now)
             else:
                 self._circuit = CircuitState.CLOSED
@@ -449,6 +481,15 @@ class Limiter:
         elif result in (Result.OK, Result.REJECTED):
             self._failures = 0
             self._pace_before_failures = None
+
+    def _reopen_for(self, result: Result) -> float:
+        """The open period after a failed probe (see the module docstring)."""
+        settings = self._settings
+        doubled = min(settings.max_open_seconds, self._open_for * 2)
+        if settings.outage_probe_share is None or result is Result.REFUSED:
+            return doubled
+        slice_rate = self._pace.slice * self._scale if self._pace is not None else None
+        return outage_probe_seconds(settings.open_seconds, slice_rate, settings.outage_probe_share)
 
     def _open(self, now: float) -> None:
         self._circuit = CircuitState.OPEN

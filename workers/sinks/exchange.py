@@ -105,9 +105,10 @@ def limiter_settings(sink: spec.SinkSpec, replicas: int, *, known: bool = True) 
         max_concurrency=sink.max_concurrency,
         failure_threshold=sink.circuit_failure_threshold,
         open_seconds=sink.circuit_open_seconds,
-        # A fixed period: after an outage the fleet resumes within one period, not after
-        # the doubled periods a long outage would have grown (60 s cost 0.5 of the grant).
+        # Never the doubled periods a long outage would grow (60 s cost 0.5 of the grant):
+        # while the downstream stays down, short probes bounded by the slice (``throttling``).
         max_open_seconds=sink.circuit_open_seconds,
+        outage_probe_share=throttling.OUTAGE_PROBE_SHARE,
     )
 
 

@@ -9,24 +9,32 @@ fanout_lab.simulators.remote`` and reaches it over loopback HTTP: the data endpo
 webhook, and two controls — ``GET /_stats`` (what it counted; times are
 ``time.monotonic()``, one clock for every process on Linux) and ``GET /_outage?on=1|0``.
 Used by the fleet benchmarks (``bench/_fleet.py``) and the fleet end-to-end test.
+
+:func:`in_thread` is the lighter remedy for a simulator whose recorded requests a test reads
+as it goes (the CRM's ``accepted``, ``request_times``): the simulator keeps its Python
+objects, but serves from an event loop of its own in a thread, so a busy consumers' loop
+delays its requests by a GIL switch (milliseconds), not by whatever that loop is doing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from aiohttp import web
 
-from fanout_lab.simulators import webhook
+from fanout_lab.simulators import downstream, webhook
 
 _START_TIMEOUT = 60.0
 
@@ -145,6 +153,30 @@ class _Observed(webhook.WebhookSimulator):
     async def _switch_outage(self, request: web.Request) -> web.Response:
         self.set_outage(request.query.get("on") == "1")
         return web.json_response({"outage": self.outage})
+
+
+Simulator = TypeVar("Simulator", bound=downstream.DownstreamSimulator)
+
+
+@contextlib.asynccontextmanager
+async def in_thread(simulator: Simulator) -> AsyncIterator[Simulator]:
+    """``async with in_thread(CrmSimulator(...)) as sim:`` — started, served and stopped on an
+    event loop in a thread of its own (see the module docstring). What the caller reads of it
+    (lists it appends to, counters) is safe to read from the caller's loop; the switches it
+    offers (``set_outage``, ``set_rate``) are plain assignments."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="simulator", daemon=True)
+    thread.start()
+    try:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(simulator.start(), loop))
+        try:
+            yield simulator
+        finally:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(simulator.stop(), loop))
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 async def _serve(rate: float, burst: int, latency: float) -> None:
