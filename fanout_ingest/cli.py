@@ -6,6 +6,9 @@ standard AWS environment, webhooks, probes and ``/metrics`` are served on ``--ht
 (default 8080), and SIGTERM drains and exits 0. A manifest that cannot be used — a field
 invalid, no secret readable, no region — exits 2 with one line per problem naming the field;
 a port it cannot listen on exits 1 with one line.
+
+The gateway runs on uvloop's event loop (libuv; the asyncio API unchanged), as the worker does:
+at 600 requests/s a quarter of its CPU was asyncio's own loop and socket code (py-spy).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+
+import uvloop
 
 from fanout_core import jsonlogs
 from fanout_core import spec as spec_model
@@ -65,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway = serving.Gateway(
             ingest, http_host=args.http_host, http_port=args.http_port, drain_seconds=args.drain_seconds
         )
-        asyncio.run(_serve(gateway))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(gateway))
     except spec_model.ConfigError as error:
         return _config_error(args.config, error)
     except OSError as error:  # the port is taken, the address does not exist

@@ -141,11 +141,13 @@ class PublishingSpec(spec.SpecModel):
         description="PublishBatch calls in flight; events arriving while all are busy fill the next batch.",
     )
     linger_milliseconds: float = pydantic.Field(
-        10,
+        100,
         ge=0,
         le=1000,
-        description="Under load, how long an event may wait for others to fill its call (ten per "
-        "call); a quiet gateway sends at once. Longer: less CPU per event, more latency.",
+        description="The stall guard: the longest an event waits for PublishBatch calls in flight "
+        "before it gets a call of its own. Events that find no call in flight leave at once; "
+        "while calls are in flight, arrivals leave together when one comes back (ten at once "
+        "when ten have gathered).",
     )
     ordering_key: str = pydantic.Field(
         "conversationId",

@@ -9,9 +9,10 @@ answered 503 and Genesys retries it). Inside::
                                                                 │ per entry: ok / failed
                     ◄── every event's future resolved ◄─────────┘
 
-Concurrent requests share calls: while the gateway is busy, arriving events wait (at most
-``linger``, ``publishing.lingerMilliseconds``) and leave together, up to ten per call; a quiet
-gateway sends at once (``batching.decide``). A failed
+Concurrent requests share calls: an event that finds no call in flight leaves at once; while
+calls are in flight, arriving events wait for one to come back and leave together, up to
+ten per call, a full call of ten at once (``batching.decide``; an event that waited
+``publishing.lingerMilliseconds`` for calls that do not come back gets its own). A failed
 entry that SNS says may succeed later (throttling, an internal error) is retried once in the
 next call. What gave up waiting (the request's deadline passed) is taken out of the queue,
 so it is never published after its request was told 503.
@@ -162,7 +163,6 @@ class Publisher:
         self._max_in_flight = spec.publishing.max_concurrent_calls
         self._telemetry = telemetry
         self._linger = spec.publishing.linger_milliseconds / 1000
-        self._last_call_at: float | None = None
         self._clock = clock
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._in_flight = 0
@@ -196,6 +196,7 @@ class Publisher:
             async with asyncio.timeout(deadline):
                 prepared = await self._prepare(events, source=source, traceparent=traceparent)
                 futures = [self._enqueue(made, size) for made, size in prepared]
+                self._pump()  # once for the whole request: its events leave together
                 try:
                     outcomes = await asyncio.gather(*futures, return_exceptions=True)
                 finally:
@@ -267,14 +268,12 @@ class Publisher:
     def _enqueue(self, entry: attributes.Entry, size: int) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(entry, size, self._clock(), done))
-        self._telemetry.set_waiting(len(self._waiting))
-        self._pump()
         return done
 
     # -- the calls' side -------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Start every call the batching rules allow now; arm the linger timer otherwise."""
+        """Start every call the batching rules allow now; arm the stall guard otherwise."""
         while True:
             while self._waiting and self._waiting[0].done.done():
                 self._waiting.popleft()  # its request gave up
@@ -286,19 +285,18 @@ class Publisher:
                 in_flight=self._in_flight,
                 max_in_flight=self._max_in_flight,
                 linger=self._linger,
-                since_last_call=None if self._last_call_at is None else now - self._last_call_at,
             )
             if not decision.send:
                 if decision.wait_seconds is not None and self._timer is None:
                     self._timer = asyncio.get_running_loop().call_later(decision.wait_seconds, self._fire)
                 break
-            count = batching.take([waiting.size for waiting in self._waiting])
+            head = itertools.islice(self._waiting, batching.MAX_ENTRIES)
+            count = batching.take([waiting.size for waiting in head])
             batch = [self._waiting.popleft() for _ in range(count)]
             batch = [waiting for waiting in batch if not waiting.done.done()]
             if not batch:
                 continue
             self._in_flight += 1
-            self._last_call_at = now
             task = asyncio.create_task(self._call(batch))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)

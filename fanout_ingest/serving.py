@@ -87,7 +87,9 @@ class Gateway:
         self._http_port = http_port
         self._drain_seconds = drain_seconds
         self._clock = clock
-        self._random_bits = random.SystemRandom().getrandbits
+        # Trace and span ids need to be unique, not secret: the Mersenne Twister (seeded from
+        # os.urandom) as OpenTelemetry's RandomIdGenerator uses it, not a syscall per id.
+        self._random_bits = random.Random().getrandbits
         self._started = asyncio.Event()
         self._stopping = False
         self.telemetry = telemetry.IngestTelemetry()

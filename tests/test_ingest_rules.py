@@ -207,20 +207,23 @@ def test_traceparent_continues_the_requests_trace_or_starts_one() -> None:
 # --- batching -------------------------------------------------------------------------
 
 
-def test_a_quiet_gateway_sends_at_once_and_a_busy_one_lingers_until_ten_or_timeout() -> None:
+def test_batches_form_while_calls_are_in_flight_and_leave_when_one_comes_back() -> None:
     def decide(**given: Any) -> batching.Decision:
-        arguments = {"in_flight": 0, "max_in_flight": 8, "linger": 0.01, "since_last_call": None, **given}
-        return batching.decide(**arguments)
+        return batching.decide(**{"in_flight": 0, "max_in_flight": 8, "linger": 0.1, **given})
 
-    # Quiet: nothing sent yet, or nothing within the linger (even with a slow call still out).
+    # Nothing in flight: whatever waits leaves at once, however little and however young.
     assert decide(waiting=1, oldest_age=0).send
-    assert decide(waiting=1, oldest_age=0, in_flight=1, since_last_call=0.5).send
-    # Busy: a call started a moment ago, even one already back: wait for company.
-    lingering = decide(waiting=3, oldest_age=0.002, since_last_call=0.004)
-    assert not lingering.send and lingering.wait_seconds == pytest.approx(0.008)
-    assert decide(waiting=10, oldest_age=0, in_flight=1, since_last_call=0.001).send
-    assert decide(waiting=3, oldest_age=0.01, in_flight=1, since_last_call=0.001).send
-    full = decide(waiting=30, oldest_age=1, in_flight=8, since_last_call=0.001)
+    assert decide(waiting=4, oldest_age=0).send
+    # A call in flight: arrivals wait for it (no timer but the stall guard's)...
+    held = decide(waiting=3, oldest_age=0.02, in_flight=1)
+    assert not held.send and held.wait_seconds == pytest.approx(0.08)
+    # ...except a full call of ten, which leaves at once while slots are free...
+    assert decide(waiting=10, oldest_age=0, in_flight=1).send
+    assert decide(waiting=25, oldest_age=0, in_flight=7).send
+    # ...and what waited the whole stall guard for calls that do not come back.
+    assert decide(waiting=3, oldest_age=0.1, in_flight=1).send
+    # Every slot taken: nothing leaves, and no timer (a returning call looks again).
+    full = decide(waiting=30, oldest_age=1, in_flight=8)
     assert not full.send and full.wait_seconds is None
     assert not decide(waiting=0, oldest_age=0).send
 
