@@ -601,7 +601,9 @@ def main(group: str) -> None:
     parser.add_argument(
         "--variant", action="append", choices=list(VARIANTS), help="default: fanout and per-instance"
     )
-    parser.add_argument("--candidates", action="store_true", help="also: " + ", ".join(CANDIDATES).replace("%", "%%"))
+    parser.add_argument(
+        "--candidates", action="store_true", help="also: " + ", ".join(CANDIDATES).replace("%", "%%")
+    )
     parser.add_argument("--trace", action="store_true", help="print each second of each run")
     args = parser.parse_args()
     args.scenario = args.scenario or list(GROUPS[group])
