@@ -222,3 +222,46 @@ async def test_no_event_waits_for_a_timer_when_nothing_is_in_flight(
     await asyncio.gather(waiting_for_it, behind)
     assert loop.time() - started < 0.5
     assert held.calls[-1] == [third.event_id]
+
+
+async def test_under_load_the_first_events_wait_for_the_call_to_fill(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    """A request of two, then eight of one, at once: with a window that their rate fills (a
+    second: ten per second is enough; two events read as twenty), one call of ten; with the
+    default window (20 ms needs 500/s) the first request leaves at once, as before, and the
+    others wait for its call."""
+    burst = events(20)
+
+    async def calls(
+        door: publishing.Publisher, held: HeldSns, chosen: list[classifying.InboundEvent]
+    ) -> list[int]:
+        requests = [publish(door, chosen[:2])] + [publish(door, [event]) for event in chosen[2:]]
+        assert await settle(requests) == [None] * 9
+        return [len(call) for call in held.calls]
+
+    windowed = HeldSns(sns)
+    assert await calls(
+        publisher(windowed, fabric, tmp_path, batchWindowMilliseconds=1000), windowed, burst[:10]
+    ) == [10]
+    default = HeldSns(sns)
+    assert await calls(publisher(default, fabric, tmp_path), default, burst[10:]) == [2, 8]
+    assert len(await published_ids(sqs, fabric)) == 20
+
+
+@pytest.mark.serial
+async def test_a_held_call_leaves_at_the_end_of_the_window_when_it_does_not_fill(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    held = HeldSns(sns)
+    door = publisher(held, fabric, tmp_path, batchWindowMilliseconds=300, lingerMilliseconds=1000)
+    five = events(5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # One request of five reads as 50 events/s: enough to fill ten within 300 ms, so held...
+    task = publish(door, five)
+    await asyncio.sleep(0.1)
+    assert held.calls == [] and door.waiting == 5
+    await task  # ...until the window is over, not a moment later than it needs
+    assert 0.29 <= loop.time() - started < 0.8
+    assert held.calls == [[event.event_id for event in five]]
