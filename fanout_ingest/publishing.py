@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -60,8 +61,15 @@ _FORM_ESCAPES = {
 def form_encode(params: Mapping[str, Any]) -> str:
     """``urllib.parse.urlencode(params)`` (``quote_plus``, UTF-8), byte for byte, through one
     translation table instead of urllib's per-byte Python loop (about twice as fast on event
-    JSON)."""
-    return "&".join(f"{_form_quote(name)}={_form_quote(value)}" for name, value in params.items())
+    JSON). The names (``PublishBatchRequestEntries.member.3.MessageAttributes.entry.2.Name``:
+    ~190 of a full call's ~200 parameters, from a set of a few hundred) are quoted once and
+    remembered: a third less time per call."""
+    return "&".join([f"{_form_name(name)}={_form_quote(value)}" for name, value in params.items()])
+
+
+@functools.lru_cache(maxsize=1024)
+def _form_name(name: str) -> str:
+    return _form_quote(name)
 
 
 def _form_quote(value: Any) -> str:
