@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -58,7 +59,24 @@ async def _serve(gateway: serving.Gateway) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await gateway.run(stop)
+    running = asyncio.create_task(gateway.run(stop))
+    started = asyncio.create_task(gateway.wait_started())
+    await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        _freeze_startup_objects()
+    else:
+        started.cancel()
+    await running
+
+
+def _freeze_startup_objects() -> None:
+    """What start-up made (botocore's service models, aiohttp's app: ~100,000 objects that live
+    as long as the process) is moved out of the garbage collector's sight. A full collection
+    then scans only what was made since; without it one came every few seconds at 600
+    requests/s and stopped the event loop for ~150 ms (gc callbacks, on this 2-core machine):
+    the gateway's p99."""
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import pydantic
 
 from fanout_core import offloading, spec
+from fanout_ingest import batching
 
 KIND = "FanoutIngest"
 DEFAULT_PATH = "/events"
@@ -148,6 +149,15 @@ class PublishingSpec(spec.SpecModel):
         "before it gets a call of its own. Events that find no call in flight leave at once; "
         "while calls are in flight, arrivals leave together when one comes back (ten at once "
         "when ten have gathered).",
+    )
+    batch_window_milliseconds: float = pydantic.Field(
+        batching.DEFAULT_BATCH_WINDOW_SECONDS * 1000,
+        ge=0,
+        le=1000,
+        description="Under load only: the longest a call is held to fill when no call is in flight. "
+        "It is held only while the recent arrival rate fills a call of ten within this window "
+        "(at least 10 / window: 500 events/s at 20 ms) and says the missing entries arrive before "
+        "its oldest event has waited the window; below that rate events leave at once. 0: never held.",
     )
     ordering_key: str = pydantic.Field(
         "conversationId",

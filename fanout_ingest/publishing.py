@@ -9,9 +9,11 @@ answered 503 and Genesys retries it). Inside::
                                                                 │ per entry: ok / failed
                     ◄── every event's future resolved ◄─────────┘
 
-Concurrent requests share calls: an event that finds no call in flight leaves at once; while
-calls are in flight, arriving events wait for one to come back and leave together, up to
-ten per call, a full call of ten at once (``batching.decide``; an event that waited
+Concurrent requests share calls: an event that finds no call in flight leaves at once, unless
+the recent arrival rate fills a call of ten within ``publishing.batchWindowMilliseconds``
+(then the call is held until it is full or the window is over); while calls are in flight,
+arriving events wait for one to come back and leave together, up to ten per call, a full
+call of ten at once (``batching.decide``; an event that waited
 ``publishing.lingerMilliseconds`` for calls that do not come back gets its own). A failed
 entry that SNS says may succeed later (throttling, an internal error) is retried once in the
 next call. What gave up waiting (the request's deadline passed) is taken out of the queue,
@@ -32,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -58,8 +61,15 @@ _FORM_ESCAPES = {
 def form_encode(params: Mapping[str, Any]) -> str:
     """``urllib.parse.urlencode(params)`` (``quote_plus``, UTF-8), byte for byte, through one
     translation table instead of urllib's per-byte Python loop (about twice as fast on event
-    JSON)."""
-    return "&".join(f"{_form_quote(name)}={_form_quote(value)}" for name, value in params.items())
+    JSON). The names (``PublishBatchRequestEntries.member.3.MessageAttributes.entry.2.Name``:
+    ~190 of a full call's ~200 parameters, from a set of a few hundred) are quoted once and
+    remembered: a third less time per call."""
+    return "&".join([f"{_form_name(name)}={_form_quote(value)}" for name, value in params.items()])
+
+
+@functools.lru_cache(maxsize=1024)
+def _form_name(name: str) -> str:
+    return _form_quote(name)
 
 
 def _form_quote(value: Any) -> str:
@@ -163,11 +173,14 @@ class Publisher:
         self._max_in_flight = spec.publishing.max_concurrent_calls
         self._telemetry = telemetry
         self._linger = spec.publishing.linger_milliseconds / 1000
+        self._batch_window = spec.publishing.batch_window_milliseconds / 1000
+        self._arrivals = batching.ArrivalRate()
         self._clock = clock
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._in_flight = 0
         self._calls: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
         self._ids = itertools.count()
         self.sns_ok = True
 
@@ -195,7 +208,9 @@ class Publisher:
         try:
             async with asyncio.timeout(deadline):
                 prepared = await self._prepare(events, source=source, traceparent=traceparent)
-                futures = [self._enqueue(made, size) for made, size in prepared]
+                now = self._clock()
+                futures = [self._enqueue(made, size, now) for made, size in prepared]
+                self._arrivals.add(now, len(futures))
                 self._pump()  # once for the whole request: its events leave together
                 try:
                     outcomes = await asyncio.gather(*futures, return_exceptions=True)
@@ -265,15 +280,16 @@ class Publisher:
     ) -> attributes.Entry:
         return attributes.entry(str(next(self._ids)), message, attrs, event, fifo=self._topic.is_fifo)
 
-    def _enqueue(self, entry: attributes.Entry, size: int) -> asyncio.Future[None]:
+    def _enqueue(self, entry: attributes.Entry, size: int, now: float) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(entry, size, self._clock(), done))
+        self._waiting.append(_Waiting(entry, size, now, done))
         return done
 
     # -- the calls' side -------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Start every call the batching rules allow now; arm the stall guard otherwise."""
+        """Start every call the batching rules allow now; otherwise arm the timer for when they
+        may (the end of the batch window, or the stall guard), unless an earlier one is armed."""
         while True:
             while self._waiting and self._waiting[0].done.done():
                 self._waiting.popleft()  # its request gave up
@@ -285,10 +301,12 @@ class Publisher:
                 in_flight=self._in_flight,
                 max_in_flight=self._max_in_flight,
                 linger=self._linger,
+                arrival_rate=self._arrivals.per_second(now),
+                batch_window=self._batch_window,
             )
             if not decision.send:
-                if decision.wait_seconds is not None and self._timer is None:
-                    self._timer = asyncio.get_running_loop().call_later(decision.wait_seconds, self._fire)
+                if decision.wait_seconds is not None:
+                    self._arm(now, decision.wait_seconds)
                 break
             head = itertools.islice(self._waiting, batching.MAX_ENTRIES)
             count = batching.take([waiting.size for waiting in head])
@@ -301,6 +319,17 @@ class Publisher:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         self._telemetry.set_waiting(len(self._waiting))
+
+    def _arm(self, now: float, wait_seconds: float) -> None:
+        """One timer: a later one already armed gives way (a held call's window ends before a
+        stall guard armed earlier would fire); an earlier one stays and looks again then."""
+        due = now + wait_seconds
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(wait_seconds, self._fire)
+        self._timer_due = due
 
     def _fire(self) -> None:
         self._timer = None
@@ -366,12 +395,13 @@ class Publisher:
                 await task
 
     def _pump_remaining(self) -> None:
-        """Send whatever still waits, without lingering."""
-        saved, self._linger = self._linger, 0.0
+        """Send whatever still waits, without lingering or holding."""
+        saved = self._linger, self._batch_window
+        self._linger, self._batch_window = 0.0, 0.0
         try:
             self._pump()
         finally:
-            self._linger = saved
+            self._linger, self._batch_window = saved
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:

@@ -222,3 +222,86 @@ async def test_no_event_waits_for_a_timer_when_nothing_is_in_flight(
     await asyncio.gather(waiting_for_it, behind)
     assert loop.time() - started < 0.5
     assert held.calls[-1] == [third.event_id]
+
+
+async def test_under_load_the_first_events_wait_for_the_call_to_fill(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    """A request of two, then eight of one, at once: with a window that their rate fills (a
+    second: ten per second is enough; two events read as twenty), one call of ten; with the
+    default window (20 ms needs 500/s) the first request leaves at once, as before, and the
+    others wait for its call."""
+    burst = events(20)
+
+    async def calls(
+        door: publishing.Publisher, held: HeldSns, chosen: list[classifying.InboundEvent]
+    ) -> list[int]:
+        requests = [publish(door, chosen[:2])] + [publish(door, [event]) for event in chosen[2:]]
+        assert await settle(requests) == [None] * 9
+        return [len(call) for call in held.calls]
+
+    windowed = HeldSns(sns)
+    assert await calls(
+        publisher(windowed, fabric, tmp_path, batchWindowMilliseconds=1000), windowed, burst[:10]
+    ) == [10]
+    default = HeldSns(sns)
+    assert await calls(publisher(default, fabric, tmp_path), default, burst[10:]) == [2, 8]
+    assert len(await published_ids(sqs, fabric)) == 20
+
+
+@pytest.mark.serial
+async def test_a_held_call_leaves_at_the_end_of_the_window_when_it_does_not_fill(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    held = HeldSns(sns)
+    door = publisher(held, fabric, tmp_path, batchWindowMilliseconds=300, lingerMilliseconds=1000)
+    five = events(5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # One request of five reads as 50 events/s: enough to fill ten within 300 ms, so held...
+    task = publish(door, five)
+    await asyncio.sleep(0.1)
+    assert held.calls == [] and door.waiting == 5
+    await task  # ...until the window is over, not a moment later than it needs
+    assert 0.29 <= loop.time() - started < 0.8
+    assert held.calls == [[event.event_id for event in five]]
+
+
+@pytest.mark.serial
+async def test_a_call_held_after_one_comes_back_does_not_wait_for_the_stall_guard(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    """The stall guard's timer (1 s) was armed while a call was out; when it comes back the
+    waiting events are held for the window (600 ms) — and leave at its end, not at the guard's."""
+    held = HeldSns(sns)
+    door = publisher(held, fabric, tmp_path, batchWindowMilliseconds=600, lingerMilliseconds=1000)
+    first, *nine = events(10)
+    loop = asyncio.get_running_loop()
+    held.gate.clear()
+    alone = publish(door, [first])  # ten per second read so far: not enough to hold, it leaves
+    await held.reached(1)
+    started = loop.time()
+    behind = publish(door, nine)  # waits for the call out; the stall guard armed
+    await asyncio.sleep(0.05)
+    held.gate.set()  # back, nothing in flight, and the rate still fills ten within 600 ms: held
+    await alone
+    await asyncio.sleep(0.1)
+    assert len(held.calls) == 1 and door.waiting == 9
+    await behind
+    assert 0.5 < loop.time() - started < 0.9
+    assert held.calls == [[first.event_id], [event.event_id for event in nine]]
+
+
+async def test_a_held_call_leaves_at_once_when_the_gateway_closes(
+    sns: Any, sqs: Any, fabric: test_ingest_e2e.Fabric, tmp_path: pathlib.Path
+) -> None:
+    held = HeldSns(sns)
+    door = publisher(held, fabric, tmp_path, batchWindowMilliseconds=1000)
+    five = events(5)
+    task = publish(door, five)
+    await asyncio.sleep(0.05)
+    assert held.calls == [] and door.waiting == 5  # 50/s fills ten within a second: held
+    async with asyncio.timeout(0.5):
+        await door.aclose()
+        await task
+    assert held.calls == [[event.event_id for event in five]]

@@ -228,6 +228,96 @@ def test_batches_form_while_calls_are_in_flight_and_leave_when_one_comes_back() 
     assert not decide(waiting=0, oldest_age=0).send
 
 
+def test_under_load_a_call_is_held_to_fill_within_the_batch_window() -> None:
+    def decide(**given: Any) -> batching.Decision:
+        defaults = {"in_flight": 0, "max_in_flight": 8, "linger": 0.1, "batch_window": 0.02}
+        return batching.decide(**{**defaults, **given})
+
+    # 600 events/s fills ten in ~17 ms: the first event waits for the others, at most 20 ms.
+    held = decide(waiting=1, oldest_age=0, arrival_rate=600)
+    assert not held.send and held.wait_seconds == pytest.approx(0.02)
+    assert decide(waiting=10, oldest_age=0, arrival_rate=600).send  # full: it leaves
+    # Six missing at 600/s take 10 ms: too late for an entry that waited 12 ms already.
+    assert decide(waiting=4, oldest_age=0.012, arrival_rate=600).send
+    assert not decide(waiting=4, oldest_age=0.008, arrival_rate=600).send
+    assert decide(waiting=3, oldest_age=0.02, arrival_rate=5000).send  # the window is over
+    # Below 500/s (ten per 20 ms) nothing is held, however full the call nearly is.
+    assert decide(waiting=1, oldest_age=0, arrival_rate=180).send
+    assert decide(waiting=9, oldest_age=0, arrival_rate=499).send
+    assert decide(waiting=1, oldest_age=0, arrival_rate=10_000, batch_window=0).send
+    # Calls in flight: as before, whatever the rate.
+    assert decide(waiting=3, oldest_age=0.02, in_flight=1, arrival_rate=600).wait_seconds == pytest.approx(
+        0.08
+    )
+
+
+_RATE_RULES = {
+    "waiting": st.integers(min_value=0, max_value=40),
+    "oldest_age": st.floats(min_value=0, max_value=2, allow_nan=False),
+    "in_flight": st.integers(min_value=0, max_value=8),
+    "max_in_flight": st.integers(min_value=1, max_value=8),
+    "linger": st.floats(min_value=0, max_value=1, allow_nan=False),
+    "arrival_rate": st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    "batch_window": st.floats(min_value=0, max_value=1, allow_nan=False),
+}
+
+
+@given(**_RATE_RULES)
+def test_the_batch_window_never_holds_longer_or_at_low_rates_and_never_stops_a_full_call(
+    waiting: int,
+    oldest_age: float,
+    in_flight: int,
+    max_in_flight: int,
+    linger: float,
+    arrival_rate: float,
+    batch_window: float,
+) -> None:
+    given_now = {"waiting": waiting, "oldest_age": oldest_age, "in_flight": in_flight}
+    given_now |= {"max_in_flight": max_in_flight, "linger": linger}
+    decision = batching.decide(**given_now, arrival_rate=arrival_rate, batch_window=batch_window)
+    without_window = batching.decide(**given_now)
+    if waiting >= batching.MAX_ENTRIES and in_flight < max_in_flight:
+        assert decision.send  # a full call always leaves while a slot is free
+    if in_flight > 0 or arrival_rate * batch_window < batching.MAX_ENTRIES:
+        assert decision == without_window  # calls in flight, or a low rate: the rule as before
+    if in_flight == 0 and waiting and not decision.send:
+        assert decision.wait_seconds is not None and decision.wait_seconds > 0
+        assert oldest_age + decision.wait_seconds <= batch_window  # never held past the window
+
+
+@given(
+    rate=st.floats(min_value=1, max_value=2000, allow_nan=False),
+    jitter=st.lists(st.floats(min_value=0, max_value=1), min_size=50, max_size=300),
+)
+def test_the_arrival_rate_never_reads_much_above_the_rate_events_arrive_at(
+    rate: float, jitter: list[float]
+) -> None:
+    """Arrivals at most ``rate`` per second (each gap at least 1 / rate) never read above
+    ``rate`` + one event's weight — so at 1x and 3x (60 and 180 events/s) the default window,
+    which needs 500/s, never holds a call."""
+    arrivals = batching.ArrivalRate()
+    now = 0.0
+    for extra in jitter:
+        now += (1 + extra) / rate
+        arrivals.add(now)
+        assert arrivals.per_second(now) <= rate + 1 / batching.RATE_TIME_CONSTANT_SECONDS + 1e-6
+        if rate <= 3 * 60:
+            assert not batching.fills_within(
+                1, 0, arrivals.per_second(now), batching.DEFAULT_BATCH_WINDOW_SECONDS
+            )
+
+
+def test_the_arrival_rate_follows_a_steady_load_and_forgets_it() -> None:
+    arrivals = batching.ArrivalRate()
+    assert arrivals.per_second(0) == 0
+    for index in range(1, 601):  # 600 events/s for a second
+        arrivals.add(index / 600)
+    assert arrivals.per_second(1.0) == pytest.approx(600, rel=0.02)
+    assert arrivals.per_second(1.5) < 5  # half a second without an event
+    arrivals.add(2.0, count=3)  # a request of three
+    assert arrivals.per_second(2.0) == pytest.approx(30, rel=0.05)
+
+
 @given(
     st.dictionaries(
         st.text(max_size=20),
