@@ -25,12 +25,15 @@ Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
 * **siem** — the worker's Splunk HEC sink (batches of up to 100 events, 0.2 s linger)
   against a bare aiohttp loop posting each receive of 10 as one batch (goal ≤ 1.0x).
 
+``--against DIR`` (A/B of a change): per sink, only this checkout's worker and the worker of
+the checkout in DIR (e.g. ``git archive main | tar -x -C DIR``), the same rounds.
+
 Also printed: the CPU each consumer spends starting (process start → serving, its pollers
 started) and idle CPU per second (an empty queue, 20 s long polls, every consumer at once).
 
     .venv/bin/python bench/overhead.py [--events N] [--rounds R] [--sinks webhook,crm,siem]
                                        [--transports] [--idle-seconds S]
-                                       [--moto-closes-connections]
+                                       [--moto-closes-connections] [--against DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -64,6 +68,8 @@ class Variant:
     sink: str
     kind: str  # worker | bare | peer
     client: str = "aiohttp"
+    source: pathlib.Path | None = None
+    """Another checkout whose worker this runs (``--against``)."""
     target: tuple[str, float] | None = None
     """(goal text, highest ratio worker / this allowed) when a goal names this consumer."""
     child: _common.Child | None = None
@@ -79,9 +85,15 @@ class Variant:
         return self.kind == "worker"
 
 
-def variants(sinks: Sequence[str], *, transports: bool) -> list[Variant]:
+def variants(sinks: Sequence[str], *, transports: bool, against: pathlib.Path | None = None) -> list[Variant]:
     found: list[Variant] = []
     for sink in sinks:
+        if against is not None:  # A/B: this checkout's worker against another's, nothing else
+            found.append(Variant(f"fanout-worker ({sink} sink), this checkout", sink, "worker"))
+            found.append(
+                Variant(f"fanout-worker ({sink} sink), {against.name}", sink, "worker-b", source=against)
+            )
+            continue
         found.append(Variant(f"fanout-worker ({sink} sink, memory store, defaults)", sink, "worker"))
         found.append(
             Variant(
@@ -120,10 +132,12 @@ def worker_spec(sink: str, queue_url: str, receiver: _common.Receiver) -> dict[s
 def start(variant: Variant, index: int, receiver: _common.Receiver) -> _common.Child:
     """Start ``variant``; when this returns it is serving and ``startup_cpu`` is known."""
     endpoint = receiver.url if variant.sink == "webhook" else receiver.base_url
-    if variant.is_worker:
+    if variant.kind.startswith("worker"):
         name = f"overhead-{index}"
         manifest = _common.write_manifest(worker_spec(variant.sink, variant.queue_url, receiver), name)
-        worker = _common.WorkerProcess(manifest, name=name, env={TOKEN_VARIABLE: _baselines.TOKEN})
+        worker = _common.WorkerProcess(
+            manifest, name=name, env={TOKEN_VARIABLE: _baselines.TOKEN}, source=variant.source
+        )
         worker.wait_ready(probe="healthz")
         variant.startup_cpu = worker.cpu_seconds()
         return worker
@@ -178,11 +192,18 @@ async def measure(
 
 
 async def run(
-    count: int, rounds: int, sinks: Sequence[str], *, transports: bool, idle: float, closing_moto: bool
+    count: int,
+    rounds: int,
+    sinks: Sequence[str],
+    *,
+    transports: bool,
+    idle: float,
+    closing_moto: bool,
+    against: pathlib.Path | None = None,
 ) -> int:
     bodies = traffic(count)
     chunk = (len(bodies) + rounds - 1) // rounds
-    chosen = variants(sinks, transports=transports)
+    chosen = variants(sinks, transports=transports, against=against)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_common.aws_endpoint() if closing_moto else _common.keep_alive_aws_endpoint())
         receiver = stack.enter_context(_common.Receiver())
@@ -231,6 +252,10 @@ def report(chosen: list[Variant], count: int, rounds: int, idle: float, *, closi
                 f" {ratio:>11.2f}"
             )
         for variant in group:
+            if variant.kind == "worker-b":
+                pairs = zip(worker.rounds, variant.rounds, strict=True)
+                by_round = " ".join(f"{w / v:.2f}" for w, v in pairs)
+                print(_common.figure_line("  this checkout / the other, round by round", by_round))
             if variant.target is None:
                 continue
             goal, limit = variant.target
@@ -262,6 +287,12 @@ def main() -> int:
     )
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument(
+        "--against",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="A/B: only this checkout's worker and the worker of the checkout in DIR, per sink",
+    )
+    parser.add_argument(
         "--moto-closes-connections",
         action="store_true",
         help="serve moto with its own server, which closes every connection (AWS keeps them alive)",
@@ -279,6 +310,7 @@ def main() -> int:
             transports=args.transports,
             idle=args.idle_seconds,
             closing_moto=args.moto_closes_connections,
+            against=args.against.resolve() if args.against else None,
         )
     )
 
