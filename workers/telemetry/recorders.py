@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
 from workers import events, messages
-from workers.telemetry import logs, tracing
+from workers.telemetry import logs, summaries, tracing
 from workers.telemetry import metrics as _metrics
 
 # Child span names the runtime uses; ACK is a messaging "settle" operation.
@@ -132,6 +132,7 @@ class WorkerTelemetry:
         self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
         self._recording = tracing.Recording(tracer_provider)
         self._ready: bool | None = None
+        self._summary = summaries.DeliveredSummary()
         self._in_flight_value: int | None = None
         self._lanes_value: int | None = None
         q = self.queue
@@ -294,13 +295,22 @@ class WorkerTelemetry:
         if event.event_time_ms is not None:
             end_to_end = max(0.0, (now_ms - event.event_time_ms) / 1000.0)
             self._e2e_event.observe(end_to_end)
-        if not logs.STATE_LOGGER.isEnabledFor(logging.INFO):
+        if not logs.STATE_LOGGER.isEnabledFor(logging.DEBUG):  # INFO: one line per interval
+            self._summary.add(processing_seconds, end_to_end)
             return
         fields = self._fields(message, event)
         fields["processing_seconds"] = round(processing_seconds, 6)
         if end_to_end is not None:
             fields["end_to_end_seconds"] = round(end_to_end, 3)
         self._log(logging.INFO, "delivered", fields)
+
+    @_never_raises
+    def log_delivered_summary(self) -> None:
+        """The ``delivered_summary`` line of the deliveries since the last (none: no line);
+        the worker calls it every ``summaries.INTERVAL_SECONDS`` and when it stops."""
+        fields = self._summary.take()
+        if fields is not None and logs.STATE_LOGGER.isEnabledFor(logging.INFO):
+            self._log(logging.INFO, "delivered_summary", {**self._fields(None, None), **fields})
 
     @_never_raises
     def filtered(self, message: messages.Message, event: events.Event) -> None:
