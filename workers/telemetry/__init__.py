@@ -14,6 +14,7 @@ This package is the facade callers import (``from workers import telemetry``); t
     logs        the JSON line format; scrubbing free text of payload values and secrets
     tracing     SDK set-up from OTEL_* only; producer context from X-Ray / traceparent / SNS
     recorders   WorkerTelemetry and SinkTelemetry, the only writers of the above
+    spans       span context managers that never raise (and cost little while none records)
     summaries   successful deliveries as one log line per interval at INFO (each at DEBUG)
 """
 
