@@ -68,10 +68,10 @@ class Variant:
     sink: str
     kind: str  # worker | bare | peer
     client: str = "aiohttp"
-    source: pathlib.Path | None = None
-    """Another checkout whose worker this runs (``--against``)."""
     target: tuple[str, float] | None = None
     """(goal text, highest ratio worker / this allowed) when a goal names this consumer."""
+    source: pathlib.Path | None = None
+    """Another checkout whose worker this runs (``--against``)."""
     child: _common.Child | None = None
     queue_url: str = ""
     startup_cpu: float = 0.0
