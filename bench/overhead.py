@@ -12,11 +12,12 @@ are of CPU seconds summed over the rounds.
 Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
 
 * **webhook** — ``fanout-worker`` (webhook sink, memory idempotency store, the spec's
-  defaults: 2 pollers of 10 messages, 20 s long polls, INFO logs, one JSON line per state
-  change, metrics; no OTLP endpoint, so no span is recorded) against a bare aiobotocore +
-  **aiohttp** loop (the goal: worker ≤ 1.0x its CPU per event), a bare aiobotocore +
-  **httpx** loop (httpx's default transport) and the PyPI peer **sqs-workers** (boto3 + sync
-  httpx, one message at a time; the goal: worker ≤ 0.5x). ``--transports`` adds the bare
+  defaults: 2 pollers of 10 messages, 20 s long polls, INFO logs — one JSON line per state
+  change, successful deliveries summed per 10 s —, metrics; no OTLP endpoint, so no span
+  is recorded) against a bare aiobotocore + **aiohttp** loop (the goal: worker ≤ 1.0x its
+  CPU per event), a bare aiobotocore + **httpx** loop (httpx's default transport) and the
+  PyPI peer **sqs-workers** (boto3 + sync httpx, one message at a time; the goal: worker ≤
+  0.5x). ``--transports`` adds the bare
   loop with httpx on the worker's sinks' transport (httpx on aiohttp: what httpx's API costs
   over aiohttp's, and what the worker costs beyond the same I/O) and on the PyPI adapter
   ``httpx-aiohttp``.
