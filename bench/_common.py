@@ -109,6 +109,7 @@ class Child:
         *,
         env: dict[str, str] | None = None,
         log_name: str = "child",
+        cwd: pathlib.Path | None = None,
     ) -> None:
         self.log_path = pathlib.Path(tempfile.gettempdir()) / f"fanout-bench-{log_name}-{os.getpid()}.log"
         self._log = self.log_path.open("wb")
@@ -117,7 +118,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=self._log,
             env={**os.environ, **(env or {})},
-            cwd=REPO,
+            cwd=cwd or REPO,
         )
 
     @property
@@ -234,7 +235,16 @@ def write_manifest(spec: dict[str, Any], name: str) -> pathlib.Path:
 class WorkerProcess(Child):
     """``fanout-worker --config FILE`` as a child; ready once ``/readyz`` answers 200."""
 
-    def __init__(self, manifest: pathlib.Path, *, env: dict[str, str] | None = None, name: str) -> None:
+    def __init__(
+        self,
+        manifest: pathlib.Path,
+        *,
+        env: dict[str, str] | None = None,
+        name: str,
+        source: pathlib.Path | None = None,
+    ) -> None:
+        """``source``: a checkout whose ``workers`` to run instead of this one's (``-m`` puts
+        the working directory first on the path), for A/B comparisons."""
         self.http_port = aws.free_port()
         super().__init__(
             [
@@ -250,6 +260,7 @@ class WorkerProcess(Child):
             ],
             env=env,
             log_name=name,
+            cwd=source,
         )
 
     def wait_ready(self, timeout: float = 30.0, *, probe: str = "readyz") -> None:

@@ -12,11 +12,12 @@ are of CPU seconds summed over the rounds.
 Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
 
 * **webhook** — ``fanout-worker`` (webhook sink, memory idempotency store, the spec's
-  defaults: 2 pollers of 10 messages, 20 s long polls, INFO logs, one JSON line per state
-  change, metrics; no OTLP endpoint, so no span is recorded) against a bare aiobotocore +
-  **aiohttp** loop (the goal: worker ≤ 1.0x its CPU per event), a bare aiobotocore +
-  **httpx** loop (httpx's default transport) and the PyPI peer **sqs-workers** (boto3 + sync
-  httpx, one message at a time; the goal: worker ≤ 0.5x). ``--transports`` adds the bare
+  defaults: 2 pollers of 10 messages, 20 s long polls, INFO logs — one JSON line per state
+  change, successful deliveries summed per 10 s —, metrics; no OTLP endpoint, so no span
+  is recorded) against a bare aiobotocore + **aiohttp** loop (the goal: worker ≤ 1.0x its
+  CPU per event), a bare aiobotocore + **httpx** loop (httpx's default transport) and the
+  PyPI peer **sqs-workers** (boto3 + sync httpx, one message at a time; the goal: worker ≤
+  0.5x). ``--transports`` adds the bare
   loop with httpx on the worker's sinks' transport (httpx on aiohttp: what httpx's API costs
   over aiohttp's, and what the worker costs beyond the same I/O) and on the PyPI adapter
   ``httpx-aiohttp``.
@@ -25,12 +26,15 @@ Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
 * **siem** — the worker's Splunk HEC sink (batches of up to 100 events, 0.2 s linger)
   against a bare aiohttp loop posting each receive of 10 as one batch (goal ≤ 1.0x).
 
+``--against DIR`` (A/B of a change): per sink, only this checkout's worker and the worker of
+the checkout in DIR (e.g. ``git archive main | tar -x -C DIR``), the same rounds.
+
 Also printed: the CPU each consumer spends starting (process start → serving, its pollers
 started) and idle CPU per second (an empty queue, 20 s long polls, every consumer at once).
 
     .venv/bin/python bench/overhead.py [--events N] [--rounds R] [--sinks webhook,crm,siem]
                                        [--transports] [--idle-seconds S]
-                                       [--moto-closes-connections]
+                                       [--moto-closes-connections] [--against DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -66,6 +71,8 @@ class Variant:
     client: str = "aiohttp"
     target: tuple[str, float] | None = None
     """(goal text, highest ratio worker / this allowed) when a goal names this consumer."""
+    source: pathlib.Path | None = None
+    """Another checkout whose worker this runs (``--against``)."""
     child: _common.Child | None = None
     queue_url: str = ""
     startup_cpu: float = 0.0
@@ -79,9 +86,15 @@ class Variant:
         return self.kind == "worker"
 
 
-def variants(sinks: Sequence[str], *, transports: bool) -> list[Variant]:
+def variants(sinks: Sequence[str], *, transports: bool, against: pathlib.Path | None = None) -> list[Variant]:
     found: list[Variant] = []
     for sink in sinks:
+        if against is not None:  # A/B: this checkout's worker against another's, nothing else
+            found.append(Variant(f"fanout-worker ({sink} sink), this checkout", sink, "worker"))
+            found.append(
+                Variant(f"fanout-worker ({sink} sink), {against.name}", sink, "worker-b", source=against)
+            )
+            continue
         found.append(Variant(f"fanout-worker ({sink} sink, memory store, defaults)", sink, "worker"))
         found.append(
             Variant(
@@ -120,10 +133,12 @@ def worker_spec(sink: str, queue_url: str, receiver: _common.Receiver) -> dict[s
 def start(variant: Variant, index: int, receiver: _common.Receiver) -> _common.Child:
     """Start ``variant``; when this returns it is serving and ``startup_cpu`` is known."""
     endpoint = receiver.url if variant.sink == "webhook" else receiver.base_url
-    if variant.is_worker:
+    if variant.kind.startswith("worker"):
         name = f"overhead-{index}"
         manifest = _common.write_manifest(worker_spec(variant.sink, variant.queue_url, receiver), name)
-        worker = _common.WorkerProcess(manifest, name=name, env={TOKEN_VARIABLE: _baselines.TOKEN})
+        worker = _common.WorkerProcess(
+            manifest, name=name, env={TOKEN_VARIABLE: _baselines.TOKEN}, source=variant.source
+        )
         worker.wait_ready(probe="healthz")
         variant.startup_cpu = worker.cpu_seconds()
         return worker
@@ -178,11 +193,18 @@ async def measure(
 
 
 async def run(
-    count: int, rounds: int, sinks: Sequence[str], *, transports: bool, idle: float, closing_moto: bool
+    count: int,
+    rounds: int,
+    sinks: Sequence[str],
+    *,
+    transports: bool,
+    idle: float,
+    closing_moto: bool,
+    against: pathlib.Path | None = None,
 ) -> int:
     bodies = traffic(count)
     chunk = (len(bodies) + rounds - 1) // rounds
-    chosen = variants(sinks, transports=transports)
+    chosen = variants(sinks, transports=transports, against=against)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_common.aws_endpoint() if closing_moto else _common.keep_alive_aws_endpoint())
         receiver = stack.enter_context(_common.Receiver())
@@ -231,6 +253,10 @@ def report(chosen: list[Variant], count: int, rounds: int, idle: float, *, closi
                 f" {ratio:>11.2f}"
             )
         for variant in group:
+            if variant.kind == "worker-b":
+                pairs = zip(worker.rounds, variant.rounds, strict=True)
+                by_round = " ".join(f"{w / v:.2f}" for w, v in pairs)
+                print(_common.figure_line("  this checkout / the other, round by round", by_round))
             if variant.target is None:
                 continue
             goal, limit = variant.target
@@ -262,6 +288,12 @@ def main() -> int:
     )
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument(
+        "--against",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="A/B: only this checkout's worker and the worker of the checkout in DIR, per sink",
+    )
+    parser.add_argument(
         "--moto-closes-connections",
         action="store_true",
         help="serve moto with its own server, which closes every connection (AWS keeps them alive)",
@@ -279,6 +311,7 @@ def main() -> int:
             transports=args.transports,
             idle=args.idle_seconds,
             closing_moto=args.moto_closes_connections,
+            against=args.against.resolve() if args.against else None,
         )
     )
 

@@ -153,6 +153,8 @@ async def test_the_exchange_sends_what_client_request_would(serve: Callable[...,
         ("PATCH", f"{base}/sobjects/C/Id/conv%3A2", {"Authorization": "Bearer t"}, b'{"a":1}'),
         ("POST", f"{base}/events", {"Content-Type": "application/json", "Accept": "application/json"}, b"{}"),
         ("POST", f"{base}/events", {}, b"again"),
+        ("POST", f"{base}/events", {}, b""),  # Content-Length: 0 all the same
+        ("GET", f"{base}/services/collector/health", {}, b""),  # no Content-Length at all
     ]
     async with httpx.AsyncClient(limits=LIMITS, timeout=sink.timeout_seconds) as stock:
         for method, url, headers, body in calls:

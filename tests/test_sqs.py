@@ -13,6 +13,7 @@ import aiobotocore.config
 import aiobotocore.session
 import botocore.exceptions
 import pytest
+from aiohttp import web
 
 from fanout_core import awserrors
 from fanout_lab.simulators import aws
@@ -73,3 +74,35 @@ async def test_error_replies_mean_what_they_mean_everywhere(
     assert (caught.value.kind, caught.value.code) == (kind, code)
     assert caught.value.retryable is awserrors.retryable(kind)
     assert isinstance(caught.value.__cause__, botocore.exceptions.ClientError)
+
+
+async def test_every_call_names_the_worker_in_a_user_agent_built_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fixed ``user_agent`` (botocore's option) instead of the header rebuilt per call."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("User-Agent", ""))
+        await request.read()
+        return web.json_response({}, content_type="application/x-amz-json-1.0")
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = aws.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        async with seam.client(region="us-east-1", max_connections=2) as client:
+            for _ in range(2):
+                await seam.call(client.receive_message, QueueUrl=f"http://127.0.0.1:{port}/1/q")
+    finally:
+        await runner.cleanup()
+    assert len(seen) == 2
+    assert seen[0] == seen[1]
+    assert seen[0].startswith("fanout-worker/")
+    assert seen[0].count(" botocore/") == 1  # the SDK still names itself, once

@@ -194,6 +194,45 @@ def test_level_is_configurable_and_configuring_twice_keeps_one_handler(log_strea
     assert [line["msg"] for line in _lines(log_stream)] == ["dead_lettered"]
 
 
+def test_at_info_deliveries_are_one_summary_line_per_interval_and_the_rest_one_line_each(
+    log_stream: io.StringIO,
+) -> None:
+    """The documented sampled equivalent (telemetry.summaries): at INFO a successful delivery
+    writes no line of its own; the summary counts them; every other state keeps its line."""
+    telemetry.configure_logging("INFO", stream=log_stream)
+    worker = telemetry.WorkerTelemetry(queue_url=QUEUE_URL, sink_name="crm")
+    cases = _examples()
+    for message, event in cases:
+        with worker.process_span(message, event):
+            worker.delivered(message, event, 0.25)
+    message, event = cases[0]
+    worker.retried(message, event, 2.5, telemetry.ReasonClass.TRANSIENT, "sink timed out")
+    worker.duplicate(message, event)
+    worker.log_delivered_summary()
+    worker.log_delivered_summary()  # nothing delivered since: no line
+
+    lines = _lines(log_stream)
+    assert [line["msg"] for line in lines] == ["retried", "duplicate", "delivered_summary"]
+    summary = lines[-1]
+    assert summary["queue"] == "interactions"
+    assert summary["count"] == len(cases) > 1
+    assert summary["processing_seconds_mean"] == summary["processing_seconds_max"] == 0.25
+    assert summary["end_to_end_seconds_max"] >= summary["end_to_end_seconds_mean"] > 0
+    assert summary["interval_seconds"] >= 0
+    assert summary["trace_id"] is None  # it belongs to no one event
+
+
+def test_at_debug_every_delivery_has_its_own_line(log_stream: io.StringIO) -> None:
+    worker = telemetry.WorkerTelemetry(queue_url=QUEUE_URL, sink_name="crm")
+    cases = _examples()
+    for message, event in cases:
+        worker.delivered(message, event, 0.25)
+    worker.log_delivered_summary()
+    lines = _lines(log_stream)
+    assert [line["msg"] for line in lines] == ["delivered"] * len(cases)
+    assert [line["event_id"] for line in lines] == [event.event_id for _, event in cases]
+
+
 def test_debug_level_does_not_turn_on_wire_dumps_of_client_libraries(log_stream: io.StringIO) -> None:
     for name in ("botocore.parsers", "botocore.endpoint", "aiobotocore.endpoint", "httpx", "httpcore.http11"):
         logging.getLogger(name).debug("Response body: %s", "tel:+13175550123")

@@ -466,3 +466,20 @@ def test_xray_header_round_trips(trace_id: int, span_id: int, sampled: bool, lin
         header += ";Lineage=a87bd80c:1|68fd508a:5"
     (context,) = telemetry.producer_contexts(_message(Attributes={"AWSTraceHeader": header}))
     assert (context.trace_id, context.span_id, context.trace_flags.sampled) == (trace_id, span_id, sampled)
+
+
+def test_without_an_sdk_a_failure_carrying_the_context_is_counted_and_the_work_goes_on() -> None:
+    """Telemetry never raises into the data path: a message of a shape the carrier cannot
+    read (here not a message at all) leaves the work under the invalid span, counted."""
+    queue_url = "http://127.0.0.1:9/123456789012/carried"
+    worker = telemetry.WorkerTelemetry(queue_url=queue_url, sink_name="webhook")
+    ran = False
+    with worker.process_span(object(), None) as span:  # type: ignore[arg-type]
+        ran = True
+        assert span is trace.INVALID_SPAN
+        assert not trace.get_current_span().get_span_context().is_valid
+    assert ran
+    errors = worker.metrics.registry.get_sample_value(
+        "fanout_telemetry_errors_total", {"queue": worker.queue}
+    )
+    assert errors == 1

@@ -86,7 +86,8 @@ class _Running:
     receiving: list[asyncio.Task[None]]
     """The pollers' tasks, in the pollers' order."""
     sharing: list[asyncio.Task[None]]
-    """Reading this replica's share of the fleet's work (with a fleet-wide rate limit)."""
+    """Side tasks, stopped after the drain: the delivered-summary log line, and reading this
+    replica's share of the fleet's work (with a fleet-wide rate limit)."""
 
 
 class Worker:
@@ -217,7 +218,7 @@ class Worker:
         settler.start()
         dispatcher = asyncio.create_task(self._supervise("dispatcher", stages.processor.run))
         turns = polling.Turns()
-        sharing: list[asyncio.Task[None]] = []
+        sharing = [asyncio.create_task(self._supervise("log-summary", self._log_summaries))]
         if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
             share = functools.partial(
                 fleet.watch_share,
@@ -259,7 +260,14 @@ class Worker:
         await stages.processor.drain(self.spec.shutdown.grace_period_seconds)
         await _cancel(tasks.dispatcher, *tasks.sharing)
         await stages.settler.aclose()
+        self.telemetry.log_delivered_summary()
         log.info("worker stopped")
+
+    async def _log_summaries(self) -> None:
+        """The ``delivered_summary`` line every interval (:mod:`workers.telemetry.summaries`)."""
+        while True:
+            await asyncio.sleep(telemetry.summaries.INTERVAL_SECONDS)
+            self.telemetry.log_delivered_summary()
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         await supervision.supervise(name, run, health=self.health, on_restart=self.telemetry.task_restarted)

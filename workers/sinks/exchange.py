@@ -33,7 +33,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 import httpx
 
@@ -280,11 +280,34 @@ class _RequestBuilder:
                 (name, value) for name, value in self._spec_headers.items() if name.lower() not in own
             ]
         overridden = {name.lower() for name, _ in extra}
-        merged = [(name, value) for name, value in self._defaults if name.lower() not in overridden]
-        merged.extend(extra)
-        return httpx.Request(
-            method, _parsed(url), content=content, headers=merged, extensions=dict(self._extensions)
-        )
+        parsed = _parsed(url)
+        # The headers ``Request(content=...)`` would add, where it would put them, unless set
+        # already: Host first, then for an empty POST, PUT or PATCH ``Content-Length: 0``; a
+        # body's Content-Length last. Given as a stream (httpx's API for a request whose
+        # headers are complete) the request skips normalising every header twice.
+        complete: list[tuple[str, str]] = []
+        if "host" not in overridden:
+            complete.append(("Host", _netloc(parsed)))
+        sized = "content-length" in overridden or "transfer-encoding" in overridden
+        if not sized and not content and method.upper() in _BODY_METHODS:
+            complete.append(("Content-Length", "0"))
+        complete.extend((name, value) for name, value in self._defaults if name.lower() not in overridden)
+        complete.extend(extra)
+        if not sized and content:
+            complete.append(("Content-Length", str(len(content))))
+        extensions = dict(self._extensions)
+        stream = httpx.ByteStream(content)
+        request = httpx.Request(method, parsed, headers=complete, stream=stream, extensions=extensions)
+        request.read()  # what content= does: the body is there to read again (a retry, a hook)
+        return request
+
+
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _netloc(url: httpx.URL) -> str:
+    return url.netloc.decode("ascii")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -3,8 +3,10 @@
 The runtime (polling, processing, settling, running) holds one :class:`WorkerTelemetry`
 per queue and calls one method per state change (``received``, ``delivered``,
 ``retried``...); each call bumps its Prometheus metric AND writes one JSON log line, so
-metrics and logs cannot drift apart. Sinks and throttling hold a :class:`SinkTelemetry`.
-Spans are OpenTelemetry context managers that cost nothing when no SDK is configured.
+metrics and logs cannot drift apart — but for successful deliveries at INFO, which are
+summed into one ``delivered_summary`` line per interval (``summaries``).
+Sinks and throttling hold a :class:`SinkTelemetry`. Spans are OpenTelemetry context
+managers that cost nothing when no SDK is configured.
 
 This package is the facade callers import (``from workers import telemetry``); the parts:
 
@@ -12,10 +14,13 @@ This package is the facade callers import (``from workers import telemetry``); t
     logs        the JSON line format; scrubbing free text of payload values and secrets
     tracing     SDK set-up from OTEL_* only; producer context from X-Ray / traceparent / SNS
     recorders   WorkerTelemetry and SinkTelemetry, the only writers of the above
+    spans       span context managers that never raise (and cost little while none records)
+    summaries   successful deliveries as one log line per interval at INFO (each at DEBUG)
 """
 
 from __future__ import annotations
 
+from workers.telemetry import summaries
 from workers.telemetry.logs import JsonFormatter, configure_logging, redact_payload, scrub
 from workers.telemetry.metrics import CircuitState, ReasonClass, SinkOutcome, WorkerMetrics, queue_name
 from workers.telemetry.recorders import ACK, DEDUPE, SinkTelemetry, WorkerTelemetry
@@ -39,4 +44,5 @@ __all__ = [
     "queue_name",
     "redact_payload",
     "scrub",
+    "summaries",
 ]

@@ -10,10 +10,11 @@ Log lines copy identifiers from the message and the event, never ``payload``.
 They run once or more per event, so they keep their cost down: label children are looked up
 once, gauges are set only when their value changes, and while no SDK records spans
 (:class:`~workers.telemetry.tracing.Recording`) the span methods only carry the context on —
-what the no-op API would do, without building attributes and links nobody reads.
+what the no-op API would do, without building attributes and links nobody reads, nor the
+guard a recording span gets (:mod:`~workers.telemetry.spans`).
 
 They observe; they never raise into, block or change the data path. Every state-change
-method is wrapped by :func:`_never_raises` and every span by :class:`_SafeSpan`: a failure
+method is wrapped by :func:`_never_raises` and every span guarded (``spans``): a failure
 inside telemetry (a payload of an unexpected shape, an exporter bug) is counted in
 ``fanout_telemetry_errors_total`` and logged by type only, and the caller goes on.
 
@@ -29,7 +30,6 @@ import functools
 import logging
 import math
 import time
-import types
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, ParamSpec
@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
 from workers import events, messages
-from workers.telemetry import logs, tracing
+from workers.telemetry import logs, spans, summaries, tracing
 from workers.telemetry import metrics as _metrics
 
 # Child span names the runtime uses; ACK is a messaging "settle" operation.
@@ -47,18 +47,6 @@ DEDUPE: Final = "dedupe"
 ACK: Final = "ack"
 
 _P = ParamSpec("_P")
-_log = logging.getLogger(__name__)
-
-
-def _telemetry_failed(owner: object, what: str, error: BaseException) -> None:
-    """Count and note a failure inside telemetry; never raises itself."""
-    try:
-        families = getattr(owner, "metrics", None)
-        if isinstance(families, _metrics.WorkerMetrics):
-            families.telemetry_errors.labels(str(getattr(owner, "queue", "") or "-")).inc()
-        _log.warning("telemetry call failed; ignored", extra={"call": what, "error": type(error).__name__})
-    except Exception:  # the last line of defence must not raise either
-        return
 
 
 def _never_raises(method: Callable[_P, None]) -> Callable[_P, None]:
@@ -69,45 +57,9 @@ def _never_raises(method: Callable[_P, None]) -> Callable[_P, None]:
         try:
             method(*args, **kwargs)
         except Exception as error:
-            _telemetry_failed(args[0] if args else None, method.__name__, error)
+            spans.failed(args[0] if args else None, method.__name__, error)
 
     return guarded
-
-
-class _SafeSpan(contextlib.AbstractContextManager[Span]):
-    """A span context that falls back to the current (non-recording) span when telemetry fails."""
-
-    __slots__ = ("_inner", "_make", "_owner")
-
-    def __init__(self, owner: object, make: Callable[[], contextlib.AbstractContextManager[Span]]) -> None:
-        self._owner = owner
-        self._make = make
-        self._inner: contextlib.AbstractContextManager[Span] | None = None
-
-    def __enter__(self) -> Span:
-        try:
-            inner = self._make()
-            span = inner.__enter__()
-        except Exception as error:
-            _telemetry_failed(self._owner, "span", error)
-            return trace.INVALID_SPAN
-        self._inner = inner
-        return span
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        inner, self._inner = self._inner, None
-        if inner is None:
-            return
-        try:
-            inner.__exit__(kind, error, traceback)
-        except Exception as failure:
-            if failure is not error:
-                _telemetry_failed(self._owner, "span", failure)
 
 
 class WorkerTelemetry:
@@ -132,6 +84,7 @@ class WorkerTelemetry:
         self._tracer = trace.get_tracer(tracing.TRACER_NAME, tracer_provider=tracer_provider)
         self._recording = tracing.Recording(tracer_provider)
         self._ready: bool | None = None
+        self._summary = summaries.DeliveredSummary()
         self._in_flight_value: int | None = None
         self._lanes_value: int | None = None
         q = self.queue
@@ -165,11 +118,11 @@ class WorkerTelemetry:
 
     def receive_span(self) -> contextlib.AbstractContextManager[Span]:
         """``receive <queue>`` CLIENT span around one ReceiveMessage call."""
-        return _SafeSpan(self, self._receive_span)
+        return spans.Guarded(self, self._receive_span)
 
     def _receive_span(self) -> contextlib.AbstractContextManager[Span]:
         if not self._recording():
-            return _current_span()
+            return spans.current()
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "receive"
         attributes["messaging.operation.name"] = "ReceiveMessage"
@@ -191,7 +144,9 @@ class WorkerTelemetry:
         self, message: messages.Message, event: events.Event | None
     ) -> contextlib.AbstractContextManager[Span]:
         """``process <queue>`` CONSUMER span for one message (see :meth:`_process_span`)."""
-        return _SafeSpan(self, functools.partial(self._process_span, message, event))
+        if not self._recording():
+            return spans.Carried(self, message, event)
+        return spans.Guarded(self, functools.partial(self._process_span, message, event))
 
     @contextlib.contextmanager
     def _process_span(self, message: messages.Message, event: events.Event | None) -> Iterator[Span]:
@@ -200,18 +155,10 @@ class WorkerTelemetry:
         The first producer context becomes the parent (one trace from producer to the
         downstream call); every producer context is also a link, as the conventions ask.
         Without one, the span starts a new trace (not a child of whatever is current).
-        While nothing records spans, the producer's context (or none) becomes current: log
-        lines and the downstream ``traceparent`` then carry the producer's trace.
+        While nothing records spans, :class:`~workers.telemetry.spans.Carried` makes the
+        producer's context (or none) current instead: log lines and the downstream
+        ``traceparent`` then carry the producer's trace.
         """
-        if not self._recording():
-            producers = tracing.producer_contexts(message, event)
-            current = trace.NonRecordingSpan(producers[0]) if producers else trace.INVALID_SPAN
-            token = otel_context.attach(trace.set_span_in_context(current))
-            try:
-                yield current
-            finally:
-                otel_context.detach(token)
-            return
         attributes = self._base_attributes()
         attributes["messaging.operation.type"] = "process"
         attributes["messaging.operation.name"] = "process"
@@ -236,11 +183,11 @@ class WorkerTelemetry:
 
     def child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
         """An INTERNAL child of the current span: :data:`DEDUPE`, :data:`ACK` (a settle)."""
-        return _SafeSpan(self, functools.partial(self._child_span, name))
+        if not self._recording():
+            return spans.current()
+        return spans.Guarded(self, functools.partial(self._child_span, name))
 
     def _child_span(self, name: str) -> contextlib.AbstractContextManager[Span]:
-        if not self._recording():
-            return _current_span()
         attributes: dict[str, str] = {}
         if name == ACK:
             attributes = self._base_attributes()
@@ -294,13 +241,22 @@ class WorkerTelemetry:
         if event.event_time_ms is not None:
             end_to_end = max(0.0, (now_ms - event.event_time_ms) / 1000.0)
             self._e2e_event.observe(end_to_end)
-        if not logs.STATE_LOGGER.isEnabledFor(logging.INFO):
+        if not logs.STATE_LOGGER.isEnabledFor(logging.DEBUG):  # INFO: one line per interval
+            self._summary.add(processing_seconds, end_to_end)
             return
         fields = self._fields(message, event)
         fields["processing_seconds"] = round(processing_seconds, 6)
         if end_to_end is not None:
             fields["end_to_end_seconds"] = round(end_to_end, 3)
         self._log(logging.INFO, "delivered", fields)
+
+    @_never_raises
+    def log_delivered_summary(self) -> None:
+        """The ``delivered_summary`` line of the deliveries since the last (none: no line);
+        the worker calls it every ``summaries.INTERVAL_SECONDS`` and when it stops."""
+        fields = self._summary.take()
+        if fields is not None and logs.STATE_LOGGER.isEnabledFor(logging.INFO):
+            self._log(logging.INFO, "delivered_summary", {**self._fields(None, None), **fields})
 
     @_never_raises
     def filtered(self, message: messages.Message, event: events.Event) -> None:
@@ -518,11 +474,11 @@ class SinkTelemetry:
 
         The URL is recorded without userinfo, query or fragment: those can carry secrets.
         """
-        return _SafeSpan(self, functools.partial(self._http_span, method, url))
+        if not self._recording():
+            return spans.current()
+        return spans.Guarded(self, functools.partial(self._http_span, method, url))
 
     def _http_span(self, method: str, url: str) -> contextlib.AbstractContextManager[Span]:
-        if not self._recording():
-            return _current_span()
         attributes = dict(_http_attributes(method.upper(), url, self.sink_name))
         return self._tracer.start_as_current_span(method.upper(), kind=SpanKind.CLIENT, attributes=attributes)
 
@@ -543,11 +499,3 @@ def _http_attributes(method: str, url: str, sink_name: str) -> tuple[tuple[str, 
             (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path, "", "")
         )
     return tuple(attributes.items())
-
-
-def _current_span() -> contextlib.AbstractContextManager[Span]:
-    """What the no-op API's ``start_as_current_span`` amounts to: the current context, as is."""
-    span = trace.get_current_span()
-    if not isinstance(span, trace.NonRecordingSpan):
-        span = trace.NonRecordingSpan(span.get_span_context())
-    return contextlib.nullcontext(span)
