@@ -85,7 +85,7 @@ class _Running:
     pollers: list[polling.Poller]
     receiving: list[asyncio.Task[None]]
     """The pollers' tasks, in the pollers' order."""
-    sharing: list[asyncio.Task[None]]
+    side: list[asyncio.Task[None]]
     """Side tasks, stopped after the drain: the delivered-summary log line, and reading this
     replica's share of the fleet's work (with a fleet-wide rate limit)."""
 
@@ -218,7 +218,7 @@ class Worker:
         settler.start()
         dispatcher = asyncio.create_task(self._supervise("dispatcher", stages.processor.run))
         turns = polling.Turns()
-        sharing = [asyncio.create_task(self._supervise("log-summary", self._log_summaries))]
+        side = [asyncio.create_task(self._supervise("log-summary", self._log_summaries))]
         if self.spec.sink.rate_limit is not None:  # a fleet-wide limit goes where the work is
             share = functools.partial(
                 fleet.watch_share,
@@ -228,7 +228,7 @@ class Worker:
                 away=lambda: settler.away,
                 tell=sink.set_fleet_share,
             )
-            sharing.append(asyncio.create_task(self._supervise("fleet-share", share)))
+            side.append(asyncio.create_task(self._supervise("fleet-share", share)))
         pollers = [
             polling.Poller(
                 client=stages.client,
@@ -249,7 +249,7 @@ class Worker:
             asyncio.create_task(self._supervise(f"poller-{index}", poller.run))
             for index, poller in enumerate(pollers)
         ]
-        return _Running(dispatcher, pollers, receiving, sharing)
+        return _Running(dispatcher, pollers, receiving, side)
 
     async def _drain(self, stages: _Stages, tasks: _Running) -> None:
         """Stop receiving, let what runs finish within the grace period, flush the settler."""
@@ -258,7 +258,7 @@ class Worker:
         log.info("draining", extra={"grace_seconds": self.spec.shutdown.grace_period_seconds})
         await _stop_polling(tasks.pollers, tasks.receiving)
         await stages.processor.drain(self.spec.shutdown.grace_period_seconds)
-        await _cancel(tasks.dispatcher, *tasks.sharing)
+        await _cancel(tasks.dispatcher, *tasks.side)
         await stages.settler.aclose()
         self.telemetry.log_delivered_summary()
         log.info("worker stopped")
