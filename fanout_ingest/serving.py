@@ -38,7 +38,7 @@ import aiobotocore.session
 import aiohttp.web
 import prometheus_client
 
-from fanout_core import idempotency, probing
+from fanout_core import awsclients, idempotency, probing
 from fanout_core import spec as spec_model
 from fanout_ingest import (
     attributes,
@@ -154,6 +154,7 @@ class Gateway:
         """SNS; S3 when offloading; DynamoDB when the idempotency store is a table."""
         session = aiobotocore.session.get_session()
         aws_config = aiobotocore.config.AioConfig(
+            user_agent=awsclients.user_agent(session, "fanout-ingest"),  # built once, not per call
             max_pool_connections=self.spec.publishing.max_concurrent_calls + 4,
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=2,

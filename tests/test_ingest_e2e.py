@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiobotocore.session
 import pytest
+from aiohttp import web
 
 from fanout_core import offloading
 from fanout_ingest import config, serving
@@ -326,3 +328,48 @@ async def test_probes_metrics_and_a_draining_gateway(tmp_path: pathlib.Path, sns
     started = time.monotonic()
     await task
     assert time.monotonic() - started < 5
+
+
+async def test_every_sns_call_names_the_gateway_in_a_user_agent_built_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's AWS clients carry ``fanout-ingest/<version>`` and the SDK's own name in a
+    fixed ``User-Agent`` (botocore's option), as the worker's SQS client does: CloudTrail names
+    the component, and botocore does not rebuild the header on every call."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("User-Agent", ""))
+        body = await request.read()
+        members = "".join(
+            f"<member><Id>{entry.decode()}</Id><MessageId>m-{entry.decode()}</MessageId></member>"
+            for entry in re.findall(rb"PublishBatchRequestEntries\.member\.\d+\.Id=([^&]*)", body)
+        )
+        return web.Response(
+            content_type="text/xml",
+            text='<PublishBatchResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
+            f"<PublishBatchResult><Successful>{members}</Successful><Failed/></PublishBatchResult>"
+            "<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></PublishBatchResponse>",
+        )
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = aws.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    topic = "arn:aws:sns:us-east-1:123456789012:genesys-events"
+    gateway = serving.Gateway(ingest_manifest(topic, [secret_file(tmp_path, "s", SECRET)]), http_port=0)
+    try:
+        async with serving.running(gateway), webhooks.Sender(f"{gateway.url}/events", SECRET) as sender:
+            answers = [await sender.post(event) for event in conversation(length=2)]
+    finally:
+        await runner.cleanup()
+    assert [answer.status for answer in answers] == [202, 202]
+    assert len(seen) == 2
+    assert seen[0] == seen[1]
+    assert seen[0].startswith("fanout-ingest/")
+    assert seen[0].count(" botocore/") == 1  # the SDK still names itself, once
