@@ -177,11 +177,14 @@ class Gateway:
             )
         return sns, s3, dynamodb
 
+    def _exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.telemetry.metrics.registry)
+
     async def _serve(self) -> probing.Listening:
         app = aiohttp.web.Application(client_max_size=self.spec.limits.max_body_bytes)
         for source in self._sources:
             app.router.add_post(source.spec.path, self._handler(source))
-        probing.add_probes(app, readiness=self._readiness, exposition=prometheus_client.generate_latest)
+        probing.add_probes(app, readiness=self._readiness, exposition=self._exposition)
         listening = await probing.listen(
             app,
             self._http_host,

@@ -373,3 +373,27 @@ async def test_every_sns_call_names_the_gateway_in_a_user_agent_built_once(
     assert seen[0] == seen[1]
     assert seen[0].startswith("fanout-ingest/")
     assert seen[0].count(" botocore/") == 1  # the SDK still names itself, once
+
+
+async def test_each_gateway_serves_its_own_metrics(tmp_path: pathlib.Path, sns: Any, sqs: Any) -> None:
+    """A registry per gateway, as each worker has: two in one process (the demo, these tests)
+    count apart, and each ``/metrics`` also carries the process collectors."""
+    fabric = await make_fabric(sns, sqs, "ingest-registries")
+    manifest = ingest_manifest(fabric.topic_arn, [secret_file(tmp_path, "s", SECRET)])
+    busy, quiet = serving.Gateway(manifest, http_port=0), serving.Gateway(manifest, http_port=0)
+    texts = []
+    async with (
+        serving.running(busy),
+        serving.running(quiet),
+        webhooks.Sender(f"{busy.url}/events", SECRET) as sender,
+    ):
+        assert (await sender.post(conversation()[0])).status == 202
+        session = sender._session
+        assert session is not None
+        for gateway in (busy, quiet):
+            async with session.get(f"{gateway.url}/metrics") as answer:
+                texts.append(await answer.text())
+    busy_text, quiet_text = texts
+    assert 'fanout_ingest_requests_total{code="202",source="genesys"} 1.0' in busy_text
+    assert "fanout_ingest_requests_total{" not in quiet_text
+    assert "process_cpu_seconds_total" in busy_text and "process_cpu_seconds_total" in quiet_text
