@@ -2,8 +2,8 @@
 
 ``serving`` and ``publishing`` call one method per thing that happened; the method bumps
 the metric and, for refusals and failures, writes one JSON log line with identifiers only
-(never a payload, a header or a signature). Metrics are served on ``/metrics``
-(docs/contracts.md lists them). Nothing here raises into, blocks or changes the request
+(never a payload, a header or a signature). Metrics live in :class:`IngestMetrics`, a
+registry per gateway, served on ``/metrics`` (docs/contracts.md lists them). Nothing here raises into, blocks or changes the request
 path: a failing recorder is logged once and forgotten.
 """
 
