@@ -3,8 +3,9 @@
 ``serving`` and ``publishing`` call one method per thing that happened; the method bumps
 the metric and, for refusals and failures, writes one JSON log line with identifiers only
 (never a payload, a header or a signature). Metrics live in :class:`IngestMetrics`, a
-registry per gateway, served on ``/metrics`` (docs/contracts.md lists them). Nothing here raises into, blocks or changes the request
-path: a failing recorder is logged once and forgotten.
+registry per gateway, served on ``/metrics`` (docs/contracts.md lists them). Nothing here
+raises into, blocks or changes the request path: a failing recorder is logged once and
+forgotten.
 """
 
 from __future__ import annotations
