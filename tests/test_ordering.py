@@ -53,7 +53,7 @@ def test_standard_lane_delivers_in_event_time_order_whatever_the_arrival_order()
     assert len(lanes) == 0
 
 
-def test_failed_message_blocks_its_lane_until_it_comes_back_and_then_goes_first() -> None:
+def test_failed_message_blocks_its_lane_until_it_comes_back() -> None:
     lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
     add(lanes, Item("first", "c", 1))
     add(lanes, Item("other", "d", 1))
@@ -67,6 +67,23 @@ def test_failed_message_blocks_its_lane_until_it_comes_back_and_then_goes_first(
     lanes.finish("c", ordering.Finish.DONE, identities=first.item.identities, now=5)
     assert names(lanes.start_ready(5, limit=10)) == ["second"]
     del other
+
+
+def test_a_failed_message_back_takes_its_event_time_place_behind_an_earlier_one_that_came_meanwhile() -> None:
+    """A standard queue hands events over in any order: while the failed message was away (a
+    credential refused, an outage), an event of the same conversation with an EARLIER event
+    time arrived. The failed one, back, must not jump it: the lane frees and runs in event-time
+    order (LocalStack showed it: 401s while events arrived, then the later event accepted first)."""
+    lanes: ordering.Lanes[Item] = ordering.Lanes(fifo=False, hold_limit_seconds=60)
+    add(lanes, Item("later", "c", 5))
+    (later,) = lanes.start_ready(0, limit=1)
+    lanes.finish("c", ordering.Finish.FAILED, identities=later.item.identities, now=1)
+    add(lanes, Item("earlier", "c", 3), now=2)
+    assert lanes.start_ready(2, limit=1) == []  # held while the failed one is away
+    add(lanes, Item("later", "c", 5), now=3)  # back
+    assert names(lanes.start_ready(3, limit=1)) == ["earlier"]
+    lanes.finish("c", ordering.Finish.DONE, identities=frozenset({"earlier"}), now=3)
+    assert names(lanes.start_ready(3, limit=1)) == ["later"]
 
 
 def test_a_blocked_lane_moves_on_after_the_hold_limit() -> None:
@@ -284,8 +301,7 @@ class LaneMachine(RuleBasedStateMachine):
         position = item.order
         blocked = self.blocked.get(item.key)
         if blocked is not None and blocked[0] == item:
-            position = float("-inf")
-            del self.blocked[item.key]
+            del self.blocked[item.key]  # back: the lane is free; the item takes its event-time place
         self._expire(item.key)
         self.pending.setdefault(item.key, []).append((position, self.seq, item))
 

@@ -8,8 +8,9 @@ how it finished with :meth:`Lanes.finish`. The rules, in one place:
   sink together. Different lanes run in parallel (the caller caps how many).
 * Standard queues: a lane starts its pending messages in ``order`` (event time, then
   arrival). A failed (retried) message *blocks* its lane: later arrivals are held
-  until the failed message comes back (same message id or event id — it then goes
-  first) or until it is *overdue*, whichever is first. Overdue means two things: the
+  until the failed message comes back (same message id or event id — it then takes its
+  event-time place among them: an earlier event that came meanwhile goes before it) or
+  until it is *overdue*, whichever is first. Overdue means two things: the
   time it is due back plus a grace has passed, and the worker has since had its chance
   to receive it — ``receives_to_overdue`` receives that began after it was due came
   back without it (:meth:`Lanes.received`). With several replicas a retried message
@@ -262,11 +263,12 @@ class Lanes(Generic[T]):
             lane = self._lanes[key] = _Lane()
         position: Order = (order, suborder)
         if lane.blocked_by and identities & lane.blocked_by:
-            # The failed message is back (even as its hold ends): it goes first, the lane is free.
-            position = (-math.inf, 0)
+            # The failed message is back (even as its hold ends): the lane is free, and the
+            # message takes its event-time place — behind an earlier event of the key that
+            # arrived while it was away (a standard queue hands events over in any order).
             lane.unblock()
         self._prune(lane, now)
-        if self.fifo and position[0] != -math.inf:
+        if self.fifo:
             refusal = self._fifo_admission(lane, identities, position, now, redelivered)
             if refusal is not None:
                 self._index(key, lane)
