@@ -354,20 +354,14 @@ async def test_every_sns_call_names_the_gateway_in_a_user_agent_built_once(
 
     app = web.Application()
     app.router.add_post("/", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = aws.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    topic = "arn:aws:sns:us-east-1:123456789012:genesys-events"
-    gateway = serving.Gateway(ingest_manifest(topic, [secret_file(tmp_path, "s", SECRET)]), http_port=0)
-    try:
+    async with harness.serving_app(app) as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        topic = "arn:aws:sns:us-east-1:123456789012:genesys-events"
+        gateway = serving.Gateway(ingest_manifest(topic, [secret_file(tmp_path, "s", SECRET)]), http_port=0)
         async with serving.running(gateway), webhooks.Sender(f"{gateway.url}/events", SECRET) as sender:
             answers = [await sender.post(event) for event in conversation(length=2)]
-    finally:
-        await runner.cleanup()
     assert [answer.status for answer in answers] == [202, 202]
     assert len(seen) == 2
     assert seen[0] == seen[1]

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from fanout_core import awserrors
+from fanout_lab import harness
 from fanout_lab.simulators import aws
 from workers import sqs as seam
 
@@ -89,19 +90,13 @@ async def test_every_call_names_the_worker_in_a_user_agent_built_once(
 
     app = web.Application()
     app.router.add_post("/", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = aws.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    async with harness.serving_app(app) as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
         async with seam.client(region="us-east-1", max_connections=2) as client:
             for _ in range(2):
-                await seam.call(client.receive_message, QueueUrl=f"http://127.0.0.1:{port}/1/q")
-    finally:
-        await runner.cleanup()
+                await seam.call(client.receive_message, QueueUrl=f"{url}/1/q")
     assert len(seen) == 2
     assert seen[0] == seen[1]
     assert seen[0].startswith("fanout-worker/")

@@ -11,6 +11,7 @@ it sends or returns: a long queue would measure moto, not the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -19,10 +20,11 @@ import pathlib
 import random
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import yaml
+from aiohttp import web
 
 from fanout_core import spec as spec_model
 from fanout_lab.simulators import aws, downstream, genesys
@@ -49,6 +51,20 @@ async def drain_queue(sqs: Any, url: str) -> list[dict[str, Any]]:
         if not messages:
             return found
         found.extend(messages)
+
+
+@contextlib.asynccontextmanager
+async def serving_app(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def wrap_spec(name: str, spec: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
