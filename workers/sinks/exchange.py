@@ -145,7 +145,7 @@ class Exchanger:
         limits = httpx.Limits(
             max_connections=sink.max_concurrency, max_keepalive_connections=sink.max_concurrency
         )
-        self._transport = transport or http_transport.AiohttpTransport(limits=limits)
+        self._transport = transport or http_transport.default_transport(limits=limits)
         # The client gives the requests its defaults (headers, timeout) and closes the
         # transport; requests go straight to the transport, which a client given one always
         # picks (see _RequestBuilder).
