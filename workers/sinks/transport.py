@@ -65,22 +65,6 @@ import yarl
 
 from workers.sinks import connection, pool
 
-_TRANSLATIONS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
-    # Subclasses before their bases.
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
-    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-    (TimeoutError, httpx.ReadTimeout),
-    (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, DNS, TLS handshake, certificate
-    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),  # closed without an answer
-    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),  # body cut short
-    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),  # not an HTTP reply
-    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
-    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
-    (aiohttp.ClientOSError, httpx.ReadError),  # reset or broken pipe on an open connection
-    (aiohttp.ClientConnectionError, httpx.NetworkError),
-    (aiohttp.ClientError, httpx.TransportError),
-)
-_CONTENT_TYPE: Final = ("Content-Type",)
 _SCHEMES: Final = {"http": 80, "https": 443}
 
 
@@ -163,6 +147,26 @@ async def _wire(request: httpx.Request) -> bytes:
     return head + body
 
 
+# -- behind a proxy: httpx on aiohttp -----------------------------------------------------------
+
+_TRANSLATIONS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
+    # Subclasses before their bases.
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (TimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, DNS, TLS handshake, certificate
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),  # closed without an answer
+    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),  # body cut short
+    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),  # not an HTTP reply
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
+    (aiohttp.ClientOSError, httpx.ReadError),  # reset or broken pipe on an open connection
+    (aiohttp.ClientConnectionError, httpx.NetworkError),
+    (aiohttp.ClientError, httpx.TransportError),
+)
+_CONTENT_TYPE: Final = ("Content-Type",)
+
+
 def httpx_error_type(error: BaseException) -> type[httpx.TransportError] | None:
     """The httpx exception type for an aiohttp (or timeout) error; None for others."""
     for source, target in _TRANSLATIONS:
@@ -193,7 +197,8 @@ def _aiohttp_timeout(connect: float | None, read: float | None, pool: float | No
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """httpx's transport seam on one ``aiohttp.ClientSession`` (HTTP/1.1)."""
+    """httpx's transport seam on one ``aiohttp.ClientSession`` (HTTP/1.1): the sinks' transport
+    when the environment names a proxy, which aiohttp reads (``trust_env``) for every request."""
 
     def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
         self._limits = limits
