@@ -3,15 +3,13 @@ and ``sqs_backend``, which runs a test on moto and again on LocalStack (tests/sq
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiobotocore.session
 import hypothesis
 import pytest
-import uvloop
 
 from fanout_lab.simulators import aws
 from tests import external_tools, sqs_backends
@@ -23,19 +21,6 @@ from tests.raw_http import serve  # noqa: F401  (the sinks transport tests raw s
 # deadline, which then reports a correct property as flaky. Speed goals live in bench/.
 hypothesis.settings.register_profile("fanout", deadline=None)
 hypothesis.settings.load_profile("fanout")
-
-# The sinks' HTTP client is asyncio Protocols: the worker runs it on uvloop, a library user
-# may run it on asyncio's own loop, whose transports close and report errors differently.
-_ON_BOTH_LOOPS = frozenset({"test_sinks_transport.py", "test_sinks_http11.py"})
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
-    """Those tests run once on each loop (pytest-asyncio's hook); the others on asyncio's."""
-    if item.path.name in _ON_BOTH_LOOPS:
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return None
 
 
 @pytest.fixture(scope="session")

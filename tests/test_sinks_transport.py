@@ -3,8 +3,8 @@
 Each server (:mod:`tests.raw_http`) is a plain ``asyncio`` TCP server that records the bytes
 it receives, so the tests see the wire itself: the same request through httpx's default
 transport and through the sinks' transports — :class:`Http11Transport` (the default) and
-:class:`AiohttpTransport` (when the environment names a proxy), each test run on both, and
-on asyncio's loop and uvloop (conftest) — must arrive byte for byte alike. Then the cases a
+:class:`AiohttpTransport` (when the environment names a proxy), each test run on both; and
+again on uvloop, the worker's loop (``tests/on_uvloop/``) — must arrive byte for byte alike. Then the cases a
 pool lives by: keep-alive reuse, a server closing an idle connection, cookies, timeouts,
 refused connections, broken replies (each raising the httpx error httpx's own transport
 raises), bodies larger than the buffers, and TLS (a certificate made on the spot with
