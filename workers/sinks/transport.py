@@ -30,9 +30,13 @@ What it does:
   soon as the server closes them; TLS from httpx's ``create_ssl_context(verify=...)`` with
   SNI from the request's ``sni_hostname`` extension; no cookies (httpx's jar is the only one);
 * **a stale connection** — a reused keep-alive connection found closed before any byte of
-  its answer (the server closed it as the request went out) is retried once on a new
-  connection, as browsers, urllib3 and aiohttp do. Whatever the method: the sinks' requests
-  carry idempotency keys, and no byte means the server did not answer it;
+  its answer (the server closed it as the request went out) is retried once, on a new
+  connection (or, when the origin is at its limit, the first one given back: it has just
+  answered) — the usual client behaviour for a stale keep-alive connection, here whatever
+  the method (aiohttp retries only idempotent ones): a delivery failed so would be sent again
+  by the worker anyway (at least once, deduplicated by its idempotency key), only later and
+  counted against the downstream by the limiter. A connection that had not served a request
+  before, or that delivered part of an answer, is never retried;
 * **timeouts** — httpx's ``connect`` bounds the TCP and TLS connect, ``read`` each silence
   while the answer is awaited, ``pool`` the wait for a connection;
 * **whole answers** — the body read to the end (Content-Length, chunked, or until the close)
