@@ -7,10 +7,10 @@ limiter, no metrics, no logs. Its HTTP client is one of
 
 * ``aiohttp`` — the cheapest asyncio client there is (the goal's baseline);
 * ``httpx`` — httpx's default transport (httpcore on anyio);
-* ``httpx-sinks`` — httpx on aiohttp as the worker's sinks send
-  (:class:`workers.sinks.transport.AiohttpTransport`);
-* ``httpx-aiohttp`` — httpx on the PyPI adapter ``httpx-aiohttp`` (the same idea, which the
-  sinks do not use: see ``workers/sinks/transport.py``);
+* ``httpx-sinks`` — httpx on the transport the worker's sinks send through
+  (:func:`workers.sinks.transport.default_transport`: our HTTP/1.1 client on httptools);
+* ``httpx-aiohttp`` — httpx on the PyPI adapter ``httpx-aiohttp`` (httpx on aiohttp, which
+  the sinks do not use: see ``workers/sinks/transport.py``);
 
 and its wire is one of the sinks': ``webhook`` (one POST of the payload per event), ``crm``
 (one Salesforce upsert PATCH per event, the default field mapping) or ``siem`` (one Splunk
@@ -128,7 +128,7 @@ async def http_client(kind: str) -> AsyncIterator[Send]:
     if kind == "httpx-sinks":
         from workers.sinks import transport as sinks_transport
 
-        transport = sinks_transport.AiohttpTransport(limits=limits)
+        transport = sinks_transport.default_transport(limits=limits)
     elif kind == "httpx-aiohttp":
         import httpx_aiohttp
 

@@ -18,9 +18,9 @@ Per sink, the consumers (the bare loops and the peer: ``bench/_baselines.py``):
   CPU per event), a bare aiobotocore + **httpx** loop (httpx's default transport) and the
   PyPI peer **sqs-workers** (boto3 + sync httpx, one message at a time; the goal: worker ≤
   0.5x). ``--transports`` adds the bare
-  loop with httpx on the worker's sinks' transport (httpx on aiohttp: what httpx's API costs
-  over aiohttp's, and what the worker costs beyond the same I/O) and on the PyPI adapter
-  ``httpx-aiohttp``.
+  loop with httpx on the worker's sinks' transport (httpx on our HTTP/1.1 client: what
+  httpx's API costs over aiohttp's, and what the worker costs beyond the same I/O) and on
+  the PyPI adapter ``httpx-aiohttp``.
 * **crm** — the worker's Salesforce upsert sink against a bare aiohttp loop sending the
   same PATCH per event (goal ≤ 1.0x).
 * **siem** — the worker's Splunk HEC sink (batches of up to 100 events, 0.2 s linger)

@@ -14,6 +14,7 @@ import pytest
 from fanout_lab.simulators import aws
 from tests import external_tools, sqs_backends
 from tests.operator_harness import kube_api, kube_client, kube_namespace  # noqa: F401  (operator e2e fixtures)
+from tests.raw_http import serve  # noqa: F401  (the sinks transport tests raw servers)
 
 # The properties are about values, not speed: a busy 2-core machine (the suite runs on two
 # processes beside moto and LocalStack) may pause any example past hypothesis' 200 ms

@@ -1,12 +1,14 @@
-"""The sinks' HTTP transport against raw servers on loopback.
+"""The sinks' HTTP transports against raw servers on loopback: the contract both keep.
 
-Each server here is a plain ``asyncio`` TCP server that records the bytes it receives, so
-the tests see the wire itself: the same request through httpx's default transport and
-through :class:`AiohttpTransport` must arrive byte for byte alike. Then the cases a pool
-lives by: keep-alive reuse, a server closing an idle connection, cookies, timeouts, refused
-connections, broken replies (each raising the httpx error httpx's own transport raises),
-bodies larger than the buffers, and TLS (a certificate made on the spot with
-``cryptography``).
+Each server (:mod:`tests.raw_http`) is a plain ``asyncio`` TCP server that records the bytes
+it receives, so the tests see the wire itself: the same request through httpx's default
+transport and through the sinks' transports — :class:`Http11Transport` (the default) and
+:class:`AiohttpTransport` (when the environment names a proxy), each test run on both; and
+again on uvloop, the worker's loop (``tests/on_uvloop/``) — must arrive byte for byte alike. Then the cases a
+pool lives by: keep-alive reuse, a server closing an idle connection, cookies, timeouts,
+refused connections, broken replies (each raising the httpx error httpx's own transport
+raises), bodies larger than the buffers, and TLS (a certificate made on the spot with
+``cryptography``). What only our HTTP/1.1 client does is in ``test_sinks_http11.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import datetime
 import ipaddress
 import pathlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -28,71 +29,26 @@ from cryptography.x509.oid import NameOID
 
 from fanout_core import spec
 from fanout_lab.simulators import aws
+from tests import raw_http
 from workers import fleet
 from workers.sinks import exchange, transport
 
-LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
-
-
-@dataclass
-class Server:
-    url: str
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
+TRANSPORTS: dict[str, Callable[..., httpx.AsyncBaseTransport]] = {
+    "http11": transport.Http11Transport,
+    "aiohttp": transport.AiohttpTransport,
+}
+Client = Callable[..., httpx.AsyncClient]
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
-    """One HTTP/1.1 request with a Content-Length body, raw; None at end of stream."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    length = 0
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return head + await reader.readexactly(length)
+@pytest.fixture(params=list(TRANSPORTS))
+def make_client(request: pytest.FixtureRequest) -> Client:
+    """A client on one of the sinks' transports (each test runs on both)."""
+    kind = TRANSPORTS[request.param]
 
+    def make(verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=kind(limits=raw_http.LIMITS, verify=verify))
 
-async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-    while (request := await _read_request(reader)) is not None:
-        server.requests.append(request)
-        writer.write(OK)
-        await writer.drain()
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler, *, tls: ssl.SSLContext | None = None) -> Server:
-        port = aws.free_port()
-        state = Server(url=f"{'https' if tls else 'http'}://localhost:{port}/events")
-
-        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            state.connections += 1
-            try:
-                await handler(reader, writer, state)
-            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        servers.append(await asyncio.start_server(connected, "127.0.0.1", port, ssl=tls))
-        return state
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-
-
-def _client(verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=transport.AiohttpTransport(limits=LIMITS, verify=verify))
+    return make
 
 
 def _fields(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
@@ -124,11 +80,11 @@ def _fields(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
     ],
 )
 async def test_the_bytes_on_the_wire_are_those_of_httpx_default_transport(
-    serve: Callable[..., Awaitable[Server]], method: str, target: str, headers: dict[str, str], body: bytes
+    serve: raw_http.Serve, method: str, target: str, headers: dict[str, str], body: bytes, make_client: Client
 ) -> None:
-    server = await serve(_answer_ok)
+    server = await serve(raw_http.answer_ok)
     url = server.url.removesuffix("/events") + target
-    async with httpx.AsyncClient(limits=LIMITS) as stock, _client() as ours:
+    async with httpx.AsyncClient(limits=raw_http.LIMITS) as stock, make_client() as ours:
         for client in (stock, ours):
             response = await client.request(method, url, content=body, headers=headers)
             assert (response.status_code, response.json()) == (200, {})
@@ -137,12 +93,12 @@ async def test_the_bytes_on_the_wire_are_those_of_httpx_default_transport(
     assert our_bytes.startswith(f"{method} {target} HTTP/1.1\r\n".encode())
 
 
-async def test_the_exchange_sends_what_client_request_would(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_the_exchange_sends_what_client_request_would(serve: raw_http.Serve) -> None:
     """The sinks build their requests themselves (cheaper than ``AsyncClient.request``): the
     spec's headers (one overriding a default header in another case, one the sink overrides),
     the sink's headers, URLs that change from one request to the next — the wire must not tell
     the two apart. A sink's header wins over the spec's of the same name, whatever its case."""
-    server = await serve(_answer_ok)
+    server = await serve(raw_http.answer_ok)
     base = server.url.removesuffix("/events")
     sink = spec.SinkSpec.model_validate(
         {"type": "webhook", "url": base, "headers": {"user-agent": "fanout/1", "X-Team": "cc"}}
@@ -156,7 +112,7 @@ async def test_the_exchange_sends_what_client_request_would(serve: Callable[...,
         ("POST", f"{base}/events", {}, b""),  # Content-Length: 0 all the same
         ("GET", f"{base}/services/collector/health", {}, b""),  # no Content-Length at all
     ]
-    async with httpx.AsyncClient(limits=LIMITS, timeout=sink.timeout_seconds) as stock:
+    async with httpx.AsyncClient(limits=raw_http.LIMITS, timeout=sink.timeout_seconds) as stock:
         for method, url, headers, body in calls:
             answer = await exchanger.request(method, url, content=body, headers=headers)
             assert answer.status == 200
@@ -173,11 +129,11 @@ async def test_the_exchange_sends_what_client_request_would(serve: Callable[...,
 
 
 async def test_a_proxy_in_the_environment_carries_the_sinks_requests(
-    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+    serve: raw_http.Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A proxy configured the usual way (``HTTP_PROXY``...) carries the requests (httpx
     ignores the environment's proxies for a client given a transport; the transport reads them)."""
-    target, proxy = await serve(_answer_ok), await serve(_answer_ok)
+    target, proxy = await serve(raw_http.answer_ok), await serve(raw_http.answer_ok)
     monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/events"))
     sink = spec.SinkSpec.model_validate({"type": "webhook", "url": target.url})
     exchanger = exchange.Exchanger(sink, name="webhook", replicas=fleet.FixedReplicas(1))
@@ -190,46 +146,50 @@ async def test_a_proxy_in_the_environment_carries_the_sinks_requests(
     assert b"\r\nIdempotency-Key: e-1\r\n" in request
 
 
-async def test_keep_alive_connections_are_reused(serve: Callable[..., Awaitable[Server]]) -> None:
-    server = await serve(_answer_ok)
-    async with _client() as client:
+async def test_keep_alive_connections_are_reused(serve: raw_http.Serve, make_client: Client) -> None:
+    server = await serve(raw_http.answer_ok)
+    async with make_client() as client:
         for _ in range(5):
             assert (await client.post(server.url, content=b"{}")).status_code == 200
         replies = await asyncio.gather(*(client.post(server.url, content=b"{}") for _ in range(4)))
     assert [reply.status_code for reply in replies] == [200] * 4
     assert len(server.requests) == 9
-    assert server.connections <= LIMITS.max_connections
+    assert server.connections <= raw_http.LIMITS.max_connections
 
 
 async def test_an_idle_connection_the_server_closed_is_not_reused(
-    serve: Callable[..., Awaitable[Server]],
+    serve: raw_http.Serve, make_client: Client
 ) -> None:
-    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        request = await _read_request(reader)
+    async def answer_once(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
+    ) -> None:
+        request = await raw_http.read_request(reader)
         assert request is not None
         server.requests.append(request)
-        writer.write(OK)  # keep-alive by the headers, then gone
+        writer.write(raw_http.OK)  # keep-alive by the headers, then gone
         await writer.drain()
 
     server = await serve(answer_once)
-    async with _client() as client:
+    async with make_client() as client:
         for _ in range(3):
             assert (await client.post(server.url, content=b"{}")).status_code == 200
             await asyncio.sleep(0.05)  # the close reaches the idle connection in the pool
     assert (len(server.requests), server.connections) == (3, 3)
 
 
-async def test_cookies_are_httpx_clients_alone(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_cookies_are_httpx_clients_alone(serve: raw_http.Serve, make_client: Client) -> None:
     """httpx's cookie jar is the only one: what the client forgets is not sent from below."""
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        while (request := await _read_request(reader)) is not None:
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
+    ) -> None:
+        while (request := await raw_http.read_request(reader)) is not None:
             server.requests.append(request)
             writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 2\r\n\r\n{}")
             await writer.drain()
 
     server = await serve(answer)
-    async with _client() as client:
+    async with make_client() as client:
         for _ in range(2):
             assert (await client.post(server.url, content=b"{}")).status_code == 200
         client.cookies.clear()
@@ -240,21 +200,21 @@ async def test_cookies_are_httpx_clients_alone(serve: Callable[..., Awaitable[Se
     assert cookies == [[], [b"session=abc"], []]
 
 
-async def test_a_silent_server_is_a_read_timeout(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_a_silent_server_is_a_read_timeout(serve: raw_http.Serve, make_client: Client) -> None:
     async def never_answer(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        await _read_request(reader)
+        await raw_http.read_request(reader)
         await asyncio.sleep(5)
 
     server = await serve(never_answer)
-    async with _client() as client:
+    async with make_client() as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.post(server.url, content=b"{}", timeout=0.2)
 
 
-async def test_a_refused_connection_is_a_connect_error() -> None:
-    async with _client() as client:
+async def test_a_refused_connection_is_a_connect_error(make_client: Client) -> None:
+    async with make_client() as client:
         with pytest.raises(httpx.ConnectError):
             await client.post(f"http://127.0.0.1:{aws.free_port()}/events", content=b"{}")
 
@@ -268,30 +228,36 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     ],
 )
 async def test_broken_replies_are_httpx_protocol_errors(
-    serve: Callable[..., Awaitable[Server]], reply: bytes, error: type[Exception]
+    serve: raw_http.Serve, reply: bytes, error: type[Exception], make_client: Client
 ) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await _read_request(reader)
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
+    ) -> None:
+        await raw_http.read_request(reader)
         writer.write(reply)
         await writer.drain()
 
     server = await serve(answer)
-    async with _client() as client:
+    async with make_client() as client:
         with pytest.raises(error):
             await client.post(server.url, content=b"{}")  # reads the whole body
 
 
-async def test_bodies_larger_than_the_buffers_arrive_whole(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_bodies_larger_than_the_buffers_arrive_whole(
+    serve: raw_http.Serve, make_client: Client
+) -> None:
     big = bytes(range(256)) * 4096  # 1 MiB each way: beyond the coalescing and read buffers
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        while (request := await _read_request(reader)) is not None:
+    async def echo(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
+    ) -> None:
+        while (request := await raw_http.read_request(reader)) is not None:
             body = request.split(b"\r\n\r\n", 1)[1]
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             await writer.drain()
 
     server = await serve(echo)
-    async with _client() as client:
+    async with make_client() as client:
         for _ in range(2):
             response = await client.post(server.url, content=big)
             assert response.content == big
@@ -333,14 +299,14 @@ def _certificate(directory: pathlib.Path) -> tuple[ssl.SSLContext, ssl.SSLContex
 
 
 async def test_tls_with_a_trusted_certificate_and_refused_without(
-    serve: Callable[..., Awaitable[Server]], tmp_path: pathlib.Path
+    serve: raw_http.Serve, tmp_path: pathlib.Path, make_client: Client
 ) -> None:
     server_context, client_context = _certificate(tmp_path)
-    server = await serve(_answer_ok, tls=server_context)
-    async with _client(verify=client_context) as client:
+    server = await serve(raw_http.answer_ok, tls=server_context)
+    async with make_client(verify=client_context) as client:
         for _ in range(3):
             assert (await client.post(server.url, content=b"{}")).status_code == 200
     assert (len(server.requests), server.connections) == (3, 1)
-    async with _client() as client:  # the system's trust store knows nothing of it
+    async with make_client() as client:  # the system's trust store knows nothing of it
         with pytest.raises(httpx.ConnectError):
             await client.post(server.url, content=b"{}")

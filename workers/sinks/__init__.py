@@ -8,7 +8,8 @@ scaler), so adding a sink type is one module and one line here.
     crm       Salesforce-style upsert by external id
     siem      Splunk HTTP Event Collector, batched
     exchange  what the HTTP sinks share: limiter, client, spans, exception translation
-    transport the client's default transport: httpx's API on aiohttp's connection pool
+    transport the client's default transport: httpx's API on our HTTP/1.1 client (pool,
+              connection: asyncio Protocols, httptools); aiohttp behind a proxy
     secrets   SecretRef resolution (env var or mounted file), never logged
 """
 

@@ -11,9 +11,10 @@ its downstream's answers; :class:`Exchanger` does the rest, the same way for all
    and when a probe through a half-open circuit re-reads the sink's secrets; a prepare that
    declines hands the permit back unused;
 4. sends the request inside a CLIENT span with a W3C ``traceparent`` injected, through
-   httpx on :class:`~workers.sinks.transport.AiohttpTransport` (httpx's API on aiohttp's
-   connection pool and C parser: the cheapest way to send with httpx, see that module)
-   unless a transport is passed in; the request is built here and handed to the transport
+   httpx on :func:`~workers.sinks.transport.default_transport` (httpx's API on our own
+   HTTP/1.1 client, asyncio Protocols and httptools' C parser: the cheapest way to send with
+   httpx, see that module; aiohttp when the environment names a proxy) unless a transport
+   is passed in; the request is built here and handed to the transport
    (:class:`_RequestBuilder`), cheaper than ``AsyncClient.request`` and byte for byte the same;
 5. translates httpx's exceptions into an :class:`Answer` (``timed_out`` / ``error``) —
    nothing from httpx escapes a sink;
@@ -145,7 +146,7 @@ class Exchanger:
         limits = httpx.Limits(
             max_connections=sink.max_concurrency, max_keepalive_connections=sink.max_concurrency
         )
-        self._transport = transport or http_transport.AiohttpTransport(limits=limits)
+        self._transport = transport or http_transport.default_transport(limits=limits)
         # The client gives the requests its defaults (headers, timeout) and closes the
         # transport; requests go straight to the transport, which a client given one always
         # picks (see _RequestBuilder).

@@ -1,44 +1,57 @@
-"""The sinks' HTTP transport: httpx's API on aiohttp's connection pool.
+"""The sinks' HTTP transport: httpx's API on a small HTTP/1.1 client of our own.
 
-:class:`AiohttpTransport` is what :class:`~workers.sinks.exchange.Exchanger` gives its
-``httpx.AsyncClient`` when no transport is passed in. The sinks keep httpx's API (requests,
-responses, timeouts, ``MockTransport`` in tests); the bytes travel through aiohttp, whose
-HTTP/1.1 parser is written in C: a bare loop sending through httpx on aiohttp spends less
-than half the CPU per event of the same loop on httpx's default transport, and about 0.65 of
-the hand-written asyncio network backend this module held before (``bench/overhead.py
---transports``).
+:class:`Http11Transport` is what :class:`~workers.sinks.exchange.Exchanger` gives its
+``httpx.AsyncClient`` (:func:`default_transport`). The sinks keep httpx's API (requests,
+responses, timeouts, ``MockTransport`` in tests); the bytes travel over asyncio
+``Protocol`` connections (:mod:`workers.sinks.connection`) whose answers ``httptools``
+parses (llhttp, Node.js's HTTP parser, in C; uvicorn's parser), kept per origin by
+:mod:`workers.sinks.pool`.
 
-Why not the PyPI adapter ``httpx-aiohttp``, which does the same in as many lines (the bench
-measures it beside this one)? Three things a sink cannot live with: it lower-cases every
-header name on the wire (``idempotency-key``: legal HTTP, but a receiver reading headers
-case-sensitively — an API Gateway REST event, a hand-written handler — would lose them);
-it turns every ``aiohttp.ClientConnectionError`` — a refused connection, a server that hangs
-up — into ``httpx.ConnectTimeout``, which a sink reads as "the downstream is overloaded"
-rather than "failed"; and it gives aiohttp a cookie jar of its own under httpx's.
+Why a hand-written client: the CPU one request costs. Measured on loopback (a server in
+another process, 4,000 POSTs of a 1.2 KB JSON body, 10 at a time, uvloop, the client's
+``time.process_time()``): aiohttp's ``ClientSession.post`` costs 78-107 µs per request, a
+bare asyncio ``Protocol`` with httptools' parser on a keep-alive connection 25 µs. In the
+worker under load aiohttp's ``ClientSession._request`` was ~12.5% of all CPU (py-spy), the
+largest piece after botocore: per-request timers and trace hooks, its request and response
+objects, a stream reader and payload writer per request, none of which a sink uses. Before
+this client the sinks sent through aiohttp (less than half the CPU per request of httpx's
+default transport, httpcore on anyio); the PyPI adapter ``httpx-aiohttp`` was rejected
+then: it lower-cases every header name on the wire, turns a refused connection into
+``httpx.ConnectTimeout`` and gives aiohttp a cookie jar of its own under httpx's.
 
-So, here:
+What it does:
 
-* **the wire is httpx's** — the request line, the header fields in httpx's order and case,
-  and the body exactly as httpx builds them (the URL is passed on already encoded); aiohttp
-  adds no header of its own;
-* **the pool** — one ``ClientSession`` made on the first request (inside the running loop),
-  a ``TCPConnector`` of at most ``limits.max_connections`` connections kept alive for
-  ``limits.keepalive_expiry``, TLS from httpx's ``create_ssl_context(verify=...)`` (the same
-  trust store and settings httpx would use), and no cookie jar: httpx's is the only one;
-* **timeouts** — httpx's ``connect`` bounds the TCP (and TLS) connect, ``read`` each read,
-  ``pool`` the wait for a connection;
-* **whole answers** — the body is read to the end before the response is handed over (the
-  sinks read every answer whole, and a handful of bytes at that): no streaming layers
-  between aiohttp's buffer and the caller;
-* **errors** — every aiohttp error, raised by the request or while its body is read, leaves
-  as the httpx type httpx's own transport raises for the same event
-  (:func:`httpx_error_type`): callers see ``httpx.ConnectError``, ``httpx.ReadTimeout``,
-  ``httpx.RemoteProtocolError``... and never an aiohttp type.
+* **the wire is httpx's** — the request line, the header fields in httpx's order and case
+  (Host first, as h11 puts it), the body exactly as httpx builds it (chunked when httpx
+  says so, framed as h11 frames it); nothing added; a header value carrying CR or LF is
+  refused (``httpx.LocalProtocolError``), as h11 refuses it;
+* **the pool** (:mod:`workers.sinks.pool`) — keep-alive connections per origin within
+  httpx's ``Limits`` (per origin), idle ones expiring after ``keepalive_expiry``, dropped as
+  soon as the server closes them; TLS from httpx's ``create_ssl_context(verify=...)`` with
+  SNI from the request's ``sni_hostname`` extension; no cookies (httpx's jar is the only one);
+* **a stale connection** — a reused keep-alive connection found closed before any byte of
+  its answer (the server closed it as the request went out) is retried once, on a new
+  connection (or, when the origin is at its limit, the first one given back: it has just
+  answered) — the usual client behaviour for a stale keep-alive connection, here whatever
+  the method (aiohttp retries only idempotent ones): a delivery failed so would be sent again
+  by the worker anyway (at least once, deduplicated by its idempotency key), only later and
+  counted against the downstream by the limiter. A connection that had not served a request
+  before, or that delivered part of an answer, is never retried;
+* **timeouts** — httpx's ``connect`` bounds the TCP and TLS connect, ``read`` each silence
+  while the answer is awaited, ``pool`` the wait for a connection;
+* **whole answers** — the body read to the end (Content-Length, chunked, or until the close)
+  before the response is handed over, its header fields as received (none added);
+* **errors** — translated where they enter, each the type httpx's own transport raises:
+  ``httpx.ConnectError`` / ``ConnectTimeout`` (connecting), ``RemoteProtocolError`` (not HTTP,
+  cut short, closed without an answer), ``ReadError`` (reset), ``ReadTimeout``, ``PoolTimeout``.
 
-HTTP/1.1 only, as before. Proxies come from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``,
-``NO_PROXY``), read by aiohttp (``trust_env``), which is turned on only when one is set: it
-looks them up for every request. (httpx itself ignores them for a client given a transport,
-which is how the sinks' clients were always made: before this transport they were not used.)
+What it does not: HTTP/2, pipelining, streaming bodies either way, ``Expect: 100-continue``
+(interim answers are read past), upgrades, proxies. **When the environment names a proxy**
+(``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``... as ``urllib.request.getproxies()`` reads
+them) :func:`default_transport` keeps the sinks on :class:`AiohttpTransport`, httpx's API on
+aiohttp, which honours them and ``NO_PROXY`` (httpx itself ignores the environment's proxies
+for a client given a transport, which is how the sinks' clients are made). Its errors leave
+as httpx's too (:func:`httpx_error_type`), and its wire is the same.
 """
 
 from __future__ import annotations
@@ -53,6 +66,92 @@ from typing import Final
 import aiohttp
 import httpx
 import yarl
+
+from workers.sinks import connection, pool
+
+_SCHEMES: Final = {"http": 80, "https": 443}
+
+
+def default_transport(
+    *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncBaseTransport:
+    """The sinks' transport: our HTTP/1.1 client, or aiohttp when the environment names a proxy."""
+    if urllib.request.getproxies():
+        return AiohttpTransport(limits=limits, verify=verify)
+    return Http11Transport(limits=limits, verify=verify)
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """httpx's transport seam on :class:`~workers.sinks.pool.Pool` (HTTP/1.1, no proxies)."""
+
+    def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
+        self._pool = pool.Pool(limits=limits, ssl_context=httpx.create_ssl_context(verify=verify))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.scheme
+        default_port = _SCHEMES.get(scheme)
+        if default_port is None:
+            raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
+        key = (scheme, url.raw_host.decode("ascii"), url.port or default_port)
+        wire = await _wire(request)
+        head_only = request.method == "HEAD"
+        timeout = request.extensions.get("timeout", {})
+        read = timeout.get("read")
+        sni = request.extensions.get("sni_hostname")
+        conn = await self._pool.acquire(
+            key, sni=sni, connect=timeout.get("connect"), pool=timeout.get("pool")
+        )
+        try:
+            answer = await conn.exchange(wire, head_only=head_only, timeout=read)
+        except connection.Stale:
+            self._pool.release(key, conn)
+            conn = await self._pool.acquire(
+                key, sni=sni, connect=timeout.get("connect"), pool=timeout.get("pool"), fresh=True
+            )
+            try:
+                answer = await conn.exchange(wire, head_only=head_only, timeout=read)
+            except connection.Stale as again:  # handed a connection that had just answered
+                raise again.error from None
+        finally:
+            self._pool.release(key, conn)
+        status, reason, headers, body = answer
+        # stream=, not content=: httpx would add a Content-Length the server did not send.
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(body),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+async def _wire(request: httpx.Request) -> bytes:
+    """The request as h11 (httpx's default transport) writes it: head, then framed body."""
+    fields = request.headers.raw
+    if fields and fields[0][0].lower() != b"host":
+        fields = sorted(fields, key=lambda field: field[0].lower() != b"host")  # stable: Host first
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    lines += [name + b": " + value for name, value in fields]
+    lines += (b"", b"")
+    head = b"\r\n".join(lines)
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+        raise httpx.LocalProtocolError("A header field name or value holds CR or LF.")
+    stream = request.stream
+    chunked = b"chunked" in head and request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    if chunked and isinstance(stream, httpx.AsyncByteStream):  # as h11 frames each part
+        parts = [b"%x\r\n%s\r\n" % (len(part), part) async for part in stream if part]
+        return head + b"".join(parts) + b"0\r\n\r\n"
+    try:
+        body = request.content
+    except httpx.RequestNotRead:
+        body = await request.aread()
+    return head + body
+
+
+# -- behind a proxy: httpx on aiohttp -----------------------------------------------------------
 
 _TRANSLATIONS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
     # Subclasses before their bases.
@@ -102,7 +201,8 @@ def _aiohttp_timeout(connect: float | None, read: float | None, pool: float | No
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """httpx's transport seam on one ``aiohttp.ClientSession`` (HTTP/1.1)."""
+    """httpx's transport seam on one ``aiohttp.ClientSession`` (HTTP/1.1): the sinks' transport
+    when the environment names a proxy, which aiohttp reads (``trust_env``) for every request."""
 
     def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
         self._limits = limits
