@@ -28,6 +28,7 @@ import aiobotocore.config
 import aiobotocore.session
 
 from fanout_core import awsclients, awserrors, spec
+from workers import sqswire
 
 _EXPIRED_RECEIPT_CODES = frozenset(
     {
@@ -113,19 +114,27 @@ def resolve_region(queue_url: str, configured: str | None, environ: Mapping[str,
 
 
 @contextlib.asynccontextmanager
-async def client(*, region: str, max_connections: int) -> AsyncIterator[Any]:
-    """An aiobotocore SQS client configured from the standard AWS environment."""
+async def client(*, region: str, max_connections: int) -> AsyncIterator[SqsApi]:
+    """The worker's SQS client, configured from the standard AWS environment: an aiobotocore
+    client, with the three calls every event costs (receive, delete, change visibility) sent
+    by ``workers.sqswire`` on the wire, signed and addressed as that client would."""
     session = aiobotocore.session.get_session()
+    user_agent = awsclients.user_agent(session, "fanout-worker")
     config = aiobotocore.config.AioConfig(
         # Fixed, so botocore does not rebuild the header on every call (~3% of the CPU per event).
-        user_agent=awsclients.user_agent(session, "fanout-worker"),
+        user_agent=user_agent,
         max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": 3},
-        read_timeout=70,  # above the 20 s long poll, with room
-        connect_timeout=5,
+        retries={"mode": "standard", "max_attempts": sqswire.MAX_ATTEMPTS},
+        read_timeout=sqswire.READ_TIMEOUT_SECONDS,
+        connect_timeout=sqswire.CONNECT_TIMEOUT_SECONDS,
         # The worker builds every request itself, from validated values; botocore checking
         # each one again against the service model is ~3% of the CPU per SQS call.
         parameter_validation=False,
     )
-    async with session.create_client("sqs", region_name=region, config=config) as sqs_client:
-        yield sqs_client
+    async with (
+        session.create_client("sqs", region_name=region, config=config) as sqs_client,
+        sqswire.open_client(
+            sqs_client, session, user_agent=user_agent, max_connections=max_connections
+        ) as wire_client,
+    ):
+        yield wire_client
