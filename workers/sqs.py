@@ -113,28 +113,33 @@ def resolve_region(queue_url: str, configured: str | None, environ: Mapping[str,
     raise spec.ConfigError("spec.queue.region: no AWS region (set it, or AWS_REGION / AWS_DEFAULT_REGION)")
 
 
-@contextlib.asynccontextmanager
-async def client(*, region: str, max_connections: int) -> AsyncIterator[SqsApi]:
-    """The worker's SQS client, configured from the standard AWS environment: an aiobotocore
-    client, with the three calls every event costs (receive, delete, change visibility) sent
-    by ``workers.sqswire`` on the wire, signed and addressed as that client would."""
-    session = aiobotocore.session.get_session()
-    user_agent = awsclients.user_agent(session, "fanout-worker")
-    config = aiobotocore.config.AioConfig(
+def config(session: aiobotocore.session.AioSession, *, max_connections: int) -> aiobotocore.config.AioConfig:
+    """The aiobotocore client's configuration (``workers.sqswire`` keeps its timeouts and
+    retries for the calls it sends itself)."""
+    return aiobotocore.config.AioConfig(
         # Fixed, so botocore does not rebuild the header on every call (~3% of the CPU per event).
-        user_agent=user_agent,
+        user_agent=awsclients.user_agent(session, "fanout-worker"),
         max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": sqswire.MAX_ATTEMPTS},
+        retries={"mode": "standard", "max_attempts": sqswire.RETRIES},
         read_timeout=sqswire.READ_TIMEOUT_SECONDS,
         connect_timeout=sqswire.CONNECT_TIMEOUT_SECONDS,
         # The worker builds every request itself, from validated values; botocore checking
         # each one again against the service model is ~3% of the CPU per SQS call.
         parameter_validation=False,
     )
+
+
+@contextlib.asynccontextmanager
+async def client(*, region: str, max_connections: int) -> AsyncIterator[SqsApi]:
+    """The worker's SQS client, configured from the standard AWS environment: an aiobotocore
+    client, with the three calls every event costs (receive, delete, change visibility) sent
+    by ``workers.sqswire`` on the wire, signed and addressed as that client would."""
+    session = aiobotocore.session.get_session()
+    settings = config(session, max_connections=max_connections)
     async with (
-        session.create_client("sqs", region_name=region, config=config) as sqs_client,
+        session.create_client("sqs", region_name=region, config=settings) as sqs_client,
         sqswire.open_client(
-            sqs_client, session, user_agent=user_agent, max_connections=max_connections
+            sqs_client, session, user_agent=settings.user_agent, max_connections=max_connections
         ) as wire_client,
     ):
         yield wire_client

@@ -24,7 +24,8 @@ this module therefore does too, read from botocore's source:
   client's own ``ClientError`` class, so ``workers.sqs.call`` reads them unchanged;
 - network failures raised as botocore's exceptions (``EndpointConnectionError``,
   ``ReadTimeoutError``, ...), translated from aiohttp's as aiobotocore translates them;
-- retries as botocore's ``standard`` mode with 3 attempts: transient codes, 500/502/503/504,
+- retries as botocore's ``standard`` mode with ``max_attempts: 3`` (which botocore reads as
+  3 retries, 4 attempts in all): transient codes, 500/502/503/504,
   throttling codes and connection failures, after ``random() * min(scale * 2**(n-1), 20)``
   seconds (scale 1 when throttled, 0.05 otherwise; ``x-amz-retry-after`` honoured), within
   the same retry quota (500, a retry costs 14, or 5 when throttled; a success returns it).
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import json
 import random as random_module
 import socket
@@ -52,7 +54,9 @@ import botocore.utils
 
 from workers import retrying
 
-MAX_ATTEMPTS = 3
+RETRIES = 3
+"""botocore's ``retries.max_attempts`` for the client: retries after the first attempt."""
+_ATTEMPTS = RETRIES + 1
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 70.0  # above the 20 s long poll, with room
 KEEPALIVE_SECONDS = 12.0  # aiobotocore's
@@ -109,7 +113,7 @@ class WireClient:
         self,
         client: Any,
         credentials: Any,
-        http: aiohttp.ClientSession,
+        pool: aiohttp.ClientSession,
         *,
         user_agent: str,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -118,7 +122,7 @@ class WireClient:
     ) -> None:
         self._client = client
         self._credentials = credentials
-        self._http = http
+        self._pool = pool
         self._url = client.meta.endpoint_url
         self._region = client.meta.region_name
         self._user_agent = user_agent
@@ -184,7 +188,7 @@ class WireClient:
             retry = (
                 failure is not None or code in _TRANSIENT_CODES or throttled or status in _TRANSIENT_STATUSES
             )
-            if retry and attempt < MAX_ATTEMPTS:
+            if retry and attempt < _ATTEMPTS:
                 delay = self._delay(attempt, throttled, headers)
                 cost = _THROTTLED_RETRY_COST if throttled else _RETRY_COST
                 if self._quota.acquire(cost):
@@ -211,15 +215,16 @@ class WireClient:
                 "Content-Type": _CONTENT_TYPE,
                 "x-amzn-query-mode": "true",
                 "User-Agent": self._user_agent,
-                "amz-sdk-invocation-id": invocation,
-                "amz-sdk-request": f"attempt={attempt}; max={MAX_ATTEMPTS}",
             },
         )
         await self._sign(request)
         headers = dict(request.headers.items())
+        # Unsigned, as botocore adds them.
+        headers["amz-sdk-invocation-id"] = invocation
+        headers["amz-sdk-request"] = f"attempt={attempt}; max={_ATTEMPTS}"
         headers["Accept-Encoding"] = "identity"
         try:
-            async with self._http.post(
+            async with self._pool.post(
                 self._url, data=body, headers=headers, proxy=self._proxy, proxy_headers=self._proxy_headers
             ) as response:
                 payload = await response.read()
@@ -274,7 +279,14 @@ def _json(payload: bytes) -> dict[str, Any]:
 
 
 def _error(status: int, headers: Mapping[str, str], payload: bytes, attempt: int) -> dict[str, Any]:
-    """An error reply as botocore's JSON parser reads it (``parsers.BaseJSONParser``)."""
+    """An error reply as botocore's JSON parser reads it (``parsers.BaseJSONParser``; a 5xx
+    with an empty or HTML body as ``ResponseParser._do_generic_error_parse``)."""
+    metadata = _metadata(status, headers, attempt)
+    if status >= 500 and (not payload.strip() or payload.strip().startswith(b"<html>")):
+        return {
+            "Error": {"Code": str(status), "Message": http.client.responses.get(status, "")},
+            "ResponseMetadata": metadata,
+        }
     try:
         body = json.loads(payload.decode("utf-8")) if payload else {}
     except ValueError:
@@ -293,7 +305,7 @@ def _error(status: int, headers: Mapping[str, str], payload: bytes, attempt: int
                 error["Type"] = parts[1]
                 code = parts[0]
         error["Code"] = code
-    return {"Error": error, "ResponseMetadata": _metadata(status, headers, attempt)}
+    return {"Error": error, "ResponseMetadata": metadata}
 
 
 def _metadata(status: int, headers: Mapping[str, str], attempt: int) -> dict[str, Any]:
@@ -302,6 +314,8 @@ def _metadata(status: int, headers: Mapping[str, str], attempt: int) -> dict[str
         "HTTPHeaders": {name.lower(): value for name, value in headers.items()},
         "RetryAttempts": attempt - 1,
     }
+    if attempt >= _ATTEMPTS:
+        metadata["MaxAttemptsReached"] = True  # botocore's, in its error message too
     request_id = headers.get("x-amzn-requestid")
     if request_id is not None:
         metadata["RequestId"] = request_id
@@ -369,11 +383,11 @@ async def open_client(
         timeout=timeout,
         skip_auto_headers={"Content-Type"},
         auto_decompress=False,
-    ) as http:
+    ) as pool:
         # The header botocore sends with a fixed ``user_agent``: it, then the extras.
         header = " ".join(
             part
             for part in (user_agent, session.user_agent_extra, client.meta.config.user_agent_extra)
             if part
         )
-        yield WireClient(client, credentials, http, user_agent=header, proxy=_proxy(client))
+        yield WireClient(client, credentials, pool, user_agent=header, proxy=_proxy(client))
