@@ -2,10 +2,12 @@
 
 The worker talks to SQS through an aiobotocore client created from the standard AWS
 environment (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_SQS``, ``AWS_REGION``, credentials
-chain) — never from flags of ours. :class:`SqsApi` names the five operations used, so
-any object with them (the real client, a client for another SQS-compatible server)
-fits. botocore and aiohttp exceptions are translated into :class:`SqsError` where
-they enter (:func:`call`), so the rest of the worker sees one small tree::
+chain) — never from flags of ours —, its three calls per event (receive, delete, change
+visibility) sent on the wire by ``workers.sqswire`` with that client's endpoint, region,
+credentials and signer. :class:`SqsApi` names the five operations used, so any object
+with them (the real client, a client for another SQS-compatible server) fits. botocore
+and aiohttp exceptions are translated into :class:`SqsError` where they enter
+(:func:`call`), so the rest of the worker sees one small tree::
 
     SqsError (kind, code: str, retryable: bool)
 
