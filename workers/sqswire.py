@@ -136,6 +136,8 @@ class WireClient:
     def __getattr__(self, name: str) -> Any:
         # Whatever else a caller of ``workers.sqs.client`` uses (``fanout dlq``'s
         # ``send_message_batch``, ``meta``, ``exceptions``) is the aiobotocore client's.
+        if name.startswith("_"):  # never ours half-made (copy, pickle) nor its private parts
+            raise AttributeError(name)
         return getattr(self._client, name)
 
     def send_message(self, **kwargs: Any) -> Awaitable[dict[str, Any]]:
