@@ -2,10 +2,12 @@
 
 The worker talks to SQS through an aiobotocore client created from the standard AWS
 environment (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_SQS``, ``AWS_REGION``, credentials
-chain) — never from flags of ours. :class:`SqsApi` names the five operations used, so
-any object with them (the real client, a client for another SQS-compatible server)
-fits. botocore and aiohttp exceptions are translated into :class:`SqsError` where
-they enter (:func:`call`), so the rest of the worker sees one small tree::
+chain) — never from flags of ours —, its three calls per event (receive, delete, change
+visibility) sent on the wire by ``workers.sqswire`` with that client's endpoint, region,
+credentials and signer. :class:`SqsApi` names the five operations used, so any object
+with them (the real client, a client for another SQS-compatible server) fits. botocore
+and aiohttp exceptions are translated into :class:`SqsError` where they enter
+(:func:`call`), so the rest of the worker sees one small tree::
 
     SqsError (kind, code: str, retryable: bool)
 
@@ -28,6 +30,7 @@ import aiobotocore.config
 import aiobotocore.session
 
 from fanout_core import awsclients, awserrors, spec
+from workers import sqswire
 
 _EXPIRED_RECEIPT_CODES = frozenset(
     {
@@ -112,20 +115,33 @@ def resolve_region(queue_url: str, configured: str | None, environ: Mapping[str,
     raise spec.ConfigError("spec.queue.region: no AWS region (set it, or AWS_REGION / AWS_DEFAULT_REGION)")
 
 
-@contextlib.asynccontextmanager
-async def client(*, region: str, max_connections: int) -> AsyncIterator[Any]:
-    """An aiobotocore SQS client configured from the standard AWS environment."""
-    session = aiobotocore.session.get_session()
-    config = aiobotocore.config.AioConfig(
+def config(session: aiobotocore.session.AioSession, *, max_connections: int) -> aiobotocore.config.AioConfig:
+    """The aiobotocore client's configuration (``workers.sqswire`` keeps its timeouts and
+    retries for the calls it sends itself)."""
+    return aiobotocore.config.AioConfig(
         # Fixed, so botocore does not rebuild the header on every call (~3% of the CPU per event).
         user_agent=awsclients.user_agent(session, "fanout-worker"),
         max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": 3},
-        read_timeout=70,  # above the 20 s long poll, with room
-        connect_timeout=5,
+        retries={"mode": "standard", "max_attempts": sqswire.RETRIES},
+        read_timeout=sqswire.READ_TIMEOUT_SECONDS,
+        connect_timeout=sqswire.CONNECT_TIMEOUT_SECONDS,
         # The worker builds every request itself, from validated values; botocore checking
         # each one again against the service model is ~3% of the CPU per SQS call.
         parameter_validation=False,
     )
-    async with session.create_client("sqs", region_name=region, config=config) as sqs_client:
-        yield sqs_client
+
+
+@contextlib.asynccontextmanager
+async def client(*, region: str, max_connections: int) -> AsyncIterator[SqsApi]:
+    """The worker's SQS client, configured from the standard AWS environment: an aiobotocore
+    client, with the three calls every event costs (receive, delete, change visibility) sent
+    by ``workers.sqswire`` on the wire, signed and addressed as that client would."""
+    session = aiobotocore.session.get_session()
+    settings = config(session, max_connections=max_connections)
+    async with (
+        session.create_client("sqs", region_name=region, config=settings) as sqs_client,
+        sqswire.open_client(
+            sqs_client, session, user_agent=settings.user_agent, max_connections=max_connections
+        ) as wire_client,
+    ):
+        yield wire_client
