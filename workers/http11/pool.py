@@ -87,6 +87,34 @@ class Pool:
                     return given
             return await self._connect(key, origin, sni=sni, timeout=connect)
 
+    async def request(
+        self,
+        key: Origin,
+        wire: bytes,
+        *,
+        head_only: bool = False,
+        sni: str | None = None,
+        connect: float | None = None,
+        read: float | None = None,
+        pool: float | None = None,
+    ) -> connection.Answer:
+        """Send ``wire`` (the request as it goes on the wire) to ``key`` and return its answer
+        whole. A reused connection found closed before any byte of the answer (:class:`Stale`)
+        is sent again once, on a new connection (or the first one given back, which has just
+        answered); any other failure is raised as it came."""
+        conn = await self.acquire(key, sni=sni, connect=connect, pool=pool)
+        try:
+            return await conn.exchange(wire, head_only=head_only, timeout=read)
+        except connection.Stale:
+            self.release(key, conn)
+            conn = await self.acquire(key, sni=sni, connect=connect, pool=pool, fresh=True)
+            try:
+                return await conn.exchange(wire, head_only=head_only, timeout=read)
+            except connection.Stale as again:  # handed a connection that had just answered
+                raise again.error from None
+        finally:
+            self.release(key, conn)
+
     def release(self, key: Origin, conn: connection.Connection) -> None:
         """``conn`` back after its exchange: kept, handed on, or closed."""
         if not conn.reusable:

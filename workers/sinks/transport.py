@@ -67,7 +67,7 @@ import aiohttp
 import httpx
 import yarl
 
-from workers.http11 import connection, pool
+from workers.http11 import pool
 
 _SCHEMES: Final = {"http": 80, "https": 443}
 
@@ -95,26 +95,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
         key = (scheme, url.raw_host.decode("ascii"), url.port or default_port)
         wire = await _wire(request)
-        head_only = request.method == "HEAD"
         timeout = request.extensions.get("timeout", {})
-        read = timeout.get("read")
-        sni = request.extensions.get("sni_hostname")
-        conn = await self._pool.acquire(
-            key, sni=sni, connect=timeout.get("connect"), pool=timeout.get("pool")
+        answer = await self._pool.request(
+            key,
+            wire,
+            head_only=request.method == "HEAD",
+            sni=request.extensions.get("sni_hostname"),
+            connect=timeout.get("connect"),
+            read=timeout.get("read"),
+            pool=timeout.get("pool"),
         )
-        try:
-            answer = await conn.exchange(wire, head_only=head_only, timeout=read)
-        except connection.Stale:
-            self._pool.release(key, conn)
-            conn = await self._pool.acquire(
-                key, sni=sni, connect=timeout.get("connect"), pool=timeout.get("pool"), fresh=True
-            )
-            try:
-                answer = await conn.exchange(wire, head_only=head_only, timeout=read)
-            except connection.Stale as again:  # handed a connection that had just answered
-                raise again.error from None
-        finally:
-            self._pool.release(key, conn)
         status, reason, headers, body = answer
         # stream=, not content=: httpx would add a Content-Length the server did not send.
         return httpx.Response(
