@@ -14,18 +14,12 @@ raises), bodies larger than the buffers, and TLS (a certificate made on the spot
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import pathlib
 import ssl
 from collections.abc import Callable
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fanout_core import spec
 from fanout_lab.simulators import aws
@@ -263,45 +257,10 @@ async def test_bodies_larger_than_the_buffers_arrive_whole(
             assert response.content == big
 
 
-def _certificate(directory: pathlib.Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting it) for ``localhost``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_path, key_path)
-    client = ssl.create_default_context(cafile=str(cert_path))
-    return server, client
-
-
 async def test_tls_with_a_trusted_certificate_and_refused_without(
     serve: raw_http.Serve, tmp_path: pathlib.Path, make_client: Client
 ) -> None:
-    server_context, client_context = _certificate(tmp_path)
+    server_context, client_context = raw_http.certificate(tmp_path)
     server = await serve(raw_http.answer_ok, tls=server_context)
     async with make_client(verify=client_context) as client:
         for _ in range(3):

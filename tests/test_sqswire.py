@@ -9,9 +9,12 @@ to give (a 500, throttling, an expired token) come from a real loopback HTTP ser
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import pathlib
+import socket
+import struct
 import sys
 import textwrap
 import uuid
@@ -25,7 +28,7 @@ from aiohttp import web
 from fanout_core import awserrors
 from fanout_lab import harness
 from fanout_lab.simulators import aws
-from tests import sqs_backends
+from tests import raw_http, sqs_backends
 from workers import messages
 from workers import sqs as seam
 
@@ -53,7 +56,7 @@ async def outcome(operation: Callable[..., Awaitable[dict[str, Any]]], **kwargs:
         reply = await seam.call(operation, **kwargs)
     except seam.SqsError as error:
         cause = error.__cause__
-        status = getattr(cause, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        status = (getattr(cause, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return ("error", error.kind, error.code, str(error), status, type(cause).__name__)
     return ("ok", {key: value for key, value in reply.items() if key != "ResponseMetadata"})
 
@@ -409,3 +412,155 @@ async def test_both_clients_send_the_same_request(monkeypatch: pytest.MonkeyPatc
         for headers, _ in server.requests
     ]
     assert signed[0] == signed[1]
+
+
+# -- the connection under the wire calls ---------------------------------------------------------
+
+
+def _root(server: raw_http.Server) -> str:
+    return server.url.removesuffix("/events")
+
+
+def _answer_first_then_hang_up() -> raw_http.Handler:
+    """Answer the first request of the first connection; take the second on it and close without
+    a byte (a server whose idle timeout fired as the request went out). Later connections answer
+    everything."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
+    ) -> None:
+        first_connection = server.connections == 1
+        answered = 0
+        while (request := await raw_http.read_request(reader)) is not None:
+            server.requests.append(request)
+            if first_connection and answered == 1:
+                return
+            writer.write(raw_http.OK)
+            await writer.drain()
+            answered += 1
+
+    return handler
+
+
+async def test_a_kept_connection_closed_as_the_request_went_out_is_sent_again_at_once(
+    serve: raw_http.Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wire calls ride our HTTP/1.1 pool when no proxy applies: a keep-alive connection the
+    server closed before any byte of the answer is sent again on a new one, the same attempt
+    (aiohttp, which would not resend a POST, made it a failed attempt and a retry after a pause)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
+    server = await serve(_answer_first_then_hang_up())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _root(server))
+    async with open_client(WORKER) as client:
+        replies = [
+            await client.receive_message(QueueUrl=f"{_root(server)}/1/q", WaitTimeSeconds=0) for _ in range(2)
+        ]
+    assert [reply["ResponseMetadata"]["RetryAttempts"] for reply in replies] == [0, 0]
+    assert (len(server.requests), server.connections) == (3, 2)
+    assert all(b"amz-sdk-request: attempt=1; max=4\r\n" in request for request in server.requests)
+    assert all(request.startswith(b"POST / HTTP/1.1\r\n") for request in server.requests)
+
+
+async def test_a_proxy_in_the_environment_carries_the_wire_calls(
+    serve: raw_http.Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY`` (as botocore reads it, ``NO_PROXY`` too) sends the wire calls through the
+    proxy: the endpoint itself has nobody listening."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    for name in ("AWS_ENDPOINT_URL_SQS", "NO_PROXY", "no_proxy", "http_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = await serve(raw_http.answer_ok)
+    endpoint = f"http://127.0.0.1:{aws.free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("HTTP_PROXY", _root(proxy))
+    async with open_client(WORKER) as client:
+        reply = await client.receive_message(QueueUrl=f"{endpoint}/1/q", WaitTimeSeconds=0)
+    assert reply["ResponseMetadata"]["HTTPStatusCode"] == 200
+    [request] = proxy.requests
+    assert request.startswith(f"POST {endpoint} HTTP/1.1\r\n".encode())  # a proxy's request line
+
+
+RESET = b"reset"
+
+
+def _answering_every_request_with(answer: bytes | None) -> raw_http.Handler:
+    """Each request: ``answer`` written and the connection closed (None: closed at once;
+    ``RESET``: reset at once)."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
+    ) -> None:
+        request = await raw_http.read_request(reader)
+        if request is None:
+            return
+        server.requests.append(request)
+        if answer == RESET:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            writer.transport.abort()
+        elif answer:
+            writer.write(answer)
+            await writer.drain()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        RESET,
+    ],
+    ids=["no-answer", "body-cut-short", "chunks-cut-short", "not-http", "broken-chunk", "reset"],
+)
+async def test_a_connection_that_fails_mid_call_fails_alike_through_both_clients(
+    answer: bytes | None, serve: raw_http.Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
+    outcomes, attempts = [], []
+    for which in CLIENTS:
+        server = await serve(_answering_every_request_with(answer))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", _root(server))
+        async with open_client(which) as client:
+            found = await outcome(client.receive_message, QueueUrl=f"{_root(server)}/1/q", WaitTimeSeconds=0)
+        outcomes.append(found[:3] + found[4:])  # the message names the endpoint's URL
+        attempts.append(len(server.requests))
+    assert outcomes[0] == outcomes[1]
+    assert attempts[0] == attempts[1]
+    assert outcomes[0][0] == "error"
+
+
+async def test_tls_trusts_the_ca_bundle_botocore_would(
+    serve: raw_http.Serve, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AWS_CA_BUNDLE`` names the certificate a private endpoint presents: trusted by both
+    clients with it, refused alike (botocore's ``SSLError``) without it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
+    server_context, _ = raw_http.certificate(tmp_path)
+    server = await serve(raw_http.answer_ok, tls=server_context)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _root(server))
+    queue = f"{_root(server)}/1/q"
+    found: dict[tuple[bool, str], tuple[Any, ...]] = {}
+    for trusted in (True, False):
+        if trusted:
+            monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "cert.pem"))
+        else:
+            monkeypatch.delenv("AWS_CA_BUNDLE")
+        for which in CLIENTS:
+            async with open_client(which) as client:
+                result = await outcome(client.receive_message, QueueUrl=queue, WaitTimeSeconds=0)
+            found[trusted, which] = result[:3] + result[4:]  # the message names the endpoint's URL
+    assert found[True, WORKER] == found[True, BOTOCORE] == ("ok", {})
+    assert found[False, WORKER] == found[False, BOTOCORE]
+    assert found[False, WORKER][-1] == "SSLError"

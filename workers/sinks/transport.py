@@ -3,9 +3,9 @@
 :class:`Http11Transport` is what :class:`~workers.sinks.exchange.Exchanger` gives its
 ``httpx.AsyncClient`` (:func:`default_transport`). The sinks keep httpx's API (requests,
 responses, timeouts, ``MockTransport`` in tests); the bytes travel over asyncio
-``Protocol`` connections (:mod:`workers.sinks.connection`) whose answers ``httptools``
+``Protocol`` connections (:mod:`workers.http11.connection`) whose answers ``httptools``
 parses (llhttp, Node.js's HTTP parser, in C; uvicorn's parser), kept per origin by
-:mod:`workers.sinks.pool`.
+:mod:`workers.http11.pool`.
 
 Why a hand-written client: the CPU one request costs. Measured on loopback (a server in
 another process, 4,000 POSTs of a 1.2 KB JSON body, 10 at a time, uvloop, the client's
@@ -25,7 +25,7 @@ What it does:
   (Host first, as h11 puts it), the body exactly as httpx builds it (chunked when httpx
   says so, framed as h11 frames it); nothing added; a header value carrying CR or LF is
   refused (``httpx.LocalProtocolError``), as h11 refuses it;
-* **the pool** (:mod:`workers.sinks.pool`) — keep-alive connections per origin within
+* **the pool** (:mod:`workers.http11.pool`) — keep-alive connections per origin within
   httpx's ``Limits`` (per origin), idle ones expiring after ``keepalive_expiry``, dropped as
   soon as the server closes them; TLS from httpx's ``create_ssl_context(verify=...)`` with
   SNI from the request's ``sni_hostname`` extension; no cookies (httpx's jar is the only one);
@@ -67,7 +67,7 @@ import aiohttp
 import httpx
 import yarl
 
-from workers.sinks import connection, pool
+from workers.http11 import pool
 
 _SCHEMES: Final = {"http": 80, "https": 443}
 
@@ -82,7 +82,7 @@ def default_transport(
 
 
 class Http11Transport(httpx.AsyncBaseTransport):
-    """httpx's transport seam on :class:`~workers.sinks.pool.Pool` (HTTP/1.1, no proxies)."""
+    """httpx's transport seam on :class:`~workers.http11.pool.Pool` (HTTP/1.1, no proxies)."""
 
     def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
         self._pool = pool.Pool(limits=limits, ssl_context=httpx.create_ssl_context(verify=verify))
@@ -95,26 +95,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
         key = (scheme, url.raw_host.decode("ascii"), url.port or default_port)
         wire = await _wire(request)
-        head_only = request.method == "HEAD"
         timeout = request.extensions.get("timeout", {})
-        read = timeout.get("read")
-        sni = request.extensions.get("sni_hostname")
-        conn = await self._pool.acquire(
-            key, sni=sni, connect=timeout.get("connect"), pool=timeout.get("pool")
+        answer = await self._pool.request(
+            key,
+            wire,
+            head_only=request.method == "HEAD",
+            sni=request.extensions.get("sni_hostname"),
+            connect=timeout.get("connect"),
+            read=timeout.get("read"),
+            pool=timeout.get("pool"),
         )
-        try:
-            answer = await conn.exchange(wire, head_only=head_only, timeout=read)
-        except connection.Stale:
-            self._pool.release(key, conn)
-            conn = await self._pool.acquire(
-                key, sni=sni, connect=timeout.get("connect"), pool=timeout.get("pool"), fresh=True
-            )
-            try:
-                answer = await conn.exchange(wire, head_only=head_only, timeout=read)
-            except connection.Stale as again:  # handed a connection that had just answered
-                raise again.error from None
-        finally:
-            self._pool.release(key, conn)
         status, reason, headers, body = answer
         # stream=, not content=: httpx would add a Content-Length the server did not send.
         return httpx.Response(

@@ -1,8 +1,9 @@
 """One HTTP/1.1 client connection: an asyncio ``Protocol`` feeding ``httptools``' parser.
 
 :class:`Connection` sends one request at a time (no pipelining) and hands back the answer
-whole; :mod:`workers.sinks.pool` keeps connections per origin and
-:mod:`workers.sinks.transport` speaks httpx's API on top. The answer is parsed by
+whole; :mod:`workers.http11.pool` keeps connections per origin and
+:mod:`workers.sinks.transport` speaks httpx's API on top (:mod:`workers.sqswire` sends SQS's
+calls through the pool as bytes). The answer is parsed by
 ``httptools`` (llhttp, Node.js's parser, in C): its callbacks below gather the status, the
 reason, the header fields as they came (name case kept) and the body — Content-Length,
 chunked (de-chunked by the parser) or delimited by the close of the connection (completed

@@ -1,6 +1,6 @@
-"""The connections the sinks' transport keeps open, per origin (scheme, host, port).
+"""The connections our HTTP/1.1 client keeps open, per origin (scheme, host, port).
 
-:class:`Pool` hands out :class:`~workers.sinks.connection.Connection` objects: an idle one
+:class:`Pool` hands out :class:`~workers.http11.connection.Connection` objects: an idle one
 if there is one (the one used last: warm, least likely to have been closed), else a new one
 while the origin has fewer than ``limits.max_connections``, else the first one given back
 (callers wait in order, for at most httpx's ``pool`` timeout: ``httpx.PoolTimeout``). A
@@ -9,7 +9,7 @@ up to ``limits.max_keepalive_connections`` idle per origin, for ``limits.keepali
 seconds idle (one timer for the whole pool, not one per request). One the server closes
 while idle leaves the pool at once (the connection sees the end of stream). The limits are
 httpx's, counted per origin rather than across origins: a sink speaks to one or two
-(its endpoint, a token endpoint).
+(its endpoint, a token endpoint), ``workers.sqswire`` to one (the SQS endpoint).
 
 Connecting is bounded by httpx's ``connect`` timeout (TCP and TLS together), TLS with the
 transport's context and SNI from the request's ``sni_hostname`` extension (else the host);
@@ -29,7 +29,7 @@ from typing import Final
 
 import httpx
 
-from workers.sinks import connection
+from workers.http11 import connection
 
 Origin = tuple[str, str, int]
 """(scheme, host as sent on the wire, port)."""
@@ -86,6 +86,34 @@ class Pool:
                         continue
                     return given
             return await self._connect(key, origin, sni=sni, timeout=connect)
+
+    async def request(
+        self,
+        key: Origin,
+        wire: bytes,
+        *,
+        head_only: bool = False,
+        sni: str | None = None,
+        connect: float | None = None,
+        read: float | None = None,
+        pool: float | None = None,
+    ) -> connection.Answer:
+        """Send ``wire`` (the request as it goes on the wire) to ``key`` and return its answer
+        whole. A reused connection found closed before any byte of the answer (:class:`Stale`)
+        is sent again once, on a new connection (or the first one given back, which has just
+        answered); any other failure is raised as it came."""
+        conn = await self.acquire(key, sni=sni, connect=connect, pool=pool)
+        try:
+            return await conn.exchange(wire, head_only=head_only, timeout=read)
+        except connection.Stale:
+            self.release(key, conn)
+            conn = await self.acquire(key, sni=sni, connect=connect, pool=pool, fresh=True)
+            try:
+                return await conn.exchange(wire, head_only=head_only, timeout=read)
+            except connection.Stale as again:  # handed a connection that had just answered
+                raise again.error from None
+        finally:
+            self.release(key, conn)
 
     def release(self, key: Origin, conn: connection.Connection) -> None:
         """``conn`` back after its exchange: kept, handed on, or closed."""
