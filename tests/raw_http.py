@@ -57,6 +57,28 @@ async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         await writer.drain()
 
 
+def answer_then_drop_the_second(then: bytes | None = None) -> Handler:
+    """Answer the first request of the first connection; at its second request write ``then`` and
+    close (None: close without a byte — a server whose idle timeout fired as the request went
+    out). Later connections answer everything."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        first_connection = server.connections == 1
+        answered = 0
+        while (request := await read_request(reader)) is not None:
+            server.requests.append(request)
+            if first_connection and answered == 1:
+                if then:
+                    writer.write(then)
+                    await writer.drain()
+                return
+            writer.write(OK)
+            await writer.drain()
+            answered += 1
+
+    return handler
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     servers: list[asyncio.Server] = []

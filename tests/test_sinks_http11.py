@@ -27,31 +27,6 @@ def _client(limits: httpx.Limits = raw_http.LIMITS, **options: float | None) -> 
     return httpx.AsyncClient(transport=transport.Http11Transport(limits=limits), timeout=timeout)
 
 
-def _answer_then(
-    then: bytes | None,
-) -> raw_http.Handler:
-    """Answer the first request of a connection; at the second write ``then`` and close (None: close
-    at once). Later connections answer everything."""
-
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
-    ) -> None:
-        first_connection = server.connections == 1
-        answered = 0
-        while (request := await raw_http.read_request(reader)) is not None:
-            server.requests.append(request)
-            if first_connection and answered == 1:
-                if then:
-                    writer.write(then)
-                    await writer.drain()
-                return
-            writer.write(raw_http.OK)
-            await writer.drain()
-            answered += 1
-
-    return handler
-
-
 # -- a stale keep-alive connection ----------------------------------------------------------------
 
 
@@ -60,7 +35,7 @@ async def test_a_reused_connection_closed_before_any_byte_of_the_answer_is_retri
 ) -> None:
     """The server takes the second request on a kept connection and hangs up without a byte
     (as a server whose idle timeout fired as the request went out): sent again on a new one."""
-    server = await serve(_answer_then(None))
+    server = await serve(raw_http.answer_then_drop_the_second(None))
     async with _client() as client:
         for _ in range(2):
             assert (await client.post(server.url, content=b"{}")).status_code == 200
@@ -70,7 +45,7 @@ async def test_a_reused_connection_closed_before_any_byte_of_the_answer_is_retri
 async def test_a_reused_connection_closed_after_part_of_the_answer_is_not_retried(
     serve: raw_http.Serve,
 ) -> None:
-    server = await serve(_answer_then(b"HTTP/1.1 200 OK\r\nContent-Len"))
+    server = await serve(raw_http.answer_then_drop_the_second(b"HTTP/1.1 200 OK\r\nContent-Len"))
     async with _client() as client:
         assert (await client.post(server.url, content=b"{}")).status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):

@@ -421,27 +421,6 @@ def _root(server: raw_http.Server) -> str:
     return server.url.removesuffix("/events")
 
 
-def _answer_first_then_hang_up() -> raw_http.Handler:
-    """Answer the first request of the first connection; take the second on it and close without
-    a byte (a server whose idle timeout fired as the request went out). Later connections answer
-    everything."""
-
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
-    ) -> None:
-        first_connection = server.connections == 1
-        answered = 0
-        while (request := await raw_http.read_request(reader)) is not None:
-            server.requests.append(request)
-            if first_connection and answered == 1:
-                return
-            writer.write(raw_http.OK)
-            await writer.drain()
-            answered += 1
-
-    return handler
-
-
 async def test_a_kept_connection_closed_as_the_request_went_out_is_sent_again_at_once(
     serve: raw_http.Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -451,7 +430,7 @@ async def test_a_kept_connection_closed_as_the_request_went_out_is_sent_again_at
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
-    server = await serve(_answer_first_then_hang_up())
+    server = await serve(raw_http.answer_then_drop_the_second())
     monkeypatch.setenv("AWS_ENDPOINT_URL", _root(server))
     async with open_client(WORKER) as client:
         replies = [
