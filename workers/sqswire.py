@@ -59,6 +59,7 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.exceptions
 import botocore.httpsession
+import botocore.retries.quota
 import botocore.utils
 import httptools
 import httpx
@@ -96,25 +97,8 @@ _THROTTLING_CODES = frozenset(
 )
 _MAX_BACKOFF_SECONDS = 20.0
 _RETRY_AFTER_MAX_ADDITIONAL_SECONDS = 5.0
-_QUOTA_CAPACITY = 500
 _RETRY_COST = 14
 _THROTTLED_RETRY_COST = 5
-
-
-class _RetryQuota:
-    """botocore's client-wide retry budget: retries stop when failures outrun successes."""
-
-    def __init__(self) -> None:
-        self.available = _QUOTA_CAPACITY
-
-    def acquire(self, amount: int) -> bool:
-        if amount > self.available:
-            return False
-        self.available -= amount
-        return True
-
-    def release(self, amount: int) -> None:
-        self.available = min(_QUOTA_CAPACITY, self.available + amount)
 
 
 class WireClient:
@@ -139,7 +123,7 @@ class WireClient:
         self._user_agent = user_agent
         self._sleep = sleep
         self._random = random
-        self._quota = _RetryQuota()
+        self._quota = botocore.retries.quota.RetryQuota()  # botocore's own, 500 units
 
     # -- the rare calls: aiobotocore's -----------------------------------------------------
 
