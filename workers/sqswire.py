@@ -52,7 +52,7 @@ import ssl
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 import aiohttp
 import botocore.auth
@@ -346,8 +346,6 @@ Post = Callable[[Mapping[str, str], bytes, botocore.awsrequest.AWSRequest], Awai
 """Send a signed request (header fields, body; the request for botocore's exceptions) to the
 endpoint: (status, header fields readable by lower-case name, body), or botocore's exception."""
 
-_PORTS: Final = {"http": 80, "https": 443}
-
 
 class _Http11:
     """The calls on our HTTP/1.1 pool (:mod:`workers.http11`): when no proxy applies."""
@@ -356,7 +354,7 @@ class _Http11:
         self._pool = connections
         self._url = url
         parts = urllib.parse.urlsplit(url)
-        default = _PORTS[parts.scheme]
+        default = pool.DEFAULT_PORTS[parts.scheme]
         port = parts.port or default
         self._key: pool.Origin = (parts.scheme, parts.hostname or "", port)
         # The Host botocore signs (``SigV4Auth._canonical_host``): the port only when not the default.

@@ -33,6 +33,8 @@ from workers.http11 import connection
 
 Origin = tuple[str, str, int]
 """(scheme, host as sent on the wire, port)."""
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+"""The port of an origin whose URL names none, per scheme (the only schemes spoken)."""
 
 ON_CONNECT: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
     (TimeoutError, httpx.ConnectTimeout),

@@ -69,8 +69,6 @@ import yarl
 
 from workers.http11 import pool
 
-_SCHEMES: Final = {"http": 80, "https": 443}
-
 
 def default_transport(
     *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True
@@ -90,7 +88,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         scheme = url.scheme
-        default_port = _SCHEMES.get(scheme)
+        default_port = pool.DEFAULT_PORTS.get(scheme)
         if default_port is None:
             raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
         key = (scheme, url.raw_host.decode("ascii"), url.port or default_port)
