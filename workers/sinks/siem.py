@@ -104,7 +104,9 @@ class HecSink(exchange.ExchangeSink):
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._hec.linger_seconds, self._flush)
-        return await asyncio.shield(item.done)
+        # The future is this event's alone: a cancelled deliverer cancels it, and the batch
+        # goes on without it (``_settle`` skips a future already done) — no shield needed.
+        return await item.done
 
     def events_per_request(self) -> float:
         """A full batch: what a request can carry is what the budget should make room for."""
@@ -231,6 +233,7 @@ async def _admit(item: _Item) -> bool:
 
 
 def _settle(items: list[_Item], outcomes: Sequence[events.Outcome]) -> None:
+    """Answer the items not answered yet; a cancelled deliverer's future is already done."""
     for item, outcome in zip(items, outcomes, strict=True):
         if not item.done.done():
             item.done.set_result(outcome)
