@@ -105,6 +105,13 @@ class StoreMisconfigured(StoreError):
 class IdempotencyStore(Protocol):
     """Claim → complete / release, keyed by the payload-derived event id (``fanout_core.keying``)."""
 
+    @property
+    def answers_in_process(self) -> bool:
+        """True when every call answers without I/O, never suspending (:class:`MemoryStore`):
+        a caller may then ask in turn what it would ask a remote store concurrently, and save
+        a task per call. A hint about cost only: the answers are the same either way."""
+        ...
+
     async def claim(self, event_id: keying.EventId, *, lease_seconds: float) -> ClaimState:
         """Take the event unless a live claim or a completion exists."""
         ...
@@ -152,6 +159,8 @@ class _Record:
 
 class MemoryStore:
     """A single process's store. All methods run without awaiting, so each is atomic."""
+
+    answers_in_process = True
 
     def __init__(self, *, ttl_seconds: float, clock: WallClock = time.time) -> None:
         self._ttl_seconds = ttl_seconds
@@ -241,6 +250,8 @@ class DynamoDbStore:
     Claims are conditional ``UpdateItem`` calls (not ``PutItem``), so a released record
     keeps its ``attempts`` across claims.
     """
+
+    answers_in_process = False
 
     def __init__(
         self,

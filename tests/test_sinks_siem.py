@@ -1,6 +1,6 @@
 """The Splunk HEC sink against the HEC simulator over loopback: batching by count, bytes
-and linger, the event object format, partial failure (400/6), busy (503/9), a bad token
-(403/4), 413 splitting, and the outage circuit."""
+and linger, the event object format, a cancelled delivery, partial failure (400/6), busy
+(503/9), a bad token (403/4), 413 splitting, and the outage circuit."""
 
 from __future__ import annotations
 
@@ -112,6 +112,21 @@ async def test_a_lone_event_waits_only_the_linger() -> None:
         await sink.aclose()
     assert isinstance(outcome, events.Delivered)
     assert sim.batch_sizes == [1]
+
+
+async def test_a_cancelled_delivery_leaves_the_rest_of_its_batch_answered() -> None:
+    """A deliverer cancelled (shutdown's grace ran out) while its batch is on the wire: the
+    batch goes on, and every other event of it gets the batch's answer."""
+    async with hec.HecSimulator(token=TOKEN) as sim:
+        sink = _sink(sim.url, max_batch_events=5, linger_seconds=5)
+        deliveries = [asyncio.create_task(sink.deliver(_event(n))) for n in range(5)]
+        await asyncio.sleep(0)  # the batch is full: its send has started
+        deliveries[0].cancel()
+        outcomes = await asyncio.wait_for(asyncio.gather(*deliveries, return_exceptions=True), 5)
+        await sink.aclose()
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert all(isinstance(outcome, events.Delivered) for outcome in outcomes[1:])
+    assert sim.batch_sizes == [5]
 
 
 async def test_partial_failure_400_6_splits_outcomes_at_the_invalid_event() -> None:

@@ -483,3 +483,24 @@ def test_without_an_sdk_a_failure_carrying_the_context_is_counted_and_the_work_g
         "fanout_telemetry_errors_total", {"queue": worker.queue}
     )
     assert errors == 1
+
+
+def test_without_an_sdk_a_message_without_context_is_no_child_of_the_current_span() -> None:
+    """As a recorded process span starts a new trace, a message that carries no producer
+    context is worked on under the invalid span even where another span is current: its log
+    lines and its downstream request carry no trace. The outer span is current again after."""
+    worker = telemetry.WorkerTelemetry(
+        queue_url="http://127.0.0.1:9/123456789012/carried", sink_name="webhook"
+    )
+    outer = trace.NonRecordingSpan(
+        trace.SpanContext(int(ATTR_TRACE, 16), int(ATTR_PARENT, 16), is_remote=True)
+    )
+    with trace.use_span(outer):
+        with worker.process_span(_message(), _event()) as span:
+            assert span is trace.INVALID_SPAN
+            assert not trace.get_current_span().get_span_context().is_valid
+            headers: dict[str, str] = {}
+            telemetry.inject_headers(headers)
+            assert "traceparent" not in headers
+        assert trace.get_current_span() is outer
+    assert trace.get_current_span() is trace.INVALID_SPAN

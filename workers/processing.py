@@ -118,6 +118,11 @@ class _Admission:
         return self.state is dedupe.ClaimState.CLAIMED
 
     @property
+    def immediate(self) -> bool:
+        """Whether the claim answers without I/O (the store says): see ``base.Admission``."""
+        return self._processor.claims_in_process
+
+    @property
     def claim(self) -> deciding.Claim:
         """What the claim said, for :func:`deciding.judge` (not asked: held elsewhere)."""
         if self.state is dedupe.ClaimState.CLAIMED:
@@ -491,6 +496,11 @@ class Processor:
         return copied
 
     # -- the idempotency store -------------------------------------------------------------
+
+    @property
+    def claims_in_process(self) -> bool:
+        """Whether :meth:`claim` answers without I/O (the memory store): see ``base.Admission``."""
+        return self._store.answers_in_process
 
     async def claim(self, event_id: events.EventId) -> dedupe.ClaimState:
         """Claim ``event_id`` (an :class:`_Admission` calls this); renewed until answered."""

@@ -36,6 +36,12 @@ from workers import events
 class Admission(Protocol):
     """The runtime's go-ahead for one event, asked when its permit is granted."""
 
+    @property
+    def immediate(self) -> bool:
+        """True when asking answers without I/O (the memory idempotency store): a sink
+        admitting a batch then asks in turn rather than concurrently, one task per event."""
+        ...
+
     async def __call__(self) -> bool:
         """True: send it now. False: do not send (the sink answers NotSent)."""
         ...

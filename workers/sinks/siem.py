@@ -104,7 +104,9 @@ class HecSink(exchange.ExchangeSink):
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._hec.linger_seconds, self._flush)
-        return await asyncio.shield(item.done)
+        # The future is this event's alone: a cancelled deliverer cancels it, and the batch
+        # goes on without it (``_settle`` skips a future already done) — no shield needed.
+        return await item.done
 
     def events_per_request(self) -> float:
         """A full batch: what a request can carry is what the budget should make room for."""
@@ -207,9 +209,18 @@ class HecSink(exchange.ExchangeSink):
 
 
 async def _admitted(items: list[_Item]) -> list[_Item]:
-    """The items whose admission says send; the others answer NotSent now."""
+    """The items whose admission says send; the others answer NotSent now.
+
+    A remote store (DynamoDB) is asked for the batch's events concurrently, one task each,
+    so the batch waits one round trip, not one per event. Admissions that answer without
+    I/O (the memory store) are asked in turn: the same answers, without a task and a turn
+    of the event loop per event.
+    """
     waiting = [item for item in items if not item.admitted]
-    answers = await asyncio.gather(*(_admit(item) for item in waiting))
+    if all(item.admit is None or item.admit.immediate for item in waiting):
+        answers = [await _admit(item) for item in waiting]
+    else:
+        answers = await asyncio.gather(*(_admit(item) for item in waiting))
     for item, admitted in zip(waiting, answers, strict=True):
         item.admitted = admitted
         if not admitted:
@@ -222,6 +233,7 @@ async def _admit(item: _Item) -> bool:
 
 
 def _settle(items: list[_Item], outcomes: Sequence[events.Outcome]) -> None:
+    """Answer the items not answered yet; a cancelled deliverer's future is already done."""
     for item, outcome in zip(items, outcomes, strict=True):
         if not item.done.done():
             item.done.set_result(outcome)
