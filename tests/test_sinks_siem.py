@@ -114,13 +114,57 @@ async def test_a_lone_event_waits_only_the_linger() -> None:
     assert sim.batch_sizes == [1]
 
 
-async def test_a_cancelled_delivery_leaves_the_rest_of_its_batch_answered() -> None:
-    """A deliverer cancelled (shutdown's grace ran out) while its batch is on the wire: the
-    batch goes on, and every other event of it gets the batch's answer."""
+class _Admissions:
+    """Admissions that answer at once and remember whom they admitted."""
+
+    def __init__(self, count: int) -> None:
+        self.admitted: list[int] = []
+        self.count = count
+        self.all_admitted = asyncio.Event()
+
+    def for_event(self, n: int) -> Any:
+        admissions = self
+
+        class Admission:
+            immediate = True
+
+            async def __call__(self) -> bool:
+                admissions.admitted.append(n)
+                if len(admissions.admitted) == admissions.count:
+                    admissions.all_admitted.set()
+                return True
+
+        return Admission()
+
+
+async def test_a_delivery_cancelled_before_its_batch_leaves_is_neither_claimed_nor_sent() -> None:
+    """Its message went back to the queue (the runtime gives a cancelled delivery back): the
+    event must not be claimed in the idempotency store or reach the downstream now."""
+    admissions = _Admissions(4)
     async with hec.HecSimulator(token=TOKEN) as sim:
         sink = _sink(sim.url, max_batch_events=5, linger_seconds=5)
-        deliveries = [asyncio.create_task(sink.deliver(_event(n))) for n in range(5)]
-        await asyncio.sleep(0)  # the batch is full: its send has started
+        first = asyncio.create_task(sink.deliver(_event(0), admissions.for_event(0)))
+        await asyncio.sleep(0)  # in the open batch, waiting
+        first.cancel()
+        rest = [asyncio.create_task(sink.deliver(_event(n), admissions.for_event(n))) for n in range(1, 5)]
+        await asyncio.sleep(0)
+        await sink.flush()
+        outcomes = await asyncio.wait_for(asyncio.gather(*rest), 5)
+        await sink.aclose()
+    assert first.cancelled()
+    assert all(isinstance(outcome, events.Delivered) for outcome in outcomes)
+    assert admissions.admitted == [1, 2, 3, 4]
+    assert sim.batch_sizes == [4]
+
+
+async def test_a_delivery_cancelled_while_its_batch_is_on_the_wire_leaves_the_rest_answered() -> None:
+    """A deliverer cancelled (shutdown's grace ran out) once its event was admitted and sent:
+    the batch goes on, and every other event of it gets the batch's answer."""
+    admissions = _Admissions(5)
+    async with hec.HecSimulator(token=TOKEN, latency=0.5) as sim:
+        sink = _sink(sim.url, max_batch_events=5, linger_seconds=5)
+        deliveries = [asyncio.create_task(sink.deliver(_event(n), admissions.for_event(n))) for n in range(5)]
+        await asyncio.wait_for(admissions.all_admitted.wait(), 5)  # the request is going out
         deliveries[0].cancel()
         outcomes = await asyncio.wait_for(asyncio.gather(*deliveries, return_exceptions=True), 5)
         await sink.aclose()

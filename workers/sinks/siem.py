@@ -216,7 +216,9 @@ async def _admitted(items: list[_Item]) -> list[_Item]:
     I/O (the memory store) are asked in turn: the same answers, without a task and a turn
     of the event loop per event.
     """
-    waiting = [item for item in items if not item.admitted]
+    # A deliverer cancelled before its event was admitted gave its message back to the
+    # queue: that event is neither claimed nor sent now.
+    waiting = [item for item in items if not item.admitted and not item.done.done()]
     if all(item.admit is None or item.admit.immediate for item in waiting):
         answers = [await _admit(item) for item in waiting]
     else:
