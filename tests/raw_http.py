@@ -50,9 +50,16 @@ async def read_request(reader: asyncio.StreamReader) -> bytes | None:
     return head + await reader.readexactly(length)
 
 
-async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-    while (request := await read_request(reader)) is not None:
+async def recorded_request(reader: asyncio.StreamReader, server: Server) -> bytes | None:
+    """:func:`read_request`, and the request recorded in ``server.requests``."""
+    request = await read_request(reader)
+    if request is not None:
         server.requests.append(request)
+    return request
+
+
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+    while await recorded_request(reader, server) is not None:
         writer.write(OK)
         await writer.drain()
 
@@ -65,8 +72,7 @@ def answer_then_drop_the_second(then: bytes | None = None) -> Handler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         first_connection = server.connections == 1
         answered = 0
-        while (request := await read_request(reader)) is not None:
-            server.requests.append(request)
+        while await recorded_request(reader, server) is not None:
             if first_connection and answered == 1:
                 if then:
                     writer.write(then)

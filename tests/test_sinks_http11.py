@@ -58,8 +58,7 @@ async def test_the_retry_on_a_new_connection_is_the_only_one(serve: raw_http.Ser
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
         first_connection = server.connections == 1
-        while (request := await raw_http.read_request(reader)) is not None:
-            server.requests.append(request)
+        while await raw_http.recorded_request(reader, server) is not None:
             if not first_connection or len(server.requests) > 1:
                 return  # every later request: closed unanswered
             writer.write(raw_http.OK)
@@ -82,8 +81,7 @@ def _answering(*parts: bytes, pause: float = 0.0) -> raw_http.Handler:
     async def handler(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        while (request := await raw_http.read_request(reader)) is not None:
-            server.requests.append(request)
+        while await raw_http.recorded_request(reader, server) is not None:
             for part in parts:
                 writer.write(part)
                 await writer.drain()
@@ -112,9 +110,8 @@ async def test_an_answer_without_length_ends_with_the_connection(serve: raw_http
     async def answer_until_close(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        request = await raw_http.read_request(reader)
+        request = await raw_http.recorded_request(reader, server)
         assert request is not None
-        server.requests.append(request)
         for part in (head, b"a" * 100_000, b"end"):
             writer.write(part)
             await writer.drain()
@@ -203,8 +200,7 @@ def _slow(seconds: float) -> raw_http.Handler:
     async def handler(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        while (request := await raw_http.read_request(reader)) is not None:
-            server.requests.append(request)
+        while await raw_http.recorded_request(reader, server) is not None:
             await asyncio.sleep(seconds)
             writer.write(raw_http.OK)
             await writer.drain()

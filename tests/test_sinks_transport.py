@@ -157,9 +157,8 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
     async def answer_once(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        request = await raw_http.read_request(reader)
+        request = await raw_http.recorded_request(reader, server)
         assert request is not None
-        server.requests.append(request)
         writer.write(raw_http.OK)  # keep-alive by the headers, then gone
         await writer.drain()
 
@@ -177,8 +176,7 @@ async def test_cookies_are_httpx_clients_alone(serve: raw_http.Serve, make_clien
     async def answer(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        while (request := await raw_http.read_request(reader)) is not None:
-            server.requests.append(request)
+        while await raw_http.recorded_request(reader, server) is not None:
             writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 2\r\n\r\n{}")
             await writer.drain()
 

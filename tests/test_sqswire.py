@@ -472,10 +472,8 @@ def _answering_every_request_with(answer: bytes | None) -> raw_http.Handler:
     async def handler(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: raw_http.Server
     ) -> None:
-        request = await raw_http.read_request(reader)
-        if request is None:
+        if await raw_http.recorded_request(reader, server) is None:
             return
-        server.requests.append(request)
         if answer == RESET:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
