@@ -138,6 +138,22 @@ def test_a_failed_message_is_overdue_only_once_receives_after_it_was_due_missed_
     assert names(lanes.start_ready(32, limit=1)) == ["second"]
 
 
+def test_full_receives_are_no_proof_that_a_failed_message_is_not_back() -> None:
+    # After an outage the queue has a backlog: receives come back full of other messages at
+    # once, and the failed one, visible again, waits behind them (LocalStack requeues it at
+    # the back; SQS promises no order). Only a receive that came back short (the queue gave
+    # all it would) is a chance it had to come back here.
+    lanes = blocked_behind_a_failure()
+    lanes.received(3.0, now=31, full=True)
+    lanes.received(3.5, now=31, full=True)
+    lanes.received(4.0, now=32, full=True)
+    assert lanes.start_ready(32, limit=1) == []
+    lanes.received(5.0, now=33)  # short: the backlog is gone and it was not in it
+    assert lanes.start_ready(33, limit=1) == []
+    lanes.received(6.0, now=34)
+    assert names(lanes.start_ready(34, limit=1)) == ["second"]
+
+
 def test_receives_alone_do_not_end_a_hold_before_its_time() -> None:
     lanes = blocked_behind_a_failure()
     for began in (2.0, 3.0, 4.0):

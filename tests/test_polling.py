@@ -1,6 +1,6 @@
 """The pollers: the in-flight budget (about a second of what the sink makes room for,
 ``maxInFlight`` a ceiling), and their turns on a queue that runs short (``polling.Turns``,
-on fake loop time).
+on fake loop time); each receive saying whether it came back full (moto and LocalStack).
 
 A poller whose receive came back short rests while another poller waits on the queue, so
 receives come back fuller; it never rests when no other poller is receiving (someone must
@@ -11,10 +11,14 @@ ends every rest at once. What this saves is measured by ``bench/overhead.py``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
-from workers import polling
+from fanout_core import spec
+from fanout_lab import harness
+from tests import sqs_backends
+from workers import messages, polling, sinks, sqs, telemetry
 
 
 def test_the_budget_is_a_second_of_capacity_plus_what_waits_for_other_reasons() -> None:
@@ -80,3 +84,62 @@ async def test_a_full_receive_ends_the_rest_at_once() -> None:
     await asyncio.sleep(0)  # the other poller is in its receive
     assert await _rest_seconds(turns) == 0.01
     await task
+
+
+class _Held:
+    """The settler's part a poller needs: messages taken in hand (nothing goes back here)."""
+
+    def __init__(self) -> None:
+        self.tracked: list[messages.Message] = []
+
+    def track(self, message: messages.Message) -> None:
+        self.tracked.append(message)
+
+    def retry_later(self, message: messages.Message, delay_seconds: float) -> None:
+        raise AssertionError("nothing is retried here")
+
+    def give_back(self, given: Sequence[messages.Message], *, delay_seconds: float = 0.0) -> None:
+        assert not given, "nothing goes back here"  # (a receive under way at the stop: empty)
+
+
+async def test_each_receive_says_whether_it_brought_all_it_asked_for(
+    sqs_backend: sqs_backends.SqsBackend,
+) -> None:
+    """``ordering`` counts only a short receive as a chance a failed message had to come back:
+    a full one may have left it behind a backlog."""
+    queue_url = await harness.make_queue(sqs_backend.sqs, "full-or-short")
+    for start in (0, 10):
+        await sqs_backend.sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(n), "MessageBody": "{}"} for n in range(start, min(start + 10, 15))],
+        )
+    queue = spec.QueueSpec.model_validate({"url": queue_url, "waitTimeSeconds": 1, "maxMessages": 10})
+    heard: list[bool] = []
+    batches: list[int] = []
+    held = _Held()
+    emptied = asyncio.Event()  # every message in hand, and a receive after them came back
+
+    def on_receive(began: float, full: bool) -> None:
+        heard.append(full)
+        if len(held.tracked) == 15 and len(heard) > len(batches):
+            emptied.set()
+
+    async with sqs.client(region="us-east-1", max_connections=2) as client:
+        poller = polling.Poller(
+            client=client,
+            queue=queue,
+            budget=polling.Budget(100),
+            sink=sinks.build_sink(spec.SinkSpec(type="webhook", url="http://127.0.0.1:9/never")),
+            settler=held,
+            submit=lambda received: batches.append(len(received)),
+            telemetry=telemetry.WorkerTelemetry(queue_url=queue_url, sink_name="webhook"),
+            on_health=lambda healthy: None,
+            on_receive=on_receive,
+        )
+        running = asyncio.create_task(poller.run())
+        await asyncio.wait_for(emptied.wait(), 20)
+        poller.stop()
+        await asyncio.wait_for(running, 5)
+    assert sum(batches) == 15
+    assert heard[: len(batches)] == [count == 10 for count in batches]
+    assert True in heard and False in heard

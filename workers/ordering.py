@@ -13,7 +13,8 @@ how it finished with :meth:`Lanes.finish`. The rules, in one place:
   until it is *overdue*, whichever is first. Overdue means two things: the
   time it is due back plus a grace has passed, and the worker has since had its chance
   to receive it — ``receives_to_overdue`` receives that began after it was due came
-  back without it (:meth:`Lanes.received`). With several replicas a retried message
+  back short without it (:meth:`Lanes.received`; a full receive says nothing of a
+  message waiting behind a backlog). With several replicas a retried message
   often comes back to another replica, and the lane must not wait for it longer than it
   can plausibly take to come back here; but a worker that is not receiving (its
   in-flight budget full of slow deliveries, a loaded machine, a slow SQS) has not had
@@ -382,10 +383,14 @@ class Lanes(Generic[T]):
         self._forget_if_idle(key, lane)
         return released
 
-    def received(self, began: float, now: float) -> bool:
-        """A receive that began at ``began`` came back (whatever it brought, even nothing):
-        each failed message due back by then has had one more chance to come back here.
-        Whether any had (a lane's wait may have ended)."""
+    def received(self, began: float, now: float, *, full: bool = False) -> bool:
+        """A receive that began at ``began`` came back short (fewer messages than it asked
+        for, even none): each failed message due back by then has had one more chance to come
+        back here. Whether any had (a lane's wait may have ended). A ``full`` receive proves
+        nothing: the queue had more to give, and a message visible again may wait behind a
+        backlog (LocalStack puts it at the back; SQS promises no order)."""
+        if full:
+            return False
         counted = False
         for key in list(self._timed):
             lane = self._lanes[key]

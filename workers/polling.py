@@ -203,11 +203,12 @@ class Poller:
         on_health: Callable[[bool], None],
         resolver: payloads.Resolver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_receive: Callable[[float], None] = lambda began: None,
+        on_receive: Callable[[float, bool], None] = lambda began, full: None,
         turns: Turns | None = None,
     ) -> None:
         """``on_receive`` hears of every receive that came back (even empty), with the
-        ``clock`` time it began: how ``ordering`` knows a failed message had its chance."""
+        ``clock`` time it began and whether it brought all it asked for: how ``ordering``
+        knows a failed message had its chance."""
         self._client = client
         self._turns = turns or Turns()
         self._queue = queue
@@ -280,7 +281,7 @@ class Poller:
                 self._settler.track(message)
             if received:
                 self._submit(received)
-            self._on_receive(began)
+            self._on_receive(began, count >= granted)
             if count >= granted:
                 self._turns.full()
             elif count:

@@ -204,10 +204,11 @@ class Processor:
                 log.exception("intake failed; dead-lettering the message")
                 self._spawn_poison(message, f"could not be taken in ({type(error).__name__})")
 
-    def received(self, began: float) -> None:
-        """A receive that began at ``began`` came back (even empty): a lane waiting for a
-        failed message counts it as one more chance the message had to come back here."""
-        if self._lanes.received(began, self._clock()):
+    def received(self, began: float, full: bool = False) -> None:
+        """A receive that began at ``began`` came back (even empty; ``full``: with all it
+        asked for): a lane waiting for a failed message counts a short one as one more chance
+        the message had to come back here."""
+        if self._lanes.received(began, self._clock(), full=full):
             self._wake.set()
 
     def _intake(self, message: messages.Message) -> None:
